@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Build the real servers the integration tests run (kube-apiserver, etcd) from their
+# published Go modules, and cache the binaries outside the repository, keyed by version.
+#
+# Usage: scripts/build-test-servers.sh            build what is missing, print the paths
+#        scripts/build-test-servers.sh --check    exit 1 if anything is missing, build nothing
+#
+# Cache: $SYNCD_TOOLS_DIR (default ~/.cache/syncd/tools)/<name>-<version>/<name>
+# The first build takes several minutes on two cores; later runs return at once.
+set -euo pipefail
+
+KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.36.3}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
+TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
+
+log() { printf '[build-test-servers] %s\n' "$*" >&2; }
+
+bin_path() { printf '%s/%s-%s/%s' "$TOOLS_DIR" "$1" "$2" "$1"; }
+
+require_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    log "the Go toolchain is needed to build the test servers; install Go and retry"
+    exit 1
+  fi
+}
+
+# A throwaway module in the cache directory; $1 = work dir. Prints nothing.
+new_module() {
+  rm -rf "$1" && mkdir -p "$1"
+  (cd "$1" && go mod init syncd.local/testservers >/dev/null 2>&1)
+}
+
+# Move a freshly built binary into place atomically, so an interrupted build never
+# leaves a half-written binary that a later run would trust.
+install_binary() { # $1 built file, $2 final path
+  mkdir -p "$(dirname "$2")"
+  mv -f "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"
+}
+
+build_kube_apiserver() {
+  local out work mod minor
+  out="$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
+  [[ -x "$out" ]] && return 0
+  require_go
+  work="$TOOLS_DIR/.build/kube-apiserver-$KUBERNETES_VERSION"
+  log "building kube-apiserver $KUBERNETES_VERSION from k8s.io/kubernetes (takes several minutes)"
+  new_module "$work"
+  # k8s.io/kubernetes points its staging modules at ./staging/...; as a dependency those
+  # local paths do not exist, so pin each one to its published v0.X.Y twin.
+  mod="$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+         | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+  local staging_version="v0.${KUBERNETES_VERSION#v1.}"
+  {
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    grep -E '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging/' "$mod" \
+      | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
+  } >> "$work/go.mod"
+  cat > "$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+GO
+  (cd "$work" && log "resolving modules" && go mod tidy >&2)
+  minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$work" && log "compiling" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" \
+      -o "$work/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+  install_binary "$work/kube-apiserver" "$out"
+  rm -rf "$work"
+  log "kube-apiserver ready: $out"
+}
+
+build_etcd() {
+  local out work
+  out="$(bin_path etcd "$ETCD_VERSION")"
+  [[ -x "$out" ]] && return 0
+  require_go
+  work="$TOOLS_DIR/.build/etcd-$ETCD_VERSION"
+  log "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3"
+  new_module "$work"
+  echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION" >> "$work/go.mod"
+  cat > "$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  (cd "$work" && go mod tidy >&2)
+  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
+      -o "$work/etcd" go.etcd.io/etcd/server/v3)
+  install_binary "$work/etcd" "$out"
+  rm -rf "$work"
+  log "etcd ready: $out"
+}
+
+if [[ "${1:-}" == "--check" ]]; then
+  missing=0
+  for b in "kube-apiserver $KUBERNETES_VERSION" "etcd $ETCD_VERSION"; do
+    set -- $b
+    [[ -x "$(bin_path "$1" "$2")" ]] || { log "missing: $1 $2"; missing=1; }
+  done
+  exit "$missing"
+fi
+
+build_etcd
+build_kube_apiserver
+echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
+echo "ETCD=$(bin_path etcd "$ETCD_VERSION")"

@@ -1,0 +1,279 @@
+"""Command line: argument parsing, what is printed, and exit codes. Nothing else.
+
+Exit codes: 0 converged; 1 at least one target failed, conflicted or is stale (the others
+were still applied); 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+import yaml
+
+from syncd import __version__
+from syncd.config import load_config
+from syncd.errors import ConfigError, KubeConfigError, KubeError, SyncdError
+from syncd.kube import Kube, KubeSettings
+from syncd.model import Config
+from syncd.ownership import DEFAULT_OWNER_ID, valid_owner_id
+from syncd.reconcile import Outcome, RunSettings, TargetResult, decide, run_pass
+from syncd.render import render_target
+
+EXIT_OK = 0
+EXIT_TARGET_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("syncd")
+
+_DESCRIPTION = """\
+Keep selectorless Kubernetes Services pointed at backends outside the cluster.
+
+syncd reads backend addresses from the sources in a config file and writes the matching
+EndpointSlices (and, on request, legacy Endpoints). It only ever modifies objects that carry
+its own labels; anything else with the same name is reported as a conflict and left alone.
+"""
+
+_EPILOG = """\
+commands:
+  render   print the objects for every target as YAML (no cluster needed)
+  check    validate a config; print every problem
+  run      apply the config to the cluster (--once for one pass, --dry-run to only show)
+
+exit codes:
+  0  converged (or, for check/render, the config is valid)
+  1  at least one target failed, conflicted or is stale; the others were still applied
+  2  bad config or usage
+
+example:
+  syncd render --config config/ceph-rgw.yaml
+  syncd run --config config/ceph-rgw.yaml --once --dry-run
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncd",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        default=os.environ.get("SYNCD_CONFIG"),
+        help="config file (default: $SYNCD_CONFIG)",
+    )
+    common.add_argument(
+        "--owner-id",
+        default=os.environ.get("SYNCD_OWNER_ID", DEFAULT_OWNER_ID),
+        help="label value that marks this instance's objects, so several syncd instances in "
+        "one cluster never touch each other's (default: %(default)s, or $SYNCD_OWNER_ID)",
+    )
+    common.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log detail on stderr (default: %(default)s)",
+    )
+
+    commands.add_parser(
+        "render",
+        parents=[common],
+        help="print the objects as YAML (no cluster needed)",
+        description="Print the Service, EndpointSlices and Endpoints syncd would write, as "
+        "kubectl-appliable YAML. Reads the sources; does not contact the cluster.",
+    )
+    commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate a config",
+        description="Validate a config file and every static backends file it names. "
+        "Prints every problem (file:line: target: field: message) and exits 2, or exits 0.",
+    )
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="apply the config to the cluster",
+        description="Apply the config to the cluster named by the kubeconfig (--kubeconfig, "
+        "$KUBECONFIG, ~/.kube/config) or the in-cluster service account. Prints one line "
+        "per change. Without --once, repeats every --interval seconds until SIGTERM/SIGINT, "
+        "re-reading the config each time (an invalid new config is logged and ignored).",
+    )
+    run.add_argument("--once", action="store_true", help="one pass, then exit")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (create/update/delete with a diff) and write nothing",
+    )
+    run.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file")
+    run.add_argument("--context", help="kubeconfig context (default: the current one)")
+    run.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between passes without --once (default: %(default)s)",
+    )
+    run.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="timeout of each API call (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.config:
+        parser.error("--config FILE is required (or set SYNCD_CONFIG)")
+    if not valid_owner_id(args.owner_id):
+        parser.error(f"--owner-id {args.owner_id!r} is not a valid label value")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check":
+        return _check(config)
+    if args.command == "render":
+        return _render(config, args.owner_id)
+    return _run(args, config)
+
+
+def _check(config: Config) -> int:
+    backends = sum(len(s.backends) for t in config.targets for s in t.sources)
+    print(f"{config.path}: OK ({len(config.targets)} targets, {backends} static backends)")
+    return EXIT_OK
+
+
+def _render(config: Config, owner_id: str) -> int:
+    documents = []
+    status = EXIT_OK
+    for target in config.targets:
+        decision, problems = decide(target)
+        for problem in problems:
+            print(f"{target.key}: {problem}", file=sys.stderr)
+        if decision is None:
+            print(f"{target.key}: no source answered; nothing rendered", file=sys.stderr)
+            status = EXIT_TARGET_FAILED
+            continue
+        documents.extend(render_target(target, decision.backends, owner_id))
+    print(f"# Rendered by syncd {__version__} from {config.path}")
+    print(yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True), end="")
+    return status
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    settings = KubeSettings(
+        kubeconfig=args.kubeconfig, context=args.context, request_timeout=args.request_timeout
+    )
+    try:
+        kube = Kube.connect(settings)
+    except KubeConfigError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        try:
+            kube.version()
+        except KubeError as exc:
+            print(f"syncd: cannot use the Kubernetes API at {kube.host}: {exc}", file=sys.stderr)
+            return EXIT_TARGET_FAILED
+        run_settings = RunSettings(owner_id=args.owner_id, dry_run=args.dry_run)
+        if args.once or args.dry_run:
+            return _one_pass(kube, config, run_settings)
+        return _loop(kube, config, run_settings, args.interval)
+    finally:
+        kube.close()
+
+
+def _one_pass(kube: Kube, config: Config, settings: RunSettings) -> int:
+    writes_before = kube.writes
+    results = run_pass(kube, config, settings)
+    for result in results:
+        _print_result(result, settings.dry_run)
+    failed = [r for r in results if not r.outcome.ok]
+    writes = kube.writes - writes_before
+    if settings.dry_run:
+        planned = sum(len(r.changes) for r in results)
+        print(f"dry run: {planned} changes planned, nothing written")
+    elif failed:
+        print(f"not converged: {len(failed)} of {len(results)} targets failed; {writes} writes")
+    else:
+        print(f"converged: {len(config.targets)} targets, {writes} writes")
+    return EXIT_TARGET_FAILED if failed else EXIT_OK
+
+
+def _print_result(result: TargetResult, dry_run: bool) -> None:
+    for warning in result.warnings:
+        print(f"{result.target}: warning: {warning}", file=sys.stderr)
+    for change in result.changes:
+        if dry_run:
+            print(f"{result.target}: would {change.summary(planned=True)}")
+            print(_indent(change.diff()))
+        else:
+            print(f"{result.target}: {change.summary()}")
+    decision = result.decision
+    size = ""
+    if decision is not None:
+        ready = sum(1 for b in decision.backends if b.ready)
+        size = f" ({decision.source}: {len(decision.backends)} backends, {ready} ready)"
+    if result.outcome is Outcome.CONVERGED:
+        print(f"{result.target}: no changes{size}")
+    elif result.outcome is Outcome.CHANGED:
+        verb = "planned" if dry_run else "applied"
+        note = f"; {result.message}" if result.message else ""
+        print(f"{result.target}: {len(result.changes)} changes {verb}{size}{note}")
+    else:
+        line = f"{result.target}: {result.outcome.value.upper()}: {result.message}"
+        print(line)
+        print(line, file=sys.stderr)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _loop(kube: Kube, config: Config, settings: RunSettings, interval: float) -> int:
+    """Repeat passes until SIGTERM/SIGINT; a pass in progress always finishes first."""
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("received %s; stopping after the current pass", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    status = EXIT_OK
+    while not stop.is_set():
+        try:
+            config = load_config(config.path)
+        except ConfigError as exc:
+            log.error("new config rejected, keeping the previous one:\n%s", exc)
+        try:
+            status = _one_pass(kube, config, settings)
+        except SyncdError as exc:
+            log.error("pass failed: %s", exc)
+            status = EXIT_TARGET_FAILED
+        sys.stdout.flush()
+        stop.wait(interval)
+    return status

@@ -1,0 +1,595 @@
+"""Load and validate syncd's YAML configuration into typed, frozen objects.
+
+Every problem is collected (not just the first) and reported as one line that names the
+file, the YAML line, the target and the field, e.g.::
+
+    config/ceph-rgw.yaml:21: target storage/rgw: sources[0].backends[3]: '10.0.0.300' is not ...
+
+Nothing outside this module ever sees unvalidated data: loading either returns a `Config`
+or raises `ConfigError`, whatever the input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from syncd.addresses import AddressRejected, canonical_endpoint_ip
+from syncd.errors import ConfigError
+from syncd.model import (
+    Backend,
+    Config,
+    EndpointPort,
+    Output,
+    ServicePort,
+    SourceConfig,
+    StaticSourceConfig,
+    Target,
+)
+
+SUPPORTED_VERSIONS = (1,)
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+MAX_SLICE_CAPACITY = 1000  # EndpointSlice API validation limit
+DEFAULT_SLICE_CAPACITY = 100  # what the control plane's own controller packs to
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_MAX_NODES = 200_000  # refuse alias bombs instead of expanding them
+_MAX_DEPTH = 64
+
+Path_ = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+@dataclass
+class _Document:
+    """Plain Python data plus the 1-based YAML line of every node, keyed by its path."""
+
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line(self, path: Path_) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+
+def _parse_yaml(text: str, file: str) -> _Document:
+    """Parse one YAML document, keeping line numbers; any YAML problem becomes ConfigError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{file}: the file is empty")
+        doc = _Document(data=None)
+        counter = [0]
+        doc.data = _construct(loader, node, (), doc, counter, file)
+        return doc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{file}:{mark.line + 1}" if mark else file
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: YAML error: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: the YAML nests too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _construct(loader, node, path: Path_, doc: _Document, counter: list[int], file: str) -> Any:
+    counter[0] += 1
+    if counter[0] > _MAX_NODES or len(path) > _MAX_DEPTH:
+        raise ConfigError(f"{file}: the YAML is too large or nests too deeply (aliases?)")
+    doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolve `<<:` merge keys
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _construct_scalar(loader, key_node, file)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise ConfigError(
+                    f"{file}:{key_node.start_mark.line + 1}: mapping keys must be plain words"
+                )
+            if key in result:
+                raise ConfigError(f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+            result[key] = _construct(loader, value_node, (*path, str(key)), doc, counter, file)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(loader, item, (*path, index), doc, counter, file)
+            for index, item in enumerate(node.value)
+        ]
+    return _construct_scalar(loader, node, file)
+
+
+def _construct_scalar(loader, node, file: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"{file}:{node.start_mark.line + 1}: mapping keys must be plain words")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError:
+        raise
+    except Exception as exc:  # e.g. an impossible !!timestamp raises ValueError
+        raise ConfigError(f"{file}:{node.start_mark.line + 1}: invalid value: {exc}") from None
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _Checker:
+    """Collects problems with enough context to print file:line: target: field: message."""
+
+    file: str
+    doc: _Document
+    problems: list[str] = field(default_factory=list)
+
+    def error(self, path: Path_, message: str, scope: Path_ = (), label: str | None = None):
+        line = self.doc.line(path)
+        where = f"{self.file}:{line}" if line else self.file
+        relative = path[len(scope) :] if scope and path[: len(scope)] == scope else path
+        field_name = _format_path(relative)
+        parts = [where]
+        if label:
+            parts.append(label)
+        if field_name:
+            parts.append(field_name)
+        self.problems.append(": ".join([*parts, message]))
+
+
+def _format_path(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+@dataclass
+class _Scope:
+    """Where we are inside the document, for error messages."""
+
+    checker: _Checker
+    path: Path_
+    target_path: Path_ = ()
+    label: str | None = None
+
+    def at(self, *parts: str | int) -> _Scope:
+        return _Scope(self.checker, (*self.path, *parts), self.target_path, self.label)
+
+    def error(self, message: str) -> None:
+        self.checker.error(self.path, message, self.target_path, self.label)
+
+
+def _mapping(value: Any, scope: _Scope, allowed: set[str], required: set[str]) -> dict | None:
+    if not isinstance(value, dict):
+        scope.error(f"must be a mapping, got {_kind(value)}")
+        return None
+    for key in value:
+        if key not in allowed:
+            hint = _closest(str(key), allowed)
+            scope.at(str(key)).error(
+                f"unknown key {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+    for key in sorted(required - set(value)):
+        scope.error(f"missing required key {key!r}")
+    return value
+
+
+def _closest(word: str, choices: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _port_number(value: Any, scope: _Scope) -> int | None:
+    if not _is_int(value):
+        scope.error(f"port must be a whole number from 1 to 65535, got {value!r}")
+        return None
+    if not 1 <= value <= 65535:
+        scope.error(f"port {value} is out of range 1-65535")
+        return None
+    return value
+
+
+def _string(value: Any, scope: _Scope) -> str | None:
+    if not isinstance(value, str):
+        scope.error(f"must be a string, got {_kind(value)}")
+        return None
+    return value
+
+
+def _kube_name(value: Any, scope: _Scope, pattern: re.Pattern, what: str) -> str | None:
+    text = _string(value, scope)
+    if text is None:
+        return None
+    if len(text) > 63 or not pattern.match(text):
+        scope.error(f"{text!r} is not a valid {what}")
+        return None
+    return text
+
+
+_DNS1123_WHAT = "name (lowercase letters, digits and '-', at most 63, start/end alphanumeric)"
+_DNS1035_WHAT = "Service name (lowercase letters, digits and '-', at most 63, starts with a letter)"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate a config file. Raises ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    return load_config_text(text, path)
+
+
+def load_config_text(text: str, path: str | Path) -> Config:
+    """Validate config text as if read from `path` (relative static files resolve beside it)."""
+    path = Path(path)
+    file = str(path)
+    doc = _parse_yaml(text, file)
+    checker = _Checker(file, doc)
+    root = _Scope(checker, ())
+    data = _mapping(doc.data, root, {"version", "targets"}, {"version", "targets"})
+    if data is None:
+        raise ConfigError(checker.problems)
+
+    if "version" in data:
+        version = data["version"]
+        if not _is_int(version) or version not in SUPPORTED_VERSIONS:
+            root.at("version").error(f"unsupported version {version!r}; supported: 1")
+
+    targets: list[Target] = []
+    raw_targets = data.get("targets")
+    if "targets" in data:
+        if not isinstance(raw_targets, list):
+            root.at("targets").error(f"must be a list of targets, got {_kind(raw_targets)}")
+        elif not raw_targets:
+            root.at("targets").error("at least one target is required")
+        else:
+            seen: dict[tuple, int] = {}
+            for index, raw in enumerate(raw_targets):
+                target = _target(raw, root.at("targets", index), path.parent)
+                key = _raw_target_key(raw)
+                if key is not None and key in seen:
+                    root.at("targets", index).error(
+                        f"duplicate target {key[0]}/{key[1]} (also targets[{seen[key]}])"
+                    )
+                    continue
+                if key is not None:
+                    seen[key] = index
+                if target is not None:
+                    targets.append(target)
+
+    if checker.problems:
+        raise ConfigError(checker.problems)
+    return Config(path=path, targets=tuple(targets), version=data["version"])
+
+
+_TARGET_KEYS = {
+    "namespace",
+    "service",
+    "ports",
+    "sources",
+    "output",
+    "manage_service",
+    "max_endpoints_per_slice",
+}
+
+
+def _target(raw: Any, scope: _Scope, base_dir: Path) -> Target | None:
+    if isinstance(raw, dict):
+        scope = _Scope(scope.checker, scope.path, scope.path, _target_label(raw, scope.path))
+    before = len(scope.checker.problems)
+    data = _mapping(raw, scope, _TARGET_KEYS, {"namespace", "service", "ports", "sources"})
+    if data is None:
+        return None
+    namespace = service = None
+    if "namespace" in data:
+        namespace = _kube_name(
+            data["namespace"], scope.at("namespace"), _DNS1123_LABEL, "namespace " + _DNS1123_WHAT
+        )
+    if "service" in data:
+        service = _kube_name(data["service"], scope.at("service"), _DNS1035_LABEL, _DNS1035_WHAT)
+
+    ports = _service_ports(data.get("ports"), scope.at("ports")) if "ports" in data else None
+
+    output = Output.ENDPOINTSLICES
+    if "output" in data:
+        try:
+            output = Output(data["output"])
+        except ValueError:
+            choices = ", ".join(o.value for o in Output)
+            scope.at("output").error(f"{data['output']!r} is not one of: {choices}")
+
+    manage_service = True
+    if "manage_service" in data:
+        if isinstance(data["manage_service"], bool):
+            manage_service = data["manage_service"]
+        else:
+            scope.at("manage_service").error("must be true or false")
+
+    capacity = DEFAULT_SLICE_CAPACITY
+    if "max_endpoints_per_slice" in data:
+        value = data["max_endpoints_per_slice"]
+        if _is_int(value) and 1 <= value <= MAX_SLICE_CAPACITY:
+            capacity = value
+        else:
+            scope.at("max_endpoints_per_slice").error(
+                f"must be a whole number from 1 to {MAX_SLICE_CAPACITY}, got {value!r}"
+            )
+
+    sources: list[SourceConfig] = []
+    raw_sources = data.get("sources")
+    if "sources" in data:
+        if not isinstance(raw_sources, list):
+            scope.at("sources").error(f"must be a list of sources, got {_kind(raw_sources)}")
+        elif not raw_sources:
+            scope.at("sources").error("at least one source is required")
+        elif ports is not None:
+            for index, raw in enumerate(raw_sources):
+                source = _source(raw, scope.at("sources", index), ports, base_dir)
+                if source is not None:
+                    sources.append(source)
+
+    if len(scope.checker.problems) > before or namespace is None or service is None:
+        return None
+    assert ports is not None
+    return Target(
+        namespace=namespace,
+        service=service,
+        ports=ports,
+        sources=tuple(sources),
+        output=output,
+        manage_service=manage_service,
+        max_endpoints_per_slice=capacity,
+    )
+
+
+def _raw_target_key(raw: Any) -> tuple | None:
+    if isinstance(raw, dict):
+        key = (raw.get("namespace"), raw.get("service"))
+        if all(isinstance(part, str) for part in key):
+            return key
+    return None
+
+
+def _target_label(data: dict, path: Path_) -> str:
+    """How errors name a target: by namespace/service when readable, else by position."""
+    namespace, service = data.get("namespace"), data.get("service")
+    if isinstance(namespace, str) and isinstance(service, str):
+        return f"target {namespace}/{service}"
+    return f"target #{path[-1]}"
+
+
+def _service_ports(raw: Any, scope: _Scope) -> tuple[ServicePort, ...] | None:
+    if not isinstance(raw, list) or not raw:
+        scope.error("must be a non-empty list of ports (name, port, protocol)")
+        return None
+    ports: list[ServicePort] = []
+    ok = True
+    for index, item in enumerate(raw):
+        where = scope.at(index)
+        data = _mapping(item, where, {"name", "port", "protocol"}, {"port"})
+        if data is None:
+            ok = False
+            continue
+        name = ""
+        if "name" in data:
+            name = _kube_name(
+                data["name"], where.at("name"), _DNS1123_LABEL, "port name " + _DNS1123_WHAT
+            )
+            ok &= name is not None
+        elif len(raw) > 1:
+            where.error("a name is required when the Service has more than one port")
+            ok = False
+        number = _port_number(data.get("port"), where.at("port")) if "port" in data else None
+        protocol = data.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            where.at("protocol").error(f"{protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+            ok = False
+        if name is None or number is None or not ok:
+            ok = False
+            continue
+        ports.append(ServicePort(name=name, port=number, protocol=protocol))
+    names = [p.name for p in ports]
+    for index, port in enumerate(ports):
+        if names.count(port.name) > 1 and names.index(port.name) != index:
+            scope.at(index).error(f"duplicate port name {port.name!r}")
+            ok = False
+        pairs = [(p.port, p.protocol) for p in ports]
+        if (
+            pairs.count((port.port, port.protocol)) > 1
+            and pairs.index((port.port, port.protocol)) != index
+        ):
+            scope.at(index).error(f"duplicate port {port.port}/{port.protocol}")
+            ok = False
+    return tuple(ports) if ok else None
+
+
+def _source(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...], base_dir: Path):
+    if not isinstance(raw, dict):
+        scope.error(f"must be a mapping with a 'type', got {_kind(raw)}")
+        return None
+    kind = raw.get("type")
+    if kind == "static":
+        return _static_source(raw, scope, ports, base_dir)
+    if "type" not in raw:
+        scope.error("missing required key 'type' (one of: static)")
+    else:
+        scope.at("type").error(f"unknown source type {kind!r} (one of: static)")
+    return None
+
+
+def _static_source(raw: dict, scope: _Scope, ports, base_dir: Path) -> StaticSourceConfig | None:
+    data = _mapping(raw, scope, {"type", "backends", "file"}, {"type"})
+    if data is None:
+        return None
+    if ("backends" in data) == ("file" in data):
+        scope.error("a static source needs exactly one of 'backends' or 'file'")
+        return None
+    if "backends" in data:
+        backends = _backend_list(data["backends"], scope.at("backends"), ports)
+        return None if backends is None else StaticSourceConfig(backends=backends)
+    name = _string(data["file"], scope.at("file"))
+    if name is None:
+        return None
+    file = (base_dir / name) if not Path(name).is_absolute() else Path(name)
+    try:
+        backends = read_backends_file(file, ports)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            scope.at("file").error(problem)
+        return None
+    return StaticSourceConfig(backends=backends, file=file)
+
+
+def read_backends_file(file: Path, ports: tuple[ServicePort, ...]) -> tuple[Backend, ...]:
+    """Parse a static backends file: a YAML list of backends, or a mapping with `backends:`."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    doc = _parse_yaml(text, str(file))
+    checker = _Checker(str(file), doc)
+    scope = _Scope(checker, ())
+    raw = doc.data
+    if isinstance(raw, dict):
+        data = _mapping(raw, scope, {"backends"}, {"backends"})
+        raw = data.get("backends") if data else None
+        scope = scope.at("backends")
+    backends = _backend_list(raw, scope, ports) if not checker.problems else None
+    if checker.problems or backends is None:
+        raise ConfigError(checker.problems or [f"{file}: no backends"])
+    return backends
+
+
+def _backend_list(raw: Any, scope: _Scope, ports) -> tuple[Backend, ...] | None:
+    if not isinstance(raw, list):
+        scope.error(f"must be a list of backends, got {_kind(raw)}")
+        return None
+    backends: list[Backend] = []
+    seen: dict[tuple, int] = {}
+    before = len(scope.checker.problems)
+    for index, item in enumerate(raw):
+        where = scope.at(index)
+        backend = _backend(item, where, ports)
+        if backend is None:
+            continue
+        if backend.identity in seen:
+            where.error(f"duplicate backend {backend} (also [{seen[backend.identity]}])")
+            continue
+        seen[backend.identity] = index
+        backends.append(backend)
+    return tuple(backends) if len(scope.checker.problems) == before else None
+
+
+def _backend(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...]) -> Backend | None:
+    by_name = {p.name: p for p in ports}
+    if isinstance(raw, str):
+        return _backend_shorthand(raw, scope, ports)
+    data = _mapping(raw, scope, {"address", "port", "ports", "ready"}, {"address"})
+    if data is None:
+        return None
+    ok = True
+    address = None
+    if "address" in data:
+        address = _address(data["address"], scope.at("address"))
+        ok &= address is not None
+    ready = data.get("ready", True)
+    if not isinstance(ready, bool):
+        scope.at("ready").error("must be true or false")
+        ok = False
+    endpoint_ports: list[EndpointPort] = []
+    if ("port" in data) == ("ports" in data):
+        scope.error("give exactly one of 'port' (one-port Services) or 'ports' (name: port)")
+        return None
+    if "port" in data:
+        if len(ports) != 1:
+            names = ", ".join(p.name for p in ports)
+            scope.at("port").error(f"the Service has several ports; use 'ports' with: {names}")
+            return None
+        number = _port_number(data["port"], scope.at("port"))
+        if number is None:
+            return None
+        endpoint_ports.append(EndpointPort(ports[0].name, number, ports[0].protocol))
+    else:
+        mapping = data["ports"]
+        if not isinstance(mapping, dict) or not mapping:
+            scope.at("ports").error("must be a mapping of Service port name to backend port")
+            return None
+        for name, number in mapping.items():
+            where = scope.at("ports", str(name))
+            if name not in by_name:
+                if list(by_name) == [""]:
+                    where.error("the Service's only port is unnamed; use 'port: N' instead")
+                else:
+                    known = ", ".join(repr(n) for n in by_name)
+                    where.error(f"{name!r} is not a port of the Service (ports: {known})")
+                ok = False
+                continue
+            number = _port_number(number, where)
+            if number is None:
+                ok = False
+                continue
+            endpoint_ports.append(EndpointPort(name, number, by_name[name].protocol))
+    if not ok or address is None:
+        return None
+    return Backend(address=address, ports=tuple(sorted(endpoint_ports)), ready=ready)
+
+
+def _backend_shorthand(text: str, scope: _Scope, ports) -> Backend | None:
+    if len(ports) != 1:
+        scope.error(f"{text!r}: 'address:port' works for one-port Services only; use a mapping")
+        return None
+    host, sep, port_text = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        scope.error(f"{text!r}: write IPv6 backends as '[address]:port'")
+        return None
+    if not sep or not port_text.isdigit():
+        scope.error(f"{text!r} is not 'address:port'")
+        return None
+    address = _address(host, scope)
+    number = _port_number(int(port_text), scope)
+    if address is None or number is None:
+        return None
+    return Backend(address, (EndpointPort(ports[0].name, number, ports[0].protocol),))
+
+
+def _address(value: Any, scope: _Scope) -> str | None:
+    if not isinstance(value, str):
+        scope.error(f"must be an IP address, got {_kind(value)}")
+        return None
+    try:
+        return canonical_endpoint_ip(value)
+    except AddressRejected as exc:
+        scope.error(str(exc))
+        return None

@@ -1,0 +1,48 @@
+"""syncd's own error types, so callers catch what they mean and nothing else."""
+
+from __future__ import annotations
+
+
+class SyncdError(Exception):
+    """Base of every error syncd raises on purpose."""
+
+
+class ConfigError(SyncdError):
+    """The configuration is unusable. Carries every problem found, one line each."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class SourceError(SyncdError):
+    """A registry could not answer. Distinct from an empty answer: never empty a Service on it."""
+
+
+class KubeError(SyncdError):
+    """The Kubernetes API refused or failed a call (after retries, if it was transient)."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class KubeNotFound(KubeError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class KubeConflict(KubeError):
+    """409: the object already exists, or changed since it was read."""
+
+
+class KubeConfigError(SyncdError):
+    """No usable kubeconfig or in-cluster configuration."""
+
+
+class OwnershipConflict(SyncdError):
+    """An object syncd would write exists but is not syncd's; it is reported and left alone."""
+
+
+class TargetError(SyncdError):
+    """A target cannot be reconciled for a reason the user must fix (e.g. missing Service)."""

@@ -1,0 +1,133 @@
+"""The data that flows between stages: backends, targets and snapshots (frozen, hashable)."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Output(enum.StrEnum):
+    """Which endpoint objects syncd writes for a target."""
+
+    ENDPOINTSLICES = "endpointslices"
+    ENDPOINTS = "endpoints"
+    BOTH = "both"
+
+    @property
+    def slices(self) -> bool:
+        return self in (Output.ENDPOINTSLICES, Output.BOTH)
+
+    @property
+    def endpoints(self) -> bool:
+        return self in (Output.ENDPOINTS, Output.BOTH)
+
+
+class AddressFamily(enum.StrEnum):
+    """EndpointSlice addressType values; one slice never mixes families."""
+
+    IPV4 = "IPv4"
+    IPV6 = "IPv6"
+
+
+@dataclass(frozen=True, order=True)
+class ServicePort:
+    """A port of the Service: what clients inside the cluster connect to."""
+
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, order=True)
+class EndpointPort:
+    """Where a backend really listens for one Service port (named like that Service port)."""
+
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+PortSet = tuple[EndpointPort, ...]
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """One address and the port it serves for each Service port it backs.
+
+    `address` is always the canonical text form (what the API server stores), so two
+    spellings of one IP are one backend.
+    """
+
+    address: str
+    ports: PortSet
+    ready: bool = True
+
+    @property
+    def family(self) -> AddressFamily:
+        version = ipaddress.ip_address(self.address).version
+        return AddressFamily.IPV4 if version == 4 else AddressFamily.IPV6
+
+    @property
+    def identity(self) -> tuple[str, PortSet]:
+        """Two backends with the same identity are duplicates, whatever their readiness."""
+        return (self.address, self.ports)
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        ports = ",".join(f"{p.name}={p.port}" if p.name else str(p.port) for p in self.ports)
+        return f"{host}:{ports}" + ("" if self.ready else " (not ready)")
+
+
+@dataclass(frozen=True)
+class StaticSourceConfig:
+    """Backends listed in the config itself, or in a YAML file next to it."""
+
+    backends: tuple[Backend, ...] = ()
+    file: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return "static"
+
+    def describe(self) -> str:
+        return f"static file {self.file}" if self.file else "static list"
+
+
+SourceConfig = StaticSourceConfig
+
+
+@dataclass(frozen=True)
+class Target:
+    """One selectorless Service and where its backends come from."""
+
+    namespace: str
+    service: str
+    ports: tuple[ServicePort, ...]
+    sources: tuple[SourceConfig, ...]
+    output: Output = Output.ENDPOINTSLICES
+    manage_service: bool = True
+    max_endpoints_per_slice: int = 100
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.service}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated configuration file."""
+
+    path: Path
+    targets: tuple[Target, ...]
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one source listed for one target at one moment. Empty is a real answer."""
+
+    backends: frozenset[Backend]
+    source: str
+    warnings: tuple[str, ...] = field(default=())

@@ -1,0 +1,272 @@
+"""Backends -> the Kubernetes objects the cluster should hold (pure; no I/O).
+
+Rules this module encodes:
+
+- An EndpointSlice has one address type and one port list, so backends are grouped by
+  (address family, port set). The Ceph case (same Service port, backends on 8080 and 8081)
+  therefore becomes two slices.
+- Slices are packed up to the target's capacity. Assignment is *stable*: given the slices
+  already in the cluster (`placement`), every backend that still exists stays in the slice
+  that holds it, new backends go first into slices that change anyway, and only then into
+  new slices. One backend change therefore rewrites one slice, not all of them.
+- Not-ready backends stay in their slice with `conditions.ready: false`.
+- Legacy Endpoints get one subset per port set, not-ready backends in `notReadyAddresses`,
+  and the skip-mirror label when slices are written too (else the mirroring controller would
+  duplicate them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target
+from syncd.ownership import SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
+
+_MAX_NAME = 253
+
+
+@dataclass(frozen=True, order=True)
+class SliceKey:
+    """What every endpoint in one slice shares: address family and port list."""
+
+    family: AddressFamily
+    ports: PortSet
+
+
+@dataclass(frozen=True)
+class PlacedSlice:
+    """Which addresses a slice holds (read from the cluster, or decided by `pack_slices`)."""
+
+    name: str
+    key: SliceKey
+    addresses: tuple[str, ...]
+
+
+def _ip_sort_key(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return (ip.version, int(ip))
+
+
+def slice_key_of(obj: Mapping[str, Any]) -> SliceKey | None:
+    """The grouping key of a live EndpointSlice, or None if it is not one syncd could write."""
+    try:
+        family = AddressFamily(obj.get("addressType"))
+    except ValueError:
+        return None
+    ports = tuple(
+        sorted(
+            EndpointPort(p.get("name") or "", int(p.get("port") or 0), p.get("protocol") or "TCP")
+            for p in obj.get("ports") or ()
+        )
+    )
+    return SliceKey(family, ports)
+
+
+def placement_of(live_slices: Iterable[Mapping[str, Any]]) -> tuple[PlacedSlice, ...]:
+    """Read the current packing of live (owned) slices, the input to stable assignment."""
+    placed = []
+    for obj in live_slices:
+        key = slice_key_of(obj)
+        if key is None:
+            continue
+        addresses = tuple(
+            address
+            for endpoint in obj.get("endpoints") or ()
+            for address in (endpoint.get("addresses") or ())[:1]
+        )
+        placed.append(PlacedSlice(obj["metadata"]["name"], key, addresses))
+    return tuple(placed)
+
+
+def _name_prefix(service: str, key: SliceKey) -> str:
+    family = "v4" if key.family is AddressFamily.IPV4 else "v6"
+    ports = "-".join(
+        f"{p.port}" if p.protocol == "TCP" else f"{p.port}{p.protocol.lower()}" for p in key.ports
+    )
+    prefix = f"{service}-{family}-{ports}" if ports else f"{service}-{family}"
+    if len(prefix) > _MAX_NAME - 8:
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:10]
+        prefix = f"{service}-{family}-{digest}"
+    return prefix
+
+
+def pack_slices(
+    service: str,
+    backends: Iterable[Backend],
+    capacity: int,
+    placement: Sequence[PlacedSlice] = (),
+) -> tuple[PlacedSlice, ...]:
+    """Decide which slice holds which address, keeping existing assignments where possible."""
+    groups: dict[SliceKey, set[str]] = defaultdict(set)
+    for backend in backends:
+        groups[SliceKey(backend.family, backend.ports)].add(backend.address)
+
+    taken_names = {s.name for s in placement}
+    result: list[PlacedSlice] = []
+    for key in sorted(groups):
+        wanted = groups[key]
+        placed: set[str] = set()
+        slots: list[tuple[str, list[str], bool]] = []
+        for live in sorted((s for s in placement if s.key == key), key=lambda s: s.name):
+            keep = [a for a in live.addresses if a in wanted and a not in placed][:capacity]
+            placed.update(keep)
+            slots.append((live.name, keep, len(keep) != len(live.addresses)))
+        pending = sorted(wanted - placed, key=_ip_sort_key)
+        # New addresses go first where a write happens anyway, then into any room left.
+        for index in sorted(range(len(slots)), key=lambda i: (not slots[i][2], slots[i][0])):
+            name, keep, _changed = slots[index]
+            room = capacity - len(keep)
+            if room > 0 and pending:
+                slots[index] = (name, keep + pending[:room], True)
+                pending = pending[room:]
+        prefix = _name_prefix(service, key)
+        counter = 0
+        while pending:
+            while f"{prefix}-{counter}" in taken_names:
+                counter += 1
+            name = f"{prefix}-{counter}"
+            taken_names.add(name)
+            slots.append((name, pending[:capacity], True))
+            pending = pending[capacity:]
+        result.extend(
+            PlacedSlice(name, key, tuple(sorted(addresses, key=_ip_sort_key)))
+            for name, addresses, _changed in slots
+            if addresses
+        )
+    return tuple(sorted(result, key=lambda s: s.name))
+
+
+def _owner_references(target: Target, service_uid: str | None) -> list[dict[str, Any]]:
+    if not service_uid:
+        return []
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "name": target.service,
+            "uid": service_uid,
+            "controller": True,
+        }
+    ]
+
+
+def _ports_list(ports: PortSet) -> list[dict[str, Any]]:
+    return [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in sorted(ports)]
+
+
+def render_service(target: Target, owner_id: str) -> dict[str, Any]:
+    """The selectorless Service syncd creates when `manage_service` is on.
+
+    No `targetPort`: without a selector the endpoint ports decide where traffic goes.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": target.service,
+            "namespace": target.namespace,
+            "labels": ownership_labels("Service", owner_id),
+        },
+        "spec": {
+            "ports": [
+                {"name": p.name, "port": p.port, "protocol": p.protocol} for p in target.ports
+            ],
+        },
+    }
+
+
+def render_endpoint_slices(
+    target: Target,
+    backends: Iterable[Backend],
+    owner_id: str,
+    placement: Sequence[PlacedSlice] = (),
+    service_uid: str | None = None,
+) -> list[dict[str, Any]]:
+    backends = list(backends)
+    ready = {(b.address, SliceKey(b.family, b.ports)): b.ready for b in backends}
+    slices = []
+    for placed in pack_slices(target.service, backends, target.max_endpoints_per_slice, placement):
+        metadata: dict[str, Any] = {
+            "name": placed.name,
+            "namespace": target.namespace,
+            "labels": {
+                SERVICE_NAME_LABEL: target.service,
+                **ownership_labels("EndpointSlice", owner_id),
+            },
+        }
+        if service_uid:
+            metadata["ownerReferences"] = _owner_references(target, service_uid)
+        slices.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": metadata,
+                "addressType": placed.key.family.value,
+                "endpoints": [
+                    {
+                        "addresses": [address],
+                        "conditions": {"ready": ready[(address, placed.key)]},
+                    }
+                    for address in placed.addresses
+                ],
+                "ports": _ports_list(placed.key.ports),
+            }
+        )
+    return slices
+
+
+def render_endpoints(
+    target: Target,
+    backends: Iterable[Backend],
+    owner_id: str,
+    service_uid: str | None = None,
+) -> dict[str, Any]:
+    """Legacy v1 Endpoints (deprecated since Kubernetes 1.33, still served): opt-in output."""
+    by_ports: dict[PortSet, dict[bool, set[str]]] = defaultdict(lambda: {True: set(), False: set()})
+    for backend in backends:
+        by_ports[backend.ports][backend.ready].add(backend.address)
+    subsets = []
+    for ports in sorted(by_ports):
+        subset: dict[str, Any] = {}
+        for ready, field in ((True, "addresses"), (False, "notReadyAddresses")):
+            addresses = sorted(by_ports[ports][ready], key=_ip_sort_key)
+            if addresses:
+                subset[field] = [{"ip": address} for address in addresses]
+        subset["ports"] = _ports_list(ports)
+        subsets.append(subset)
+    labels = ownership_labels("Endpoints", owner_id)
+    if target.output.slices:
+        labels[SKIP_MIRROR_LABEL] = "true"
+    metadata: dict[str, Any] = {
+        "name": target.service,
+        "namespace": target.namespace,
+        "labels": labels,
+    }
+    if service_uid:
+        metadata["ownerReferences"] = _owner_references(target, service_uid)
+    return {"apiVersion": "v1", "kind": "Endpoints", "metadata": metadata, "subsets": subsets}
+
+
+def render_target(
+    target: Target,
+    backends: Iterable[Backend],
+    owner_id: str,
+    placement: Sequence[PlacedSlice] = (),
+    service_uid: str | None = None,
+    include_service: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Every object the target should have, Service first (what `syncd render` prints)."""
+    backends = list(backends)
+    objects: list[dict[str, Any]] = []
+    if target.manage_service if include_service is None else include_service:
+        objects.append(render_service(target, owner_id))
+    if target.output.endpoints:
+        objects.append(render_endpoints(target, backends, owner_id, service_uid))
+    if target.output.slices:
+        objects.extend(render_endpoint_slices(target, backends, owner_id, placement, service_uid))
+    return objects

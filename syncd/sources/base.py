@@ -1,0 +1,27 @@
+"""The contract every source keeps."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from syncd.errors import SourceError
+from syncd.model import Snapshot
+
+
+class Source(Protocol):
+    """Reads one registry for one target."""
+
+    def describe(self) -> str:
+        """Short human name used in logs, e.g. 'static file backends.yaml'."""
+        ...
+
+    def fetch(self) -> Snapshot:
+        """The registry's current answer; raise SourceError when it cannot answer.
+
+        An empty snapshot means the registry says "no backends". A failure must never be
+        reported as empty: callers keep the last applied state on SourceError.
+        """
+        ...
+
+
+__all__ = ["Source", "SourceError"]

@@ -1,0 +1,93 @@
+"""Fixtures shared by all tests. Servers start lazily, only for tests that ask for them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import settings
+from kubernetes import client as k8s
+from kubernetes import utils as k8s_utils
+
+from syncd.kube import Kube, KubeSettings
+from tests.harness.kube_apiserver import REPO, KubeApiServer, ServerStartError
+
+settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory) -> Iterator[KubeApiServer]:
+    """A real kube-apiserver + etcd with RBAC, deploy/rbac.yaml applied for the syncd user."""
+    server = KubeApiServer(tmp_path_factory.mktemp("kube-apiserver"))
+    try:
+        server.start()
+    except ServerStartError as exc:
+        server.stop()
+        pytest.fail(f"the real kube-apiserver could not start: {exc}", pytrace=False)
+    api_client = k8s.ApiClient(_configuration(server.admin_kubeconfig))
+    for manifest in ("namespace.yaml", "rbac.yaml"):
+        for doc in yaml.safe_load_all((REPO / "deploy" / manifest).read_text()):
+            k8s_utils.create_from_dict(api_client, doc)
+    api_client.close()
+    yield server
+    server.stop()
+
+
+def _configuration(kubeconfig: Path) -> k8s.Configuration:
+    from kubernetes import config as k8s_config
+
+    configuration = k8s.Configuration()
+    k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return configuration
+
+
+@pytest.fixture
+def admin_api(apiserver) -> Iterator[k8s.ApiClient]:
+    """The official client as cluster admin, for setup and for looking at the results."""
+    api_client = k8s.ApiClient(_configuration(apiserver.admin_kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def admin(apiserver) -> Iterator[Kube]:
+    """syncd's own thin client, but with admin rights: reads raw JSON like syncd sees it."""
+    kube = Kube.connect(KubeSettings(kubeconfig=str(apiserver.admin_kubeconfig)))
+    yield kube
+    kube.close()
+
+
+@pytest.fixture
+def namespace(admin_api) -> str:
+    """A fresh namespace per test (namespaces are never deleted: no controller-manager runs)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    k8s.CoreV1Api(admin_api).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+@pytest.fixture
+def run_syncd(apiserver, namespace):
+    """`syncd run --once` as the syncd service account, as its own instance (owner id).
+
+    Every test is a separate syncd instance: pruning is per owner id, so tests sharing the
+    API server never prune each other's objects.
+    """
+    from tests.helpers import run_once
+
+    def run(config, *extra: str, check: int | None = 0, owner: str | None = None):
+        return run_once(
+            config,
+            apiserver.syncd_kubeconfig,
+            "--owner-id",
+            owner or namespace,
+            *extra,
+            check=check,
+        )
+
+    return run

@@ -1,0 +1,328 @@
+"""A real kube-apiserver backed by a real etcd, on free loopback ports (the envtest pattern).
+
+The binaries come from scripts/build-test-servers.sh (built from their Go modules and cached
+outside the repository). RBAC is on; two token users exist:
+
+- `admin` (system:masters) for test setup and assertions;
+- `system:serviceaccount:syncd:syncd`, which has only what deploy/rbac.yaml grants it, so
+  every syncd run in the tests proves the shipped RBAC is sufficient.
+
+An audit log records every request, so tests count syncd's write calls from the server's
+side rather than trusting syncd's own counters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "scripts" / "build-test-servers.sh"
+SYNCD_USER = "system:serviceaccount:syncd:syncd"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+class ServerStartError(RuntimeError):
+    """A real server could not be started: tests must fail, never skip."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_binaries() -> dict[str, str]:
+    """Paths of kube-apiserver and etcd, building them first if the cache is empty."""
+    if os.environ.get("KUBE_APISERVER") and os.environ.get("ETCD"):
+        return {"kube-apiserver": os.environ["KUBE_APISERVER"], "etcd": os.environ["ETCD"]}
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ServerStartError(f"building the test servers failed:\n{result.stderr[-4000:]}")
+    paths = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+    return {"kube-apiserver": paths["KUBE_APISERVER"], "etcd": paths["ETCD"]}
+
+
+def _wait(check, timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"{what} exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.2)
+    raise ServerStartError(f"{what} not ready after {timeout}s ({last}):\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class AuditEvent:
+    verb: str
+    user: str
+    uri: str
+    resource: str
+    namespace: str
+    name: str
+    code: int
+
+
+class AuditLog:
+    """Reads the API server's audit log; `mark()` fences off what a test step did."""
+
+    def __init__(self, path: Path, admin_request):
+        self.path = path
+        self._admin_request = admin_request
+
+    def _events(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        events = []
+        for line in self.path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written right now
+        return events
+
+    def mark(self) -> int:
+        """Send a uniquely named request and wait until it is logged; returns its position.
+
+        Requests that completed before the mark was sent are logged before it, so events
+        after a mark belong to what the test did next.
+        """
+        token = f"syncd-test-mark-{uuid.uuid4().hex}"
+        self._admin_request(f"/api/v1/namespaces/default/configmaps/{token}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for index, event in enumerate(self._events()):
+                if token in event.get("requestURI", ""):
+                    return index
+            time.sleep(0.05)
+        raise AssertionError("audit log did not record the marker request")
+
+    def since(self, start: int, user: str = SYNCD_USER) -> list[AuditEvent]:
+        end = self.mark()
+        result = []
+        for event in self._events()[start + 1 : end]:
+            if event.get("user", {}).get("username") != user:
+                continue
+            ref = event.get("objectRef") or {}
+            result.append(
+                AuditEvent(
+                    verb=event.get("verb", ""),
+                    user=user,
+                    uri=event.get("requestURI", ""),
+                    resource=ref.get("resource", ""),
+                    namespace=ref.get("namespace", ""),
+                    name=ref.get("name", ""),
+                    code=(event.get("responseStatus") or {}).get("code", 0),
+                )
+            )
+        return result
+
+    def writes_since(self, start: int, user: str = SYNCD_USER) -> list[AuditEvent]:
+        return [e for e in self.since(start, user) if e.verb in WRITE_VERBS]
+
+
+class KubeApiServer:
+    """Start/stop etcd + kube-apiserver in a private directory."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen] = []
+        self.port = 0
+        self.admin_token = uuid.uuid4().hex
+        self.syncd_token = uuid.uuid4().hex
+        self.audit_log_path = workdir / "audit.log"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binaries = server_binaries()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        etcd_url = self._start_etcd(binaries["etcd"])
+        self._start_apiserver(binaries["kube-apiserver"], etcd_url)
+        self.admin_kubeconfig = self._write_kubeconfig("admin", self.admin_token)
+        self.syncd_kubeconfig = self._write_kubeconfig("syncd", self.syncd_token)
+        self.audit = AuditLog(self.audit_log_path, self.admin_get)
+
+    def _spawn(self, args: list[str], log_name: str) -> tuple[subprocess.Popen, Path]:
+        log = self.workdir / log_name
+        handle = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.processes.append(process)
+        return process, log
+
+    def _start_etcd(self, etcd: str) -> str:
+        client_port, peer_port = free_port(), free_port()
+        client_url = f"http://127.0.0.1:{client_port}"
+        process, log = self._spawn(
+            [
+                etcd,
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                client_url,
+                "--advertise-client-urls",
+                client_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+            "etcd.log",
+        )
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{client_url}/health", timeout=2) as response:
+                return json.load(response).get("health") == "true"
+
+        _wait(healthy, 30, "etcd", process, log)
+        return client_url
+
+    def _start_apiserver(self, apiserver: str, etcd_url: str) -> None:
+        certs = self.workdir / "certs"
+        certs.mkdir(exist_ok=True)
+        key, pub = certs / "sa.key", certs / "sa.pub"
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
+        )
+        subprocess.run(
+            ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
+            check=True,
+            capture_output=True,
+        )
+        tokens = self.workdir / "tokens.csv"
+        tokens.write_text(
+            f'{self.admin_token},admin,admin,"system:masters"\n'
+            f"{self.syncd_token},{SYNCD_USER},syncd,"
+            '"system:serviceaccounts,system:serviceaccounts:syncd"\n'
+        )
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\n"
+            "omitStages: [RequestReceived]\nrules:\n  - level: Metadata\n"
+        )
+        self.port = free_port()
+        process, log = self._spawn(
+            [
+                apiserver,
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.port),
+                "--cert-dir",
+                str(certs),
+                "--token-auth-file",
+                str(tokens),
+                "--authorization-mode",
+                "RBAC",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                "--service-account-key-file",
+                str(pub),
+                "--service-account-signing-key-file",
+                str(key),
+                "--service-cluster-ip-range",
+                "10.96.0.0/24",
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                "--audit-policy-file",
+                str(policy),
+                "--audit-log-path",
+                str(self.audit_log_path),
+                "--audit-log-mode",
+                "blocking",
+                "--audit-log-maxsize",
+                "0",
+            ],
+            "kube-apiserver.log",
+        )
+        _wait(lambda: self.admin_get("/readyz") == "ok", 120, "kube-apiserver", process, log)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.workdir / "certs" / "apiserver.crt"))
+        return context
+
+    def admin_get(self, path: str) -> str | None:
+        request = urllib.request.Request(
+            self.url + path, headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=self.ssl_context()) as resp:
+                return resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def _write_kubeconfig(self, user: str, token: str) -> Path:
+        path = self.workdir / f"{user}.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority": str(self.workdir / "certs" / "apiserver.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": "test", "user": user}}],
+            "current-context": user,
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.processes.clear()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""Small helpers to write configs and run syncd the way a user does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from syncd.kube import Kube
+
+REPO = Path(__file__).resolve().parents[1]
+CEPH_EXAMPLE = REPO / "config" / "ceph-rgw.yaml"
+CEPH_HOSTS = [f"192.168.7.{n}" for n in range(50, 56)]
+CEPH_PAIRS = {(host, port) for host in CEPH_HOSTS for port in (8080, 8081)}
+
+
+def target(namespace: str, service: str, backends: Iterable[Any], **extra: Any) -> dict:
+    """A one-port (http: 80) target with a static source."""
+    return {
+        "namespace": namespace,
+        "service": service,
+        "ports": [{"name": "http", "port": 80}],
+        "sources": [{"type": "static", "backends": list(backends)}],
+        **extra,
+    }
+
+
+def write_config(path: Path, *targets: dict) -> Path:
+    path.write_text(yaml.safe_dump({"version": 1, "targets": list(targets)}, sort_keys=False))
+    return path
+
+
+def ceph_target(namespace: str, **extra: Any) -> dict:
+    """The shipped Ceph example's target, moved into a test namespace."""
+    data = yaml.safe_load(CEPH_EXAMPLE.read_text())
+    return {**data["targets"][0], "namespace": namespace, **extra}
+
+
+def syncd(*args: str | Path, check: int | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (a new process); optionally assert the exit code."""
+    result = subprocess.run(
+        [sys.executable, "-m", "syncd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    if check is not None:
+        assert result.returncode == check, (
+            f"exit {result.returncode}, wanted {check}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def run_once(config: Path, kubeconfig: Path, *extra: str, check: int | None = 0):
+    return syncd(
+        "run", "--config", config, "--kubeconfig", kubeconfig, "--once", *extra, check=check
+    )
+
+
+def slices_of(kube: Kube, namespace: str, service: str) -> list[dict]:
+    return sorted(
+        kube.list("EndpointSlice", namespace, f"kubernetes.io/service-name={service}"),
+        key=lambda s: s["metadata"]["name"],
+    )
+
+
+def endpoint_pairs(slices: Iterable[dict]) -> set[tuple[str, int]]:
+    """(address, port) for every endpoint of every slice."""
+    pairs = set()
+    for obj in slices:
+        for endpoint in obj.get("endpoints") or ():
+            for port in obj.get("ports") or ():
+                pairs.add((endpoint["addresses"][0], port["port"]))
+    return pairs
+
+
+def readiness(slices: Iterable[dict]) -> dict[tuple[str, int], bool]:
+    return {
+        (endpoint["addresses"][0], port["port"]): endpoint["conditions"]["ready"]
+        for obj in slices
+        for endpoint in obj.get("endpoints") or ()
+        for port in obj.get("ports") or ()
+    }
