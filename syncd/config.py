@@ -64,8 +64,9 @@ class _Document:
 
 def _parse_yaml(text: str, file: str) -> _Document:
     """Parse one YAML document, keeping line numbers; any YAML problem becomes ConfigError."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters right here
         node = loader.get_single_node()
         if node is None:
             raise ConfigError(f"{file}: the file is empty")
@@ -79,11 +80,12 @@ def _parse_yaml(text: str, file: str) -> _Document:
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: YAML error: {exc}") from None
+        raise ConfigError(f"{file}: YAML error: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise ConfigError(f"{file}: the YAML nests too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _construct(loader, node, path: Path_, doc: _Document, counter: list[int], file: str) -> Any:
@@ -147,10 +149,17 @@ class _Checker:
         self.problems.append(": ".join([*parts, message]))
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
 def _format_path(path: Path_) -> str:
+    """targets[0].sources[1].backends[2]; odd keys quoted so a message stays on one line."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) or not _PLAIN_KEY.match(part):
+            text += f"[{part!r}]" if not isinstance(part, int) else f"[{part}]"
+        else:
+            text += f".{part}" if text else part
     return text
 
 

@@ -18,7 +18,10 @@ from tests.harness.kube_apiserver import REPO, KubeApiServer, ServerStartError
 
 settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None)
 settings.register_profile("dev", max_examples=100, deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.register_profile("thorough", max_examples=5000, deadline=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @pytest.fixture(scope="session")

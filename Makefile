@@ -1,0 +1,41 @@
+# make run    set up .venv and render the Ceph RGW example (no cluster needed)
+# make test   set up, build the real test servers if not cached, lint, run every test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run check test unit lint servers system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/syncd render --config config/ceph-rgw.yaml
+
+check: setup
+	$(BIN)/syncd check --config config/ceph-rgw.yaml
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+servers: system-deps
+	bash scripts/build-test-servers.sh
+
+lint: setup
+	$(BIN)/ruff check syncd tests
+	$(BIN)/ruff format --check syncd tests
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+test: setup servers lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

@@ -1,0 +1,111 @@
+"""The CLI as a user runs it: a new process, real files, exit codes, stdout vs stderr."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from syncd.errors import KubeError
+from syncd.kube import Kube, KubeSettings
+from tests.harness.kube_apiserver import free_port
+from tests.helpers import CEPH_EXAMPLE, REPO, syncd, target, write_config
+
+
+def test_help_explains_commands_and_exit_codes():
+    out = syncd("--help", check=0).stdout
+    for needle in ("render", "check", "run", "exit codes", "2  bad config or usage"):
+        assert needle in out
+    run_help = syncd("run", "--help", check=0).stdout
+    for flag in ("--once", "--dry-run", "--kubeconfig", "--owner-id"):
+        assert flag in run_help
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "syncd"
+    assert script.exists() or shutil.which("syncd")
+
+
+def test_check_accepts_the_example():
+    result = syncd("check", "--config", CEPH_EXAMPLE, check=0)
+    assert result.stdout.strip() == f"{CEPH_EXAMPLE}: OK (1 targets, 12 static backends)"
+
+
+def test_check_prints_every_problem_on_stderr_and_exits_2(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", target("ns", "svc", ["127.0.0.1:80", "192.0.2.1:0"]))
+    result = syncd("check", "--config", bad, check=2)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith(f"{bad}:") and "target ns/svc" in line for line in lines)
+
+
+def test_render_prints_appliable_yaml_with_no_cluster():
+    result = syncd("render", "--config", CEPH_EXAMPLE, check=0)
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert kinds == ["Service", "EndpointSlice", "EndpointSlice"]
+    assert result.stdout == (REPO / "tests" / "golden" / "ceph-rgw.yaml").read_text()
+
+
+def test_missing_config_flag_is_a_usage_error():
+    result = syncd("render", check=2)
+    assert "--config FILE is required" in result.stderr
+
+
+def test_missing_kubeconfig_is_a_usage_error(tmp_path):
+    result = syncd(
+        "run", "--config", CEPH_EXAMPLE, "--once", "--kubeconfig", tmp_path / "none", check=2
+    )
+    assert result.stderr.strip() == f"syncd: {tmp_path / 'none'}: kubeconfig not found"
+
+
+def test_unreachable_api_server_is_retried_then_reported_with_exit_1(tmp_path):
+    port = free_port()  # nothing listens here
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
+    result = syncd("run", "--config", CEPH_EXAMPLE, "--once", "--kubeconfig", kubeconfig, check=1)
+    assert f"cannot use the Kubernetes API at https://127.0.0.1:{port}" in result.stderr
+    assert result.stderr.count("retrying in") == 4  # 5 attempts, capped jittered backoff
+
+
+@pytest.mark.apiserver
+def test_a_bad_config_sends_nothing_to_the_cluster(apiserver, tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", target("ns", "svc", ["169.254.169.254:80"]))
+    mark = apiserver.audit.mark()
+    result = syncd(
+        "run", "--config", bad, "--once", "--kubeconfig", apiserver.syncd_kubeconfig, check=2
+    )
+    assert "link-local" in result.stderr
+    assert apiserver.audit.since(mark) == []  # not even a read
+
+
+@pytest.mark.apiserver
+def test_validation_errors_from_the_api_are_not_retried(apiserver, namespace):
+    kube = Kube.connect(KubeSettings(kubeconfig=str(apiserver.admin_kubeconfig)))
+    invalid = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "Not_Valid", "namespace": namespace},
+        "addressType": "IPv4",
+        "endpoints": [],
+        "ports": [],
+    }
+    with pytest.raises(KubeError) as caught:
+        kube.create(invalid)
+    assert caught.value.status == 422
+    assert kube.calls["create"] == 1
+    kube.close()
