@@ -44,7 +44,7 @@ def test_check_prints_every_problem_on_stderr_and_exits_2(tmp_path):
 
 
 def test_render_prints_appliable_yaml_with_no_cluster():
-    result = syncd("render", "--config", CEPH_EXAMPLE, check=0)
+    result = syncd("render", "--config", "config/ceph-rgw.yaml", check=0)  # as in the README
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc]
     assert kinds == ["Service", "EndpointSlice", "EndpointSlice"]
     assert result.stdout == (REPO / "tests" / "golden" / "ceph-rgw.yaml").read_text()
@@ -109,3 +109,67 @@ def test_validation_errors_from_the_api_are_not_retried(apiserver, namespace):
     assert caught.value.status == 422
     assert kube.calls["create"] == 1
     kube.close()
+
+
+@pytest.mark.apiserver
+def test_periodic_mode_keeps_the_old_config_on_a_bad_edit_and_stops_on_sigterm(
+    apiserver, admin, namespace, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.helpers import slices_of
+
+    config = write_config(tmp_path / "c.yaml", target(namespace, "loop", ["192.0.2.1:80"]))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "syncd",
+            "run",
+            "--config",
+            str(config),
+            "--interval",
+            "0.5",
+            "--kubeconfig",
+            str(apiserver.syncd_kubeconfig),
+            "--owner-id",
+            namespace,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert "created EndpointSlice" in process.stdout.readline() + process.stdout.readline()
+        config.write_text(config.read_text().replace("192.0.2.1:80", "127.0.0.1:80"))
+        deadline = time.monotonic() + 10
+        while "no changes" not in process.stdout.readline():
+            assert time.monotonic() < deadline, "no further pass after the bad edit"
+        (slice_,) = slices_of(admin, namespace, "loop")
+        assert slice_["endpoints"][0]["addresses"] == ["192.0.2.1"]  # old config still applied
+
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+        assert time.monotonic() - started < 2
+        assert "new config rejected, keeping the previous one" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.apiserver
+def test_a_missing_namespace_fails_that_target_with_a_clear_message(apiserver, tmp_path):
+    from tests.helpers import run_once
+
+    config = write_config(tmp_path / "c.yaml", target("no-such-namespace", "svc", ["192.0.2.1:80"]))
+    result = run_once(config, apiserver.syncd_kubeconfig, "--owner-id", "nsless", check=1)
+    assert (
+        "no-such-namespace/svc: FAILED: create Service no-such-namespace/svc: 404 "
+        'namespaces "no-such-namespace" not found' in result.stdout
+    )
