@@ -37,67 +37,51 @@ install_binary() { # $1 built file, $2 final path
   mv -f "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"
 }
 
-build_kube_apiserver() {
-  local out work mod minor
-  out="$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
+# Build one binary from a published Go module, unless it is cached.
+#   $1 name  $2 version  $3 main package  $4 extra go.mod lines  $5 ldflags
+build_from_module() {
+  local name="$1" version="$2" package="$3" gomod_lines="$4" ldflags="$5" out work
+  out="$(bin_path "$name" "$version")"
   [[ -x "$out" ]] && return 0
   require_go
-  work="$TOOLS_DIR/.build/kube-apiserver-$KUBERNETES_VERSION"
-  log "building kube-apiserver $KUBERNETES_VERSION from k8s.io/kubernetes (takes several minutes)"
+  work="$TOOLS_DIR/.build/$name-$version"
+  log "building $name $version from $package (the first build takes minutes)"
   new_module "$work"
+  printf '%s\n' "$gomod_lines" >> "$work/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" > "$work/tools.go"
+  (cd "$work" && log "resolving modules" && go mod tidy >&2)
+  (cd "$work" && log "compiling $name" && CGO_ENABLED=0 go build -trimpath \
+      -ldflags "$ldflags" -o "$work/$name" "$package")
+  install_binary "$work/$name" "$out"
+  rm -rf "$work"
+  log "$name ready: $out"
+}
+
+build_kube_apiserver() {
+  [[ -x "$(bin_path kube-apiserver "$KUBERNETES_VERSION")" ]] && return 0
+  require_go
   # k8s.io/kubernetes points its staging modules at ./staging/...; as a dependency those
   # local paths do not exist, so pin each one to its published v0.X.Y twin.
-  mod="$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+  local mod staging_version minor ldflags="-s -w" pkg
+  mod="$(cd /tmp && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
          | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
-  local staging_version="v0.${KUBERNETES_VERSION#v1.}"
-  {
-    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
-    grep -E '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging/' "$mod" \
-      | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
-  } >> "$work/go.mod"
-  cat > "$work/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
-GO
-  (cd "$work" && log "resolving modules" && go mod tidy >&2)
+  staging_version="v0.${KUBERNETES_VERSION#v1.}"
   minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
-  local ldflags="-s -w"
+  # Stamp the version: the API server derives its emulated version from it.
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$work" && log "compiling" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" \
-      -o "$work/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
-  install_binary "$work/kube-apiserver" "$out"
-  rm -rf "$work"
-  log "kube-apiserver ready: $out"
+  build_from_module kube-apiserver "$KUBERNETES_VERSION" k8s.io/kubernetes/cmd/kube-apiserver \
+    "$(echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+       grep -E '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging/' "$mod" \
+         | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}')" \
+    "$ldflags"
 }
 
 build_etcd() {
-  local out work
-  out="$(bin_path etcd "$ETCD_VERSION")"
-  [[ -x "$out" ]] && return 0
-  require_go
-  work="$TOOLS_DIR/.build/etcd-$ETCD_VERSION"
-  log "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3"
-  new_module "$work"
-  echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION" >> "$work/go.mod"
-  cat > "$work/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import _ "go.etcd.io/etcd/server/v3"
-GO
-  (cd "$work" && go mod tidy >&2)
-  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
-      -o "$work/etcd" go.etcd.io/etcd/server/v3)
-  install_binary "$work/etcd" "$out"
-  rm -rf "$work"
-  log "etcd ready: $out"
+  build_from_module etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 \
+    "require go.etcd.io/etcd/server/v3 $ETCD_VERSION" "-s -w"
 }
 
 if [[ "${1:-}" == "--check" ]]; then
