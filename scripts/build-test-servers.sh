@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the real servers the integration tests run (kube-apiserver, etcd) from their
+# Build the real servers the integration tests run (kube-apiserver, etcd, consul) from their
 # published Go modules, and cache the binaries outside the repository, keyed by version.
 #
 # Usage: scripts/build-test-servers.sh            build what is missing, print the paths
@@ -11,6 +11,9 @@ set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
+# The newest Consul that is MPL-2.0 licensed *and* buildable from served modules: 1.15+
+# needs consul/envoyextensions, which the module proxy does not serve; 1.16.4+ is BUSL.
+CONSUL_VERSION="${CONSUL_VERSION:-v1.14.11}"
 TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
 
 log() { printf '[build-test-servers] %s\n' "$*" >&2; }
@@ -83,10 +86,23 @@ build_etcd() {
   build_from_module etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 \
     "require go.etcd.io/etcd/server/v3 $ETCD_VERSION" "-s -w"
 }
+build_consul() {
+  # Consul's go.mod replaces its own api/sdk/proto-public submodules with local paths, which
+  # do not exist for a dependency: require the published versions its go.mod names instead.
+  local mod
+  mod="$(cd /tmp && go mod download -json "github.com/hashicorp/consul@$CONSUL_VERSION" \
+         | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+  build_from_module consul "$CONSUL_VERSION" github.com/hashicorp/consul \
+    "$(echo "require github.com/hashicorp/consul $CONSUL_VERSION"
+       grep -E '^[[:space:]]*github.com/hashicorp/consul/(api|sdk|proto-public) v' "$mod" \
+         | awk '{print "require " $1 " " $2}'
+       grep -E '^replace launchpad.net/gocheck' "$mod")" \
+    "-s -w -X github.com/hashicorp/consul/version.GitCommit=release"
+}
 
 if [[ "${1:-}" == "--check" ]]; then
   missing=0
-  for b in "kube-apiserver $KUBERNETES_VERSION" "etcd $ETCD_VERSION"; do
+  for b in "kube-apiserver $KUBERNETES_VERSION" "etcd $ETCD_VERSION" "consul $CONSUL_VERSION"; do
     set -- $b
     [[ -x "$(bin_path "$1" "$2")" ]] || { log "missing: $1 $2"; missing=1; }
   done
@@ -95,5 +111,7 @@ fi
 
 build_etcd
 build_kube_apiserver
+build_consul
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "ETCD=$(bin_path etcd "$ETCD_VERSION")"
+echo "CONSUL=$(bin_path consul "$CONSUL_VERSION")"

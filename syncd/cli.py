@@ -18,9 +18,11 @@ import yaml
 
 from syncd import __version__
 from syncd.config import load_config
-from syncd.errors import ConfigError, KubeConfigError, KubeError, SyncdError
+from syncd.controller import Controller, DaemonSettings
+from syncd.errors import ConfigError, KubeConfigError, KubeError
 from syncd.kube import Kube, KubeSettings
-from syncd.model import Config
+from syncd.model import Config, StaticSourceConfig
+from syncd.observability import serve_metrics, setup_logging
 from syncd.ownership import DEFAULT_OWNER_ID, valid_owner_id
 from syncd.reconcile import Outcome, RunSettings, TargetResult, decide, run_pass
 from syncd.render import render_target
@@ -107,8 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         help="apply the config to the cluster",
         description="Apply the config to the cluster named by the kubeconfig (--kubeconfig, "
         "$KUBECONFIG, ~/.kube/config) or the in-cluster service account. Prints one line "
-        "per change. Without --once, repeats every --interval seconds until SIGTERM/SIGINT, "
-        "re-reading the config each time (an invalid new config is logged and ignored).",
+        "per change. Without --once it runs until SIGTERM/SIGINT: it watches every source "
+        "(Consul blocking queries, backends files) and syncd's own EndpointSlices, applies "
+        "each change within a moment, repairs drift every --resync-interval, and reloads "
+        "the config on SIGHUP or when the file changes (an invalid one is logged and the "
+        "old one keeps running).",
     )
     run.add_argument("--once", action="store_true", help="one pass, then exit")
     run.add_argument(
@@ -119,11 +124,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file")
     run.add_argument("--context", help="kubeconfig context (default: the current one)")
     run.add_argument(
-        "--interval",
+        "--resync-interval",
         type=float,
-        default=60.0,
+        default=300.0,
         metavar="SECONDS",
-        help="seconds between passes without --once (default: %(default)s)",
+        help="without --once: full pass that repairs drift every SECONDS (default: %(default)s)",
+    )
+    run.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
     run.add_argument(
         "--request-timeout",
@@ -138,11 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     if not args.config:
         parser.error("--config FILE is required (or set SYNCD_CONFIG)")
     if not valid_owner_id(args.owner_id):
@@ -161,8 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(config: Config) -> int:
-    backends = sum(len(s.backends) for t in config.targets for s in t.sources)
-    print(f"{config.path}: OK ({len(config.targets)} targets, {backends} static backends)")
+    sources = [s for t in config.targets for s in t.sources]
+    backends = sum(len(s.backends) for s in sources if isinstance(s, StaticSourceConfig))
+    registries = sum(1 for s in sources if not isinstance(s, StaticSourceConfig))
+    extra = f", {registries} registry sources" if registries else ""
+    print(f"{config.path}: OK ({len(config.targets)} targets, {backends} static backends{extra})")
     return EXIT_OK
 
 
@@ -170,7 +179,7 @@ def _render(config: Config, owner_id: str) -> int:
     documents = []
     status = EXIT_OK
     for target in config.targets:
-        decision, problems = decide(target)
+        decision, problems = decide(target, config.consul)
         for problem in problems:
             print(f"{target.key}: {problem}", file=sys.stderr)
         if decision is None:
@@ -199,9 +208,12 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             print(f"syncd: cannot use the Kubernetes API at {kube.host}: {exc}", file=sys.stderr)
             return EXIT_TARGET_FAILED
         run_settings = RunSettings(owner_id=args.owner_id, dry_run=args.dry_run)
+        if args.metrics_address:
+            host, port = serve_metrics(args.metrics_address)
+            log.info("metrics at http://%s:%d/metrics", host, port)
         if args.once or args.dry_run:
             return _one_pass(kube, config, run_settings)
-        return _loop(kube, config, run_settings, args.interval)
+        return _daemon(kube, config, run_settings, DaemonSettings(args.resync_interval))
     finally:
         kube.close()
 
@@ -253,27 +265,25 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def _loop(kube: Kube, config: Config, settings: RunSettings, interval: float) -> int:
-    """Repeat passes until SIGTERM/SIGINT; a pass in progress always finishes first."""
+def _daemon(kube: Kube, config: Config, settings: RunSettings, daemon: DaemonSettings) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
     stop = threading.Event()
 
+    def report(result: TargetResult) -> None:
+        _print_result(result, dry_run=False)
+        sys.stdout.flush()
+
+    controller = Controller(config, kube, settings, daemon, report)
+
     def request_stop(signum, _frame):
-        log.info("received %s; stopping after the current pass", signal.Signals(signum).name)
+        log.info("received %s; stopping", signal.Signals(signum).name)
         stop.set()
+
+    def request_reload(_signum, _frame):
+        log.info("received SIGHUP; reloading %s", config.path)
+        controller.request_reload()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    status = EXIT_OK
-    while not stop.is_set():
-        try:
-            config = load_config(config.path)
-        except ConfigError as exc:
-            log.error("new config rejected, keeping the previous one:\n%s", exc)
-        try:
-            status = _one_pass(kube, config, settings)
-        except SyncdError as exc:
-            log.error("pass failed: %s", exc)
-            status = EXIT_TARGET_FAILED
-        sys.stdout.flush()
-        stop.wait(interval)
-    return status
+    signal.signal(signal.SIGHUP, request_reload)
+    return controller.run(stop)

@@ -23,6 +23,10 @@ from syncd.errors import ConfigError
 from syncd.model import (
     Backend,
     Config,
+    ConsulAddress,
+    ConsulConnection,
+    ConsulConsistency,
+    ConsulSourceConfig,
     EndpointPort,
     Output,
     ServicePort,
@@ -263,7 +267,7 @@ def load_config_text(text: str, path: str | Path) -> Config:
     doc = _parse_yaml(text, file)
     checker = _Checker(file, doc)
     root = _Scope(checker, ())
-    data = _mapping(doc.data, root, {"version", "targets"}, {"version", "targets"})
+    data = _mapping(doc.data, root, {"version", "targets", "consul"}, {"version", "targets"})
     if data is None:
         raise ConfigError(checker.problems)
 
@@ -294,9 +298,13 @@ def load_config_text(text: str, path: str | Path) -> Config:
                 if target is not None:
                     targets.append(target)
 
+    consul = ConsulConnection()
+    if "consul" in data:
+        consul = _consul_connection(data["consul"], root.at("consul"), path.parent) or consul
+
     if checker.problems:
         raise ConfigError(checker.problems)
-    return Config(path=path, targets=tuple(targets), version=data["version"])
+    return Config(path=path, targets=tuple(targets), version=data["version"], consul=consul)
 
 
 _TARGET_KEYS = {
@@ -447,11 +455,155 @@ def _source(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...], base_dir: P
     kind = raw.get("type")
     if kind == "static":
         return _static_source(raw, scope, ports, base_dir)
+    if kind == "consul":
+        return _consul_source(raw, scope, ports)
     if "type" not in raw:
-        scope.error("missing required key 'type' (one of: static)")
+        scope.error(f"missing required key 'type' (one of: {_SOURCE_TYPES})")
     else:
-        scope.at("type").error(f"unknown source type {kind!r} (one of: static)")
+        scope.at("type").error(f"unknown source type {kind!r} (one of: {_SOURCE_TYPES})")
     return None
+
+
+_SOURCE_TYPES = "static, consul"
+_CONSUL_SOURCE_KEYS = {
+    "type",
+    "service",
+    "port",
+    "tags",
+    "datacenter",
+    "node_meta",
+    "filter",
+    "namespace",
+    "partition",
+    "address",
+    "consistency",
+    "warning_is_ready",
+}
+
+
+def _consul_source(raw: dict, scope: _Scope, ports) -> ConsulSourceConfig | None:
+    data = _mapping(raw, scope, _CONSUL_SOURCE_KEYS, {"type", "service"})
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    service = (
+        _nonempty_string(data.get("service"), scope.at("service")) if "service" in data else None
+    )
+    names = [p.name for p in ports]
+    port_name = names[0]
+    if "port" in data:
+        port_name = data["port"]
+        if port_name not in names:
+            known = ", ".join(repr(n) for n in names)
+            scope.at("port").error(f"{port_name!r} is not a port of the Service (ports: {known})")
+    elif len(names) > 1:
+        scope.error("the Service has several ports; say which one the instances serve: 'port'")
+    tags: tuple[str, ...] = ()
+    if "tags" in data:
+        value = data["tags"]
+        if isinstance(value, list) and all(isinstance(t, str) and t for t in value):
+            tags = tuple(value)
+        else:
+            scope.at("tags").error("must be a list of tag strings (all must match)")
+    node_meta: tuple[tuple[str, str], ...] = ()
+    if "node_meta" in data:
+        value = data["node_meta"]
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            node_meta = tuple(sorted(value.items()))
+        else:
+            scope.at("node_meta").error("must be a mapping of string keys to string values")
+    optional = {}
+    for key in ("datacenter", "filter", "namespace", "partition"):
+        if key in data:
+            optional[key] = _nonempty_string(data[key], scope.at(key))
+    address = _choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
+    consistency = _choice(data, "consistency", ConsulConsistency, ConsulConsistency.DEFAULT, scope)
+    warning_is_ready = data.get("warning_is_ready", True)
+    if not isinstance(warning_is_ready, bool):
+        scope.at("warning_is_ready").error("must be true or false")
+    if len(scope.checker.problems) > before or service is None:
+        return None
+    return ConsulSourceConfig(
+        service=service,
+        port_name=port_name,
+        tags=tags,
+        node_meta=node_meta,
+        address=address,
+        consistency=consistency,
+        warning_is_ready=warning_is_ready,
+        **optional,
+    )
+
+
+def _choice(data: dict, key: str, enum_type, default, scope: _Scope):
+    if key not in data:
+        return default
+    try:
+        return enum_type(data[key])
+    except ValueError:
+        choices = ", ".join(e.value for e in enum_type)
+        scope.at(key).error(f"{data[key]!r} is not one of: {choices}")
+        return default
+
+
+def _nonempty_string(value: Any, scope: _Scope) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        scope.error(f"must be a non-empty string, got {_kind(value)}")
+        return None
+    return value
+
+
+_CONSUL_CONNECTION_KEYS = {
+    "address",
+    "token_file",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "tls_server_name",
+    "timeout",
+    "wait",
+    "min_query_interval",
+}
+
+
+def _consul_connection(raw: Any, scope: _Scope, base_dir: Path) -> ConsulConnection | None:
+    data = _mapping(raw, scope, _CONSUL_CONNECTION_KEYS, set())
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    values: dict[str, Any] = {}
+    if "address" in data:
+        address = _nonempty_string(data["address"], scope.at("address"))
+        if address and not re.match(r"^(https?://)?[^/\s]+(:\d+)?/?$", address):
+            scope.at("address").error(f"{address!r} is not host:port or http(s)://host:port")
+        values["address"] = address
+    for key in ("token_file", "ca_file", "cert_file", "key_file"):
+        if key in data:
+            name = _nonempty_string(data[key], scope.at(key))
+            if name:
+                values[key] = Path(name) if Path(name).is_absolute() else base_dir / name
+    if "tls_server_name" in data:
+        values["tls_server_name"] = _nonempty_string(
+            data["tls_server_name"], scope.at("tls_server_name")
+        )
+    if ("cert_file" in data) != ("key_file" in data):
+        scope.error("cert_file and key_file go together")
+    for key, low, high in (("timeout", 0.1, 600), ("wait", 1, 600), ("min_query_interval", 0, 60)):
+        if key in data:
+            value = data[key]
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and (low <= value <= high)
+            ):
+                values[key] = float(value)
+            else:
+                scope.at(key).error(f"must be a number of seconds from {low} to {high}")
+    if len(scope.checker.problems) > before:
+        return None
+    return ConsulConnection(**values)
 
 
 def _static_source(raw: dict, scope: _Scope, ports, base_dir: Path) -> StaticSourceConfig | None:

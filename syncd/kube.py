@@ -9,12 +9,13 @@ backoff; anything else (validation errors, forbidden, not found) is raised at on
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.watch.watch import iter_resp_lines
 
 from syncd.errors import KubeConfigError, KubeConflict, KubeError, KubeNotFound
+from syncd.observability import KUBE_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,8 @@ class Kube:
     def __init__(self, api_client: k8s.ApiClient, settings: KubeSettings = KubeSettings()):
         self._api_client = api_client
         self._settings = settings
+        # resourceVersions of objects syncd itself wrote, so watch events it caused are skipped
+        self.written_versions: collections.deque[str] = collections.deque(maxlen=1000)
         self._apis = {
             "core": k8s.CoreV1Api(api_client),
             "discovery": k8s.DiscoveryV1Api(api_client),
@@ -130,9 +135,15 @@ class Kube:
 
         def attempt() -> Any:
             self.calls[verb] += 1
+            KUBE_REQUESTS.labels(verb).inc()
             response = method(*args, **kwargs)
             data = response.data
-            return json.loads(data) if data else None
+            result = json.loads(data) if data else None
+            if verb in ("create", "update", "patch") and isinstance(result, dict):
+                version = (result.get("metadata") or {}).get("resourceVersion")
+                if version:
+                    self.written_versions.append(version)
+            return result
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -187,6 +198,12 @@ class Kube:
 
     def list(self, kind: str, namespace: str | None, label_selector: str) -> list[dict[str, Any]]:
         """Objects of `kind` matching the selector, in one namespace or all of them."""
+        return self.list_with_version(kind, namespace, label_selector)[0]
+
+    def list_with_version(
+        self, kind: str, namespace: str | None, label_selector: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Like list, plus the collection's resourceVersion to start a watch from."""
         where = namespace or "all namespaces"
         if namespace:
             method = self._method(kind, "list_namespaced_{}")
@@ -199,7 +216,50 @@ class Kube:
         items = (result or {}).get("items") or []
         for item in items:  # list responses omit kind/apiVersion on items
             item.setdefault("kind", kind)
-        return items
+        return items, ((result or {}).get("metadata") or {}).get("resourceVersion", "")
+
+    def watch(
+        self, kind: str, label_selector: str, resource_version: str, timeout_seconds: int = 300
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Events (type, object) for `kind` in all namespaces, from `resource_version` on.
+
+        Ends when the server closes the watch; raises KubeError on failure, including
+        410 Gone (the caller lists again and restarts from the new version).
+        """
+        method = self._method(kind, "list_{}_for_all_namespaces")
+        self.calls["watch"] += 1
+        KUBE_REQUESTS.labels("watch").inc()
+        try:
+            response = method(
+                label_selector=label_selector,
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                _preload_content=False,
+                _request_timeout=(self._settings.request_timeout, timeout_seconds + 30),
+            )
+        except ApiException as exc:
+            message, reason = _status_message(exc)
+            raise KubeError(f"watch {kind}: {exc.status} {message}", exc.status, reason) from None
+        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+            raise KubeError(f"watch {kind}: cannot reach {self.host}: {_describe(exc)}") from None
+        try:
+            for line in iter_resp_lines(response):
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise KubeError(
+                        f"watch {kind}: {obj.get('message', 'error')}",
+                        obj.get("code"),
+                        obj.get("reason", ""),
+                    )
+                obj.setdefault("kind", kind)
+                yield event.get("type", ""), obj
+        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, ValueError) as exc:
+            raise KubeError(f"watch {kind}: interrupted: {_describe(exc)}") from None
+        finally:
+            response.release_conn()
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         kind, namespace = obj["kind"], obj["metadata"]["namespace"]

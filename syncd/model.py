@@ -95,7 +95,66 @@ class StaticSourceConfig:
         return f"static file {self.file}" if self.file else "static list"
 
 
-SourceConfig = StaticSourceConfig
+class ConsulAddress(enum.StrEnum):
+    """Which address of a Consul instance becomes the endpoint address."""
+
+    SERVICE = "service"  # the service's address, else its node's address
+    LAN_IPV4 = "lan_ipv4"
+    WAN_IPV4 = "wan_ipv4"
+    LAN_IPV6 = "lan_ipv6"
+    WAN_IPV6 = "wan_ipv6"
+    LAN = "lan"
+    WAN = "wan"
+
+
+class ConsulConsistency(enum.StrEnum):
+    DEFAULT = "default"
+    STALE = "stale"
+    CONSISTENT = "consistent"
+
+
+@dataclass(frozen=True)
+class ConsulSourceConfig:
+    """Instances of one Consul service, read from /v1/health/service/<service>."""
+
+    service: str
+    port_name: str  # the Service port the instances' port serves
+    tags: tuple[str, ...] = ()
+    datacenter: str | None = None
+    node_meta: tuple[tuple[str, str], ...] = ()
+    filter: str | None = None
+    namespace: str | None = None  # Consul Enterprise
+    partition: str | None = None  # Consul Enterprise
+    address: ConsulAddress = ConsulAddress.SERVICE
+    consistency: ConsulConsistency = ConsulConsistency.DEFAULT
+    warning_is_ready: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "consul"
+
+    def describe(self) -> str:
+        where = f"@{self.datacenter}" if self.datacenter else ""
+        tags = f" tags={','.join(self.tags)}" if self.tags else ""
+        return f"consul service {self.service}{where}{tags}"
+
+
+SourceConfig = StaticSourceConfig | ConsulSourceConfig
+
+
+@dataclass(frozen=True)
+class ConsulConnection:
+    """How to reach Consul; unset fields fall back to the usual CONSUL_* variables."""
+
+    address: str | None = None  # default $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500
+    token_file: Path | None = None  # default $CONSUL_HTTP_TOKEN
+    ca_file: Path | None = None  # default $CONSUL_CACERT
+    cert_file: Path | None = None  # default $CONSUL_CLIENT_CERT
+    key_file: Path | None = None  # default $CONSUL_CLIENT_KEY
+    tls_server_name: str | None = None  # default $CONSUL_TLS_SERVER_NAME
+    timeout: float = 10.0  # seconds per request, on top of a blocking query's wait
+    wait: float = 300.0  # how long a blocking query may hold (Consul's own default: 5 min)
+    min_query_interval: float = 0.05  # a churning service cannot spin the CPU
 
 
 @dataclass(frozen=True)
@@ -122,6 +181,7 @@ class Config:
     path: Path
     targets: tuple[Target, ...]
     version: int = 1
+    consul: ConsulConnection = field(default_factory=ConsulConnection)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from syncd.errors import KubeConflict, KubeError, OwnershipConflict, SourceError, TargetError
 from syncd.kube import Kube
-from syncd.model import Backend, Config, Target
+from syncd.model import Backend, Config, ConsulConnection, Target
 from syncd.ownership import (
     MANAGED_LABEL_KEYS,
     SERVICE_NAME_LABEL,
@@ -79,12 +79,14 @@ class _LiveState:
     foreign_slices: list[dict[str, Any]] = field(default_factory=list)
 
 
-def decide(target: Target) -> tuple[Decision | None, list[str]]:
-    """Ask every source of the target, then let the policy choose. Never raises SourceError."""
+def decide(
+    target: Target, consul: ConsulConnection | None = None
+) -> tuple[Decision | None, list[str]]:
+    """Ask every source of the target once, then let the policy choose. Never raises."""
     answers = []
     problems = []
     for index, source_config in enumerate(target.sources):
-        source = build_source(source_config, target)
+        source = build_source(source_config, target, consul)
         try:
             answers.append(source.fetch())
         except SourceError as exc:
@@ -97,7 +99,7 @@ def run_pass(kube: Kube, config: Config, settings: RunSettings) -> list[TargetRe
     """Reconcile every target, then prune what removed targets left behind."""
     results = []
     for target in config.targets:
-        decision, problems = decide(target)
+        decision, problems = decide(target, config.consul)
         for problem in problems:
             log.warning("%s: %s", target.key, problem)
         if decision is None:

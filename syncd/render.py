@@ -10,6 +10,7 @@ Rules this module encodes:
   that holds it, new backends go first into slices that change anyway, and only then into
   new slices. One backend change therefore rewrites one slice, not all of them.
 - Not-ready backends stay in their slice with `conditions.ready: false`.
+- No backends at all (a real empty answer) gives one empty placeholder slice.
 - Legacy Endpoints get one subset per port set, not-ready backends in `notReadyAddresses`,
   and the skip-mirror label when slices are written too (else the mirroring controller would
   duplicate them).
@@ -107,6 +108,8 @@ def pack_slices(
         groups[SliceKey(backend.family, backend.ports)].add(backend.address)
 
     taken_names = {s.name for s in placement}
+    if not groups:
+        return (placeholder_slice(service),)
     result: list[PlacedSlice] = []
     for key in sorted(groups):
         wanted = groups[key]
@@ -139,6 +142,15 @@ def pack_slices(
             if addresses
         )
     return tuple(sorted(result, key=lambda s: s.name))
+
+
+def placeholder_slice(service: str) -> PlacedSlice:
+    """The one empty slice of a Service whose registry lists no backends at all.
+
+    Like the control plane's placeholder: it shows that syncd manages the Service and that
+    the answer was "nothing", which an absent slice cannot tell apart from "not synced".
+    """
+    return PlacedSlice(f"{service}-empty", SliceKey(AddressFamily.IPV4, ()), ())
 
 
 def _owner_references(target: Target, service_uid: str | None) -> list[dict[str, Any]]:

@@ -94,3 +94,39 @@ def run_syncd(apiserver, namespace):
         )
 
     return run
+
+
+def _start_consul(workdir: Path, **options):
+    from tests.harness.consul_agent import ConsulAgent
+
+    agent = ConsulAgent(workdir, **options)
+    try:
+        agent.start()
+    except ServerStartError as exc:
+        agent.stop()
+        pytest.fail(f"the real Consul agent could not start: {exc}", pytrace=False)
+    return agent
+
+
+@pytest.fixture(scope="session")
+def consul(tmp_path_factory):
+    """A real `consul agent -dev` on loopback; tests use their own service names."""
+    agent = _start_consul(tmp_path_factory.mktemp("consul"))
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture(scope="session")
+def consul_acl(tmp_path_factory):
+    """A real Consul agent with ACLs on and default policy deny."""
+    agent = _start_consul(tmp_path_factory.mktemp("consul-acl"), acl=True)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def consul_persistent(tmp_path):
+    """A one-node Consul server with a data dir: registrations survive restart()."""
+    agent = _start_consul(tmp_path / "consul", dev=False)
+    yield agent
+    agent.stop()

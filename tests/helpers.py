@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,15 @@ def readiness(slices: Iterable[dict]) -> dict[tuple[str, int], bool]:
         for endpoint in obj.get("endpoints") or ()
         for port in obj.get("ports") or ()
     }
+
+
+def wait_for(condition, what: str, timeout: float = 10.0, interval: float = 0.05):
+    """Poll until `condition()` is truthy; returns its value, or fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

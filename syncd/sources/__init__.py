@@ -3,16 +3,19 @@ registry list for this target right now? (a `Snapshot`, or `SourceError` if it c
 
 from __future__ import annotations
 
-from syncd.model import SourceConfig, StaticSourceConfig, Target
+from syncd.model import ConsulConnection, ConsulSourceConfig, SourceConfig, Target
 from syncd.sources.base import Source
+from syncd.sources.consul import ConsulSource
 from syncd.sources.static import StaticSource
 
 
-def build_source(config: SourceConfig, target: Target) -> Source:
+def build_source(
+    config: SourceConfig, target: Target, consul: ConsulConnection | None = None
+) -> Source:
     """The live source object for one configured source of a target."""
-    if isinstance(config, StaticSourceConfig):
-        return StaticSource(config, target)
-    raise TypeError(f"no source implementation for {type(config).__name__}")
+    if isinstance(config, ConsulSourceConfig):
+        return ConsulSource(config, target, consul or ConsulConnection())
+    return StaticSource(config, target)
 
 
-__all__ = ["Source", "StaticSource", "build_source"]
+__all__ = ["Source", "build_source"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from syncd.errors import SourceError
@@ -21,6 +23,10 @@ class Source(Protocol):
         An empty snapshot means the registry says "no backends". A failure must never be
         reported as empty: callers keep the last applied state on SourceError.
         """
+        ...
+
+    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
+        """Until `stop` is set: emit the first answer, then every change and every new failure."""
         ...
 
 

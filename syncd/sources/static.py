@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 from syncd.config import read_backends_file
 from syncd.errors import ConfigError, SourceError
 from syncd.model import Snapshot, StaticSourceConfig, Target
@@ -26,3 +29,33 @@ class StaticSource:
                 # empty the Service, so it is a source failure, not an empty answer.
                 raise SourceError("; ".join(exc.problems)) from None
         return Snapshot(backends=frozenset(backends), source=self.describe())
+
+    def watch(
+        self,
+        stop: threading.Event,
+        emit: Callable[[Snapshot | SourceError], None],
+        poll_interval: float = 1.0,
+    ):
+        """Inline lists never change; a backends file is re-read when its mtime changes."""
+        answer = self._answer()
+        emit(answer)
+        if self._config.file is None:
+            return
+        seen = self._mtime()
+        while not stop.wait(poll_interval):
+            mtime = self._mtime()
+            if mtime != seen:
+                seen = mtime
+                emit(self._answer())
+
+    def _answer(self) -> Snapshot | SourceError:
+        try:
+            return self.fetch()
+        except SourceError as exc:
+            return exc
+
+    def _mtime(self) -> float | None:
+        try:
+            return self._config.file.stat().st_mtime_ns if self._config.file else None
+        except OSError:
+            return None

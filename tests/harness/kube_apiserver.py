@@ -43,17 +43,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_BINARIES: dict[str, str] = {}
+
+
 def server_binaries() -> dict[str, str]:
-    """Paths of kube-apiserver and etcd, building them first if the cache is empty."""
-    if os.environ.get("KUBE_APISERVER") and os.environ.get("ETCD"):
-        return {"kube-apiserver": os.environ["KUBE_APISERVER"], "etcd": os.environ["ETCD"]}
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise ServerStartError(f"building the test servers failed:\n{result.stderr[-4000:]}")
-    paths = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
-    return {"kube-apiserver": paths["KUBE_APISERVER"], "etcd": paths["ETCD"]}
+    """Paths of kube-apiserver, etcd and consul, building them first if the cache is empty.
+
+    $KUBE_APISERVER, $ETCD and $CONSUL override the built ones.
+    """
+    if not _BINARIES:
+        result = subprocess.run(
+            ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise ServerStartError(f"building the test servers failed:\n{result.stderr[-4000:]}")
+        paths = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+        for name, variable in (
+            ("kube-apiserver", "KUBE_APISERVER"),
+            ("etcd", "ETCD"),
+            ("consul", "CONSUL"),
+        ):
+            _BINARIES[name] = os.environ.get(variable) or paths[variable]
+    return _BINARIES
 
 
 def _wait(check, timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:

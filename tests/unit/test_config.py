@@ -335,3 +335,40 @@ def test_problems_are_single_lines():
     for problem in _problems(text):
         assert "\n" not in problem
         assert re.match(r"^bad\.yaml:\d+: ", problem)
+
+
+CONSUL = (
+    GOOD.replace(
+        "      - type: static\n        backends:\n          - 192.0.2.1:8080\n"
+        "          - address: 192.0.2.2\n            port: 8081\n            ready: false\n",
+        "      - type: consul\n        service: rgw\n        tags: [prod]\n",
+    )
+    + "consul:\n  address: https://consul.example:8501\n  token_file: token\n"
+)
+
+
+def test_consul_source_and_connection_load_with_defaults():
+    config = load_config_text(CONSUL, "/etc/syncd/c.yaml")
+    (source,) = config.targets[0].sources
+    assert (source.service, source.tags, source.port_name) == ("rgw", ("prod",), "http")
+    assert source.warning_is_ready is True and source.consistency.value == "default"
+    assert config.consul.address == "https://consul.example:8501"
+    assert str(config.consul.token_file) == "/etc/syncd/token"
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (("tags: [prod]", "tags: prod"), "sources[0].tags: must be a list of tag strings"),
+        (("tags: [prod]", "consistency: strong"), "'strong' is not one of: default, stale"),
+        (("tags: [prod]", "address: public"), "sources[0].address: 'public' is not one of"),
+        (("tags: [prod]", "port: https"), "sources[0].port: 'https' is not a port of the Service"),
+        (("service: rgw\n        tags", "tags"), "missing required key 'service'"),
+        (("token_file: token", "token: s3cret"), "consul.token: unknown key 'token'"),
+        (("address: https://consul.example:8501", "address: 'a b'"), "is not host:port"),
+        (("type: consul", "type: etcd"), "unknown source type 'etcd' (one of: static, consul)"),
+    ],
+)
+def test_bad_consul_settings_are_config_errors(change, fragment):
+    problems = _problems(CONSUL.replace(*change))
+    assert any(fragment in p for p in problems), problems

@@ -198,3 +198,11 @@ def test_rendering_is_deterministic_whatever_the_input_order():
     assert render_target(_target(), backends, "o") == render_target(
         _target(), list(reversed(backends)), "o"
     )
+
+
+def test_no_backends_at_all_gives_one_empty_placeholder_slice():
+    (placeholder,) = render_endpoint_slices(_target(), [], "o")
+    assert placeholder["metadata"]["name"] == "svc-empty"
+    assert placeholder["endpoints"] == [] and placeholder["ports"] == []
+    after = render_endpoint_slices(_target(), _many(1), "o", placement_of([placeholder]))
+    assert [s["metadata"]["name"] for s in after] == ["svc-v4-8080-0"]

@@ -1,0 +1,313 @@
+"""Consul: the instances of one service, from /v1/health/service/<name>.
+
+`fetch` makes one non-blocking read (for --once and render). `watch` runs blocking queries
+(index + wait) so a registry change wakes syncd at once, and follows Consul's rules for the
+index: unchanged on timeout (nothing to do), reset or backwards (start over from 0), never
+below 1. A minimum pause between queries keeps a churning service from spinning the CPU.
+
+Answers filtered by ACLs (Consul returns 200 and hides what the token may not read) are
+errors, not empty answers: a token missing a permission must never drain a Service.
+
+Registry data is untrusted: entries whose address is invalid or rejected by the API server,
+whose port is out of range, or that duplicate another entry are dropped with a warning and
+counted; the rest is still used. Errors (unreachable, 5xx, ACL denied, timeouts) raise
+SourceError: the caller keeps the last applied state.
+
+The ACL token is sent as a header and never logged or printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import consul
+import requests
+import tenacity
+from consul.callback import CB
+from requests.adapters import HTTPAdapter
+
+from syncd.addresses import AddressRejected, canonical_endpoint_ip
+from syncd.errors import SourceError
+from syncd.model import (
+    Backend,
+    ConsulAddress,
+    ConsulConnection,
+    ConsulConsistency,
+    ConsulSourceConfig,
+    EndpointPort,
+    Snapshot,
+    Target,
+)
+from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
+
+log = logging.getLogger(__name__)
+
+RETRY_MAX_BACKOFF = 5.0  # seconds between attempts while Consul is failing, at most
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+
+def instance_ready(checks: Iterable[Mapping[str, Any]], warning_is_ready: bool) -> bool:
+    """All checks passing -> ready; any critical (incl. maintenance mode) -> not ready."""
+    for check in checks:
+        status = check.get("Status")
+        if status == "passing":
+            continue
+        if status == "warning" and warning_is_ready:
+            continue
+        return False
+    return True
+
+
+def _instance_address(entry: Mapping[str, Any], choice: ConsulAddress) -> tuple[str, int]:
+    service = entry.get("Service") or {}
+    node = entry.get("Node") or {}
+    port = service.get("Port")
+    if choice is ConsulAddress.SERVICE:
+        return (service.get("Address") or node.get("Address") or ""), port
+    tagged = (service.get("TaggedAddresses") or {}).get(choice.value)
+    if isinstance(tagged, Mapping) and tagged.get("Address"):
+        return tagged["Address"], tagged.get("Port") or port
+    node_tagged = (node.get("TaggedAddresses") or {}).get(choice.value)
+    return (node_tagged or ""), port
+
+
+def backends_from_health(
+    entries: Iterable[Mapping[str, Any]], source: ConsulSourceConfig, target: Target
+) -> tuple[frozenset[Backend], list[str]]:
+    """Turn /v1/health/service entries into backends, plus a warning per dropped entry."""
+    protocol = next(p.protocol for p in target.ports if p.name == source.port_name)
+    by_identity: dict[tuple[str, int], bool] = {}
+    warnings: list[str] = []
+    for entry in entries:
+        service = entry.get("Service") or {}
+        name = f"{(entry.get('Node') or {}).get('Node', '?')}/{service.get('ID', '?')}"
+        address, port = _instance_address(entry, source.address)
+        if not address:
+            warnings.append(f"{name}: no {source.address.value} address; dropped")
+            DROPPED_ENTRIES.labels(target.key, "no_address").inc()
+            continue
+        try:
+            address = canonical_endpoint_ip(address)
+        except AddressRejected as exc:
+            warnings.append(f"{name}: {exc}; dropped")
+            DROPPED_ENTRIES.labels(target.key, "address").inc()
+            continue
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            warnings.append(f"{name}: port {port!r} is out of range 1-65535; dropped")
+            DROPPED_ENTRIES.labels(target.key, "port").inc()
+            continue
+        ready = instance_ready(entry.get("Checks") or (), source.warning_is_ready)
+        key = (address, port)
+        if key in by_identity:
+            warnings.append(f"{name}: duplicates {address} port {port}; merged")
+            DROPPED_ENTRIES.labels(target.key, "duplicate").inc()
+            ready = ready or by_identity[key]  # one healthy registration is enough
+        by_identity[key] = ready
+    backends = frozenset(
+        Backend(address, (EndpointPort(source.port_name, port, protocol),), ready)
+        for (address, port), ready in by_identity.items()
+    )
+    return backends, warnings
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class _ServerNameAdapter(HTTPAdapter):
+    """Verify the server's certificate against a name other than the host we dial."""
+
+    def __init__(self, server_name: str):
+        self._server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["server_hostname"] = self._server_name
+        kwargs["assert_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _env_path(value, variable: str):
+    return value or os.environ.get(variable) or None
+
+
+def make_client(connection: ConsulConnection) -> consul.Consul:
+    """A py-consul client for `connection`, with CONSUL_* environment fallbacks."""
+    raw = connection.address or os.environ.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"
+    if "//" not in raw:
+        ssl = os.environ.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true")
+        raw = ("https://" if ssl else "http://") + raw
+    parsed = urllib.parse.urlparse(raw)
+    scheme = parsed.scheme or "http"
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or (443 if scheme == "https" else 8500)
+    token = None
+    if connection.token_file is not None:
+        try:
+            token = connection.token_file.read_text().strip()
+        except OSError as exc:
+            raise SourceError(
+                f"cannot read Consul token file {connection.token_file}: {exc.strerror}"
+            ) from None
+    else:
+        token = os.environ.get("CONSUL_HTTP_TOKEN") or None
+    ca_file = _env_path(connection.ca_file, "CONSUL_CACERT")
+    cert_file = _env_path(connection.cert_file, "CONSUL_CLIENT_CERT")
+    key_file = _env_path(connection.key_file, "CONSUL_CLIENT_KEY")
+    client = consul.Consul(
+        host=host,
+        port=port,
+        token=token,
+        scheme=scheme,
+        verify=str(ca_file) if ca_file else True,
+        cert=(str(cert_file), str(key_file)) if cert_file and key_file else None,
+        connections_timeout=connection.timeout,
+    )
+    server_name = connection.tls_server_name or os.environ.get("CONSUL_TLS_SERVER_NAME")
+    if server_name and scheme == "https":
+        client.http.session.mount("https://", _ServerNameAdapter(server_name))
+    return client
+
+
+def _query_params(source: ConsulSourceConfig, index: int, wait: float) -> list[tuple[str, Any]]:
+    params: list[tuple[str, Any]] = []
+    if index:
+        params += [("index", index), ("wait", f"{int(wait)}s")]
+    params += [("tag", tag) for tag in source.tags]
+    params += [("node-meta", f"{key}:{value}") for key, value in source.node_meta]
+    for name, value in (
+        ("dc", source.datacenter),
+        ("filter", source.filter),
+        ("ns", source.namespace),
+        ("partition", source.partition),
+    ):
+        if value:
+            params.append((name, value))
+    if source.consistency is not ConsulConsistency.DEFAULT:
+        params.append((source.consistency.value, ""))
+    return params
+
+
+class ConsulSource:
+    """One Consul service as the backends of one target."""
+
+    def __init__(self, config: ConsulSourceConfig, target: Target, connection: ConsulConnection):
+        self._config = config
+        self._target = target
+        self._connection = connection
+        self._client: consul.Consul | None = None
+
+    def describe(self) -> str:
+        return self._config.describe()
+
+    def _query(self, index: int) -> tuple[int, list[dict[str, Any]]]:
+        """One read; blocking when index > 0. Raises SourceError on any failure."""
+        if self._client is None:
+            self._client = make_client(self._connection)
+        client = self._client
+        path = f"/v1/health/service/{urllib.parse.quote(self._config.service, safe='')}"
+        params = _query_params(self._config, index, self._connection.wait)
+        headers: dict[str, str] = {}
+
+        def parse(response):
+            headers.update({k.lower(): v for k, v in response.headers.items()})
+            return CB.json(index=True)(response)
+
+        try:
+            raw_index, entries = client.http.get(
+                parse, path, params=params, headers=client.prepare_headers()
+            )
+        except consul.ACLPermissionDenied:
+            SOURCE_REQUESTS.labels("consul", "denied").inc()
+            raise SourceError(f"{self.describe()}: ACL token lacks read access") from None
+        except consul.ConsulException as exc:
+            SOURCE_REQUESTS.labels("consul", "error").inc()
+            raise SourceError(f"{self.describe()}: {' '.join(str(exc).split())[:300]}") from None
+        except requests.RequestException as exc:
+            SOURCE_REQUESTS.labels("consul", "unreachable").inc()
+            raise SourceError(
+                f"{self.describe()}: cannot reach Consul at "
+                f"{client.http.base_uri}: {type(exc).__name__}"
+            ) from None
+        if str(headers.get("x-consul-results-filtered-by-acls", "")).lower() == "true":
+            # Consul hides what the token may not read and answers 200: an empty or partial
+            # list here is not the registry's answer, and applying it would drain the Service.
+            SOURCE_REQUESTS.labels("consul", "denied").inc()
+            raise SourceError(
+                f"{self.describe()}: Consul filtered the answer by ACLs; the token needs "
+                f"'service \"{self._config.service}\" {{ policy = \"read\" }}' and node read"
+            )
+        SOURCE_REQUESTS.labels("consul", "ok").inc()
+        try:
+            new_index = int(raw_index)
+        except (TypeError, ValueError):
+            new_index = 0
+        if not isinstance(entries, list):
+            raise SourceError(f"{self.describe()}: unexpected answer from Consul")
+        return new_index, entries
+
+    def _snapshot(self, entries: list[dict[str, Any]]) -> Snapshot:
+        backends, warnings = backends_from_health(entries, self._config, self._target)
+        for warning in warnings:
+            log.warning("%s: %s: %s", self._target.key, self.describe(), warning)
+        return Snapshot(backends=backends, source=self.describe(), warnings=tuple(warnings))
+
+    def fetch(self) -> Snapshot:
+        _index, entries = self._query(0)
+        return self._snapshot(entries)
+
+    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
+        """Blocking-query loop until `stop` is set; emits each change and each new failure."""
+        index = 0
+        last: Snapshot | SourceError | None = None
+
+        def report_failure(state: tenacity.RetryCallState) -> None:
+            nonlocal last
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, SourceError) and not isinstance(last, SourceError):
+                log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
+                last = error
+                emit(error)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(SourceError),
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=RETRY_MAX_BACKOFF),
+            stop=tenacity.stop_when_event_set(stop),
+            sleep=stop.wait,
+            before_sleep=report_failure,
+            reraise=False,
+        )
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                new_index, entries = retrying(self._query, index)
+            except tenacity.RetryError:
+                return  # stopped while failing
+            if new_index < index:
+                log.info(
+                    "%s: Consul index went backwards (%d < %d); starting over",
+                    self._target.key,
+                    new_index,
+                    index,
+                )
+                index = 0
+            elif new_index != index or isinstance(last, SourceError) or last is None:
+                index = max(new_index, 1)
+                snapshot = self._snapshot(entries)
+                if (
+                    last is None
+                    or isinstance(last, SourceError)
+                    or (snapshot.backends != last.backends)
+                ):
+                    last = snapshot
+                    emit(snapshot)
+            pause = self._connection.min_query_interval - (time.monotonic() - started)
+            if pause > 0:
+                stop.wait(pause)

@@ -1,0 +1,155 @@
+"""A real Consul agent on free loopback ports, built from its Go module (see the build script).
+
+`dev=True` (default) is `consul agent -dev`: in memory, fast. `dev=False` runs a one-node
+server with a data directory, so registrations survive `restart()` as in production.
+With `acl=True` the default policy is deny and `management_token` can do everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from tests.harness.kube_apiserver import ServerStartError, _tail, free_port, server_binaries
+
+
+class ConsulAgent:
+    def __init__(self, workdir: Path, acl: bool = False, dev: bool = True):
+        self.workdir = workdir
+        self.acl = acl
+        self.dev = dev
+        self.management_token = str(uuid.uuid4()) if acl else None
+        self.process: subprocess.Popen | None = None
+        self.ports = {name: free_port() for name in ("http", "serf_lan", "serf_wan", "server")}
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    def start(self, timeout: float = 60) -> None:
+        binary = server_binaries()["consul"]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config: dict = {
+            "bind_addr": "127.0.0.1",
+            "client_addr": "127.0.0.1",
+            "node_name": "syncd-test",
+            "ports": {**self.ports, "dns": -1, "grpc": -1, "grpc_tls": -1},
+            "log_level": "warn",
+            "disable_update_check": True,
+        }
+        if self.acl:
+            config["acl"] = {
+                "enabled": True,
+                "default_policy": "deny",
+                "tokens": {"initial_management": self.management_token},
+            }
+        if not self.dev:
+            config.update(
+                server=True,
+                bootstrap_expect=1,
+                data_dir=str(self.workdir / "data"),
+                performance={"raft_multiplier": 1},
+            )
+        config_file = self.workdir / "agent.json"
+        config_file.write_text(json.dumps(config))
+        args = [binary, "agent", f"-config-file={config_file}"]
+        if self.dev:
+            args.insert(2, "-dev")
+        log = self.workdir / "consul.log"
+        handle = open(log, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(
+                    f"consul exited with {self.process.returncode}:\n{_tail(log)}"
+                )
+            try:
+                if (
+                    self.request("GET", "/v1/status/leader") not in ("", '""')
+                    and self._catalog_ready()
+                ):
+                    return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.1)
+        raise ServerStartError(f"consul not ready after {timeout}s:\n{_tail(log)}")
+
+    def _catalog_ready(self) -> bool:
+        nodes = json.loads(self.request("GET", "/v1/catalog/nodes") or "[]")
+        return any(node.get("Node") == "syncd-test" for node in nodes)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    # -- the HTTP API, as the management token
+
+    def request(self, method: str, path: str, body=None, token: str | None = None) -> str:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.address + path, data=data, method=method)
+        if token or self.management_token:
+            request.add_header("X-Consul-Token", token or self.management_token)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode()
+
+    def register(
+        self,
+        instance_id: str,
+        name: str,
+        address: str,
+        port: int,
+        tags: tuple[str, ...] = (),
+        status: str = "passing",
+        **extra,
+    ) -> None:
+        """An instance with a TTL check that the test flips with `set_status`."""
+        self.request(
+            "PUT",
+            "/v1/agent/service/register",
+            {
+                "ID": instance_id,
+                "Name": name,
+                "Address": address,
+                "Port": port,
+                "Tags": list(tags),
+                "Check": {"CheckID": f"service:{instance_id}", "TTL": "24h", "Status": status},
+                **extra,
+            },
+        )
+
+    def set_status(self, instance_id: str, status: str) -> None:
+        verb = {"passing": "pass", "warning": "warn", "critical": "fail"}[status]
+        self.request("PUT", f"/v1/agent/check/{verb}/service:{instance_id}")
+
+    def deregister(self, instance_id: str) -> None:
+        self.request("PUT", f"/v1/agent/service/deregister/{instance_id}")
+
+    def maintenance(self, instance_id: str, enable: bool) -> None:
+        flag = "true" if enable else "false"
+        self.request(
+            "PUT", f"/v1/agent/service/maintenance/{instance_id}?enable={flag}&reason=test"
+        )
+
+    def create_token(self, rules: str) -> str:
+        """A token whose only policy is `rules` (HCL)."""
+        name = f"p-{uuid.uuid4().hex[:8]}"
+        self.request("PUT", "/v1/acl/policy", {"Name": name, "Rules": rules})
+        token = json.loads(self.request("PUT", "/v1/acl/token", {"Policies": [{"Name": name}]}))
+        return token["SecretID"]

@@ -1,0 +1,182 @@
+"""The Consul source in one-shot mode, against a real Consul agent and kube-apiserver."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import endpoint_pairs, readiness, slices_of, write_config
+
+pytestmark = pytest.mark.apiserver
+
+GATEWAYS = [f"192.0.2.{n}" for n in range(50, 56)]
+
+
+def consul_target(namespace: str, service: str, agent, **source) -> tuple[dict, dict]:
+    target = {
+        "namespace": namespace,
+        "service": service,
+        "ports": [{"name": "http", "port": 80}],
+        "sources": [{"type": "consul", "service": service, **source}],
+    }
+    return target, {"address": agent.address}
+
+
+def write(path, agent, *targets, **consul):
+    from tests.helpers import write_config as write_plain
+
+    config = write_plain(path, *targets)
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["consul"] = {"address": agent.address, **consul}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config
+
+
+def register_gateways(agent, service: str) -> None:
+    for address in GATEWAYS:
+        for port in (8080, 8081):
+            agent.register(f"{service}-{address}-{port}", service, address, port)
+
+
+def test_twelve_gateways_on_two_ports_become_two_slices(
+    run_syncd, consul, admin, namespace, tmp_path
+):
+    register_gateways(consul, f"rgw-{namespace}")
+    target, _ = consul_target(namespace, f"rgw-{namespace}", consul)
+    result = run_syncd(write(tmp_path / "c.yaml", consul, target))
+    slices = slices_of(admin, namespace, f"rgw-{namespace}")
+    assert endpoint_pairs(slices) == {(a, p) for a in GATEWAYS for p in (8080, 8081)}
+    assert len(slices) == 2
+    assert "consul service" in result.stdout and "12 backends, 12 ready" in result.stdout
+
+
+def test_check_states_map_to_readiness(run_syncd, consul, admin, namespace, tmp_path):
+    service = f"states-{namespace}"
+    for n, status in enumerate(["passing", "warning", "critical", "passing"], start=1):
+        consul.register(f"{service}-{n}", service, f"192.0.2.{n}", 8080, status=status)
+    consul.maintenance(f"{service}-4", True)
+    target, _ = consul_target(namespace, service, consul)
+    config = write(tmp_path / "c.yaml", consul, target)
+    run_syncd(config)
+    state = readiness(slices_of(admin, namespace, service))
+    assert state == {
+        ("192.0.2.1", 8080): True,
+        ("192.0.2.2", 8080): True,
+        ("192.0.2.3", 8080): False,
+        ("192.0.2.4", 8080): False,
+    }
+
+    target, _ = consul_target(namespace, service, consul, warning_is_ready=False)
+    consul.set_status(f"{service}-3", "passing")  # critical and back
+    run_syncd(write(config, consul, target))
+    state = readiness(slices_of(admin, namespace, service))
+    assert state[("192.0.2.2", 8080)] is False and state[("192.0.2.3", 8080)] is True
+
+
+def test_tag_filter_needs_all_tags(run_syncd, consul, admin, namespace, tmp_path):
+    service = f"tags-{namespace}"
+    consul.register(f"{service}-1", service, "192.0.2.1", 8080, tags=("prod", "rgw"))
+    consul.register(f"{service}-2", service, "192.0.2.2", 8080, tags=("prod",))
+    consul.register(f"{service}-3", service, "192.0.2.3", 8080, tags=("rgw",))
+    target, _ = consul_target(namespace, service, consul, tags=["prod", "rgw"])
+    run_syncd(write(tmp_path / "c.yaml", consul, target))
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+
+
+def test_bad_registry_entries_are_dropped_and_the_rest_applied(
+    run_syncd, consul, admin, namespace, tmp_path
+):
+    service = f"untrusted-{namespace}"
+    consul.register(f"{service}-ok", service, "192.0.2.1", 8080)
+    consul.register(f"{service}-metadata", service, "169.254.169.254", 80)
+    consul.register(f"{service}-loopback", service, "127.0.0.1", 8080)
+    consul.register(f"{service}-dup", service, "192.0.2.1", 8080)
+    target, _ = consul_target(namespace, service, consul)
+    result = run_syncd(write(tmp_path / "c.yaml", consul, target), "--log-level", "warning")
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+    assert "'169.254.169.254' is a link-local address" in result.stderr
+    assert "'127.0.0.1' is a loopback address" in result.stderr
+    assert "duplicates 192.0.2.1 port 8080; merged" in result.stderr
+
+
+def test_zero_instances_is_a_real_answer_applied_as_an_empty_slice(
+    run_syncd, consul, admin, namespace, tmp_path
+):
+    service = f"empty-{namespace}"
+    consul.register(f"{service}-1", service, "192.0.2.1", 8080)
+    target, _ = consul_target(namespace, service, consul)
+    config = write(tmp_path / "c.yaml", consul, target)
+    run_syncd(config)
+    consul.deregister(f"{service}-1")
+    run_syncd(config)
+    (placeholder,) = slices_of(admin, namespace, service)
+    assert placeholder["metadata"]["name"] == f"{service}-empty"
+    assert not placeholder.get("endpoints")
+
+
+def test_acl_token_that_reads_only_the_watched_service(
+    run_syncd, consul_acl, admin, namespace, tmp_path
+):
+    service = f"acl-{namespace}"
+    consul_acl.register(f"{service}-1", service, "192.0.2.1", 8080)
+    token = consul_acl.create_token(
+        f'service "{service}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}'
+    )
+    (tmp_path / "token").write_text(token + "\n")
+    target, _ = consul_target(namespace, service, consul_acl)
+    config = write(tmp_path / "c.yaml", consul_acl, target, token_file="token")
+    result = run_syncd(config, "--log-level", "debug")
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+    assert token not in result.stdout + result.stderr
+
+
+def test_acl_filtered_answer_is_an_error_not_an_empty_service(
+    run_syncd, consul_acl, admin, namespace, tmp_path
+):
+    service = f"aclf-{namespace}"
+    consul_acl.register(f"{service}-1", service, "192.0.2.1", 8080)
+    good = consul_acl.create_token(
+        f'service "{service}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}'
+    )
+    (tmp_path / "token").write_text(good)
+    target, _ = consul_target(namespace, service, consul_acl)
+    config = write(tmp_path / "c.yaml", consul_acl, target, token_file="token")
+    run_syncd(config)
+
+    # A token that may read another service only: Consul answers 200 with nothing in it.
+    (tmp_path / "token").write_text(
+        consul_acl.create_token(
+            'service "other" { policy = "read" }\nnode_prefix "" { policy = "read" }'
+        )
+    )
+    result = run_syncd(config, check=1)
+    assert "STALE" in result.stdout and "filtered the answer by ACLs" in result.stdout
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+
+    (tmp_path / "token").write_text("00000000-0000-0000-0000-000000000000")  # unknown token
+    result = run_syncd(config, check=1)
+    assert "ACL token lacks read access" in result.stdout
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+
+
+def test_unreachable_consul_in_once_mode_keeps_what_is_applied(
+    run_syncd, consul, admin, apiserver, namespace, tmp_path
+):
+    from tests.harness.kube_apiserver import free_port
+
+    service = f"down-{namespace}"
+    consul.register(f"{service}-1", service, "192.0.2.1", 8080)
+    target, _ = consul_target(namespace, service, consul)
+    run_syncd(write(tmp_path / "c.yaml", consul, target))
+    config = write_config(tmp_path / "c.yaml", target)
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["consul"] = {"address": f"127.0.0.1:{free_port()}", "timeout": 1}
+    config.write_text(yaml.safe_dump(data))
+    mark = apiserver.audit.mark()
+    result = run_syncd(config, check=1)
+    assert f"{namespace}/{service}: STALE: no source answered" in result.stdout
+    assert apiserver.audit.writes_since(mark) == []
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}

@@ -1,0 +1,185 @@
+"""`syncd run` as a daemon against a real Consul agent and a real kube-apiserver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, endpoint_pairs, readiness, slices_of, wait_for
+
+pytestmark = pytest.mark.apiserver
+
+
+@pytest.fixture
+def daemon(apiserver, namespace, tmp_path):
+    """Start `syncd run` in the background; stopped with SIGTERM at the end of the test."""
+    started = []
+
+    def start(config):
+        log = open(tmp_path / f"daemon-{len(started)}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "syncd",
+                "run",
+                "--config",
+                str(config),
+                "--log-level",
+                "info",
+                "--kubeconfig",
+                str(apiserver.syncd_kubeconfig),
+                "--owner-id",
+                namespace,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        process.log_path = tmp_path / f"daemon-{len(started)}.log"
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def consul_config(path, agent, namespace, service, **source):
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "consul": {"address": agent.address},
+                "targets": [
+                    {
+                        "namespace": namespace,
+                        "service": service,
+                        "ports": [{"name": "http", "port": 80}],
+                        "sources": [{"type": "consul", "service": service, **source}],
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_check_flips_reach_the_slice_within_a_second(daemon, consul, admin, namespace, tmp_path):
+    service = f"flip-{namespace}"
+    consul.register(f"{service}-1", service, "192.0.2.1", 8080)
+    consul.register(f"{service}-2", service, "192.0.2.2", 8080)
+    daemon(consul_config(tmp_path / "c.yaml", consul, namespace, service))
+    wait_for(lambda: len(endpoint_pairs(slices_of(admin, namespace, service))) == 2, "2 slices")
+
+    for status, ready in (("critical", False), ("passing", True)):
+        consul.set_status(f"{service}-2", status)
+        wait_for(
+            lambda r=ready: (
+                readiness(slices_of(admin, namespace, service)).get(("192.0.2.2", 8080)) is r
+            ),
+            f"192.0.2.2 ready={ready}",
+            timeout=1.0,
+        )
+
+    consul.register(f"{service}-3", service, "192.0.2.3", 8080)
+    wait_for(
+        lambda: ("192.0.2.3", 8080) in endpoint_pairs(slices_of(admin, namespace, service)),
+        "a new instance",
+        timeout=1.0,
+    )
+    consul.deregister(f"{service}-1")
+    wait_for(
+        lambda: ("192.0.2.1", 8080) not in endpoint_pairs(slices_of(admin, namespace, service)),
+        "a removed instance",
+        timeout=1.0,
+    )
+
+
+def test_consul_outage_loses_nothing_and_converges_after_restart(
+    daemon, consul_persistent, admin, apiserver, namespace, tmp_path
+):
+    agent = consul_persistent
+    service = f"outage-{namespace}"
+    for n in range(1, 4):
+        agent.register(f"{service}-{n}", service, f"192.0.2.{n}", 8080)
+    process = daemon(consul_config(tmp_path / "c.yaml", agent, namespace, service))
+    wait_for(lambda: len(endpoint_pairs(slices_of(admin, namespace, service))) == 3, "3 ready")
+    before = slices_of(admin, namespace, service)
+
+    agent.stop()
+    mark = apiserver.audit.mark()
+    time.sleep(4)  # several failed queries and retries
+    assert apiserver.audit.writes_since(mark) == []
+    assert slices_of(admin, namespace, service) == before  # nothing lost meanwhile
+    assert "keeping the last state" in process.log_path.read_text()
+
+    agent.start()
+    agent.set_status(f"{service}-3", "critical")
+    wait_for(
+        lambda: readiness(slices_of(admin, namespace, service)).get(("192.0.2.3", 8080)) is False,
+        "the change made after the restart",
+        timeout=15,
+    )
+    assert len(endpoint_pairs(slices_of(admin, namespace, service))) == 3
+
+
+def test_a_slice_deleted_or_edited_by_hand_is_put_back(daemon, consul, admin, namespace, tmp_path):
+    service = f"repair-{namespace}"
+    consul.register(f"{service}-1", service, "192.0.2.1", 8080)
+    daemon(consul_config(tmp_path / "c.yaml", consul, namespace, service))
+    (original,) = wait_for(lambda: slices_of(admin, namespace, service), "the slice")
+    name = original["metadata"]["name"]
+
+    admin.delete("EndpointSlice", namespace, name)
+    restored = wait_for(
+        lambda: admin.get("EndpointSlice", namespace, name), "restored slice", timeout=1.0
+    )
+    assert endpoint_pairs([restored]) == {("192.0.2.1", 8080)}
+
+    edited = dict(restored, endpoints=[{"addresses": ["203.0.113.66"]}])
+    admin.replace(edited)
+    wait_for(
+        lambda: (
+            endpoint_pairs([admin.get("EndpointSlice", namespace, name)]) == {("192.0.2.1", 8080)}
+        ),
+        "edit undone",
+        timeout=1.0,
+    )
+
+
+def test_sighup_applies_a_valid_new_config_and_rejects_a_bad_one(
+    daemon, consul, admin, namespace, tmp_path
+):
+    first, second = f"one-{namespace}", f"two-{namespace}"
+    consul.register(f"{first}-1", first, "192.0.2.1", 8080)
+    consul.register(f"{second}-1", second, "192.0.2.2", 8080)
+    config = consul_config(tmp_path / "c.yaml", consul, namespace, first)
+    process = daemon(config)
+    wait_for(lambda: slices_of(admin, namespace, first), "first target")
+
+    data = yaml.safe_load(config.read_text())
+    data["targets"][0]["ports"][0]["port"] = 0  # invalid
+    config.write_text(yaml.safe_dump(data))
+    process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "new config rejected" in process.log_path.read_text(), "rejection")
+    assert "ports[0].port: port 0 is out of range" in process.log_path.read_text()
+    assert slices_of(admin, namespace, first)
+
+    consul_config(config, consul, namespace, second)  # first removed, second added
+    process.send_signal(signal.SIGHUP)
+    wait_for(lambda: slices_of(admin, namespace, second), "second target")
+    wait_for(lambda: not slices_of(admin, namespace, first), "first target pruned")
+    assert process.poll() is None

@@ -1,0 +1,125 @@
+"""Consul /v1/health/service entries -> backends (pure): health, addresses, untrusted data."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncd.model import (
+    ConsulAddress,
+    ConsulConsistency,
+    ConsulSourceConfig,
+    ServicePort,
+    StaticSourceConfig,
+    Target,
+)
+from syncd.sources.consul import _query_params, backends_from_health, instance_ready
+
+TARGET = Target("ns", "svc", (ServicePort("http", 80),), (StaticSourceConfig(),))
+SOURCE = ConsulSourceConfig(service="rgw", port_name="http")
+
+
+def entry(
+    address="192.0.2.1",
+    port=8080,
+    checks=("passing",),
+    node_address="198.51.100.9",
+    service_tagged=None,
+    node_tagged=None,
+    instance="i1",
+):
+    return {
+        "Node": {"Node": "n1", "Address": node_address, "TaggedAddresses": node_tagged or {}},
+        "Service": {
+            "ID": instance,
+            "Address": address,
+            "Port": port,
+            "TaggedAddresses": service_tagged or {},
+        },
+        "Checks": [{"Status": status} for status in checks],
+    }
+
+
+@pytest.mark.parametrize(
+    ("statuses", "warning_is_ready", "ready"),
+    [
+        (["passing", "passing"], True, True),
+        ([], True, True),
+        (["passing", "warning"], True, True),
+        (["passing", "warning"], False, False),
+        (["passing", "critical"], True, False),
+        (["maintenance"], True, False),
+    ],
+)
+def test_health_mapping(statuses, warning_is_ready, ready):
+    assert instance_ready([{"Status": s} for s in statuses], warning_is_ready) is ready
+
+
+def test_service_address_falls_back_to_the_node_address():
+    (backend,), _ = backends_from_health([entry(address="")], SOURCE, TARGET)
+    assert backend.address == "198.51.100.9"
+
+
+def test_tagged_addresses_prefer_the_service_then_the_node():
+    source = ConsulSourceConfig(service="rgw", port_name="http", address=ConsulAddress.WAN_IPV4)
+    tagged = {"wan_ipv4": {"Address": "203.0.113.7", "Port": 9443}}
+    (backend,), _ = backends_from_health([entry(service_tagged=tagged)], source, TARGET)
+    assert (backend.address, backend.ports[0].port) == ("203.0.113.7", 9443)
+    (backend,), _ = backends_from_health(
+        [entry(node_tagged={"wan_ipv4": "203.0.113.8"})], source, TARGET
+    )
+    assert (backend.address, backend.ports[0].port) == ("203.0.113.8", 8080)
+    none, warnings = backends_from_health([entry()], source, TARGET)
+    assert not none and "no wan_ipv4 address" in warnings[0]
+
+
+def test_untrusted_entries_are_dropped_with_a_reason():
+    entries = [
+        entry("169.254.169.254", instance="meta"),
+        entry("not-an-ip", instance="bad"),
+        entry(port=0, instance="zero"),
+        entry(port=70000, instance="big"),
+        entry("192.0.2.5", instance="good"),
+    ]
+    backends, warnings = backends_from_health(entries, SOURCE, TARGET)
+    assert [b.address for b in backends] == ["192.0.2.5"]
+    assert len(warnings) == 4
+    assert any("n1/meta" in w and "link-local" in w for w in warnings)
+
+
+def test_duplicates_merge_and_one_healthy_registration_wins():
+    entries = [entry(checks=("critical",), instance="a"), entry(instance="b")]
+    (backend,), warnings = backends_from_health(entries, SOURCE, TARGET)
+    assert backend.ready and "merged" in warnings[0]
+
+
+def test_ipv6_addresses_are_canonical():
+    (backend,), _ = backends_from_health([entry("2001:DB8::0:1")], SOURCE, TARGET)
+    assert backend.address == "2001:db8::1"
+
+
+def test_query_parameters_carry_every_filter():
+    source = ConsulSourceConfig(
+        service="rgw",
+        port_name="http",
+        tags=("a", "b"),
+        datacenter="dc2",
+        node_meta=(("rack", "r1"),),
+        filter='Service.Meta.zone == "a"',
+        namespace="team",
+        partition="p1",
+        consistency=ConsulConsistency.STALE,
+    )
+    params = _query_params(source, index=42, wait=300)
+    assert params == [
+        ("index", 42),
+        ("wait", "300s"),
+        ("tag", "a"),
+        ("tag", "b"),
+        ("node-meta", "rack:r1"),
+        ("dc", "dc2"),
+        ("filter", 'Service.Meta.zone == "a"'),
+        ("ns", "team"),
+        ("partition", "p1"),
+        ("stale", ""),
+    ]
+    assert _query_params(SOURCE, index=0, wait=300) == []  # first read never blocks
