@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run check test unit lint servers system-deps clean
+.PHONY: setup run check test unit lint servers system-deps clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,8 @@ servers: system-deps
 	bash scripts/build-test-servers.sh
 
 lint: setup
-	$(BIN)/ruff check syncd tests
-	$(BIN)/ruff format --check syncd tests
+	$(BIN)/ruff check syncd tests bench
+	$(BIN)/ruff format --check syncd tests bench
 
 unit: setup
 	$(BIN)/pytest tests/unit
@@ -39,3 +39,6 @@ test: setup servers lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info
+
+bench: setup servers
+	$(BIN)/python -m bench.consul_latency

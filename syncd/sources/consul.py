@@ -242,7 +242,7 @@ class ConsulSource:
             SOURCE_REQUESTS.labels("consul", "denied").inc()
             raise SourceError(
                 f"{self.describe()}: Consul filtered the answer by ACLs; the token needs "
-                f"'service \"{self._config.service}\" {{ policy = \"read\" }}' and node read"
+                f'\'service "{self._config.service}" {{ policy = "read" }}\' and node read'
             )
         SOURCE_REQUESTS.labels("consul", "ok").inc()
         try:

@@ -12,7 +12,7 @@ from syncd.cli import EXIT_USAGE, main
 from syncd.config import load_config, load_config_text
 from syncd.errors import ConfigError
 from syncd.model import Output
-from tests.helpers import CEPH_EXAMPLE, CEPH_PAIRS
+from tests.helpers import CEPH_EXAMPLE, CEPH_PAIRS, REPO
 
 GOOD = """\
 version: 1
@@ -372,3 +372,8 @@ def test_consul_source_and_connection_load_with_defaults():
 def test_bad_consul_settings_are_config_errors(change, fragment):
     problems = _problems(CONSUL.replace(*change))
     assert any(fragment in p for p in problems), problems
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_is_valid(example):
+    assert load_config(example).targets
