@@ -309,8 +309,10 @@ class Controller:
                     service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL, "")
                     key = f"{metadata.get('namespace', '')}/{service}"
                     if key in self._watched:
-                        log.info(
-                            "%s: EndpointSlice %s was %s by someone else; repairing",
+                        # Usually someone else's edit; rarely our own write whose event
+                        # beat the response. Either way a reconcile puts back what differs.
+                        log.debug(
+                            "%s: EndpointSlice %s %s; checking",
                             key,
                             metadata.get("name"),
                             kind.lower(),

@@ -130,3 +130,11 @@ def consul_persistent(tmp_path):
     agent = _start_consul(tmp_path / "consul", dev=False)
     yield agent
     agent.stop()
+
+
+@pytest.fixture
+def consul_dev(tmp_path):
+    """A private `consul agent -dev`: restarting it loses everything and resets the index."""
+    agent = _start_consul(tmp_path / "consul-dev")
+    yield agent
+    agent.stop()

@@ -3,7 +3,9 @@
 `fetch` makes one non-blocking read (for --once and render). `watch` runs blocking queries
 (index + wait) so a registry change wakes syncd at once, and follows Consul's rules for the
 index: unchanged on timeout (nothing to do), reset or backwards (start over from 0), never
-below 1. A minimum pause between queries keeps a churning service from spinning the CPU.
+below 1; after a failure it starts over from 0 too, as the agent may have restarted with a
+lower index and would hold a query with the old one for the whole wait. A minimum pause
+between queries keeps a churning service from spinning the CPU.
 
 Answers filtered by ACLs (Consul returns 200 and hides what the token may not read) are
 errors, not empty answers: a token missing a permission must never drain a Service.
@@ -269,7 +271,10 @@ class ConsulSource:
         last: Snapshot | SourceError | None = None
 
         def report_failure(state: tenacity.RetryCallState) -> None:
-            nonlocal last
+            nonlocal last, index
+            # After a failure the agent may have restarted with a fresh, lower index: a
+            # query with the old index would then hold for the whole wait. Start over.
+            index = 0
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, SourceError) and not isinstance(last, SourceError):
                 log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
@@ -284,10 +289,14 @@ class ConsulSource:
             before_sleep=report_failure,
             reraise=False,
         )
+
+        def query() -> tuple[int, list[dict[str, Any]]]:
+            return self._query(index)  # the current index: a failure resets it to 0
+
         while not stop.is_set():
             started = time.monotonic()
             try:
-                new_index, entries = retrying(self._query, index)
+                new_index, entries = retrying(query)
             except tenacity.RetryError:
                 return  # stopped while failing
             if new_index < index:

@@ -183,3 +183,43 @@ def test_sighup_applies_a_valid_new_config_and_rejects_a_bad_one(
     wait_for(lambda: slices_of(admin, namespace, second), "second target")
     wait_for(lambda: not slices_of(admin, namespace, first), "first target pruned")
     assert process.poll() is None
+
+
+def test_an_index_that_goes_backwards_is_followed_from_zero(
+    daemon, consul_dev, admin, namespace, tmp_path
+):
+    agent = consul_dev
+    service = f"reset-{namespace}"
+    for n in range(1, 30):  # push the Raft index well above where a fresh agent starts
+        agent.register(f"{service}-{n}", service, f"192.0.2.{n}", 8080)
+    process = daemon(consul_config(tmp_path / "c.yaml", agent, namespace, service))
+    wait_for(lambda: len(endpoint_pairs(slices_of(admin, namespace, service))) == 29, "29")
+
+    agent.restart()  # in memory: the catalog and its index start over
+    agent.register(f"{service}-new", service, "198.51.100.7", 8080)
+    wait_for(
+        lambda: endpoint_pairs(slices_of(admin, namespace, service)) == {("198.51.100.7", 8080)},
+        "the state after the reset",
+        timeout=15,
+    )
+    # Without starting over after the failure, the watcher would hold a query with the old,
+    # higher index for the whole wait (5 minutes) and miss this.
+    assert process.poll() is None
+
+
+def test_editing_the_config_file_alone_reloads_it(daemon, consul, admin, namespace, tmp_path):
+    service = f"edit-{namespace}"
+    consul.register(f"{service}-1", service, "192.0.2.1", 8080, tags=("a",))
+    consul.register(f"{service}-2", service, "192.0.2.2", 8080, tags=("b",))
+    config = consul_config(tmp_path / "c.yaml", consul, namespace, service, tags=["a"])
+    daemon(config)
+    wait_for(
+        lambda: endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)},
+        "tag a",
+    )
+    consul_config(config, consul, namespace, service, tags=["b"])
+    wait_for(
+        lambda: endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.2", 8080)},
+        "tag b after the edit",
+        timeout=5,
+    )
