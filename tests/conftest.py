@@ -138,3 +138,11 @@ def consul_dev(tmp_path):
     agent = _start_consul(tmp_path / "consul-dev")
     yield agent
     agent.stop()
+
+
+@pytest.fixture(scope="session")
+def consul_tls(tmp_path_factory):
+    """A real Consul agent serving HTTPS only, requiring client certificates."""
+    agent = _start_consul(tmp_path_factory.mktemp("consul-tls"), tls=True)
+    yield agent
+    agent.stop()

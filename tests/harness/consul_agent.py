@@ -3,11 +3,14 @@
 `dev=True` (default) is `consul agent -dev`: in memory, fast. `dev=False` runs a one-node
 server with a data directory, so registrations survive `restart()` as in production.
 With `acl=True` the default policy is deny and `management_token` can do everything.
+With `tls=True` only HTTPS is served, with a certificate for the name `consul.test` (not
+127.0.0.1, so clients must verify against that name) and client certificates required.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -19,17 +22,92 @@ from tests.harness.kube_apiserver import ServerStartError, _tail, free_port, ser
 
 
 class ConsulAgent:
-    def __init__(self, workdir: Path, acl: bool = False, dev: bool = True):
+    SERVER_NAME = "consul.test"
+
+    def __init__(self, workdir: Path, acl: bool = False, dev: bool = True, tls: bool = False):
         self.workdir = workdir
         self.acl = acl
         self.dev = dev
+        self.tls = tls
         self.management_token = str(uuid.uuid4()) if acl else None
         self.process: subprocess.Popen | None = None
         self.ports = {name: free_port() for name in ("http", "serf_lan", "serf_wan", "server")}
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.ports['http']}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def certs(self) -> Path:
+        return self.workdir / "certs"
+
+    def _make_certs(self) -> None:
+        """A CA, a server certificate for SERVER_NAME and a client certificate (openssl)."""
+        self.certs.mkdir(parents=True, exist_ok=True)
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.certs)
+
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=syncd test CA",
+        )
+        for name, cn, usage in (
+            ("server", self.SERVER_NAME, "serverAuth"),
+            ("client", "syncd", "clientAuth"),
+        ):
+            run(
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                f"{name}.key",
+                "-out",
+                f"{name}.csr",
+                "-subj",
+                f"/CN={cn}",
+            )
+            (self.certs / f"{name}.ext").write_text(
+                f"subjectAltName=DNS:{cn}\nextendedKeyUsage={usage}\n"
+            )
+            run(
+                "x509",
+                "-req",
+                "-in",
+                f"{name}.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                f"{name}.pem",
+                "-days",
+                "2",
+                "-extfile",
+                f"{name}.ext",
+            )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.certs / "ca.pem"))
+        context.check_hostname = False  # test set-up only; syncd itself verifies the name
+        context.load_cert_chain(str(self.certs / "client.pem"), str(self.certs / "client.key"))
+        return context
 
     def start(self, timeout: float = 60) -> None:
         binary = server_binaries()["consul"]
@@ -42,6 +120,18 @@ class ConsulAgent:
             "log_level": "warn",
             "disable_update_check": True,
         }
+        if self.tls:
+            if not (self.certs / "ca.pem").exists():
+                self._make_certs()
+            config["ports"].update(https=config["ports"].pop("http"), http=-1)
+            config["tls"] = {
+                "defaults": {
+                    "ca_file": str(self.certs / "ca.pem"),
+                    "cert_file": str(self.certs / "server.pem"),
+                    "key_file": str(self.certs / "server.key"),
+                    "verify_incoming": True,
+                }
+            }
         if self.acl:
             config["acl"] = {
                 "enabled": True,
@@ -106,7 +196,7 @@ class ConsulAgent:
         request = urllib.request.Request(self.address + path, data=data, method=method)
         if token or self.management_token:
             request.add_header("X-Consul-Token", token or self.management_token)
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=self._ssl_context()) as response:
             return response.read().decode()
 
     def register(

@@ -180,3 +180,39 @@ def test_unreachable_consul_in_once_mode_keeps_what_is_applied(
     assert f"{namespace}/{service}: STALE: no source answered" in result.stdout
     assert apiserver.audit.writes_since(mark) == []
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+
+
+def test_tls_with_ca_client_certificate_and_server_name(
+    run_syncd, consul_tls, admin, namespace, tmp_path
+):
+    service = f"tls-{namespace}"
+    consul_tls.register(f"{service}-1", service, "192.0.2.1", 8080)
+    certs = consul_tls.certs
+    target, _ = consul_target(namespace, service, consul_tls)
+    tls = {
+        "ca_file": str(certs / "ca.pem"),
+        "cert_file": str(certs / "client.pem"),
+        "key_file": str(certs / "client.key"),
+    }
+    config = write(
+        tmp_path / "c.yaml", consul_tls, target, **tls, tls_server_name=consul_tls.SERVER_NAME
+    )
+    run_syncd(config)
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+
+    # The certificate names consul.test, not 127.0.0.1: without the server name it must fail.
+    result = run_syncd(write(tmp_path / "c.yaml", consul_tls, target, **tls), check=1)
+    assert "STALE" in result.stdout and "SSLError" in result.stdout
+    # And the agent insists on a client certificate.
+    no_client = {"ca_file": tls["ca_file"]}
+    result = run_syncd(
+        write(
+            tmp_path / "c.yaml",
+            consul_tls,
+            target,
+            **no_client,
+            tls_server_name=consul_tls.SERVER_NAME,
+        ),
+        check=1,
+    )
+    assert "STALE" in result.stdout
