@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Make sure the programs the tests need exist: Go (builds the real servers) and openssl
-# (makes the API server's service-account keys). Installs missing Debian packages as root.
+# Make sure the programs the tests need exist: Go (builds the real servers), openssl (keys
+# and certificates), BIND's named (the real DNS server; tests start their own on loopback).
+# Installs missing Debian packages as root.
 set -euo pipefail
 
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
+command -v named >/dev/null 2>&1 || [[ -x /usr/sbin/named ]] || missing+=(bind9)
+command -v named-checkzone >/dev/null 2>&1 || [[ -x /usr/bin/named-checkzone ]] || missing+=(bind9-utils)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -13,6 +16,14 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "[install-system-deps] installing ${missing[*]}" >&2
+  # Keep the packages from starting system services (e.g. named on port 53): tests run
+  # their own servers on loopback ports.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+  fi
+  trap '[[ $created_policy == 1 ]] && rm -f "$policy"' EXIT
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

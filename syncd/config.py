@@ -11,6 +11,7 @@ or raises `ConfigError`, whatever the input.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,14 @@ import yaml
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import ConfigError
 from syncd.model import (
+    AddressFamily,
     Backend,
     Config,
     ConsulAddress,
     ConsulConnection,
     ConsulConsistency,
     ConsulSourceConfig,
+    DnsSourceConfig,
     EndpointPort,
     Output,
     ServicePort,
@@ -457,6 +460,8 @@ def _source(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...], base_dir: P
         return _static_source(raw, scope, ports, base_dir)
     if kind == "consul":
         return _consul_source(raw, scope, ports)
+    if kind == "dns":
+        return _dns_source(raw, scope, ports)
     if "type" not in raw:
         scope.error(f"missing required key 'type' (one of: {_SOURCE_TYPES})")
     else:
@@ -464,7 +469,7 @@ def _source(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...], base_dir: P
     return None
 
 
-_SOURCE_TYPES = "static, consul"
+_SOURCE_TYPES = "static, consul, dns"
 _CONSUL_SOURCE_KEYS = {
     "type",
     "service",
@@ -535,6 +540,127 @@ def _consul_source(raw: dict, scope: _Scope, ports) -> ConsulSourceConfig | None
         warning_is_ready=warning_is_ready,
         **optional,
     )
+
+
+_DNS_SOURCE_KEYS = {
+    "type",
+    "srv",
+    "name",
+    "port",
+    "ports",
+    "service_port",
+    "families",
+    "nameservers",
+    "timeout",
+    "tcp",
+    "min_ttl",
+    "max_ttl",
+}
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$"
+)
+_FAMILIES = {"ipv4": AddressFamily.IPV4, "ipv6": AddressFamily.IPV6}
+
+
+def _dns_source(raw: dict, scope: _Scope, ports) -> DnsSourceConfig | None:
+    data = _mapping(raw, scope, _DNS_SOURCE_KEYS, {"type"})
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    if ("srv" in data) == ("name" in data):
+        scope.error("a dns source needs exactly one of 'srv' (an SRV name) or 'name' (A/AAAA)")
+        return None
+    mode = "srv" if "srv" in data else "name"
+    qname = _nonempty_string(data[mode], scope.at(mode))
+    if qname and not _DNS_NAME.match(qname):
+        scope.at(mode).error(f"{qname!r} is not a valid DNS name")
+    values: dict[str, Any] = {mode: qname}
+    names = [p.name for p in ports]
+    if mode == "srv":
+        for key in ("port", "ports"):
+            if key in data:
+                scope.at(key).error(
+                    "SRV records carry the ports; use 'service_port' to say "
+                    "which Service port they serve"
+                )
+        values["service_port"] = names[0]
+        if "service_port" in data:
+            values["service_port"] = data["service_port"]
+            if data["service_port"] not in names:
+                known = ", ".join(repr(n) for n in names)
+                scope.at("service_port").error(
+                    f"{data['service_port']!r} is not a port of the Service (ports: {known})"
+                )
+        elif len(names) > 1:
+            scope.error(
+                "the Service has several ports; say which one the SRV ports serve: 'service_port'"
+            )
+    else:
+        if "service_port" in data:
+            scope.at("service_port").error("only for 'srv'; with 'name' use 'port' or 'ports'")
+        endpoint_ports = _endpoint_ports(data, scope, ports)
+        if endpoint_ports is not None:
+            values["ports"] = endpoint_ports
+    if "families" in data:
+        value = data["families"]
+        if isinstance(value, list) and value and all(f in _FAMILIES for f in value):
+            values["families"] = tuple(_FAMILIES[f] for f in dict.fromkeys(value))
+        else:
+            scope.at("families").error("must be a non-empty list of: ipv4, ipv6")
+    if "nameservers" in data:
+        values["nameservers"] = _nameservers(data["nameservers"], scope.at("nameservers"))
+    if "tcp" in data:
+        if isinstance(data["tcp"], bool):
+            values["tcp"] = data["tcp"]
+        else:
+            scope.at("tcp").error("must be true or false")
+    for key, low, high in (("timeout", 0.1, 60), ("min_ttl", 0, 86400), ("max_ttl", 1, 86400)):
+        if key in data:
+            value = data[key]
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and (low <= value <= high)
+            ):
+                values[key] = float(value)
+            else:
+                scope.at(key).error(f"must be a number of seconds from {low} to {high}")
+    if values.get("min_ttl", 5.0) > values.get("max_ttl", 300.0):
+        scope.error("min_ttl must not be larger than max_ttl")
+    if len(scope.checker.problems) > before:
+        return None
+    return DnsSourceConfig(**values)
+
+
+def _nameservers(value: Any, scope: _Scope) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or not value:
+        scope.error("must be a non-empty list of 'address' or 'address:port'")
+        return ()
+    result = []
+    for index, item in enumerate(value):
+        where = scope.at(index)
+        if not isinstance(item, str):
+            where.error(f"must be 'address' or 'address:port', got {_kind(item)}")
+            continue
+        host, port = item, 53
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                port = int(rest[1:]) if rest[1:].isdigit() else -1
+        elif item.count(":") == 1:
+            host, _, text = item.partition(":")
+            port = int(text) if text.isdigit() else -1
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            where.error(f"{item!r}: a nameserver is an IP address, optionally with :port")
+            continue
+        if not 1 <= port <= 65535:
+            where.error(f"{item!r}: port out of range 1-65535")
+            continue
+        result.append((host, port))
+    return tuple(result)
 
 
 def _choice(data: dict, key: str, enum_type, default, scope: _Scope):
@@ -672,7 +798,6 @@ def _backend_list(raw: Any, scope: _Scope, ports) -> tuple[Backend, ...] | None:
 
 
 def _backend(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...]) -> Backend | None:
-    by_name = {p.name: p for p in ports}
     if isinstance(raw, str):
         return _backend_shorthand(raw, scope, ports)
     data = _mapping(raw, scope, {"address", "port", "ports", "ready"}, {"address"})
@@ -687,7 +812,15 @@ def _backend(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...]) -> Backend
     if not isinstance(ready, bool):
         scope.at("ready").error("must be true or false")
         ok = False
-    endpoint_ports: list[EndpointPort] = []
+    endpoint_ports = _endpoint_ports(data, scope, ports)
+    if not ok or address is None or endpoint_ports is None:
+        return None
+    return Backend(address=address, ports=endpoint_ports, ready=ready)
+
+
+def _endpoint_ports(data: dict, scope: _Scope, ports: tuple[ServicePort, ...]):
+    """`port: N` (one-port Services) or `ports: {service port name: N}` -> sorted ports."""
+    by_name = {p.name: p for p in ports}
     if ("port" in data) == ("ports" in data):
         scope.error("give exactly one of 'port' (one-port Services) or 'ports' (name: port)")
         return None
@@ -699,30 +832,29 @@ def _backend(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...]) -> Backend
         number = _port_number(data["port"], scope.at("port"))
         if number is None:
             return None
-        endpoint_ports.append(EndpointPort(ports[0].name, number, ports[0].protocol))
-    else:
-        mapping = data["ports"]
-        if not isinstance(mapping, dict) or not mapping:
-            scope.at("ports").error("must be a mapping of Service port name to backend port")
-            return None
-        for name, number in mapping.items():
-            where = scope.at("ports", str(name))
-            if name not in by_name:
-                if list(by_name) == [""]:
-                    where.error("the Service's only port is unnamed; use 'port: N' instead")
-                else:
-                    known = ", ".join(repr(n) for n in by_name)
-                    where.error(f"{name!r} is not a port of the Service (ports: {known})")
-                ok = False
-                continue
-            number = _port_number(number, where)
-            if number is None:
-                ok = False
-                continue
-            endpoint_ports.append(EndpointPort(name, number, by_name[name].protocol))
-    if not ok or address is None:
+        return (EndpointPort(ports[0].name, number, ports[0].protocol),)
+    mapping = data["ports"]
+    if not isinstance(mapping, dict) or not mapping:
+        scope.at("ports").error("must be a mapping of Service port name to backend port")
         return None
-    return Backend(address=address, ports=tuple(sorted(endpoint_ports)), ready=ready)
+    result: list[EndpointPort] = []
+    ok = True
+    for name, number in mapping.items():
+        where = scope.at("ports", str(name))
+        if name not in by_name:
+            if list(by_name) == [""]:
+                where.error("the Service's only port is unnamed; use 'port: N' instead")
+            else:
+                known = ", ".join(repr(n) for n in by_name)
+                where.error(f"{name!r} is not a port of the Service (ports: {known})")
+            ok = False
+            continue
+        number = _port_number(number, where)
+        if number is None:
+            ok = False
+            continue
+        result.append(EndpointPort(name, number, by_name[name].protocol))
+    return tuple(sorted(result)) if ok else None
 
 
 def _backend_shorthand(text: str, scope: _Scope, ports) -> Backend | None:

@@ -139,7 +139,30 @@ class ConsulSourceConfig:
         return f"consul service {self.service}{where}{tags}"
 
 
-SourceConfig = StaticSourceConfig | ConsulSourceConfig
+@dataclass(frozen=True)
+class DnsSourceConfig:
+    """Backends from DNS: an SRV name (targets and ports), or a name's A/AAAA plus ports."""
+
+    srv: str | None = None  # _service._proto.name
+    name: str | None = None  # A/AAAA mode
+    ports: PortSet = ()  # A/AAAA mode: the port per Service port
+    service_port: str = ""  # SRV mode: the Service port the SRV ports serve
+    families: tuple[AddressFamily, ...] = (AddressFamily.IPV4, AddressFamily.IPV6)
+    nameservers: tuple[tuple[str, int], ...] = ()  # empty: the system resolver
+    timeout: float = 2.0  # seconds for one lookup, retries included
+    tcp: bool = False  # UDP with TCP fallback on truncation, or TCP only
+    min_ttl: float = 5.0  # refresh no more often than this ...
+    max_ttl: float = 300.0  # ... and no less often than this, whatever the TTL says
+
+    @property
+    def kind(self) -> str:
+        return "dns"
+
+    def describe(self) -> str:
+        return f"dns SRV {self.srv}" if self.srv else f"dns A/AAAA {self.name}"
+
+
+SourceConfig = StaticSourceConfig | ConsulSourceConfig | DnsSourceConfig
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +149,72 @@ def consul_tls(tmp_path_factory):
     agent = _start_consul(tmp_path_factory.mktemp("consul-tls"), tls=True)
     yield agent
     agent.stop()
+
+
+def _start_bind(workdir: Path):
+    from tests.harness.bind_server import BindServer
+
+    server = BindServer(workdir)
+    try:
+        server.start()
+    except ServerStartError as exc:
+        server.stop()
+        pytest.fail(f"the real DNS server (BIND) could not start: {exc}", pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def bind(tmp_path_factory):
+    """A real BIND 9 serving example.test. on loopback; tests use their own record names."""
+    server = _start_bind(tmp_path_factory.mktemp("bind"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bind_private(tmp_path):
+    """A BIND server of the test's own, which it may stop and start."""
+    server = _start_bind(tmp_path / "bind")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def daemon(apiserver, namespace, tmp_path):
+    """Start `syncd run` in the background; stopped with SIGTERM at the end of the test."""
+    started = []
+
+    def start(config):
+        log = open(tmp_path / f"daemon-{len(started)}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "syncd",
+                "run",
+                "--config",
+                str(config),
+                "--log-level",
+                "info",
+                "--kubeconfig",
+                str(apiserver.syncd_kubeconfig),
+                "--owner-id",
+                namespace,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        process.log_path = tmp_path / f"daemon-{len(started)}.log"
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -3,9 +3,16 @@ registry list for this target right now? (a `Snapshot`, or `SourceError` if it c
 
 from __future__ import annotations
 
-from syncd.model import ConsulConnection, ConsulSourceConfig, SourceConfig, Target
+from syncd.model import (
+    ConsulConnection,
+    ConsulSourceConfig,
+    DnsSourceConfig,
+    SourceConfig,
+    Target,
+)
 from syncd.sources.base import Source
 from syncd.sources.consul import ConsulSource
+from syncd.sources.dns import DnsSource
 from syncd.sources.static import StaticSource
 
 
@@ -15,6 +22,8 @@ def build_source(
     """The live source object for one configured source of a target."""
     if isinstance(config, ConsulSourceConfig):
         return ConsulSource(config, target, consul or ConsulConnection())
+    if isinstance(config, DnsSourceConfig):
+        return DnsSource(config, target)
     return StaticSource(config, target)
 
 

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+import tenacity
+
 from syncd.errors import SourceError
 from syncd.model import Snapshot
 
@@ -30,4 +32,30 @@ class Source(Protocol):
         ...
 
 
-__all__ = ["Source", "SourceError"]
+__all__ = ["Source", "SourceError", "retry_until_stopped"]
+
+
+def retry_until_stopped(
+    stop: threading.Event,
+    on_failure: Callable[[SourceError], None],
+    max_backoff: float = 5.0,
+) -> tenacity.Retrying:
+    """Retry a failing registry read with capped, jittered backoff until `stop` is set.
+
+    `on_failure` sees every failure before the pause; sleeping is `stop.wait`, so shutdown
+    interrupts it. A stop while failing ends the retries with tenacity.RetryError.
+    """
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, SourceError):
+            on_failure(error)
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(SourceError),
+        wait=tenacity.wait_random_exponential(multiplier=0.5, max=max_backoff),
+        stop=tenacity.stop_when_event_set(stop),
+        sleep=stop.wait,
+        before_sleep=before_sleep,
+        reraise=False,
+    )

@@ -47,6 +47,7 @@ from syncd.model import (
     Target,
 )
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
+from syncd.sources.base import retry_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -270,25 +271,17 @@ class ConsulSource:
         index = 0
         last: Snapshot | SourceError | None = None
 
-        def report_failure(state: tenacity.RetryCallState) -> None:
+        def report_failure(error: SourceError) -> None:
             nonlocal last, index
             # After a failure the agent may have restarted with a fresh, lower index: a
             # query with the old index would then hold for the whole wait. Start over.
             index = 0
-            error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, SourceError) and not isinstance(last, SourceError):
+            if not isinstance(last, SourceError):
                 log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
                 last = error
                 emit(error)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(SourceError),
-            wait=tenacity.wait_random_exponential(multiplier=0.5, max=RETRY_MAX_BACKOFF),
-            stop=tenacity.stop_when_event_set(stop),
-            sleep=stop.wait,
-            before_sleep=report_failure,
-            reraise=False,
-        )
+        retrying = retry_until_stopped(stop, report_failure, RETRY_MAX_BACKOFF)
 
         def query() -> tuple[int, list[dict[str, Any]]]:
             return self._query(index)  # the current index: a failure resets it to 0

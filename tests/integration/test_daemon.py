@@ -2,59 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, endpoint_pairs, readiness, slices_of, wait_for
+from tests.helpers import endpoint_pairs, readiness, slices_of, wait_for
 
 pytestmark = pytest.mark.apiserver
-
-
-@pytest.fixture
-def daemon(apiserver, namespace, tmp_path):
-    """Start `syncd run` in the background; stopped with SIGTERM at the end of the test."""
-    started = []
-
-    def start(config):
-        log = open(tmp_path / f"daemon-{len(started)}.log", "w")  # noqa: SIM115
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "syncd",
-                "run",
-                "--config",
-                str(config),
-                "--log-level",
-                "info",
-                "--kubeconfig",
-                str(apiserver.syncd_kubeconfig),
-                "--owner-id",
-                namespace,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        process.log_path = tmp_path / f"daemon-{len(started)}.log"
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def consul_config(path, agent, namespace, service, **source):

@@ -366,7 +366,10 @@ def test_consul_source_and_connection_load_with_defaults():
         (("service: rgw\n        tags", "tags"), "missing required key 'service'"),
         (("token_file: token", "token: s3cret"), "consul.token: unknown key 'token'"),
         (("address: https://consul.example:8501", "address: 'a b'"), "is not host:port"),
-        (("type: consul", "type: etcd"), "unknown source type 'etcd' (one of: static, consul)"),
+        (
+            ("type: consul", "type: etcd"),
+            "unknown source type 'etcd' (one of: static, consul, dns)",
+        ),
     ],
 )
 def test_bad_consul_settings_are_config_errors(change, fragment):

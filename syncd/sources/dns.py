@@ -1,0 +1,283 @@
+"""DNS: backends from SRV records, or from a name's A/AAAA records plus configured ports.
+
+- SRV `_service._proto.name` gives (priority, weight, port, target); each target is resolved
+  through A and AAAA, from the answer's additional section when the server supplied it.
+  Priority is a failover order: only the lowest-priority group that has usable targets is
+  ready, the others are kept as not ready. Weight cannot be expressed to kube-proxy (it
+  spreads evenly) and is ignored. A target of "." means "no service here" (RFC 2782).
+- A/AAAA: every address of the name, with the configured port per Service port. CNAME
+  chains are followed by the resolver.
+- Refresh follows the records: the next lookup happens when the shortest TTL of the answer
+  runs out, clamped to [min_ttl, max_ttl]; negative answers use the zone's negative TTL.
+- NXDOMAIN or an empty answer is a real answer (zero backends). SERVFAIL, REFUSED, timeouts
+  and unreachable nameservers are errors (SourceError): the caller keeps what is applied.
+- Untrusted data: addresses the API server rejects are dropped with a warning and counted,
+  duplicates are merged, a target that does not resolve is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.rdatatype
+import dns.resolver
+import tenacity
+
+from syncd.addresses import AddressRejected, canonical_endpoint_ip
+from syncd.errors import SourceError
+from syncd.model import AddressFamily, Backend, DnsSourceConfig, EndpointPort, Snapshot, Target
+from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
+from syncd.sources.base import retry_until_stopped
+
+log = logging.getLogger(__name__)
+
+_RDTYPE = {AddressFamily.IPV4: dns.rdatatype.A, AddressFamily.IPV6: dns.rdatatype.AAAA}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """One complete lookup: the backends, how long the answer is valid, what was dropped."""
+
+    backends: frozenset[Backend]
+    ttl: float
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """Addresses of one name and type, with the TTL they are valid for."""
+
+    addresses: tuple[str, ...]
+    ttl: float
+    nxdomain: bool = False
+
+
+def _negative_ttl(response: dns.message.Message | None, default: float) -> float:
+    """RFC 2308: a negative answer is valid for min(SOA TTL, SOA minimum)."""
+    for rrset in getattr(response, "authority", None) or ():
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return float(min(rrset.ttl, rrset[0].minimum))
+    return default
+
+
+def refresh_after(ttl: float, config: DnsSourceConfig) -> float:
+    """Seconds until the next lookup: the answer's TTL, clamped to [min_ttl, max_ttl]."""
+    return min(max(ttl, config.min_ttl), config.max_ttl)
+
+
+class DnsSource:
+    def __init__(self, config: DnsSourceConfig, target: Target):
+        self._config = config
+        self._target = target
+        self._resolver: dns.resolver.Resolver | None = None
+
+    def describe(self) -> str:
+        return self._config.describe()
+
+    # -- lookups
+
+    def _get_resolver(self) -> dns.resolver.Resolver:
+        if self._resolver is None:
+            if self._config.nameservers:
+                resolver = dns.resolver.Resolver(configure=False)
+                resolver.nameservers = [host for host, _port in self._config.nameservers]
+                resolver.nameserver_ports = dict(self._config.nameservers)
+            else:
+                try:
+                    resolver = dns.resolver.Resolver()
+                except dns.resolver.NoResolverConfiguration as exc:
+                    raise SourceError(f"{self.describe()}: no system resolver: {exc}") from None
+            resolver.cache = None  # every lookup asks, so TTLs are seen as they are
+            self._resolver = resolver
+        return self._resolver
+
+    def _lookup(self, name: str, rdtype) -> tuple[dns.resolver.Answer | None, float]:
+        """One query: (answer, 0) or, for NXDOMAIN, (None, negative TTL).
+
+        Errors that mean "cannot say" raise SourceError.
+        """
+        what = f"{name} {dns.rdatatype.to_text(rdtype)}"
+        try:
+            answer = self._get_resolver().resolve(
+                name,
+                rdtype,
+                tcp=self._config.tcp,
+                lifetime=self._config.timeout,
+                raise_on_no_answer=False,
+                search=False,
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            SOURCE_REQUESTS.labels("dns", "nxdomain").inc()
+            response = next(iter(exc.responses().values()), None)
+            return None, _negative_ttl(response, self._config.min_ttl)
+        except dns.resolver.NoNameservers as exc:  # SERVFAIL, REFUSED, ... from every server
+            SOURCE_REQUESTS.labels("dns", "error").inc()
+            raise SourceError(f"{self.describe()}: {what}: {_first_line(exc)}") from None
+        except dns.exception.Timeout:
+            SOURCE_REQUESTS.labels("dns", "timeout").inc()
+            raise SourceError(
+                f"{self.describe()}: {what}: no answer within {self._config.timeout:g}s"
+            ) from None
+        except dns.exception.DNSException as exc:
+            SOURCE_REQUESTS.labels("dns", "error").inc()
+            raise SourceError(f"{self.describe()}: {what}: {_first_line(exc)}") from None
+        SOURCE_REQUESTS.labels("dns", "ok").inc()
+        return answer, 0.0
+
+    def _addresses(self, name: str, rdtype, additional: dict) -> _Lookup:
+        """Addresses of `name` from the additional section if present, else a query."""
+        key = (dns.name.from_text(name), rdtype)
+        if key in additional:
+            rrset = additional[key]
+            return _Lookup(tuple(r.address for r in rrset), float(rrset.ttl))
+        answer, negative_ttl = self._lookup(name, rdtype)
+        if answer is None:
+            return _Lookup((), negative_ttl, nxdomain=True)
+        return _answer_lookup(answer, self._config.min_ttl)
+
+    def resolve(self) -> Resolution:
+        if self._config.srv:
+            return self._resolve_srv(self._config.srv)
+        return self._resolve_name(self._config.name or "")
+
+    def _resolve_name(self, name: str) -> Resolution:
+        entries: list[tuple[str, tuple[EndpointPort, ...], bool]] = []
+        ttls: list[float] = []
+        for family in self._config.families:
+            found = self._addresses(name, _RDTYPE[family], {})
+            ttls.append(found.ttl)
+            entries += [(address, self._config.ports, True) for address in found.addresses]
+        return self._resolution(entries, min(ttls))
+
+    def _resolve_srv(self, name: str) -> Resolution:
+        answer, negative_ttl = self._lookup(name, dns.rdatatype.SRV)
+        if answer is None:
+            return self._resolution([], negative_ttl)
+        records = sorted(answer.rrset or (), key=lambda r: (r.priority, str(r.target), r.port))
+        ttls = [_answer_lookup(answer, self._config.min_ttl).ttl]
+        additional = {(rrset.name, rrset.rdtype): rrset for rrset in answer.response.additional}
+        service_port = next(p for p in self._target.ports if p.name == self._config.service_port)
+        warnings: list[str] = []
+        by_priority: dict[int, list[tuple[str, tuple[EndpointPort, ...]]]] = {}
+        for record in records:
+            target = record.target.to_text()
+            if target == ".":
+                continue  # RFC 2782: the service is decidedly not available here
+            addresses: list[str] = []
+            unresolved = True
+            for family in self._config.families:
+                found = self._addresses(target, _RDTYPE[family], additional)
+                ttls.append(found.ttl)
+                addresses += found.addresses
+                unresolved &= found.nxdomain
+            if unresolved:
+                warnings.append(f"SRV target {target} does not resolve; skipped")
+                DROPPED_ENTRIES.labels(self._target.key, "unresolved").inc()
+                continue
+            ports = (EndpointPort(service_port.name, record.port, service_port.protocol),)
+            by_priority.setdefault(record.priority, []).extend((a, ports) for a in addresses)
+        entries: list[tuple[str, tuple[EndpointPort, ...], bool]] = []
+        active: int | None = None
+        for priority in sorted(by_priority):
+            if active is None and any(_usable(a, p) for a, p in by_priority[priority]):
+                active = priority
+            entries += [(a, p, priority == active) for a, p in by_priority[priority]]
+        resolution = self._resolution(entries, min(ttls))
+        return Resolution(
+            resolution.backends, resolution.ttl, tuple(warnings) + resolution.warnings
+        )
+
+    def _resolution(
+        self, entries: Iterable[tuple[str, tuple[EndpointPort, ...], bool]], ttl: float
+    ) -> Resolution:
+        """Validate untrusted records into backends; merge duplicates (ready if any copy is)."""
+        warnings: list[str] = []
+        ready_by_identity: dict[tuple[str, tuple[EndpointPort, ...]], bool] = {}
+        for address, ports, ready in entries:
+            try:
+                address = canonical_endpoint_ip(address)
+            except AddressRejected as exc:
+                warnings.append(f"{exc}; dropped")
+                DROPPED_ENTRIES.labels(self._target.key, "address").inc()
+                continue
+            if not _ports_in_range(ports):
+                warnings.append(f"{address}: port out of range 1-65535; dropped")
+                DROPPED_ENTRIES.labels(self._target.key, "port").inc()
+                continue
+            key = (address, ports)
+            ready_by_identity[key] = ready_by_identity.get(key, False) or ready
+        backends = frozenset(
+            Backend(address, ports, ready) for (address, ports), ready in ready_by_identity.items()
+        )
+        return Resolution(backends, ttl, tuple(warnings))
+
+    # -- the Source protocol
+
+    def _snapshot(self, resolution: Resolution) -> Snapshot:
+        for warning in resolution.warnings:
+            log.warning("%s: %s: %s", self._target.key, self.describe(), warning)
+        return Snapshot(resolution.backends, self.describe(), resolution.warnings)
+
+    def fetch(self) -> Snapshot:
+        return self._snapshot(self.resolve())
+
+    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
+        """Look up again whenever the answer's TTL runs out (clamped); emit what changes."""
+        last: Snapshot | SourceError | None = None
+
+        def report_failure(error: SourceError) -> None:
+            nonlocal last
+            if not isinstance(last, SourceError):
+                log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
+                last = error
+                emit(error)
+
+        retrying = retry_until_stopped(
+            stop, report_failure, max_backoff=min(5.0, self._config.max_ttl)
+        )
+        while not stop.is_set():
+            try:
+                resolution = retrying(self.resolve)
+            except tenacity.RetryError:
+                return  # stopped while failing
+            if (
+                last is None
+                or isinstance(last, SourceError)
+                or (resolution.backends != last.backends)
+            ):
+                last = self._snapshot(resolution)
+                emit(last)
+            stop.wait(refresh_after(resolution.ttl, self._config))
+
+
+def _answer_lookup(answer: dns.resolver.Answer, default_ttl: float) -> _Lookup:
+    """Addresses and remaining validity of an answer (the CNAME chain's shortest TTL)."""
+    if answer.rrset is None:  # NODATA: the name exists, without this type
+        return _Lookup((), _negative_ttl(answer.response, default_ttl))
+    remaining = max(0.0, answer.expiration - time.time())
+    addresses = tuple(r.address for r in answer.rrset if hasattr(r, "address"))
+    return _Lookup(addresses, remaining)
+
+
+def _ports_in_range(ports: Iterable[EndpointPort]) -> bool:
+    return all(1 <= p.port <= 65535 for p in ports)
+
+
+def _usable(address: str, ports: Iterable[EndpointPort]) -> bool:
+    """Would this record become a backend? (decides which SRV priority is active)"""
+    try:
+        canonical_endpoint_ip(address)
+    except AddressRejected:
+        return False
+    return _ports_in_range(ports)
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]

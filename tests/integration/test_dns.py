@@ -1,0 +1,185 @@
+"""The DNS source against a real BIND server changed with RFC 2136 updates."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from tests.helpers import endpoint_pairs, readiness, slices_of, wait_for
+
+pytestmark = pytest.mark.apiserver
+
+
+def dns_config(path, server, namespace, service, **source):
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "targets": [
+                    {
+                        "namespace": namespace,
+                        "service": service,
+                        "ports": [{"name": "http", "port": 80}],
+                        "sources": [
+                            {
+                                "type": "dns",
+                                "nameservers": [server.nameserver],
+                                "timeout": 1,
+                                "min_ttl": 1,
+                                **source,
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_srv_priorities_are_a_failover_order(run_syncd, bind, admin, namespace, tmp_path):
+    srv = f"_rgw._tcp.{namespace}.example.test."
+    bind.update(
+        ("add", f"gw1.{namespace}", 2, "A", "192.0.2.1"),
+        ("add", f"gw2.{namespace}", 2, "A", "192.0.2.2"),
+        ("add", f"gw3.{namespace}", 2, "A", "198.51.100.3"),
+        ("add", srv, 2, "SRV", f"10 60 8080 gw1.{namespace}.example.test."),
+        ("add", srv, 2, "SRV", f"10 40 8080 gw2.{namespace}.example.test."),
+        ("add", srv, 2, "SRV", f"20 100 8081 gw3.{namespace}.example.test."),
+    )
+    config = dns_config(tmp_path / "c.yaml", bind, namespace, "rgw", srv=srv)
+    run_syncd(config)
+    assert readiness(slices_of(admin, namespace, "rgw")) == {
+        ("192.0.2.1", 8080): True,
+        ("192.0.2.2", 8080): True,
+        ("198.51.100.3", 8081): False,
+    }
+    # The primary group's targets become unusable: the next priority takes over.
+    bind.update(
+        ("replace", f"gw1.{namespace}", 2, "A", "127.0.0.1"), ("delete", f"gw2.{namespace}")
+    )
+    result = run_syncd(config)
+    assert readiness(slices_of(admin, namespace, "rgw")) == {("198.51.100.3", 8081): True}
+    assert "does not resolve; skipped" in result.stderr
+    assert "'127.0.0.1' is a loopback address" in result.stderr
+
+
+def test_a_and_aaaa_records_give_two_slices(run_syncd, bind, admin, namespace, tmp_path):
+    bind.update(
+        ("add", f"www.{namespace}", 2, "A", "192.0.2.20"),
+        ("add", f"www.{namespace}", 2, "AAAA", "2001:db8::20"),
+        ("add", f"alias.{namespace}", 2, "CNAME", f"www.{namespace}.example.test."),
+    )
+    config = dns_config(
+        tmp_path / "c.yaml",
+        bind,
+        namespace,
+        "www",
+        name=f"alias.{namespace}.example.test",
+        port=8443,
+    )
+    run_syncd(config)
+    slices = {s["addressType"]: s for s in slices_of(admin, namespace, "www")}
+    assert set(slices) == {"IPv4", "IPv6"}
+    assert endpoint_pairs(slices.values()) == {("192.0.2.20", 8443), ("2001:db8::20", 8443)}
+
+
+def test_nxdomain_is_a_real_empty_answer(run_syncd, bind, admin, namespace, tmp_path):
+    bind.update(("add", f"gone.{namespace}", 2, "A", "192.0.2.30"))
+    config = dns_config(
+        tmp_path / "c.yaml", bind, namespace, "gone", name=f"gone.{namespace}.example.test", port=80
+    )
+    run_syncd(config)
+    bind.update(("delete", f"gone.{namespace}"))
+    run_syncd(config)
+    (placeholder,) = slices_of(admin, namespace, "gone")
+    assert placeholder["metadata"]["name"] == "gone-empty"
+
+
+def test_refused_is_an_error_that_keeps_what_is_applied(
+    run_syncd, bind, admin, apiserver, namespace, tmp_path
+):
+    bind.update(("add", f"keep.{namespace}", 2, "A", "192.0.2.40"))
+    config = dns_config(
+        tmp_path / "c.yaml", bind, namespace, "keep", name=f"keep.{namespace}.example.test", port=80
+    )
+    run_syncd(config)
+    dns_config(config, bind, namespace, "keep", name="keep.not-served.test", port=80)
+    mark = apiserver.audit.mark()
+    result = run_syncd(config, check=1)
+    assert "STALE" in result.stdout and "REFUSED" in result.stdout
+    assert apiserver.audit.writes_since(mark) == []
+    assert endpoint_pairs(slices_of(admin, namespace, "keep")) == {("192.0.2.40", 80)}
+
+
+def test_records_added_and_removed_show_within_ttl_plus_one_second(
+    daemon,
+    bind,
+    admin,
+    namespace,
+    tmp_path,
+):
+    srv = f"_live._tcp.{namespace}.example.test."
+    bind.update(
+        ("add", f"a.{namespace}", 2, "A", "192.0.2.51"),
+        ("add", f"b.{namespace}", 2, "A", "192.0.2.52"),
+        ("add", srv, 2, "SRV", f"10 1 8080 a.{namespace}.example.test."),
+    )
+    daemon(dns_config(tmp_path / "c.yaml", bind, namespace, "live", srv=srv))
+    wait_for(
+        lambda: endpoint_pairs(slices_of(admin, namespace, "live")) == {("192.0.2.51", 8080)},
+        "first answer",
+    )
+
+    bind.update(("add", srv, 2, "SRV", f"10 1 8080 b.{namespace}.example.test."))
+    started = time.monotonic()
+    wait_for(
+        lambda: ("192.0.2.52", 8080) in endpoint_pairs(slices_of(admin, namespace, "live")),
+        "added target",
+        timeout=3.0,
+    )  # TTL 2 s + 1 s
+    bind.update(("delete", srv, "SRV", f"10 1 8080 a.{namespace}.example.test."))
+    wait_for(
+        lambda: endpoint_pairs(slices_of(admin, namespace, "live")) == {("192.0.2.52", 8080)},
+        "removed target",
+        timeout=3.0,
+    )
+    assert time.monotonic() - started < 6
+
+
+def test_nameserver_down_keeps_state_then_recovers(
+    daemon,
+    bind_private,
+    admin,
+    apiserver,
+    namespace,
+    tmp_path,
+):
+    server = bind_private
+    server.update(("add", "svc", 2, "A", "192.0.2.61"))
+    process = daemon(
+        dns_config(tmp_path / "c.yaml", server, namespace, "down", name="svc.example.test", port=80)
+    )
+    wait_for(
+        lambda: endpoint_pairs(slices_of(admin, namespace, "down")) == {("192.0.2.61", 80)},
+        "first answer",
+    )
+    server.stop()
+    mark = apiserver.audit.mark()
+    time.sleep(4)
+    assert apiserver.audit.writes_since(mark) == []
+    assert endpoint_pairs(slices_of(admin, namespace, "down")) == {("192.0.2.61", 80)}
+    assert "keeping the last state" in process.log_path.read_text()
+
+    server.start()  # same port and zone (its journal keeps the update)
+    server.update(("add", "svc", 2, "A", "192.0.2.62"))
+    wait_for(
+        lambda: (
+            endpoint_pairs(slices_of(admin, namespace, "down"))
+            == {("192.0.2.61", 80), ("192.0.2.62", 80)}
+        ),
+        "recovery",
+        timeout=10,
+    )
