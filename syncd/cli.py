@@ -24,7 +24,8 @@ from syncd.kube import Kube, KubeSettings
 from syncd.model import Config, StaticSourceConfig
 from syncd.observability import serve_metrics, setup_logging
 from syncd.ownership import DEFAULT_OWNER_ID, valid_owner_id
-from syncd.reconcile import Outcome, RunSettings, TargetResult, decide, run_pass
+from syncd.policy import PolicyState, evaluate
+from syncd.reconcile import Outcome, RunSettings, TargetResult, ask_sources, run_pass
 from syncd.render import render_target
 
 EXIT_OK = 0
@@ -179,11 +180,16 @@ def _render(config: Config, owner_id: str) -> int:
     documents = []
     status = EXIT_OK
     for target in config.targets:
-        decision, problems = decide(target, config.consul)
+        answers, problems = ask_sources(target, config.consul)
         for problem in problems:
             print(f"{target.key}: {problem}", file=sys.stderr)
+        # No probes here: render never connects to backends.
+        evaluation = evaluate(answers, PolicyState(), 0.0, target, config.address_policy)
+        for warning in evaluation.warnings:
+            print(f"{target.key}: warning: {warning}", file=sys.stderr)
+        decision = evaluation.verdict.decision
         if decision is None:
-            print(f"{target.key}: no source answered; nothing rendered", file=sys.stderr)
+            print(f"{target.key}: {evaluation.verdict.reason}; nothing rendered", file=sys.stderr)
             status = EXIT_TARGET_FAILED
             continue
         documents.extend(render_target(target, decision.backends, owner_id))
@@ -248,7 +254,14 @@ def _print_result(result: TargetResult, dry_run: bool) -> None:
     size = ""
     if decision is not None:
         ready = sum(1 for b in decision.backends if b.ready)
-        size = f" ({decision.source}: {len(decision.backends)} backends, {ready} ready)"
+        tier = f"tier {decision.tier}: " if decision.tier or decision.switched_from else ""
+        size = f" ({tier}{decision.source}: {len(decision.backends)} backends, {ready} ready)"
+        if decision.switched_from is not None:
+            kind = "failback" if decision.tier < decision.switched_from else "failover"
+            print(
+                f"{result.target}: {kind} from tier {decision.switched_from} to tier "
+                f"{decision.tier} ({decision.source}): {decision.reason}"
+            )
     if result.outcome is Outcome.CONVERGED:
         print(f"{result.target}: no changes{size}")
     elif result.outcome is Outcome.CHANGED:

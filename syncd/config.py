@@ -22,15 +22,21 @@ import yaml
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import ConfigError
 from syncd.model import (
+    DEFAULT_DENIED_CIDRS,
     AddressFamily,
+    AddressPolicy,
     Backend,
     Config,
     ConsulAddress,
     ConsulConnection,
     ConsulConsistency,
+    ConsulQuerySourceConfig,
     ConsulSourceConfig,
     DnsSourceConfig,
     EndpointPort,
+    FailoverConfig,
+    GuardConfig,
+    HealthCheckConfig,
     Output,
     ServicePort,
     SourceConfig,
@@ -270,7 +276,9 @@ def load_config_text(text: str, path: str | Path) -> Config:
     doc = _parse_yaml(text, file)
     checker = _Checker(file, doc)
     root = _Scope(checker, ())
-    data = _mapping(doc.data, root, {"version", "targets", "consul"}, {"version", "targets"})
+    data = _mapping(
+        doc.data, root, {"version", "targets", "consul", "address_policy"}, {"version", "targets"}
+    )
     if data is None:
         raise ConfigError(checker.problems)
 
@@ -281,6 +289,10 @@ def load_config_text(text: str, path: str | Path) -> Config:
 
     targets: list[Target] = []
     raw_targets = data.get("targets")
+    policy = AddressPolicy()
+    if "address_policy" in data:
+        policy = _address_policy(data["address_policy"], root.at("address_policy")) or policy
+
     if "targets" in data:
         if not isinstance(raw_targets, list):
             root.at("targets").error(f"must be a list of targets, got {_kind(raw_targets)}")
@@ -289,7 +301,7 @@ def load_config_text(text: str, path: str | Path) -> Config:
         else:
             seen: dict[tuple, int] = {}
             for index, raw in enumerate(raw_targets):
-                target = _target(raw, root.at("targets", index), path.parent)
+                target = _target(raw, root.at("targets", index), path.parent, policy)
                 key = _raw_target_key(raw)
                 if key is not None and key in seen:
                     root.at("targets", index).error(
@@ -307,10 +319,20 @@ def load_config_text(text: str, path: str | Path) -> Config:
 
     if checker.problems:
         raise ConfigError(checker.problems)
-    return Config(path=path, targets=tuple(targets), version=data["version"], consul=consul)
+    return Config(
+        path=path,
+        targets=tuple(targets),
+        version=data["version"],
+        consul=consul,
+        address_policy=policy,
+    )
 
 
 _TARGET_KEYS = {
+    "failover",
+    "guards",
+    "health_check",
+    "allowed_cidrs",
     "namespace",
     "service",
     "ports",
@@ -321,7 +343,7 @@ _TARGET_KEYS = {
 }
 
 
-def _target(raw: Any, scope: _Scope, base_dir: Path) -> Target | None:
+def _target(raw: Any, scope: _Scope, base_dir: Path, policy: AddressPolicy) -> Target | None:
     if isinstance(raw, dict):
         scope = _Scope(scope.checker, scope.path, scope.path, _target_label(raw, scope.path))
     before = len(scope.checker.problems)
@@ -376,10 +398,28 @@ def _target(raw: Any, scope: _Scope, base_dir: Path) -> Target | None:
                 if source is not None:
                     sources.append(source)
 
+    extras: dict[str, Any] = {}
+    if "failover" in data:
+        extras["failover"] = _failover(data["failover"], scope.at("failover"))
+    if "guards" in data:
+        extras["guards"] = _guards(data["guards"], scope.at("guards"))
+    if "health_check" in data and ports is not None:
+        extras["health_check"] = _health_check(
+            data["health_check"], scope.at("health_check"), ports, base_dir
+        )
+    if "allowed_cidrs" in data:
+        extras["allowed_cidrs"] = _cidrs(data["allowed_cidrs"], scope.at("allowed_cidrs"))
+    for index, source in enumerate(sources):
+        if isinstance(source, StaticSourceConfig):
+            _check_static_policy(
+                source, scope.at("sources", index), policy, extras.get("allowed_cidrs", ())
+            )
+
     if len(scope.checker.problems) > before or namespace is None or service is None:
         return None
     assert ports is not None
     return Target(
+        **extras,
         namespace=namespace,
         service=service,
         ports=ports,
@@ -462,6 +502,8 @@ def _source(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...], base_dir: P
         return _consul_source(raw, scope, ports)
     if kind == "dns":
         return _dns_source(raw, scope, ports)
+    if kind == "consul_query":
+        return _consul_query_source(raw, scope, ports)
     if "type" not in raw:
         scope.error(f"missing required key 'type' (one of: {_SOURCE_TYPES})")
     else:
@@ -469,7 +511,7 @@ def _source(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...], base_dir: P
     return None
 
 
-_SOURCE_TYPES = "static, consul, dns"
+_SOURCE_TYPES = "static, consul, consul_query, dns"
 _CONSUL_SOURCE_KEYS = {
     "type",
     "service",
@@ -661,6 +703,218 @@ def _nameservers(value: Any, scope: _Scope) -> tuple[tuple[str, int], ...]:
             continue
         result.append((host, port))
     return tuple(result)
+
+
+def _number(data: dict, key: str, scope: _Scope, low: float, high: float, integer=False):
+    """data[key] as a number in [low, high], or None after reporting why not."""
+    value = data[key]
+    kind_ok = (
+        _is_int(value)
+        if integer
+        else (isinstance(value, int | float) and not isinstance(value, bool))
+    )
+    if kind_ok and low <= value <= high:
+        return value if integer else float(value)
+    what = "a whole number" if integer else "a number"
+    scope.at(key).error(f"must be {what} from {low:g} to {high:g}, got {value!r}")
+    return None
+
+
+def _numbers(data: dict, scope: _Scope, limits: dict[str, tuple]) -> dict[str, Any]:
+    values = {}
+    for key, (low, high, *integer) in limits.items():
+        if key in data:
+            value = _number(data, key, scope, low, high, bool(integer))
+            if value is not None:
+                values[key] = value
+    return values
+
+
+def _failover(raw: Any, scope: _Scope) -> FailoverConfig:
+    data = _mapping(raw, scope, {"min_ready", "failback_after"}, set()) or {}
+    return FailoverConfig(
+        **_numbers(data, scope, {"min_ready": (1, 100000, True), "failback_after": (0, 86400)})
+    )
+
+
+def _guards(raw: Any, scope: _Scope) -> GuardConfig:
+    data = _mapping(raw, scope, {"max_removal_fraction", "confirm_after"}, set()) or {}
+    return GuardConfig(
+        **_numbers(data, scope, {"max_removal_fraction": (0, 1), "confirm_after": (0, 3600)})
+    )
+
+
+_HEALTH_KEYS = {
+    "type",
+    "port",
+    "path",
+    "expected_status",
+    "host",
+    "tls_server_name",
+    "ca_file",
+    "insecure_skip_verify",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "concurrency",
+    "panic_threshold",
+}
+
+
+def _health_check(raw: Any, scope: _Scope, ports, base_dir: Path) -> HealthCheckConfig | None:
+    data = _mapping(raw, scope, _HEALTH_KEYS, {"type"})
+    if data is None:
+        return None
+    values: dict[str, Any] = {}
+    if data.get("type") not in ("tcp", "http", "https"):
+        scope.at("type").error(f"{data.get('type')!r} is not one of: tcp, http, https")
+    else:
+        values["type"] = data["type"]
+    if "port" in data:
+        names = [p.name for p in ports]
+        if data["port"] in names:
+            values["port"] = data["port"]
+        else:
+            scope.at("port").error(f"{data['port']!r} is not a port of the Service")
+    if data.get("type") == "tcp":
+        for key in (
+            "path",
+            "expected_status",
+            "host",
+            "tls_server_name",
+            "ca_file",
+            "insecure_skip_verify",
+        ):
+            if key in data:
+                scope.at(key).error("only for http and https checks")
+    if "path" in data:
+        path = _nonempty_string(data["path"], scope.at("path"))
+        if path and not path.startswith("/"):
+            scope.at("path").error("must start with '/'")
+        values["path"] = path
+    if "expected_status" in data:
+        values["expected_status"] = _status_ranges(
+            data["expected_status"], scope.at("expected_status")
+        )
+    for key in ("host", "tls_server_name"):
+        if key in data:
+            values[key] = _nonempty_string(data[key], scope.at(key))
+    if "ca_file" in data:
+        name = _nonempty_string(data["ca_file"], scope.at("ca_file"))
+        if name:
+            values["ca_file"] = Path(name) if Path(name).is_absolute() else base_dir / name
+    if "insecure_skip_verify" in data:
+        if isinstance(data["insecure_skip_verify"], bool):
+            values["insecure_skip_verify"] = data["insecure_skip_verify"]
+        else:
+            scope.at("insecure_skip_verify").error("must be true or false")
+    values.update(
+        _numbers(
+            data,
+            scope,
+            {
+                "interval": (0.1, 3600),
+                "timeout": (0.05, 600),
+                "rise": (1, 100, True),
+                "fall": (1, 100, True),
+                "concurrency": (1, 1000, True),
+                "panic_threshold": (0, 1),
+            },
+        )
+    )
+    if values.get("timeout", 2.0) > values.get("interval", 5.0):
+        scope.error("timeout must not be longer than interval")
+    return HealthCheckConfig(**values)
+
+
+def _status_ranges(raw: Any, scope: _Scope) -> tuple[tuple[int, int], ...]:
+    """[200, 204, "300-399"] -> ((200, 200), (204, 204), (300, 399))."""
+    if not isinstance(raw, list) or not raw:
+        scope.error("must be a list of status codes or ranges like '200-399'")
+        return ((200, 399),)
+    ranges = []
+    for index, item in enumerate(raw):
+        text = str(item)
+        low, _, high = text.partition("-")
+        if low.isdigit() and (high.isdigit() or not high) and not isinstance(item, bool):
+            pair = (int(low), int(high or low))
+            if 100 <= pair[0] <= pair[1] <= 599:
+                ranges.append(pair)
+                continue
+        scope.at(index).error(f"{item!r} is not a status code (100-599) or range like 200-399")
+    return tuple(ranges) or ((200, 399),)
+
+
+def _cidrs(raw: Any, scope: _Scope) -> tuple:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        scope.error("must be a list of CIDRs like 192.168.7.0/24")
+        return ()
+    result = []
+    for index, item in enumerate(raw):
+        try:
+            result.append(ipaddress.ip_network(item, strict=False))
+        except (ValueError, TypeError):
+            scope.at(index).error(f"{item!r} is not a CIDR like 192.168.7.0/24")
+    return tuple(result)
+
+
+def _address_policy(raw: Any, scope: _Scope) -> AddressPolicy | None:
+    data = _mapping(raw, scope, {"denied_cidrs", "service_cidr"}, set())
+    if data is None:
+        return None
+    denied = DEFAULT_DENIED_CIDRS
+    if "denied_cidrs" in data:
+        denied = (
+            _cidrs(data["denied_cidrs"], scope.at("denied_cidrs")) if data["denied_cidrs"] else ()
+        )
+    if "service_cidr" in data:
+        denied = denied + _cidrs(data["service_cidr"], scope.at("service_cidr"))
+    return AddressPolicy(denied=denied)
+
+
+def _check_static_policy(
+    source: StaticSourceConfig, scope: _Scope, policy: AddressPolicy, allowed: tuple
+) -> None:
+    """A static backend the address policy forbids is a typo to fix, not to apply."""
+    from syncd.policy import address_refusal
+
+    for index, backend in enumerate(source.backends):
+        reason = address_refusal(backend.address, policy, allowed)
+        if reason:
+            where = scope.at("backends", index) if source.file is None else scope.at("file")
+            where.error(f"{backend.address}: {reason}")
+
+
+def _consul_query_source(raw: dict, scope: _Scope, ports) -> ConsulQuerySourceConfig | None:
+    data = _mapping(
+        raw,
+        scope,
+        {"type", "query", "port", "address", "warning_is_ready", "poll_interval"},
+        {"type", "query"},
+    )
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    query = _nonempty_string(data.get("query"), scope.at("query")) if "query" in data else None
+    names = [p.name for p in ports]
+    port_name = data.get("port", names[0])
+    if port_name not in names:
+        scope.at("port").error(f"{port_name!r} is not a port of the Service")
+    elif "port" not in data and len(names) > 1:
+        scope.error("the Service has several ports; say which one the instances serve: 'port'")
+    values = _numbers(data, scope, {"poll_interval": (0.1, 3600)})
+    values["address"] = _choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
+    if "warning_is_ready" in data:
+        if isinstance(data["warning_is_ready"], bool):
+            values["warning_is_ready"] = data["warning_is_ready"]
+        else:
+            scope.at("warning_is_ready").error("must be true or false")
+    if len(scope.checker.problems) > before or query is None:
+        return None
+    return ConsulQuerySourceConfig(query=query, port_name=port_name, **values)
 
 
 def _choice(data: dict, key: str, enum_type, default, scope: _Scope):

@@ -20,16 +20,26 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from syncd.config import load_config
 from syncd.errors import ConfigError, KubeError, SourceError
+from syncd.health import Prober
 from syncd.kube import Kube
 from syncd.model import Config, Snapshot, Target
-from syncd.observability import RECONCILES, TARGET_BACKENDS, TARGET_STALE
+from syncd.observability import (
+    ACTIVE_TIER,
+    HELD_REMOVALS,
+    PROBE_PANICS,
+    RECONCILES,
+    TARGET_BACKENDS,
+    TARGET_STALE,
+    TIER_SWITCHES,
+)
 from syncd.ownership import SERVICE_NAME_LABEL, owned_selector
-from syncd.policy import choose_backends
+from syncd.policy import PolicyState, evaluate, probe_key
 from syncd.reconcile import (
     Outcome,
     RunSettings,
@@ -79,11 +89,15 @@ class WorkQueue:
 
 @dataclass
 class _Watched:
-    """A target and the watcher threads of its sources."""
+    """A target, the threads that watch its sources and probe its backends, its policy."""
 
     target: Target
     stop: threading.Event
     threads: list[threading.Thread]
+    prober: Prober | None = None
+    policy: PolicyState = field(default_factory=PolicyState)
+    held: float | None = None  # pending_since of the held removal already reported
+    warned: set[str] = field(default_factory=set)
 
 
 class Controller:
@@ -160,36 +174,70 @@ class Controller:
             answers = [self._answers.get((target.key, i)) for i in range(len(target.sources))]
         if any(answer is None for answer in answers):
             return  # wait until every source has answered once
-        decision = choose_backends(answers)  # type: ignore[arg-type]
-        if decision is None:
-            if target.key not in self._stale:
-                self._stale.add(target.key)
-                TARGET_STALE.labels(target.key).set(1)
-                errors = "; ".join(str(a) for a in answers)
-                result = TargetResult(
-                    target.key,
-                    Outcome.STALE,
-                    message=f"no source answered; keeping what is applied: {errors}",
-                )
-                RECONCILES.labels(result.outcome.value).inc()
-                self._report(result)
+        watched = self._watched[target.key]
+        health = watched.prober.health() if watched.prober else None
+        evaluation = evaluate(
+            answers, watched.policy, time.monotonic(), target, self._config.address_policy, health
+        )  # type: ignore[arg-type]
+        verdict = evaluation.verdict
+        watched.policy = verdict.state
+        for warning in evaluation.warnings:
+            if warning not in watched.warned:
+                log.warning("%s: %s", target.key, warning)
+        watched.warned = set(evaluation.warnings)
+        if evaluation.panic:
+            PROBE_PANICS.labels(target.key).inc()
+        if verdict.decision is None:
+            self._hold(target, verdict)
             return
         if target.key in self._stale:
             self._stale.discard(target.key)
             TARGET_STALE.labels(target.key).set(0)
-            log.info("%s: %s answers again", target.key, decision.source)
+            log.info("%s: %s answers again", target.key, verdict.decision.source)
+        decision = verdict.decision
         if not decision.backends:
             log.warning(
                 "%s: %s lists no backends; applying that (an empty answer is real)",
                 target.key,
                 decision.source,
             )
+        if decision.switched_from is not None:
+            TIER_SWITCHES.labels(target.key, str(decision.switched_from), str(decision.tier)).inc()
+            log.warning(
+                "%s: switching from tier %d to tier %d (%s): %s",
+                target.key,
+                decision.switched_from,
+                decision.tier,
+                decision.source,
+                decision.reason,
+            )
+        ACTIVE_TIER.labels(target.key).set(decision.tier)
         result = reconcile_target(self._kube, target, decision, self._run)
         RECONCILES.labels(result.outcome.value).inc()
         ready = sum(1 for b in decision.backends if b.ready)
         TARGET_BACKENDS.labels(target.key, "true").set(ready)
         TARGET_BACKENDS.labels(target.key, "false").set(len(decision.backends) - ready)
-        if result.outcome is not Outcome.CONVERGED:
+        if result.outcome is not Outcome.CONVERGED or decision.switched_from is not None:
+            self._report(result)
+
+    def _hold(self, target: Target, verdict) -> None:
+        """Nothing is applied: a failing registry (stale) or a large removal (held)."""
+        watched = self._watched[target.key]
+        if verdict.hold_until is not None:
+            HELD_REMOVALS.labels(target.key).inc()
+            if watched.held != verdict.state.pending_since:
+                watched.held = verdict.state.pending_since
+                self._report(TargetResult(target.key, Outcome.HELD, message=verdict.reason))
+            delay = max(0.05, verdict.hold_until - time.monotonic())
+            timer = threading.Timer(delay, self._queue.add, args=(target.key,))
+            timer.daemon = True
+            timer.start()
+            return
+        if target.key not in self._stale:
+            self._stale.add(target.key)
+            TARGET_STALE.labels(target.key).set(1)
+            result = TargetResult(target.key, Outcome.STALE, message=verdict.reason)
+            RECONCILES.labels(result.outcome.value).inc()
             self._report(result)
 
     # -- sources
@@ -214,9 +262,38 @@ class Controller:
                 daemon=True,
             )
             threads.append(thread)
-        self._watched[target.key] = _Watched(target, stop, threads)
+        prober = None
+        if target.health_check is not None:
+            prober = Prober(target.health_check, target.key)
+            threads.append(
+                threading.Thread(
+                    target=self._probe_loop,
+                    args=(target, prober, stop),
+                    name=f"probes {target.key}",
+                    daemon=True,
+                )
+            )
+        self._watched[target.key] = _Watched(target, stop, threads, prober)
         for thread in threads:
             thread.start()
+
+    def _probe_loop(self, target: Target, prober: Prober, stop: threading.Event) -> None:
+        """Probe every registry-ready backend of every tier; wake the target on a change."""
+        port_name = target.health_check.port if target.health_check else None
+        while not stop.is_set():
+            with self._lock:
+                answers = [self._answers.get((target.key, i)) for i in range(len(target.sources))]
+            keys = {
+                probe_key(b, port_name)
+                for a in answers
+                if isinstance(a, Snapshot)
+                for b in a.backends
+                if b.ready
+            }
+            if prober.run_round(keys):
+                self._queue.add(target.key)
+            stop.wait(prober.interval)
+        prober.close()
 
     @staticmethod
     def _watch_source(source, stop: threading.Event, emit) -> None:

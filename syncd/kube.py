@@ -295,6 +295,11 @@ class Kube:
             _content_type="application/merge-patch+json",
         )
 
+    def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        """Record a core/v1 Event (what `kubectl describe` shows under the object)."""
+        api = self._apis["core"]
+        self._call("create", f"Event in {namespace}", api.create_namespaced_event, namespace, event)
+
     def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete, only if it is still the object we read (same uid); gone already is fine."""
         body = {"preconditions": {"uid": uid}} if uid else None

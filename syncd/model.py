@@ -162,7 +162,26 @@ class DnsSourceConfig:
         return f"dns SRV {self.srv}" if self.srv else f"dns A/AAAA {self.name}"
 
 
-SourceConfig = StaticSourceConfig | ConsulSourceConfig | DnsSourceConfig
+@dataclass(frozen=True)
+class ConsulQuerySourceConfig:
+    """A Consul prepared query (/v1/query/<name>/execute): Consul's own cross-datacenter
+    failover as one tier. Polled (prepared queries do not block)."""
+
+    query: str
+    port_name: str
+    address: ConsulAddress = ConsulAddress.SERVICE
+    warning_is_ready: bool = True
+    poll_interval: float = 5.0
+
+    @property
+    def kind(self) -> str:
+        return "consul_query"
+
+    def describe(self) -> str:
+        return f"consul prepared query {self.query}"
+
+
+SourceConfig = StaticSourceConfig | ConsulSourceConfig | DnsSourceConfig | ConsulQuerySourceConfig
 
 
 @dataclass(frozen=True)
@@ -180,6 +199,68 @@ class ConsulConnection:
     min_query_interval: float = 0.05  # a churning service cannot spin the CPU
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Never endpoints, whatever a registry says: metadata services, loopback, "this host",
+# link-local and multicast. The cluster's Service CIDR is added when configured.
+DEFAULT_DENIED_CIDRS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in (
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "::1/128",
+        "fe80::/10",
+        "ff00::/8",
+    )
+)
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Addresses no target may point at (global), checked on every registry answer."""
+
+    denied: tuple[IPNetwork, ...] = DEFAULT_DENIED_CIDRS
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    """Sources are tiers: the first with min_ready ready backends is active."""
+
+    min_ready: int = 1
+    failback_after: float = 30.0  # a higher tier must qualify this long before failback
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Large removals must be seen twice, confirm_after apart, before they are applied."""
+
+    max_removal_fraction: float = 0.5
+    confirm_after: float = 10.0
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """Active probes; a backend is ready only if its registry and its probe both say so."""
+
+    type: str = "tcp"  # tcp | http | https
+    port: str | None = None  # which Service port's backend port to probe (default: first)
+    path: str = "/"
+    expected_status: tuple[tuple[int, int], ...] = ((200, 399),)
+    host: str | None = None  # HTTP Host header
+    tls_server_name: str | None = None
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    concurrency: int = 16
+    panic_threshold: float = 1.0  # this fraction failing while the registry says healthy
+    #                               means the probe path is broken: ignore the probes
+
+
 @dataclass(frozen=True)
 class Target:
     """One selectorless Service and where its backends come from."""
@@ -191,6 +272,10 @@ class Target:
     output: Output = Output.ENDPOINTSLICES
     manage_service: bool = True
     max_endpoints_per_slice: int = 100
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    guards: GuardConfig = field(default_factory=GuardConfig)
+    health_check: HealthCheckConfig | None = None
+    allowed_cidrs: tuple[IPNetwork, ...] = ()  # empty: any address the policy allows
 
     @property
     def key(self) -> str:
@@ -205,6 +290,7 @@ class Config:
     targets: tuple[Target, ...]
     version: int = 1
     consul: ConsulConnection = field(default_factory=ConsulConnection)
+    address_policy: AddressPolicy = field(default_factory=AddressPolicy)
 
 
 @dataclass(frozen=True)

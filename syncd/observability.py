@@ -50,6 +50,37 @@ TARGET_BACKENDS = Gauge(
     registry=REGISTRY,
 )
 
+PROBES = Counter(
+    "syncd_probes_total",
+    "Active health probes by type and result",
+    ["type", "result"],
+    registry=REGISTRY,
+)
+PROBE_PANICS = Counter(
+    "syncd_probe_panics_total",
+    "Decisions where probes failed too many registry-healthy backends and were ignored",
+    ["target"],
+    registry=REGISTRY,
+)
+TIER_SWITCHES = Counter(
+    "syncd_tier_switches_total",
+    "Failover tier switches",
+    ["target", "from_tier", "to_tier"],
+    registry=REGISTRY,
+)
+ACTIVE_TIER = Gauge(
+    "syncd_active_tier",
+    "Index of the source tier in use",
+    ["target"],
+    registry=REGISTRY,
+)
+HELD_REMOVALS = Counter(
+    "syncd_held_removals_total",
+    "Large removals held for confirmation",
+    ["target"],
+    registry=REGISTRY,
+)
+
 
 def serve_metrics(address: str) -> tuple[str, int]:
     """Serve /metrics on host:port (port 0 picks one); returns where it listens."""

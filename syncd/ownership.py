@@ -32,6 +32,11 @@ MANAGED_LABEL_KEYS = frozenset(
     }
 )
 
+# Annotations syncd writes on Services it owns (what it decided); others' are left alone.
+ANNOTATION_PREFIX = "syncd.io/"
+ACTIVE_TIER_ANNOTATION = "syncd.io/active-tier"
+ACTIVE_SOURCE_ANNOTATION = "syncd.io/active-source"
+
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from syncd.ownership import MANAGED_LABEL_KEYS, labels_of
+from syncd.ownership import ANNOTATION_PREFIX, MANAGED_LABEL_KEYS, labels_of
 
 ObjectId = tuple[str, str, str]  # kind, namespace, name
 
@@ -107,6 +107,10 @@ def managed_view(obj: Mapping[str, Any], compare_owner_refs: bool = True) -> dic
         view["subsets"] = sorted(subsets, key=lambda s: repr(s["ports"]))
     elif kind == "Service":
         view["ports"] = _ports((obj.get("spec") or {}).get("ports"))
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        view["annotations"] = dict(
+            sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX))
+        )
     return view
 
 

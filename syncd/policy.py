@@ -1,18 +1,118 @@
-"""Decide which backends the cluster should see from what the sources answered (pure).
+"""Decide what the cluster should see, from what the sources answered (pure; no I/O).
 
-For now: sources are tried in order and the first one with at least one ready backend is
-used; if none has a ready backend, the first that answered at all is used (a real empty
-answer is applied); if every source failed, there is no decision and the caller keeps the
-last applied state (fail static). Failover hold-downs, probes and guards build on this.
+Order of decisions, each one only ever *filters* or *holds*:
+
+1. Address policy: registry entries in the global deny list (metadata service, loopback,
+   link-local, multicast, the Service CIDR ...) or outside a target's `allowed_cidrs` are
+   dropped and reported. Whoever can write to a registry must not be able to point a
+   Service at the metadata endpoint or at cluster-internal addresses.
+2. Active probes: a backend is ready only if its registry and its probe both say so. If the
+   probes would fail at least `panic_threshold` of the backends the registries call healthy
+   (across all tiers), the probe path itself is assumed broken: probes are ignored, loudly.
+3. Failover tiers: the active tier is the first with at least `min_ready` ready backends.
+   Failover to a lower tier is immediate; failback to a higher tier waits until it has
+   qualified continuously for `failback_after`. If no tier qualifies, nothing changes (the
+   last applied state stays), except for a single-source target, whose real answers,
+   empty ones included, are applied.
+4. Guard: within one tier, a change that removes more than `max_removal_fraction` of the
+   applied backends is held until the same answer is seen again `confirm_after` later.
+
+The daemon keeps a `PolicyState` per target between decisions; `--once` starts from an
+empty one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from syncd.errors import SourceError
-from syncd.model import Backend, Snapshot
+from syncd.model import AddressPolicy, Backend, GuardConfig, Snapshot, Target
+
+ProbeKey = tuple[str, int]  # (address, port)
+
+
+# --------------------------------------------------------------------------- address policy
+
+
+def address_refusal(address: str, policy: AddressPolicy, allowed: Sequence) -> str | None:
+    """Why the policy refuses `address`, or None if it may be an endpoint."""
+    ip = ipaddress.ip_address(address)
+    for network in policy.denied:
+        if ip.version == network.version and ip in network:
+            return f"in the denied range {network} (address_policy)"
+    if allowed and not any(ip.version == n.version and ip in n for n in allowed):
+        return "outside the target's allowed_cidrs"
+    return None
+
+
+def filter_addresses(
+    snapshot: Snapshot, target: Target, policy: AddressPolicy
+) -> tuple[Snapshot, list[str]]:
+    """Drop backends the address policy refuses; one warning per dropped backend."""
+    kept, warnings = [], []
+    for backend in snapshot.backends:
+        reason = address_refusal(backend.address, policy, target.allowed_cidrs)
+        if reason:
+            warnings.append(f"{snapshot.source}: {backend.address} {reason}; dropped")
+        else:
+            kept.append(backend)
+    if not warnings:
+        return snapshot, []
+    return replace(snapshot, backends=frozenset(kept)), warnings
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def probe_key(backend: Backend, port_name: str | None) -> ProbeKey:
+    """Which (address, port) a backend is probed on: the named Service port, else the first."""
+    port = next((p for p in backend.ports if p.name == port_name), backend.ports[0])
+    return (backend.address, port.port)
+
+
+@dataclass(frozen=True)
+class ProbeVerdict:
+    answers: tuple[Snapshot | SourceError, ...]
+    panic: bool = False
+    failing: int = 0  # registry-ready backends whose probe fails
+    healthy_by_registry: int = 0
+
+
+def apply_probes(
+    answers: Sequence[Snapshot | SourceError],
+    health: Mapping[ProbeKey, bool],
+    port_name: str | None,
+    panic_threshold: float,
+) -> ProbeVerdict:
+    """Mark registry-ready backends whose probe fails as not ready, unless in panic.
+
+    Backends not probed yet count as healthy (as a registry's word is all there is).
+    """
+    registry_ready = {
+        probe_key(b, port_name)
+        for a in answers
+        if isinstance(a, Snapshot)
+        for b in a.backends
+        if b.ready
+    }
+    failing = {key for key in registry_ready if health.get(key) is False}
+    if registry_ready and len(failing) / len(registry_ready) >= panic_threshold and failing:
+        return ProbeVerdict(tuple(answers), True, len(failing), len(registry_ready))
+    adjusted = []
+    for answer in answers:
+        if isinstance(answer, Snapshot):
+            backends = frozenset(
+                replace(b, ready=False) if b.ready and probe_key(b, port_name) in failing else b
+                for b in answer.backends
+            )
+            answer = replace(answer, backends=backends)
+        adjusted.append(answer)
+    return ProbeVerdict(tuple(adjusted), False, len(failing), len(registry_ready))
+
+
+# --------------------------------------------------------------------------- tiers and guards
 
 
 @dataclass(frozen=True)
@@ -21,16 +121,162 @@ class Decision:
     tier: int  # index of the source whose answer is used
     source: str
     reason: str
+    switched_from: int | None = None  # set when this decision changes the active tier
 
 
-def choose_backends(answers: Sequence[Snapshot | SourceError]) -> Decision | None:
-    """The backends to apply, or None when no source could answer (keep what is applied)."""
-    answered = [(i, a) for i, a in enumerate(answers) if isinstance(a, Snapshot)]
-    for index, snapshot in answered:
-        if any(backend.ready for backend in snapshot.backends):
-            reason = "first source with ready backends" if index else "primary source"
-            return Decision(snapshot.backends, index, snapshot.source, reason)
-    if answered:
-        index, snapshot = answered[0]
-        return Decision(snapshot.backends, index, snapshot.source, "no source has ready backends")
-    return None
+@dataclass(frozen=True)
+class PolicyState:
+    """What a target's policy remembers between decisions."""
+
+    active: int | None = None
+    qualified_since: tuple[float | None, ...] = ()
+    applied: frozenset[Backend] | None = None
+    pending: frozenset[Backend] | None = None  # a large removal waiting for confirmation
+    pending_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision | None  # None: change nothing, keep what is applied
+    state: PolicyState
+    reason: str = ""  # why nothing changes, when decision is None
+    hold_until: float | None = None  # a held removal may be applied from then on
+
+
+def _ready_count(answer: Snapshot | SourceError) -> int:
+    return sum(1 for b in answer.backends if b.ready) if isinstance(answer, Snapshot) else -1
+
+
+def choose(
+    answers: Sequence[Snapshot | SourceError], state: PolicyState, now: float, target: Target
+) -> Verdict:
+    """The tier and backends to apply now, and the policy's memory for next time."""
+    failover, guards = target.failover, target.guards
+    qualifies = [_ready_count(a) >= failover.min_ready for a in answers]
+    previous = state.qualified_since or (None,) * len(answers)
+    since = tuple(
+        (previous[i] if i < len(previous) and previous[i] is not None else now) if ok else None
+        for i, ok in enumerate(qualifies)
+    )
+    state = replace(state, qualified_since=since)
+    candidates = [i for i, ok in enumerate(qualifies) if ok]
+
+    if not candidates:
+        if len(answers) == 1 and isinstance(answers[0], Snapshot):
+            chosen, reason = 0, "the only source"
+        else:
+            failed = all(isinstance(a, SourceError) for a in answers)
+            why = (
+                "no source answered"
+                if failed
+                else f"no tier has {failover.min_ready} ready backends"
+            )
+            return Verdict(None, state, f"{why}; keeping what is applied")
+    else:
+        best, current = candidates[0], state.active
+        if current is None:
+            chosen, reason = best, f"first tier with {failover.min_ready}+ ready backends"
+        elif current not in candidates:
+            chosen, reason = best, f"tier {current} has fewer than {failover.min_ready} ready"
+        elif best < current:
+            waited = now - (since[best] or now)
+            if waited >= failover.failback_after:
+                chosen, reason = (
+                    best,
+                    (
+                        f"tier {best} has qualified for {waited:.0f}s "
+                        f"(failback_after {failover.failback_after:g}s)"
+                    ),
+                )
+            else:
+                chosen, reason = (
+                    current,
+                    f"tier {best} qualifies, failback after "
+                    f"{failover.failback_after - waited:.0f}s more",
+                )
+        else:
+            chosen, reason = current, "active tier"
+
+    answer = answers[chosen]
+    assert isinstance(answer, Snapshot)
+    switched = state.active if state.active is not None and chosen != state.active else None
+    decision = Decision(answer.backends, chosen, answer.source, reason, switched)
+    if switched is None:  # a failover replaces everything by design; not a "removal"
+        held = _guard(answer.backends, state, now, guards)
+        if held is not None:
+            return held
+    return Verdict(
+        decision,
+        replace(state, active=chosen, applied=answer.backends, pending=None, pending_since=None),
+    )
+
+
+def _identities(backends: frozenset[Backend]) -> set:
+    return {b.identity for b in backends}
+
+
+def _guard(
+    backends: frozenset[Backend], state: PolicyState, now: float, guards: GuardConfig
+) -> Verdict | None:
+    """Hold a large removal until it is seen again confirm_after later; None lets it pass."""
+    if not state.applied:
+        return None
+    removed = _identities(state.applied) - _identities(backends)
+    fraction = len(removed) / len(_identities(state.applied))
+    if fraction <= guards.max_removal_fraction:
+        return None
+    if state.pending is not None and _identities(state.pending) == _identities(backends):
+        assert state.pending_since is not None
+        if now - state.pending_since >= guards.confirm_after:
+            return None  # confirmed
+        since = state.pending_since
+    else:
+        since = now
+    new_state = replace(state, pending=backends, pending_since=since)
+    return Verdict(
+        None,
+        new_state,
+        f"would remove {len(removed)} of {len(_identities(state.applied))} backends "
+        f"({fraction:.0%} > max_removal_fraction {guards.max_removal_fraction:.0%}); "
+        f"held until seen again {guards.confirm_after:g}s after first",
+        hold_until=since + guards.confirm_after,
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    verdict: Verdict
+    warnings: tuple[str, ...] = ()
+    panic: bool = False
+
+
+def evaluate(
+    answers: Sequence[Snapshot | SourceError],
+    state: PolicyState,
+    now: float,
+    target: Target,
+    policy: AddressPolicy,
+    health: Mapping[ProbeKey, bool] | None = None,
+) -> Evaluation:
+    """The whole decision for one target: address policy, probes, tiers, guard."""
+    warnings: list[str] = []
+    filtered: list[Snapshot | SourceError] = []
+    for answer in answers:
+        if isinstance(answer, Snapshot):
+            answer, dropped = filter_addresses(answer, target, policy)
+            warnings += dropped
+        filtered.append(answer)
+    panic = False
+    if target.health_check is not None and health is not None:
+        probed = apply_probes(
+            filtered, health, target.health_check.port, target.health_check.panic_threshold
+        )
+        filtered, panic = list(probed.answers), probed.panic
+        if panic:
+            warnings.append(
+                f"PANIC: probes fail {probed.failing} of {probed.healthy_by_registry} backends "
+                f"the registries call healthy (>= panic_threshold "
+                f"{target.health_check.panic_threshold:.0%}); assuming the probe path is "
+                "broken and ignoring the probes"
+            )
+    return Evaluation(choose(filtered, state, now, target), tuple(warnings), panic)

@@ -14,17 +14,23 @@ Safety rules enforced here:
 
 from __future__ import annotations
 
+import datetime
 import enum
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd.errors import KubeConflict, KubeError, OwnershipConflict, SourceError, TargetError
+from syncd.health import Prober
 from syncd.kube import Kube
-from syncd.model import Backend, Config, ConsulConnection, Target
+from syncd.model import Backend, Config, ConsulConnection, Snapshot, Target
 from syncd.ownership import (
+    ACTIVE_SOURCE_ANNOTATION,
+    ACTIVE_TIER_ANNOTATION,
+    ANNOTATION_PREFIX,
     MANAGED_LABEL_KEYS,
     SERVICE_NAME_LABEL,
     is_owned,
@@ -32,8 +38,8 @@ from syncd.ownership import (
     owner_description,
 )
 from syncd.plan import Action, Change, describe_object, object_id, plan_changes
-from syncd.policy import Decision, choose_backends
-from syncd.render import placement_of, render_target
+from syncd.policy import Decision, PolicyState, evaluate, probe_key
+from syncd.render import placement_of, render_target, slice_key_of
 from syncd.sources import build_source
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,7 @@ class Outcome(enum.StrEnum):
     CHANGED = "changed"  # writes applied (or planned, in a dry run)
     CONFLICT = "conflict"  # an object syncd would write is not syncd's
     STALE = "stale"  # no source could answer; last applied state kept
+    HELD = "held"  # a large removal waits for confirmation; last applied state kept
     FAILED = "failed"  # the API or the target's setup failed
 
     @property
@@ -79,11 +86,11 @@ class _LiveState:
     foreign_slices: list[dict[str, Any]] = field(default_factory=list)
 
 
-def decide(
+def ask_sources(
     target: Target, consul: ConsulConnection | None = None
-) -> tuple[Decision | None, list[str]]:
-    """Ask every source of the target once, then let the policy choose. Never raises."""
-    answers = []
+) -> tuple[list[Snapshot | SourceError], list[str]]:
+    """One answer from every source of the target (a Snapshot or the SourceError)."""
+    answers: list[Snapshot | SourceError] = []
     problems = []
     for index, source_config in enumerate(target.sources):
         source = build_source(source_config, target, consul)
@@ -92,28 +99,116 @@ def decide(
         except SourceError as exc:
             problems.append(f"sources[{index}] ({source.describe()}): {exc}")
             answers.append(exc)
-    return choose_backends(answers), problems
+    return answers, problems
 
 
-def run_pass(kube: Kube, config: Config, settings: RunSettings) -> list[TargetResult]:
-    """Reconcile every target, then prune what removed targets left behind."""
+def probe_round(target: Target, answers) -> dict | None:
+    """--once: probe every registry-ready backend once (no rise/fall history in one run)."""
+    if target.health_check is None:
+        return None
+    check = replace(target.health_check, rise=1, fall=1)
+    prober = Prober(check, target.key)
+    try:
+        keys = {
+            probe_key(b, check.port)
+            for a in answers
+            if isinstance(a, Snapshot)
+            for b in a.backends
+            if b.ready
+        }
+        prober.run_round(keys)
+        return prober.health()
+    finally:
+        prober.close()
+
+
+def run_pass(
+    kube: Kube, config: Config, settings: RunSettings, sleep=time.sleep
+) -> list[TargetResult]:
+    """Reconcile every target once, then prune what removed targets left behind.
+
+    The policy starts from what the cluster holds (applied backends, the active tier in the
+    Service's annotation), so the removal guard works in one-shot runs too: a large removal
+    is read again `confirm_after` later within the same run before it is applied.
+    """
     results = []
     for target in config.targets:
-        decision, problems = decide(target, config.consul)
+        answers, problems = ask_sources(target, config.consul)
         for problem in problems:
             log.warning("%s: %s", target.key, problem)
-        if decision is None:
+        try:
+            state = seed_state(kube, target, settings.owner_id)
+        except KubeError as exc:
+            results.append(TargetResult(target.key, Outcome.FAILED, message=str(exc)))
+            continue
+        evaluation = evaluate(
+            answers,
+            state,
+            time.monotonic(),
+            target,
+            config.address_policy,
+            probe_round(target, answers),
+        )
+        verdict = evaluation.verdict
+        if verdict.decision is None and verdict.hold_until is not None:
+            log.warning("%s: %s", target.key, verdict.reason)
+            sleep(max(0.0, verdict.hold_until - time.monotonic()))
+            answers, problems = ask_sources(target, config.consul)
+            evaluation = evaluate(
+                answers,
+                verdict.state,
+                time.monotonic(),
+                target,
+                config.address_policy,
+                probe_round(target, answers),
+            )
+            verdict = evaluation.verdict
+        for warning in evaluation.warnings:
+            log.warning("%s: %s", target.key, warning)
+        if verdict.decision is None:
+            outcome = Outcome.HELD if verdict.hold_until is not None else Outcome.STALE
+            detail = "; ".join(problems)
             results.append(
                 TargetResult(
-                    target.key,
-                    Outcome.STALE,
-                    message="no source answered; keeping what is applied: " + "; ".join(problems),
+                    target.key, outcome, message=verdict.reason + (f": {detail}" if detail else "")
                 )
             )
             continue
-        results.append(reconcile_target(kube, target, decision, settings))
+        results.append(reconcile_target(kube, target, verdict.decision, settings))
     results.extend(prune_removed_targets(kube, config, settings))
     return results
+
+
+def seed_state(kube: Kube, target: Target, owner_id: str) -> PolicyState:
+    """What the cluster says was applied last: the policy's memory for a one-shot run."""
+    service = kube.get("Service", target.namespace, target.service)
+    active = None
+    annotations = ((service or {}).get("metadata") or {}).get("annotations") or {}
+    if (annotations.get(ACTIVE_TIER_ANNOTATION) or "").isdigit():
+        active = int(annotations[ACTIVE_TIER_ANNOTATION])
+    slices = [
+        s
+        for s in kube.list(
+            "EndpointSlice", target.namespace, f"{SERVICE_NAME_LABEL}={target.service}"
+        )
+        if is_owned(s, owner_id)
+    ]
+    applied = backends_of_slices(slices)
+    return PolicyState(active=active, applied=applied or None)
+
+
+def backends_of_slices(slices) -> frozenset[Backend]:
+    """The backends that live EndpointSlices hold (inverse of rendering)."""
+    backends = set()
+    for obj in slices:
+        key = slice_key_of(obj)
+        if key is None or not key.ports:
+            continue
+        for endpoint in obj.get("endpoints") or ():
+            address = (endpoint.get("addresses") or [""])[0]
+            ready = (endpoint.get("conditions") or {}).get("ready") is not False
+            backends.add(Backend(address, key.ports, ready))
+    return frozenset(backends)
 
 
 def reconcile_target(
@@ -122,7 +217,7 @@ def reconcile_target(
     """Bring one target's objects in line with `decision.backends`."""
     for attempt in range(1, _STALE_WRITE_RETRIES + 1):
         try:
-            changes, warnings = _reconcile(kube, target, decision.backends, settings)
+            changes, warnings = _reconcile(kube, target, decision, settings)
         except OwnershipConflict as exc:
             return TargetResult(target.key, Outcome.CONFLICT, message=str(exc), decision=decision)
         except TargetError as exc:
@@ -139,6 +234,8 @@ def reconcile_target(
         except KubeError as exc:
             return TargetResult(target.key, Outcome.FAILED, message=str(exc), decision=decision)
         outcome = Outcome.CHANGED if changes else Outcome.CONVERGED
+        if decision.switched_from is not None and not settings.dry_run:
+            _record_switch(kube, target, decision)
         return TargetResult(
             target.key, outcome, tuple(changes), decision=decision, warnings=tuple(warnings)
         )
@@ -201,15 +298,16 @@ def _desired(
     state: _LiveState,
     owner_id: str,
     service_uid: str | None,
+    annotations: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    manage = target.manage_service
     return render_target(
         target,
         backends,
         owner_id,
         placement_of(state.owned_slices),
         service_uid,
-        include_service=manage,
+        include_service=target.manage_service,
+        service_annotations=annotations,
     )
 
 
@@ -233,9 +331,55 @@ def _check_creates(kube: Kube, changes: list[Change], state: _LiveState, owner_i
             )
 
 
+def _tier_annotations(target: Target, decision: Decision) -> dict[str, str] | None:
+    """Where the backends come from, on the Service, for targets with several tiers."""
+    if len(target.sources) < 2:
+        return None
+    return {
+        ACTIVE_TIER_ANNOTATION: str(decision.tier),
+        ACTIVE_SOURCE_ANNOTATION: decision.source[:250],
+    }
+
+
+def _record_switch(kube: Kube, target: Target, decision: Decision) -> None:
+    """A tier switch is an Event on the Service (best effort: never fails the target)."""
+    failback = decision.switched_from is not None and decision.tier < decision.switched_from
+    message = (
+        f"{'failback' if failback else 'failover'} from tier {decision.switched_from} "
+        f"to tier {decision.tier} ({decision.source}): {decision.reason}"
+    )
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    service = kube.get("Service", target.namespace, target.service) or {}
+    event = {
+        "metadata": {"generateName": f"{target.service}.", "namespace": target.namespace},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "name": target.service,
+            "namespace": target.namespace,
+            "uid": (service.get("metadata") or {}).get("uid", ""),
+        },
+        "reason": "Failback" if failback else "Failover",
+        "message": message[:1000],
+        "type": "Normal" if failback else "Warning",
+        "source": {"component": "syncd"},
+        "reportingComponent": "syncd",
+        "reportingInstance": "syncd",
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        kube.create_event(target.namespace, event)
+    except KubeError as exc:
+        log.warning("%s: could not record the tier switch as an Event: %s", target.key, exc)
+
+
 def _reconcile(
-    kube: Kube, target: Target, backends: frozenset[Backend], settings: RunSettings
+    kube: Kube, target: Target, decision: Decision, settings: RunSettings
 ) -> tuple[list[Change], list[str]]:
+    backends = decision.backends
+    annotations = _tier_annotations(target, decision)
     owner_id = settings.owner_id
     state = _read_live(kube, target, owner_id)
     _check_service(target, state.service, owner_id)
@@ -264,7 +408,9 @@ def _reconcile(
         live.append(state.service)
     service_uid = (state.service or {}).get("metadata", {}).get("uid")
 
-    changes = plan_changes(_desired(target, backends, state, owner_id, service_uid), live)
+    changes = plan_changes(
+        _desired(target, backends, state, owner_id, service_uid, annotations), live
+    )
     _check_creates(kube, changes, state, owner_id)
     if settings.dry_run or not changes:
         return changes, warnings
@@ -279,7 +425,7 @@ def _reconcile(
             live_rest = [obj for obj in live if obj.get("kind") != "Service"]
             desired = [
                 obj
-                for obj in _desired(target, backends, state, owner_id, service_uid)
+                for obj in _desired(target, backends, state, owner_id, service_uid, annotations)
                 if obj.get("kind") != "Service"
             ]
             changes = [changes[0], *plan_changes(desired, live_rest)]
@@ -331,8 +477,17 @@ def _service_patch(change: Change) -> dict[str, Any]:
     live_labels = (change.live or {}).get("metadata", {}).get("labels") or {}
     labels: dict[str, Any] = {k: None for k in live_labels if k in MANAGED_LABEL_KEYS}
     labels.update(desired_labels)
+    desired_annotations = (change.desired or {}).get("metadata", {}).get("annotations") or {}
+    live_annotations = (change.live or {}).get("metadata", {}).get("annotations") or {}
+    annotations: dict[str, Any] = {
+        k: None for k in live_annotations if k.startswith(ANNOTATION_PREFIX)
+    }
+    annotations.update(desired_annotations)
+    metadata: dict[str, Any] = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
     return {
-        "metadata": {"labels": labels},
+        "metadata": metadata,
         "spec": {"ports": (change.desired or {}).get("spec", {}).get("ports", [])},
     }
 

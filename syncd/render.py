@@ -171,19 +171,25 @@ def _ports_list(ports: PortSet) -> list[dict[str, Any]]:
     return [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in sorted(ports)]
 
 
-def render_service(target: Target, owner_id: str) -> dict[str, Any]:
+def render_service(
+    target: Target, owner_id: str, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The selectorless Service syncd creates when `manage_service` is on.
 
     No `targetPort`: without a selector the endpoint ports decide where traffic goes.
+    `annotations` carry what syncd decided (the active failover tier).
     """
+    metadata: dict[str, Any] = {
+        "name": target.service,
+        "namespace": target.namespace,
+        "labels": ownership_labels("Service", owner_id),
+    }
+    if annotations:
+        metadata["annotations"] = dict(annotations)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": target.service,
-            "namespace": target.namespace,
-            "labels": ownership_labels("Service", owner_id),
-        },
+        "metadata": metadata,
         "spec": {
             "ports": [
                 {"name": p.name, "port": p.port, "protocol": p.protocol} for p in target.ports
@@ -271,12 +277,13 @@ def render_target(
     placement: Sequence[PlacedSlice] = (),
     service_uid: str | None = None,
     include_service: bool | None = None,
+    service_annotations: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every object the target should have, Service first (what `syncd render` prints)."""
     backends = list(backends)
     objects: list[dict[str, Any]] = []
     if target.manage_service if include_service is None else include_service:
-        objects.append(render_service(target, owner_id))
+        objects.append(render_service(target, owner_id, service_annotations))
     if target.output.endpoints:
         objects.append(render_endpoints(target, backends, owner_id, service_uid))
     if target.output.slices:

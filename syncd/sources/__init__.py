@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from syncd.model import (
     ConsulConnection,
+    ConsulQuerySourceConfig,
     ConsulSourceConfig,
     DnsSourceConfig,
     SourceConfig,
     Target,
 )
 from syncd.sources.base import Source
-from syncd.sources.consul import ConsulSource
+from syncd.sources.consul import ConsulQuerySource, ConsulSource
 from syncd.sources.dns import DnsSource
 from syncd.sources.static import StaticSource
 
@@ -22,6 +23,8 @@ def build_source(
     """The live source object for one configured source of a target."""
     if isinstance(config, ConsulSourceConfig):
         return ConsulSource(config, target, consul or ConsulConnection())
+    if isinstance(config, ConsulQuerySourceConfig):
+        return ConsulQuerySource(config, target, consul or ConsulConnection())
     if isinstance(config, DnsSourceConfig):
         return DnsSource(config, target)
     return StaticSource(config, target)

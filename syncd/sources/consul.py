@@ -41,6 +41,7 @@ from syncd.model import (
     ConsulAddress,
     ConsulConnection,
     ConsulConsistency,
+    ConsulQuerySourceConfig,
     ConsulSourceConfig,
     EndpointPort,
     Snapshot,
@@ -313,3 +314,88 @@ class ConsulSource:
             pause = self._connection.min_query_interval - (time.monotonic() - started)
             if pause > 0:
                 stop.wait(pause)
+
+
+class ConsulQuerySource:
+    """A Consul prepared query as one tier: /v1/query/<name>/execute, polled.
+
+    Consul itself fails over between datacenters inside the query; the answer lists the
+    nodes of whichever datacenter served it. Prepared queries cannot block, so the watch
+    polls every `poll_interval` seconds and emits only changes.
+    """
+
+    def __init__(
+        self, config: ConsulQuerySourceConfig, target: Target, connection: ConsulConnection
+    ):
+        self._config = config
+        self._target = target
+        self._connection = connection
+        self._client: consul.Consul | None = None
+        # The health mapping only needs these fields of a service source:
+        self._as_service = ConsulSourceConfig(
+            service=config.query,
+            port_name=config.port_name,
+            address=config.address,
+            warning_is_ready=config.warning_is_ready,
+        )
+
+    def describe(self) -> str:
+        return self._config.describe()
+
+    def fetch(self) -> Snapshot:
+        if self._client is None:
+            self._client = make_client(self._connection)
+        client = self._client
+        path = f"/v1/query/{urllib.parse.quote(self._config.query, safe='')}/execute"
+        try:
+            result = client.http.get(
+                CB.json(allow_404=False), path, headers=client.prepare_headers()
+            )
+        except consul.ACLPermissionDenied:
+            SOURCE_REQUESTS.labels("consul_query", "denied").inc()
+            raise SourceError(f"{self.describe()}: ACL token may not execute it") from None
+        except consul.NotFound:
+            SOURCE_REQUESTS.labels("consul_query", "error").inc()
+            raise SourceError(f"{self.describe()}: no such prepared query") from None
+        except consul.ConsulException as exc:
+            SOURCE_REQUESTS.labels("consul_query", "error").inc()
+            raise SourceError(f"{self.describe()}: {' '.join(str(exc).split())[:300]}") from None
+        except requests.RequestException as exc:
+            SOURCE_REQUESTS.labels("consul_query", "unreachable").inc()
+            raise SourceError(
+                f"{self.describe()}: cannot reach Consul at "
+                f"{client.http.base_uri}: {type(exc).__name__}"
+            ) from None
+        SOURCE_REQUESTS.labels("consul_query", "ok").inc()
+        if not isinstance(result, dict) or not isinstance(result.get("Nodes"), list):
+            raise SourceError(f"{self.describe()}: unexpected answer from Consul")
+        backends, warnings = backends_from_health(result["Nodes"], self._as_service, self._target)
+        datacenter = result.get("Datacenter", "?")
+        for warning in warnings:
+            log.warning("%s: %s: %s", self._target.key, self.describe(), warning)
+        return Snapshot(backends, f"{self.describe()} (served by {datacenter})", tuple(warnings))
+
+    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
+        last: Snapshot | SourceError | None = None
+
+        def report_failure(error: SourceError) -> None:
+            nonlocal last
+            if not isinstance(last, SourceError):
+                log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
+                last = error
+                emit(error)
+
+        retrying = retry_until_stopped(stop, report_failure, RETRY_MAX_BACKOFF)
+        while not stop.is_set():
+            try:
+                snapshot = retrying(self.fetch)
+            except tenacity.RetryError:
+                return
+            if (
+                last is None
+                or isinstance(last, SourceError)
+                or (snapshot.backends != last.backends or snapshot.source != last.source)
+            ):
+                last = snapshot
+                emit(snapshot)
+            stop.wait(self._config.poll_interval)
