@@ -187,6 +187,8 @@ class Controller:
         watched.warned = set(evaluation.warnings)
         if evaluation.panic:
             PROBE_PANICS.labels(target.key).inc()
+        if verdict.recheck_at is not None:  # e.g. a failback waiting for failback_after
+            self._recheck(target.key, verdict.recheck_at)
         if verdict.decision is None:
             self._hold(target, verdict)
             return
@@ -220,6 +222,12 @@ class Controller:
         if result.outcome is not Outcome.CONVERGED or decision.switched_from is not None:
             self._report(result)
 
+    def _recheck(self, key: str, at: float) -> None:
+        """Queue the target again at monotonic time `at` (hold-downs end without events)."""
+        timer = threading.Timer(max(0.05, at - time.monotonic()), self._queue.add, args=(key,))
+        timer.daemon = True
+        timer.start()
+
     def _hold(self, target: Target, verdict) -> None:
         """Nothing is applied: a failing registry (stale) or a large removal (held)."""
         watched = self._watched[target.key]
@@ -228,10 +236,7 @@ class Controller:
             if watched.held != verdict.state.pending_since:
                 watched.held = verdict.state.pending_since
                 self._report(TargetResult(target.key, Outcome.HELD, message=verdict.reason))
-            delay = max(0.05, verdict.hold_until - time.monotonic())
-            timer = threading.Timer(delay, self._queue.add, args=(target.key,))
-            timer.daemon = True
-            timer.start()
+            self._recheck(target.key, verdict.hold_until)
             return
         if target.key not in self._stale:
             self._stale.add(target.key)

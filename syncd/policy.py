@@ -141,6 +141,7 @@ class Verdict:
     state: PolicyState
     reason: str = ""  # why nothing changes, when decision is None
     hold_until: float | None = None  # a held removal may be applied from then on
+    recheck_at: float | None = None  # decide again then, even if no answer changes
 
 
 def _ready_count(answer: Snapshot | SourceError) -> int:
@@ -160,6 +161,7 @@ def choose(
     )
     state = replace(state, qualified_since=since)
     candidates = [i for i, ok in enumerate(qualifies) if ok]
+    recheck_at: float | None = None
 
     if not candidates:
         if len(answers) == 1 and isinstance(answers[0], Snapshot):
@@ -194,6 +196,7 @@ def choose(
                     f"tier {best} qualifies, failback after "
                     f"{failover.failback_after - waited:.0f}s more",
                 )
+                recheck_at = (since[best] or now) + failover.failback_after
         else:
             chosen, reason = current, "active tier"
 
@@ -205,10 +208,10 @@ def choose(
         held = _guard(answer.backends, state, now, guards)
         if held is not None:
             return held
-    return Verdict(
-        decision,
-        replace(state, active=chosen, applied=answer.backends, pending=None, pending_since=None),
+    new_state = replace(
+        state, active=chosen, applied=answer.backends, pending=None, pending_since=None
     )
+    return Verdict(decision, new_state, recheck_at=recheck_at)
 
 
 def _identities(backends: frozenset[Backend]) -> set:

@@ -194,7 +194,10 @@ def seed_state(kube: Kube, target: Target, owner_id: str) -> PolicyState:
         if is_owned(s, owner_id)
     ]
     applied = backends_of_slices(slices)
-    return PolicyState(active=active, applied=applied or None)
+    # No memory of how long a higher tier has qualified: a one-shot run fails back as soon
+    # as it finds one qualifying (the daemon holds failbacks for failback_after).
+    long_ago = (float("-inf"),) * len(target.sources)
+    return PolicyState(active=active, applied=applied or None, qualified_since=long_ago)
 
 
 def backends_of_slices(slices) -> frozenset[Backend]:

@@ -218,3 +218,17 @@ def daemon(apiserver, namespace, tmp_path):
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="session")
+def test_hosts():
+    """Real listeners on test hosts in a network namespace (198.51.100.10-29)."""
+    from tests.harness.netns_hosts import NetnsHosts
+
+    hosts = NetnsHosts()
+    try:
+        hosts.create()
+    except ServerStartError as exc:
+        pytest.fail(f"the test hosts could not be created: {exc}", pytrace=False)
+    yield hosts
+    hosts.remove()

@@ -380,3 +380,56 @@ def test_bad_consul_settings_are_config_errors(change, fragment):
 @pytest.mark.parametrize("example", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_example_is_valid(example):
     assert load_config(example).targets
+
+
+TIERS = GOOD.replace(
+    "    sources:\n",
+    "    failover: {min_ready: 2, failback_after: 60}\n"
+    "    guards: {max_removal_fraction: 0.25, confirm_after: 30}\n"
+    "    allowed_cidrs: [192.0.2.0/24]\n"
+    "    health_check:\n      type: https\n      path: /healthz\n"
+    "      expected_status: [200, '300-399']\n      tls_server_name: rgw.internal\n"
+    "      interval: 2\n      rise: 3\n"
+    "    sources:\n      - type: consul_query\n        query: rgw-failover\n",
+)
+
+
+def test_tiers_checks_guards_and_policy_load():
+    config = load_config_text(TIERS + "address_policy:\n  service_cidr: 10.96.0.0/12\n", "t.yaml")
+    (target,) = config.targets
+    assert (target.failover.min_ready, target.failover.failback_after) == (2, 60)
+    assert (target.guards.max_removal_fraction, target.guards.confirm_after) == (0.25, 30)
+    check = target.health_check
+    assert (check.type, check.path, check.rise, check.fall) == ("https", "/healthz", 3, 3)
+    assert check.expected_status == ((200, 200), (300, 399))
+    assert [s.kind for s in target.sources] == ["consul_query", "static"]
+    assert str(config.address_policy.denied[-1]) == "10.96.0.0/12"
+    assert "169.254.0.0/16" in {str(n) for n in config.address_policy.denied}
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (("min_ready: 2", "min_ready: 0"), "failover.min_ready: must be a whole number from 1"),
+        (("max_removal_fraction: 0.25", "max_removal_fraction: 2"), "must be a number from 0 to 1"),
+        (
+            ("type: https", "type: icmp"),
+            "health_check.type: 'icmp' is not one of: tcp, http, https",
+        ),
+        (("path: /healthz", "path: healthz"), "health_check.path: must start with '/'"),
+        (("[200, '300-399']", "[200, 'ok']"), "'ok' is not a status code"),
+        (("rise: 3", "rise: 3\n      timeout: 9"), "timeout must not be longer than interval"),
+        (("[192.0.2.0/24]", "[192.0.2.0/33]"), "'192.0.2.0/33' is not a CIDR"),
+        (("query: rgw-failover", "query: ''"), "query: must be a non-empty string"),
+    ],
+)
+def test_bad_tier_settings_are_config_errors(change, fragment):
+    problems = _problems(TIERS.replace(*change))
+    assert any(fragment in p for p in problems), problems
+
+
+def test_static_backends_must_obey_the_address_policy():
+    outside = _problems(TIERS.replace("192.0.2.1:8080", "198.51.100.1:8080"))
+    assert any("198.51.100.1: outside the target's allowed_cidrs" in p for p in outside)
+    multicast = _problems(GOOD.replace("192.0.2.1:8080", "239.1.2.3:8080"))
+    assert any("239.1.2.3: in the denied range 224.0.0.0/4" in p for p in multicast)

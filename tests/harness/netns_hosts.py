@@ -1,0 +1,93 @@
+"""Test hosts: a network namespace joined to this host by a veth pair.
+
+Backends with real listeners, for health-probe tests, live at 198.51.100.10-29 inside the
+namespace. (192.0.2.0/24 is this machine's own eth0 network here, so it is not used.) The
+route to the test range is checked before anything is probed: a half-built set-up must
+never send probes out through the default route. Everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from tests.harness.kube_apiserver import ServerStartError
+
+HOST_ADDRESS = "198.51.100.1"
+ADDRESSES = [f"198.51.100.{n}" for n in range(10, 30)]
+
+_SERVER = """
+import http.server, socketserver, sys
+address, port = sys.argv[1], int(sys.argv[2])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args): pass
+socketserver.TCPServer.allow_reuse_address = True
+with socketserver.TCPServer((address, port), Handler) as server:
+    print("ready", flush=True)
+    server.serve_forever()
+"""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+@dataclass
+class NetnsHosts:
+    name: str = field(default_factory=lambda: f"syncd-{uuid.uuid4().hex[:8]}")
+    servers: dict[tuple[str, int], subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def host_link(self) -> str:
+        return f"sy{self.name[-8:]}h"  # interface names: 15 characters at most
+
+    def create(self) -> None:
+        peer = f"sy{self.name[-8:]}n"
+        try:
+            _ip("netns", "add", self.name)
+            _ip("link", "add", self.host_link, "type", "veth", "peer", "name", peer)
+            _ip("link", "set", peer, "netns", self.name)
+            _ip("addr", "add", f"{HOST_ADDRESS}/24", "dev", self.host_link)
+            _ip("link", "set", self.host_link, "up")
+            for address in ADDRESSES:
+                _ip("-n", self.name, "addr", "add", f"{address}/24", "dev", peer)
+            _ip("-n", self.name, "link", "set", peer, "up")
+            _ip("-n", self.name, "link", "set", "lo", "up")
+        except subprocess.CalledProcessError as exc:
+            self.remove()
+            raise ServerStartError(f"cannot create test hosts: {exc.stderr.strip()}") from None
+        route = _ip("route", "get", ADDRESSES[0]).stdout
+        if f"dev {self.host_link}" not in route:
+            self.remove()
+            raise ServerStartError(f"test hosts are not routed locally: {route.strip()}")
+
+    def serve(self, address: str, port: int) -> None:
+        """An HTTP server (200 on every GET) at address:port inside the namespace."""
+        assert address in ADDRESSES
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", self.name, sys.executable, "-c", _SERVER, address, str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        if process.stdout.readline().strip() != "ready":
+            raise ServerStartError(f"test server {address}:{port} did not start")
+        self.servers[(address, port)] = process
+
+    def stop(self, address: str, port: int) -> None:
+        process = self.servers.pop((address, port))
+        process.terminate()
+        process.wait(timeout=5)
+
+    def remove(self) -> None:
+        for key in list(self.servers):
+            self.stop(*key)
+        _ip("link", "del", self.host_link, check=False)
+        _ip("netns", "del", self.name, check=False)
+        time.sleep(0.05)
