@@ -537,14 +537,7 @@ def _consul_source(raw: dict, scope: _Scope, ports) -> ConsulSourceConfig | None
         _nonempty_string(data.get("service"), scope.at("service")) if "service" in data else None
     )
     names = [p.name for p in ports]
-    port_name = names[0]
-    if "port" in data:
-        port_name = data["port"]
-        if port_name not in names:
-            known = ", ".join(repr(n) for n in names)
-            scope.at("port").error(f"{port_name!r} is not a port of the Service (ports: {known})")
-    elif len(names) > 1:
-        scope.error("the Service has several ports; say which one the instances serve: 'port'")
+    port_name = _served_port(data, "port", names, scope, "the instances serve")
     tags: tuple[str, ...] = ()
     if "tags" in data:
         value = data["tags"]
@@ -626,18 +619,9 @@ def _dns_source(raw: dict, scope: _Scope, ports) -> DnsSourceConfig | None:
                     "SRV records carry the ports; use 'service_port' to say "
                     "which Service port they serve"
                 )
-        values["service_port"] = names[0]
-        if "service_port" in data:
-            values["service_port"] = data["service_port"]
-            if data["service_port"] not in names:
-                known = ", ".join(repr(n) for n in names)
-                scope.at("service_port").error(
-                    f"{data['service_port']!r} is not a port of the Service (ports: {known})"
-                )
-        elif len(names) > 1:
-            scope.error(
-                "the Service has several ports; say which one the SRV ports serve: 'service_port'"
-            )
+        values["service_port"] = _served_port(
+            data, "service_port", names, scope, "the SRV ports serve"
+        )
     else:
         if "service_port" in data:
             scope.at("service_port").error("only for 'srv'; with 'name' use 'port' or 'ports'")
@@ -900,11 +884,7 @@ def _consul_query_source(raw: dict, scope: _Scope, ports) -> ConsulQuerySourceCo
     before = len(scope.checker.problems)
     query = _nonempty_string(data.get("query"), scope.at("query")) if "query" in data else None
     names = [p.name for p in ports]
-    port_name = data.get("port", names[0])
-    if port_name not in names:
-        scope.at("port").error(f"{port_name!r} is not a port of the Service")
-    elif "port" not in data and len(names) > 1:
-        scope.error("the Service has several ports; say which one the instances serve: 'port'")
+    port_name = _served_port(data, "port", names, scope, "the instances serve")
     values = _numbers(data, scope, {"poll_interval": (0.1, 3600)})
     values["address"] = _choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
     if "warning_is_ready" in data:
@@ -915,6 +895,18 @@ def _consul_query_source(raw: dict, scope: _Scope, ports) -> ConsulQuerySourceCo
     if len(scope.checker.problems) > before or query is None:
         return None
     return ConsulQuerySourceConfig(query=query, port_name=port_name, **values)
+
+
+def _served_port(data: dict, key: str, names: list[str], scope: _Scope, what: str) -> str:
+    """Which Service port a source's instances serve: data[key], or the only port."""
+    if key not in data:
+        if len(names) > 1:
+            scope.error(f"the Service has several ports; say which one {what}: '{key}'")
+        return names[0]
+    if data[key] not in names:
+        known = ", ".join(repr(n) for n in names)
+        scope.at(key).error(f"{data[key]!r} is not a port of the Service (ports: {known})")
+    return data[key]
 
 
 def _choice(data: dict, key: str, enum_type, default, scope: _Scope):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -32,7 +33,40 @@ class Source(Protocol):
         ...
 
 
-__all__ = ["Source", "SourceError", "retry_until_stopped"]
+log = logging.getLogger(__name__)
+
+
+class ChangeEmitter:
+    """What a watcher passes on: answers that differ from the last, one error per streak.
+
+    A failure right after an answer is reported once (the caller then keeps the last state
+    and retries); the next good answer is always passed on, changed or not, to end the
+    streak.
+    """
+
+    def __init__(self, emit: Callable[[Snapshot | SourceError], None], label: str):
+        self._emit = emit
+        self._label = label
+        self.last: Snapshot | SourceError | None = None
+
+    def answer(self, snapshot: Snapshot) -> None:
+        last = self.last
+        if (
+            last is None
+            or isinstance(last, SourceError)
+            or (snapshot.backends != last.backends or snapshot.source != last.source)
+        ):
+            self.last = snapshot
+            self._emit(snapshot)
+
+    def failure(self, error: SourceError) -> None:
+        if not isinstance(self.last, SourceError):
+            log.warning("%s: %s; keeping the last state, retrying", self._label, error)
+            self.last = error
+            self._emit(error)
+
+
+__all__ = ["ChangeEmitter", "Source", "SourceError", "retry_until_stopped"]
 
 
 def retry_until_stopped(

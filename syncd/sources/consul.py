@@ -48,7 +48,7 @@ from syncd.model import (
     Target,
 )
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
-from syncd.sources.base import retry_until_stopped
+from syncd.sources.base import ChangeEmitter, retry_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,28 @@ def make_client(connection: ConsulConnection) -> consul.Consul:
     return client
 
 
+def consul_get(client: consul.Consul, parse, path: str, params, kind: str, name: str, denied: str):
+    """GET from Consul through py-consul; every failure becomes a counted SourceError."""
+    try:
+        result = client.http.get(parse, path, params=params, headers=client.prepare_headers())
+    except consul.ACLPermissionDenied:
+        SOURCE_REQUESTS.labels(kind, "denied").inc()
+        raise SourceError(f"{name}: {denied}") from None
+    except consul.NotFound:
+        SOURCE_REQUESTS.labels(kind, "error").inc()
+        raise SourceError(f"{name}: not found") from None
+    except consul.ConsulException as exc:
+        SOURCE_REQUESTS.labels(kind, "error").inc()
+        raise SourceError(f"{name}: {' '.join(str(exc).split())[:300]}") from None
+    except requests.RequestException as exc:
+        SOURCE_REQUESTS.labels(kind, "unreachable").inc()
+        raise SourceError(
+            f"{name}: cannot reach Consul at {client.http.base_uri}: {type(exc).__name__}"
+        ) from None
+    SOURCE_REQUESTS.labels(kind, "ok").inc()
+    return result
+
+
 def _query_params(source: ConsulSourceConfig, index: int, wait: float) -> list[tuple[str, Any]]:
     params: list[tuple[str, Any]] = []
     if index:
@@ -224,31 +246,16 @@ class ConsulSource:
             headers.update({k.lower(): v for k, v in response.headers.items()})
             return CB.json(index=True)(response)
 
-        try:
-            raw_index, entries = client.http.get(
-                parse, path, params=params, headers=client.prepare_headers()
-            )
-        except consul.ACLPermissionDenied:
-            SOURCE_REQUESTS.labels("consul", "denied").inc()
-            raise SourceError(f"{self.describe()}: ACL token lacks read access") from None
-        except consul.ConsulException as exc:
-            SOURCE_REQUESTS.labels("consul", "error").inc()
-            raise SourceError(f"{self.describe()}: {' '.join(str(exc).split())[:300]}") from None
-        except requests.RequestException as exc:
-            SOURCE_REQUESTS.labels("consul", "unreachable").inc()
-            raise SourceError(
-                f"{self.describe()}: cannot reach Consul at "
-                f"{client.http.base_uri}: {type(exc).__name__}"
-            ) from None
+        raw_index, entries = consul_get(
+            client, parse, path, params, "consul", self.describe(), "ACL token lacks read access"
+        )
         if str(headers.get("x-consul-results-filtered-by-acls", "")).lower() == "true":
             # Consul hides what the token may not read and answers 200: an empty or partial
             # list here is not the registry's answer, and applying it would drain the Service.
-            SOURCE_REQUESTS.labels("consul", "denied").inc()
             raise SourceError(
                 f"{self.describe()}: Consul filtered the answer by ACLs; the token needs "
                 f'\'service "{self._config.service}" {{ policy = "read" }}\' and node read'
             )
-        SOURCE_REQUESTS.labels("consul", "ok").inc()
         try:
             new_index = int(raw_index)
         except (TypeError, ValueError):
@@ -270,19 +277,16 @@ class ConsulSource:
     def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
         """Blocking-query loop until `stop` is set; emits each change and each new failure."""
         index = 0
-        last: Snapshot | SourceError | None = None
+        emitter = ChangeEmitter(emit, self._target.key)
 
-        def report_failure(error: SourceError) -> None:
-            nonlocal last, index
+        def on_failure(error: SourceError) -> None:
+            nonlocal index
             # After a failure the agent may have restarted with a fresh, lower index: a
             # query with the old index would then hold for the whole wait. Start over.
             index = 0
-            if not isinstance(last, SourceError):
-                log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
-                last = error
-                emit(error)
+            emitter.failure(error)
 
-        retrying = retry_until_stopped(stop, report_failure, RETRY_MAX_BACKOFF)
+        retrying = retry_until_stopped(stop, on_failure, RETRY_MAX_BACKOFF)
 
         def query() -> tuple[int, list[dict[str, Any]]]:
             return self._query(index)  # the current index: a failure resets it to 0
@@ -301,16 +305,9 @@ class ConsulSource:
                     index,
                 )
                 index = 0
-            elif new_index != index or isinstance(last, SourceError) or last is None:
+            elif new_index != index or not isinstance(emitter.last, Snapshot):
                 index = max(new_index, 1)
-                snapshot = self._snapshot(entries)
-                if (
-                    last is None
-                    or isinstance(last, SourceError)
-                    or (snapshot.backends != last.backends)
-                ):
-                    last = snapshot
-                    emit(snapshot)
+                emitter.answer(self._snapshot(entries))
             pause = self._connection.min_query_interval - (time.monotonic() - started)
             if pause > 0:
                 stop.wait(pause)
@@ -347,26 +344,15 @@ class ConsulQuerySource:
             self._client = make_client(self._connection)
         client = self._client
         path = f"/v1/query/{urllib.parse.quote(self._config.query, safe='')}/execute"
-        try:
-            result = client.http.get(
-                CB.json(allow_404=False), path, headers=client.prepare_headers()
-            )
-        except consul.ACLPermissionDenied:
-            SOURCE_REQUESTS.labels("consul_query", "denied").inc()
-            raise SourceError(f"{self.describe()}: ACL token may not execute it") from None
-        except consul.NotFound:
-            SOURCE_REQUESTS.labels("consul_query", "error").inc()
-            raise SourceError(f"{self.describe()}: no such prepared query") from None
-        except consul.ConsulException as exc:
-            SOURCE_REQUESTS.labels("consul_query", "error").inc()
-            raise SourceError(f"{self.describe()}: {' '.join(str(exc).split())[:300]}") from None
-        except requests.RequestException as exc:
-            SOURCE_REQUESTS.labels("consul_query", "unreachable").inc()
-            raise SourceError(
-                f"{self.describe()}: cannot reach Consul at "
-                f"{client.http.base_uri}: {type(exc).__name__}"
-            ) from None
-        SOURCE_REQUESTS.labels("consul_query", "ok").inc()
+        result = consul_get(
+            client,
+            CB.json(allow_404=False),
+            path,
+            None,
+            "consul_query",
+            self.describe(),
+            "ACL token may not execute it",
+        )
         if not isinstance(result, dict) or not isinstance(result.get("Nodes"), list):
             raise SourceError(f"{self.describe()}: unexpected answer from Consul")
         backends, warnings = backends_from_health(result["Nodes"], self._as_service, self._target)
@@ -376,26 +362,12 @@ class ConsulQuerySource:
         return Snapshot(backends, f"{self.describe()} (served by {datacenter})", tuple(warnings))
 
     def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
-        last: Snapshot | SourceError | None = None
-
-        def report_failure(error: SourceError) -> None:
-            nonlocal last
-            if not isinstance(last, SourceError):
-                log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
-                last = error
-                emit(error)
-
-        retrying = retry_until_stopped(stop, report_failure, RETRY_MAX_BACKOFF)
+        """Poll every poll_interval (prepared queries cannot block); emit what changes."""
+        emitter = ChangeEmitter(emit, self._target.key)
+        retrying = retry_until_stopped(stop, emitter.failure, RETRY_MAX_BACKOFF)
         while not stop.is_set():
             try:
-                snapshot = retrying(self.fetch)
+                emitter.answer(retrying(self.fetch))
             except tenacity.RetryError:
                 return
-            if (
-                last is None
-                or isinstance(last, SourceError)
-                or (snapshot.backends != last.backends or snapshot.source != last.source)
-            ):
-                last = snapshot
-                emit(snapshot)
             stop.wait(self._config.poll_interval)

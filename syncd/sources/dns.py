@@ -34,7 +34,7 @@ from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import SourceError
 from syncd.model import AddressFamily, Backend, DnsSourceConfig, EndpointPort, Snapshot, Target
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
-from syncd.sources.base import retry_until_stopped
+from syncd.sources.base import ChangeEmitter, retry_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -230,30 +230,18 @@ class DnsSource:
 
     def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
         """Look up again whenever the answer's TTL runs out (clamped); emit what changes."""
-        last: Snapshot | SourceError | None = None
-
-        def report_failure(error: SourceError) -> None:
-            nonlocal last
-            if not isinstance(last, SourceError):
-                log.warning("%s: %s; keeping the last state, retrying", self._target.key, error)
-                last = error
-                emit(error)
-
+        emitter = ChangeEmitter(emit, self._target.key)
         retrying = retry_until_stopped(
-            stop, report_failure, max_backoff=min(5.0, self._config.max_ttl)
+            stop, emitter.failure, max_backoff=min(5.0, self._config.max_ttl)
         )
         while not stop.is_set():
             try:
                 resolution = retrying(self.resolve)
             except tenacity.RetryError:
                 return  # stopped while failing
-            if (
-                last is None
-                or isinstance(last, SourceError)
-                or (resolution.backends != last.backends)
-            ):
-                last = self._snapshot(resolution)
-                emit(last)
+            last = emitter.last
+            if not isinstance(last, Snapshot) or resolution.backends != last.backends:
+                emitter.answer(self._snapshot(resolution))  # its warnings: once per change
             stop.wait(refresh_after(resolution.ttl, self._config))
 
 
