@@ -641,17 +641,9 @@ def _dns_source(raw: dict, scope: _Scope, ports) -> DnsSourceConfig | None:
             values["tcp"] = data["tcp"]
         else:
             scope.at("tcp").error("must be true or false")
-    for key, low, high in (("timeout", 0.1, 60), ("min_ttl", 0, 86400), ("max_ttl", 1, 86400)):
-        if key in data:
-            value = data[key]
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and (low <= value <= high)
-            ):
-                values[key] = float(value)
-            else:
-                scope.at(key).error(f"must be a number of seconds from {low} to {high}")
+    values.update(
+        _numbers(data, scope, {"timeout": (0.1, 60), "min_ttl": (0, 86400), "max_ttl": (1, 86400)})
+    )
     if values.get("min_ttl", 5.0) > values.get("max_ttl", 300.0):
         scope.error("min_ttl must not be larger than max_ttl")
     if len(scope.checker.problems) > before:
@@ -962,17 +954,11 @@ def _consul_connection(raw: Any, scope: _Scope, base_dir: Path) -> ConsulConnect
         )
     if ("cert_file" in data) != ("key_file" in data):
         scope.error("cert_file and key_file go together")
-    for key, low, high in (("timeout", 0.1, 600), ("wait", 1, 600), ("min_query_interval", 0, 60)):
-        if key in data:
-            value = data[key]
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and (low <= value <= high)
-            ):
-                values[key] = float(value)
-            else:
-                scope.at(key).error(f"must be a number of seconds from {low} to {high}")
+    values.update(
+        _numbers(
+            data, scope, {"timeout": (0.1, 600), "wait": (1, 600), "min_query_interval": (0, 60)}
+        )
+    )
     if len(scope.checker.problems) > before:
         return None
     return ConsulConnection(**values)

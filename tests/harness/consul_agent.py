@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from tests.harness.certs import make_certs
 from tests.harness.kube_apiserver import ServerStartError, _tail, free_port, server_binaries
 
 
@@ -43,63 +44,7 @@ class ConsulAgent:
         return self.workdir / "certs"
 
     def _make_certs(self) -> None:
-        """A CA, a server certificate for SERVER_NAME and a client certificate (openssl)."""
-        self.certs.mkdir(parents=True, exist_ok=True)
-
-        def run(*args: str) -> None:
-            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.certs)
-
-        run(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=syncd test CA",
-        )
-        for name, cn, usage in (
-            ("server", self.SERVER_NAME, "serverAuth"),
-            ("client", "syncd", "clientAuth"),
-        ):
-            run(
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                f"{name}.key",
-                "-out",
-                f"{name}.csr",
-                "-subj",
-                f"/CN={cn}",
-            )
-            (self.certs / f"{name}.ext").write_text(
-                f"subjectAltName=DNS:{cn}\nextendedKeyUsage={usage}\n"
-            )
-            run(
-                "x509",
-                "-req",
-                "-in",
-                f"{name}.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                f"{name}.pem",
-                "-days",
-                "2",
-                "-extfile",
-                f"{name}.ext",
-            )
+        make_certs(self.certs, self.SERVER_NAME)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:

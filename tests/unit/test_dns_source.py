@@ -66,7 +66,7 @@ def test_name_source_with_port_and_nameservers():
         ("name: x.test\nport: 80\nnameservers: [dns.google]", "a nameserver is an IP address"),
         ("name: x.test\nport: 80\nnameservers: ['192.0.2.1:0']", "port out of range"),
         ("name: x.test\nport: 80\nmin_ttl: 60\nmax_ttl: 30", "min_ttl must not be larger"),
-        ("name: x.test\nport: 80\ntimeout: 0", "timeout: must be a number of seconds"),
+        ("name: x.test\nport: 80\ntimeout: 0", "timeout: must be a number from 0.1 to 60, got 0"),
     ],
 )
 def test_bad_dns_settings_are_config_errors(source, fragment):
