@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the programs the tests need exist: Go (builds the real servers), openssl (keys
-# and certificates), BIND's named (the real DNS server; tests start their own on loopback).
+# and certificates), BIND's named (the real DNS server; tests start their own on loopback),
+# iproute2's ip (test hosts in a network namespace).
 # Installs missing Debian packages as root.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v named >/dev/null 2>&1 || [[ -x /usr/sbin/named ]] || missing+=(bind9)
+command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
 command -v named-checkzone >/dev/null 2>&1 || [[ -x /usr/bin/named-checkzone ]] || missing+=(bind9-utils)
 
 if ((${#missing[@]})); then
