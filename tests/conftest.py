@@ -99,16 +99,20 @@ def run_syncd(apiserver, namespace):
     return run
 
 
+def _started(server, what: str):
+    """Start a real server for a fixture; if it cannot start the test fails (never skips)."""
+    try:
+        server.start()
+    except ServerStartError as exc:
+        server.stop()
+        pytest.fail(f"the real {what} could not start: {exc}", pytrace=False)
+    return server
+
+
 def _start_consul(workdir: Path, **options):
     from tests.harness.consul_agent import ConsulAgent
 
-    agent = ConsulAgent(workdir, **options)
-    try:
-        agent.start()
-    except ServerStartError as exc:
-        agent.stop()
-        pytest.fail(f"the real Consul agent could not start: {exc}", pytrace=False)
-    return agent
+    return _started(ConsulAgent(workdir, **options), "Consul agent")
 
 
 @pytest.fixture(scope="session")
@@ -154,13 +158,7 @@ def consul_tls(tmp_path_factory):
 def _start_bind(workdir: Path):
     from tests.harness.bind_server import BindServer
 
-    server = BindServer(workdir)
-    try:
-        server.start()
-    except ServerStartError as exc:
-        server.stop()
-        pytest.fail(f"the real DNS server (BIND) could not start: {exc}", pytrace=False)
-    return server
+    return _started(BindServer(workdir), "DNS server (BIND)")
 
 
 @pytest.fixture(scope="session")

@@ -113,55 +113,29 @@ def test_validation_errors_from_the_api_are_not_retried(apiserver, namespace):
 
 @pytest.mark.apiserver
 def test_daemon_keeps_the_old_config_on_a_bad_edit_and_stops_within_2s_of_sigterm(
-    apiserver, admin, namespace, tmp_path
+    daemon, admin, namespace, tmp_path
 ):
-    import os
     import signal
-    import subprocess
     import time
 
     from tests.helpers import slices_of, wait_for
 
     config = write_config(tmp_path / "c.yaml", target(namespace, "loop", ["192.0.2.1:80"]))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncd",
-            "run",
-            "--config",
-            str(config),
-            "--log-level",
-            "info",
-            "--kubeconfig",
-            str(apiserver.syncd_kubeconfig),
-            "--owner-id",
-            namespace,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        wait_for(lambda: slices_of(admin, namespace, "loop"), "first slice")
-        config.write_text(config.read_text().replace("192.0.2.1:80", "127.0.0.1:80"))
-        process.send_signal(signal.SIGHUP)
-        time.sleep(1.5)  # the reload (SIGHUP and the file watcher) has happened by now
-        (slice_,) = slices_of(admin, namespace, "loop")
-        assert slice_["endpoints"][0]["addresses"] == ["192.0.2.1"]  # old config still applied
+    process = daemon(config)
+    wait_for(lambda: slices_of(admin, namespace, "loop"), "first slice")
+    config.write_text(config.read_text().replace("192.0.2.1:80", "127.0.0.1:80"))
+    process.send_signal(signal.SIGHUP)
+    time.sleep(1.5)  # the reload (SIGHUP and the file watcher) has happened by now
+    (slice_,) = slices_of(admin, namespace, "loop")
+    assert slice_["endpoints"][0]["addresses"] == ["192.0.2.1"]  # old config still applied
 
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=5) == 0
-        assert time.monotonic() - started < 2
-        stderr = process.stderr.read()
-        assert "new config rejected, keeping the previous one" in stderr
-        assert "'127.0.0.1' is a loopback address" in stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0
+    assert time.monotonic() - started < 2
+    log = process.log_path.read_text()
+    assert "new config rejected, keeping the previous one" in log
+    assert "'127.0.0.1' is a loopback address" in log
 
 
 @pytest.mark.apiserver

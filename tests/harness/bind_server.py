@@ -16,7 +16,7 @@ import dns.query
 import dns.rcode
 import dns.update
 
-from tests.harness.kube_apiserver import ServerStartError, _tail, free_port
+from tests.harness.kube_apiserver import ServerStartError, _tail, free_port, stop_process
 
 ZONE = "example.test."
 
@@ -96,13 +96,7 @@ zone "{ZONE}" {{
         raise ServerStartError(f"named not answering after {timeout}s:\n{_tail(log)}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def update(self, *changes: tuple) -> None:
         """RFC 2136: ("add", name, ttl, type, data) / ("delete", name[, type[, data]])."""

@@ -19,7 +19,13 @@ import uuid
 from pathlib import Path
 
 from tests.harness.certs import make_certs
-from tests.harness.kube_apiserver import ServerStartError, _tail, free_port, server_binaries
+from tests.harness.kube_apiserver import (
+    ServerStartError,
+    _tail,
+    free_port,
+    server_binaries,
+    stop_process,
+)
 
 
 class ConsulAgent:
@@ -122,13 +128,7 @@ class ConsulAgent:
         return any(node.get("Node") == "syncd-test" for node in nodes)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def restart(self) -> None:
         self.stop()
