@@ -108,7 +108,7 @@ def main() -> int:
         agent.start()
         admin = Kube.connect(KubeSettings(kubeconfig=str(apiserver.admin_kubeconfig)))
         namespace = f"bench-{uuid.uuid4().hex[:6]}"
-        _prepare_cluster(apiserver, namespace)
+        apiserver.apply_deploy_rbac(namespace)
 
         for host in range(50, 56):
             for port in (8080, 8081):
@@ -206,24 +206,6 @@ def main() -> int:
         agent.stop()
         apiserver.stop()
         apiserver.cleanup()
-
-
-def _prepare_cluster(apiserver: KubeApiServer, namespace: str) -> None:
-    """deploy/rbac.yaml for syncd's user, and the target namespace."""
-    from kubernetes import client as k8s
-    from kubernetes import config as k8s_config
-    from kubernetes import utils as k8s_utils
-
-    configuration = k8s.Configuration()
-    k8s_config.load_kube_config(
-        config_file=str(apiserver.admin_kubeconfig), client_configuration=configuration
-    )
-    api_client = k8s.ApiClient(configuration)
-    for manifest in ("namespace.yaml", "rbac.yaml"):
-        for doc in yaml.safe_load_all((REPO / "deploy" / manifest).read_text()):
-            k8s_utils.create_from_dict(api_client, doc)
-    k8s.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
-    api_client.close()
 
 
 def _wait_ready(events: queue.Queue) -> None:

@@ -236,6 +236,21 @@ def _port_number(value: Any, scope: _Scope) -> int | None:
     return value
 
 
+def _flag(data: dict, key: str, scope: _Scope) -> bool | None:
+    """data[key] if it is true or false; None if absent or (reported) not a boolean."""
+    if key not in data:
+        return None
+    if not isinstance(data[key], bool):
+        scope.at(key).error("must be true or false")
+        return None
+    return data[key]
+
+
+def _beside(base_dir: Path, name: str) -> Path:
+    """A path from the config, relative to the config file's directory."""
+    return Path(name) if Path(name).is_absolute() else base_dir / name
+
+
 def _string(value: Any, scope: _Scope) -> str | None:
     if not isinstance(value, str):
         scope.error(f"must be a string, got {_kind(value)}")
@@ -368,12 +383,8 @@ def _target(raw: Any, scope: _Scope, base_dir: Path, policy: AddressPolicy) -> T
             choices = ", ".join(o.value for o in Output)
             scope.at("output").error(f"{data['output']!r} is not one of: {choices}")
 
-    manage_service = True
-    if "manage_service" in data:
-        if isinstance(data["manage_service"], bool):
-            manage_service = data["manage_service"]
-        else:
-            scope.at("manage_service").error("must be true or false")
+    manage_service = _flag(data, "manage_service", scope)
+    manage_service = True if manage_service is None else manage_service
 
     capacity = DEFAULT_SLICE_CAPACITY
     if "max_endpoints_per_slice" in data:
@@ -560,9 +571,7 @@ def _consul_source(raw: dict, scope: _Scope, ports) -> ConsulSourceConfig | None
             optional[key] = _nonempty_string(data[key], scope.at(key))
     address = _choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
     consistency = _choice(data, "consistency", ConsulConsistency, ConsulConsistency.DEFAULT, scope)
-    warning_is_ready = data.get("warning_is_ready", True)
-    if not isinstance(warning_is_ready, bool):
-        scope.at("warning_is_ready").error("must be true or false")
+    warning_is_ready = _flag(data, "warning_is_ready", scope)
     if len(scope.checker.problems) > before or service is None:
         return None
     return ConsulSourceConfig(
@@ -572,7 +581,7 @@ def _consul_source(raw: dict, scope: _Scope, ports) -> ConsulSourceConfig | None
         node_meta=node_meta,
         address=address,
         consistency=consistency,
-        warning_is_ready=warning_is_ready,
+        warning_is_ready=True if warning_is_ready is None else warning_is_ready,
         **optional,
     )
 
@@ -636,11 +645,8 @@ def _dns_source(raw: dict, scope: _Scope, ports) -> DnsSourceConfig | None:
             scope.at("families").error("must be a non-empty list of: ipv4, ipv6")
     if "nameservers" in data:
         values["nameservers"] = _nameservers(data["nameservers"], scope.at("nameservers"))
-    if "tcp" in data:
-        if isinstance(data["tcp"], bool):
-            values["tcp"] = data["tcp"]
-        else:
-            scope.at("tcp").error("must be true or false")
+    if _flag(data, "tcp", scope) is not None:
+        values["tcp"] = data["tcp"]
     values.update(
         _numbers(data, scope, {"timeout": (0.1, 60), "min_ttl": (0, 86400), "max_ttl": (1, 86400)})
     )
@@ -779,12 +785,9 @@ def _health_check(raw: Any, scope: _Scope, ports, base_dir: Path) -> HealthCheck
     if "ca_file" in data:
         name = _nonempty_string(data["ca_file"], scope.at("ca_file"))
         if name:
-            values["ca_file"] = Path(name) if Path(name).is_absolute() else base_dir / name
-    if "insecure_skip_verify" in data:
-        if isinstance(data["insecure_skip_verify"], bool):
-            values["insecure_skip_verify"] = data["insecure_skip_verify"]
-        else:
-            scope.at("insecure_skip_verify").error("must be true or false")
+            values["ca_file"] = _beside(base_dir, name)
+    if _flag(data, "insecure_skip_verify", scope) is not None:
+        values["insecure_skip_verify"] = data["insecure_skip_verify"]
     values.update(
         _numbers(
             data,
@@ -879,11 +882,8 @@ def _consul_query_source(raw: dict, scope: _Scope, ports) -> ConsulQuerySourceCo
     port_name = _served_port(data, "port", names, scope, "the instances serve")
     values = _numbers(data, scope, {"poll_interval": (0.1, 3600)})
     values["address"] = _choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
-    if "warning_is_ready" in data:
-        if isinstance(data["warning_is_ready"], bool):
-            values["warning_is_ready"] = data["warning_is_ready"]
-        else:
-            scope.at("warning_is_ready").error("must be true or false")
+    if _flag(data, "warning_is_ready", scope) is not None:
+        values["warning_is_ready"] = data["warning_is_ready"]
     if len(scope.checker.problems) > before or query is None:
         return None
     return ConsulQuerySourceConfig(query=query, port_name=port_name, **values)
@@ -947,7 +947,7 @@ def _consul_connection(raw: Any, scope: _Scope, base_dir: Path) -> ConsulConnect
         if key in data:
             name = _nonempty_string(data[key], scope.at(key))
             if name:
-                values[key] = Path(name) if Path(name).is_absolute() else base_dir / name
+                values[key] = _beside(base_dir, name)
     if "tls_server_name" in data:
         values["tls_server_name"] = _nonempty_string(
             data["tls_server_name"], scope.at("tls_server_name")
@@ -977,7 +977,7 @@ def _static_source(raw: dict, scope: _Scope, ports, base_dir: Path) -> StaticSou
     name = _string(data["file"], scope.at("file"))
     if name is None:
         return None
-    file = (base_dir / name) if not Path(name).is_absolute() else Path(name)
+    file = _beside(base_dir, name)
     try:
         backends = read_backends_file(file, ports)
     except ConfigError as exc:
@@ -1040,14 +1040,12 @@ def _backend(raw: Any, scope: _Scope, ports: tuple[ServicePort, ...]) -> Backend
     if "address" in data:
         address = _address(data["address"], scope.at("address"))
         ok &= address is not None
-    ready = data.get("ready", True)
-    if not isinstance(ready, bool):
-        scope.at("ready").error("must be true or false")
-        ok = False
+    ready = _flag(data, "ready", scope)
+    ok &= ready is not None or "ready" not in data
     endpoint_ports = _endpoint_ports(data, scope, ports)
     if not ok or address is None or endpoint_ports is None:
         return None
-    return Backend(address=address, ports=endpoint_ports, ready=ready)
+    return Backend(address=address, ports=endpoint_ports, ready=ready is not False)
 
 
 def _endpoint_ports(data: dict, scope: _Scope, ports: tuple[ServicePort, ...]):

@@ -34,6 +34,7 @@ from syncd.observability import KUBE_REQUESTS
 log = logging.getLogger(__name__)
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in (0, 429) or 500 <= (exc.status or 0) <= 599
-    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+    return isinstance(exc, _NETWORK_ERRORS)
 
 
 def _status_message(exc: ApiException) -> tuple[str, str]:
@@ -166,12 +167,16 @@ class Kube:
         )
         try:
             return retrying(attempt)
-        except ApiException as exc:
+        except (ApiException, *_NETWORK_ERRORS) as exc:
+            raise self._error(verb, what, exc) from None
+
+    def _error(self, verb: str, what: str, exc: Exception) -> KubeError:
+        """The KubeError (or subclass) a failed call becomes."""
+        if isinstance(exc, ApiException):
             message, reason = _status_message(exc)
             error = {404: KubeNotFound, 409: KubeConflict}.get(exc.status, KubeError)
-            raise error(f"{verb} {what}: {exc.status} {message}", exc.status, reason) from None
-        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-            raise KubeError(f"{verb} {what}: cannot reach {self.host}: {_describe(exc)}") from None
+            return error(f"{verb} {what}: {exc.status} {message}", exc.status, reason)
+        return KubeError(f"{verb} {what}: cannot reach {self.host}: {_describe(exc)}")
 
     def _method(self, kind: str, template: str) -> Callable[..., Any]:
         spec = _KINDS[kind]
@@ -239,11 +244,8 @@ class Kube:
                 _preload_content=False,
                 _request_timeout=(self._settings.request_timeout, timeout_seconds + 30),
             )
-        except ApiException as exc:
-            message, reason = _status_message(exc)
-            raise KubeError(f"watch {kind}: {exc.status} {message}", exc.status, reason) from None
-        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-            raise KubeError(f"watch {kind}: cannot reach {self.host}: {_describe(exc)}") from None
+        except (ApiException, *_NETWORK_ERRORS) as exc:
+            raise self._error("watch", kind, exc) from None
         try:
             for line in iter_resp_lines(response):
                 event = json.loads(line)
@@ -256,7 +258,7 @@ class Kube:
                     )
                 obj.setdefault("kind", kind)
                 yield event.get("type", ""), obj
-        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, ValueError) as exc:
+        except (*_NETWORK_ERRORS, ValueError) as exc:
             raise KubeError(f"watch {kind}: interrupted: {_describe(exc)}") from None
         finally:
             response.release_conn()

@@ -133,71 +133,56 @@ def run_pass(
     """
     results = []
     for target in config.targets:
-        answers, problems = ask_sources(target, config.consul)
-        for problem in problems:
-            log.warning("%s: %s", target.key, problem)
         try:
-            state = seed_state(kube, target, settings.owner_id)
+            live = _read_live(kube, target, settings.owner_id)
         except KubeError as exc:
             results.append(TargetResult(target.key, Outcome.FAILED, message=str(exc)))
             continue
-        evaluation = evaluate(
-            answers,
-            state,
-            time.monotonic(),
-            target,
-            config.address_policy,
-            probe_round(target, answers),
-        )
+
+        def decide(state: PolicyState, target: Target = target):
+            answers, problems = ask_sources(target, config.consul)
+            for problem in problems:
+                log.warning("%s: %s", target.key, problem)
+            health = probe_round(target, answers)
+            evaluation = evaluate(
+                answers, state, time.monotonic(), target, config.address_policy, health
+            )
+            return evaluation, problems
+
+        evaluation, problems = decide(seed_state(live, target))
         verdict = evaluation.verdict
         if verdict.decision is None and verdict.hold_until is not None:
             log.warning("%s: %s", target.key, verdict.reason)
             sleep(max(0.0, verdict.hold_until - time.monotonic()))
-            answers, problems = ask_sources(target, config.consul)
-            evaluation = evaluate(
-                answers,
-                verdict.state,
-                time.monotonic(),
-                target,
-                config.address_policy,
-                probe_round(target, answers),
-            )
+            evaluation, problems = decide(verdict.state)
             verdict = evaluation.verdict
+            live = None  # read again: the cluster may have changed while we waited
         for warning in evaluation.warnings:
             log.warning("%s: %s", target.key, warning)
         if verdict.decision is None:
             outcome = Outcome.HELD if verdict.hold_until is not None else Outcome.STALE
             detail = "; ".join(problems)
-            results.append(
-                TargetResult(
-                    target.key, outcome, message=verdict.reason + (f": {detail}" if detail else "")
-                )
-            )
+            message = verdict.reason + (f": {detail}" if detail else "")
+            results.append(TargetResult(target.key, outcome, message=message))
             continue
-        results.append(reconcile_target(kube, target, verdict.decision, settings))
+        results.append(reconcile_target(kube, target, verdict.decision, settings, live))
     results.extend(prune_removed_targets(kube, config, settings))
     return results
 
 
-def seed_state(kube: Kube, target: Target, owner_id: str) -> PolicyState:
+def seed_state(live: _LiveState, target: Target) -> PolicyState:
     """What the cluster says was applied last: the policy's memory for a one-shot run."""
-    service = kube.get("Service", target.namespace, target.service)
-    active = None
-    annotations = ((service or {}).get("metadata") or {}).get("annotations") or {}
-    if (annotations.get(ACTIVE_TIER_ANNOTATION) or "").isdigit():
-        active = int(annotations[ACTIVE_TIER_ANNOTATION])
-    slices = [
-        s
-        for s in kube.list(
-            "EndpointSlice", target.namespace, f"{SERVICE_NAME_LABEL}={target.service}"
-        )
-        if is_owned(s, owner_id)
-    ]
-    applied = backends_of_slices(slices)
+    annotations = ((live.service or {}).get("metadata") or {}).get("annotations") or {}
+    tier = annotations.get(ACTIVE_TIER_ANNOTATION) or ""
+    applied = backends_of_slices(live.owned_slices)
     # No memory of how long a higher tier has qualified: a one-shot run fails back as soon
     # as it finds one qualifying (the daemon holds failbacks for failback_after).
     long_ago = (float("-inf"),) * len(target.sources)
-    return PolicyState(active=active, applied=applied or None, qualified_since=long_ago)
+    return PolicyState(
+        active=int(tier) if tier.isdigit() else None,
+        applied=applied or None,
+        qualified_since=long_ago,
+    )
 
 
 def backends_of_slices(slices) -> frozenset[Backend]:
@@ -215,12 +200,18 @@ def backends_of_slices(slices) -> frozenset[Backend]:
 
 
 def reconcile_target(
-    kube: Kube, target: Target, decision: Decision, settings: RunSettings
+    kube: Kube,
+    target: Target,
+    decision: Decision,
+    settings: RunSettings,
+    live: _LiveState | None = None,
 ) -> TargetResult:
     """Bring one target's objects in line with `decision.backends`."""
     for attempt in range(1, _STALE_WRITE_RETRIES + 1):
         try:
-            changes, warnings = _reconcile(kube, target, decision, settings)
+            changes, warnings = _reconcile(
+                kube, target, decision, settings, live if attempt == 1 else None
+            )
         except OwnershipConflict as exc:
             return TargetResult(target.key, Outcome.CONFLICT, message=str(exc), decision=decision)
         except TargetError as exc:
@@ -379,12 +370,17 @@ def _record_switch(kube: Kube, target: Target, decision: Decision) -> None:
 
 
 def _reconcile(
-    kube: Kube, target: Target, decision: Decision, settings: RunSettings
+    kube: Kube,
+    target: Target,
+    decision: Decision,
+    settings: RunSettings,
+    live: _LiveState | None,
 ) -> tuple[list[Change], list[str]]:
+    """One attempt; `live` is what was just read, or None to read it now."""
     backends = decision.backends
     annotations = _tier_annotations(target, decision)
     owner_id = settings.owner_id
-    state = _read_live(kube, target, owner_id)
+    state = live or _read_live(kube, target, owner_id)
     _check_service(target, state.service, owner_id)
     warnings = []
     endpoints_owned = state.endpoints is not None and is_owned(state.endpoints, owner_id)

@@ -11,10 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import settings
 from kubernetes import client as k8s
-from kubernetes import utils as k8s_utils
 
 from syncd.kube import Kube, KubeSettings
 from tests.harness.kube_apiserver import REPO, KubeApiServer, ServerStartError
@@ -36,27 +34,15 @@ def apiserver(tmp_path_factory) -> Iterator[KubeApiServer]:
     except ServerStartError as exc:
         server.stop()
         pytest.fail(f"the real kube-apiserver could not start: {exc}", pytrace=False)
-    api_client = k8s.ApiClient(_configuration(server.admin_kubeconfig))
-    for manifest in ("namespace.yaml", "rbac.yaml"):
-        for doc in yaml.safe_load_all((REPO / "deploy" / manifest).read_text()):
-            k8s_utils.create_from_dict(api_client, doc)
-    api_client.close()
+    server.apply_deploy_rbac()
     yield server
     server.stop()
-
-
-def _configuration(kubeconfig: Path) -> k8s.Configuration:
-    from kubernetes import config as k8s_config
-
-    configuration = k8s.Configuration()
-    k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return configuration
 
 
 @pytest.fixture
 def admin_api(apiserver) -> Iterator[k8s.ApiClient]:
     """The official client as cluster admin, for setup and for looking at the results."""
-    api_client = k8s.ApiClient(_configuration(apiserver.admin_kubeconfig))
+    api_client = apiserver.admin_client()
     yield api_client
     api_client.close()
 

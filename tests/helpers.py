@@ -19,19 +19,26 @@ CEPH_HOSTS = [f"192.168.7.{n}" for n in range(50, 56)]
 CEPH_PAIRS = {(host, port) for host in CEPH_HOSTS for port in (8080, 8081)}
 
 
-def target(namespace: str, service: str, backends: Iterable[Any], **extra: Any) -> dict:
-    """A one-port (http: 80) target with a static source."""
+def target_with(namespace: str, service: str, *sources: dict, **extra: Any) -> dict:
+    """A one-port (http: 80) target with these sources (tiers) and extra settings."""
     return {
         "namespace": namespace,
         "service": service,
         "ports": [{"name": "http", "port": 80}],
-        "sources": [{"type": "static", "backends": list(backends)}],
+        "sources": list(sources),
         **extra,
     }
 
 
-def write_config(path: Path, *targets: dict) -> Path:
-    path.write_text(yaml.safe_dump({"version": 1, "targets": list(targets)}, sort_keys=False))
+def target(namespace: str, service: str, backends: Iterable[Any], **extra: Any) -> dict:
+    """A one-port (http: 80) target with a static source."""
+    return target_with(namespace, service, {"type": "static", "backends": list(backends)}, **extra)
+
+
+def write_config(path: Path, *targets: dict, **top_level: Any) -> Path:
+    """A config file with these targets and top-level sections (consul=..., ...)."""
+    document = {"version": 1, **top_level, "targets": list(targets)}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
 

@@ -299,6 +299,33 @@ class KubeApiServer:
         )
         _wait(lambda: self.admin_get("/readyz") == "ok", 120, "kube-apiserver", process, log)
 
+    def admin_client(self):
+        """The official client, as cluster admin (close it when done)."""
+        from kubernetes import client as k8s
+        from kubernetes import config as k8s_config
+
+        configuration = k8s.Configuration()
+        k8s_config.load_kube_config(
+            config_file=str(self.admin_kubeconfig), client_configuration=configuration
+        )
+        return k8s.ApiClient(configuration)
+
+    def apply_deploy_rbac(self, *namespaces: str) -> None:
+        """deploy/namespace.yaml and deploy/rbac.yaml (what binds syncd's user), plus
+        any namespaces asked for."""
+        from kubernetes import client as k8s
+        from kubernetes import utils as k8s_utils
+
+        api_client = self.admin_client()
+        try:
+            for manifest in ("namespace.yaml", "rbac.yaml"):
+                for doc in yaml.safe_load_all((REPO / "deploy" / manifest).read_text()):
+                    k8s_utils.create_from_dict(api_client, doc)
+            for namespace in namespaces:
+                k8s.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
+        finally:
+            api_client.close()
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.workdir / "certs" / "apiserver.crt"))
         return context

@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import endpoint_pairs, readiness, slices_of, write_config
+from tests.helpers import endpoint_pairs, readiness, slices_of, target_with, write_config
 
 pytestmark = pytest.mark.apiserver
 
 GATEWAYS = [f"192.0.2.{n}" for n in range(50, 56)]
 
 
-def consul_target(namespace: str, service: str, agent, **source) -> tuple[dict, dict]:
-    target = {
-        "namespace": namespace,
-        "service": service,
-        "ports": [{"name": "http", "port": 80}],
-        "sources": [{"type": "consul", "service": service, **source}],
-    }
-    return target, {"address": agent.address}
+def consul_target(namespace: str, service: str, **source) -> dict:
+    return target_with(namespace, service, {"type": "consul", "service": service, **source})
 
 
 def write(path, agent, *targets, **consul):
-    from tests.helpers import write_config as write_plain
-
-    config = write_plain(path, *targets)
-    import yaml
-
-    data = yaml.safe_load(config.read_text())
-    data["consul"] = {"address": agent.address, **consul}
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-    return config
+    return write_config(path, *targets, consul={"address": agent.address, **consul})
 
 
 def register_gateways(agent, service: str) -> None:
@@ -43,7 +29,7 @@ def test_twelve_gateways_on_two_ports_become_two_slices(
     run_syncd, consul, admin, namespace, tmp_path
 ):
     register_gateways(consul, f"rgw-{namespace}")
-    target, _ = consul_target(namespace, f"rgw-{namespace}", consul)
+    target = consul_target(namespace, f"rgw-{namespace}")
     result = run_syncd(write(tmp_path / "c.yaml", consul, target))
     slices = slices_of(admin, namespace, f"rgw-{namespace}")
     assert endpoint_pairs(slices) == {(a, p) for a in GATEWAYS for p in (8080, 8081)}
@@ -56,7 +42,7 @@ def test_check_states_map_to_readiness(run_syncd, consul, admin, namespace, tmp_
     for n, status in enumerate(["passing", "warning", "critical", "passing"], start=1):
         consul.register(f"{service}-{n}", service, f"192.0.2.{n}", 8080, status=status)
     consul.maintenance(f"{service}-4", True)
-    target, _ = consul_target(namespace, service, consul)
+    target = consul_target(namespace, service)
     config = write(tmp_path / "c.yaml", consul, target)
     run_syncd(config)
     state = readiness(slices_of(admin, namespace, service))
@@ -67,7 +53,7 @@ def test_check_states_map_to_readiness(run_syncd, consul, admin, namespace, tmp_
         ("192.0.2.4", 8080): False,
     }
 
-    target, _ = consul_target(namespace, service, consul, warning_is_ready=False)
+    target = consul_target(namespace, service, warning_is_ready=False)
     consul.set_status(f"{service}-3", "passing")  # critical and back
     run_syncd(write(config, consul, target))
     state = readiness(slices_of(admin, namespace, service))
@@ -79,7 +65,7 @@ def test_tag_filter_needs_all_tags(run_syncd, consul, admin, namespace, tmp_path
     consul.register(f"{service}-1", service, "192.0.2.1", 8080, tags=("prod", "rgw"))
     consul.register(f"{service}-2", service, "192.0.2.2", 8080, tags=("prod",))
     consul.register(f"{service}-3", service, "192.0.2.3", 8080, tags=("rgw",))
-    target, _ = consul_target(namespace, service, consul, tags=["prod", "rgw"])
+    target = consul_target(namespace, service, tags=["prod", "rgw"])
     run_syncd(write(tmp_path / "c.yaml", consul, target))
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
 
@@ -92,7 +78,7 @@ def test_bad_registry_entries_are_dropped_and_the_rest_applied(
     consul.register(f"{service}-metadata", service, "169.254.169.254", 80)
     consul.register(f"{service}-loopback", service, "127.0.0.1", 8080)
     consul.register(f"{service}-dup", service, "192.0.2.1", 8080)
-    target, _ = consul_target(namespace, service, consul)
+    target = consul_target(namespace, service)
     result = run_syncd(write(tmp_path / "c.yaml", consul, target), "--log-level", "warning")
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
     assert "'169.254.169.254' is a link-local address" in result.stderr
@@ -105,7 +91,7 @@ def test_zero_instances_is_a_real_answer_applied_as_an_empty_slice(
 ):
     service = f"empty-{namespace}"
     consul.register(f"{service}-1", service, "192.0.2.1", 8080)
-    target, _ = consul_target(namespace, service, consul)
+    target = consul_target(namespace, service)
     config = write(tmp_path / "c.yaml", consul, target)
     run_syncd(config)
     consul.deregister(f"{service}-1")
@@ -124,7 +110,7 @@ def test_acl_token_that_reads_only_the_watched_service(
         f'service "{service}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}'
     )
     (tmp_path / "token").write_text(token + "\n")
-    target, _ = consul_target(namespace, service, consul_acl)
+    target = consul_target(namespace, service)
     config = write(tmp_path / "c.yaml", consul_acl, target, token_file="token")
     result = run_syncd(config, "--log-level", "debug")
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
@@ -140,7 +126,7 @@ def test_acl_filtered_answer_is_an_error_not_an_empty_service(
         f'service "{service}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}'
     )
     (tmp_path / "token").write_text(good)
-    target, _ = consul_target(namespace, service, consul_acl)
+    target = consul_target(namespace, service)
     config = write(tmp_path / "c.yaml", consul_acl, target, token_file="token")
     run_syncd(config)
 
@@ -167,14 +153,11 @@ def test_unreachable_consul_in_once_mode_keeps_what_is_applied(
 
     service = f"down-{namespace}"
     consul.register(f"{service}-1", service, "192.0.2.1", 8080)
-    target, _ = consul_target(namespace, service, consul)
+    target = consul_target(namespace, service)
     run_syncd(write(tmp_path / "c.yaml", consul, target))
-    config = write_config(tmp_path / "c.yaml", target)
-    import yaml
-
-    data = yaml.safe_load(config.read_text())
-    data["consul"] = {"address": f"127.0.0.1:{free_port()}", "timeout": 1}
-    config.write_text(yaml.safe_dump(data))
+    config = write_config(
+        tmp_path / "c.yaml", target, consul={"address": f"127.0.0.1:{free_port()}", "timeout": 1}
+    )
     mark = apiserver.audit.mark()
     result = run_syncd(config, check=1)
     assert f"{namespace}/{service}: STALE: no source answered" in result.stdout
@@ -188,7 +171,7 @@ def test_tls_with_ca_client_certificate_and_server_name(
     service = f"tls-{namespace}"
     consul_tls.register(f"{service}-1", service, "192.0.2.1", 8080)
     certs = consul_tls.certs
-    target, _ = consul_target(namespace, service, consul_tls)
+    target = consul_target(namespace, service)
     tls = {
         "ca_file": str(certs / "ca.pem"),
         "cert_file": str(certs / "client.pem"),

@@ -6,31 +6,24 @@ import signal
 import time
 
 import pytest
-import yaml
 
-from tests.helpers import endpoint_pairs, readiness, slices_of, wait_for
+from tests.helpers import (
+    endpoint_pairs,
+    readiness,
+    slices_of,
+    target_with,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.apiserver
 
 
 def consul_config(path, agent, namespace, service, **source):
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "consul": {"address": agent.address},
-                "targets": [
-                    {
-                        "namespace": namespace,
-                        "service": service,
-                        "ports": [{"name": "http", "port": 80}],
-                        "sources": [{"type": "consul", "service": service, **source}],
-                    }
-                ],
-            }
-        )
+    source = {"type": "consul", "service": service, **source}
+    return write_config(
+        path, target_with(namespace, service, source), consul={"address": agent.address}
     )
-    return path
 
 
 def test_check_flips_reach_the_slice_within_a_second(daemon, consul, admin, namespace, tmp_path):
@@ -126,9 +119,7 @@ def test_sighup_applies_a_valid_new_config_and_rejects_a_bad_one(
     process = daemon(config)
     wait_for(lambda: slices_of(admin, namespace, first), "first target")
 
-    data = yaml.safe_load(config.read_text())
-    data["targets"][0]["ports"][0]["port"] = 0  # invalid
-    config.write_text(yaml.safe_dump(data))
+    config.write_text(config.read_text().replace("port: 80", "port: 0"))  # invalid
     process.send_signal(signal.SIGHUP)
     wait_for(lambda: "new config rejected" in process.log_path.read_text(), "rejection")
     assert "ports[0].port: port 0 is out of range" in process.log_path.read_text()

@@ -5,38 +5,28 @@ from __future__ import annotations
 import time
 
 import pytest
-import yaml
 
-from tests.helpers import endpoint_pairs, readiness, slices_of, wait_for
+from tests.helpers import (
+    endpoint_pairs,
+    readiness,
+    slices_of,
+    target_with,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.apiserver
 
 
 def dns_config(path, server, namespace, service, **source):
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "targets": [
-                    {
-                        "namespace": namespace,
-                        "service": service,
-                        "ports": [{"name": "http", "port": 80}],
-                        "sources": [
-                            {
-                                "type": "dns",
-                                "nameservers": [server.nameserver],
-                                "timeout": 1,
-                                "min_ttl": 1,
-                                **source,
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
-    )
-    return path
+    source = {
+        "type": "dns",
+        "nameservers": [server.nameserver],
+        "timeout": 1,
+        "min_ttl": 1,
+        **source,
+    }
+    return write_config(path, target_with(namespace, service, source))
 
 
 def test_srv_priorities_are_a_failover_order(run_syncd, bind, admin, namespace, tmp_path):

@@ -10,9 +10,15 @@ import json
 import time
 
 import pytest
-import yaml
 
-from tests.helpers import endpoint_pairs, readiness, slices_of, wait_for
+from tests.helpers import (
+    endpoint_pairs,
+    readiness,
+    slices_of,
+    target_with,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.apiserver
 
@@ -21,23 +27,7 @@ FAST_PROBES = {"type": "http", "interval": 0.3, "timeout": 0.25, "rise": 1, "fal
 
 
 def write(path, namespace, service, sources, **extra):
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "targets": [
-                    {
-                        "namespace": namespace,
-                        "service": service,
-                        "ports": [{"name": "http", "port": 80}],
-                        "sources": sources,
-                        **extra,
-                    }
-                ],
-            }
-        )
-    )
-    return path
+    return write_config(path, target_with(namespace, service, *sources, **extra))
 
 
 def static(*addresses, port=8080):
@@ -156,32 +146,18 @@ def test_every_tier_down_keeps_the_last_state(
     service = f"tiers-{namespace}"
     consul.register(f"{service}-1", service, "203.0.113.1", 8080)
     bind.update(("add", f"tier.{namespace}", 2, "A", "203.0.113.2"))
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "consul": {"address": consul.address},
-                "targets": [
-                    {
-                        "namespace": namespace,
-                        "service": "tiers",
-                        "ports": [{"name": "http", "port": 80}],
-                        "sources": [
-                            {"type": "consul", "service": service},
-                            {
-                                "type": "dns",
-                                "name": f"tier.{namespace}.example.test",
-                                "port": 8080,
-                                "nameservers": [bind.nameserver],
-                                "min_ttl": 1,
-                                "timeout": 1,
-                            },
-                        ],
-                    }
-                ],
-            }
-        )
+    dns = {
+        "type": "dns",
+        "name": f"tier.{namespace}.example.test",
+        "port": 8080,
+        "nameservers": [bind.nameserver],
+        "min_ttl": 1,
+        "timeout": 1,
+    }
+    config = write_config(
+        tmp_path / "c.yaml",
+        target_with(namespace, "tiers", {"type": "consul", "service": service}, dns),
+        consul={"address": consul.address},
     )
     process = daemon(config)
     wait_for(
@@ -205,32 +181,16 @@ def test_every_tier_down_keeps_the_last_state(
 def test_a_75_percent_removal_is_held_until_confirmed(daemon, bind, admin, namespace, tmp_path):
     name = f"guard.{namespace}"
     bind.update(*[("add", name, 1, "A", f"203.0.113.{n}") for n in range(1, 5)])
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "targets": [
-                    {
-                        "namespace": namespace,
-                        "service": "guard",
-                        "ports": [{"name": "http", "port": 80}],
-                        "guards": {"max_removal_fraction": 0.5, "confirm_after": 3},
-                        "sources": [
-                            {
-                                "type": "dns",
-                                "name": f"{name}.example.test",
-                                "port": 8080,
-                                "nameservers": [bind.nameserver],
-                                "min_ttl": 0.5,
-                                "timeout": 1,
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
-    )
+    dns = {
+        "type": "dns",
+        "name": f"{name}.example.test",
+        "port": 8080,
+        "nameservers": [bind.nameserver],
+        "min_ttl": 0.5,
+        "timeout": 1,
+    }
+    guards = {"max_removal_fraction": 0.5, "confirm_after": 3}
+    config = write_config(tmp_path / "c.yaml", target_with(namespace, "guard", dns, guards=guards))
     process = daemon(config)
     wait_for(lambda: len(endpoint_pairs(slices_of(admin, namespace, "guard"))) == 4, "4")
 
@@ -255,24 +215,16 @@ def test_denied_registry_addresses_are_dropped(run_syncd, consul, admin, namespa
     consul.register(f"{service}-this-net", service, "0.1.2.3", 8080)
     consul.register(f"{service}-svc-cidr", service, "10.96.0.10", 8080)
     consul.register(f"{service}-elsewhere", service, "198.51.100.200", 8080)
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "consul": {"address": consul.address},
-                "address_policy": {"service_cidr": "10.96.0.0/12"},
-                "targets": [
-                    {
-                        "namespace": namespace,
-                        "service": "deny",
-                        "ports": [{"name": "http", "port": 80}],
-                        "allowed_cidrs": ["203.0.113.0/24", "10.0.0.0/8"],
-                        "sources": [{"type": "consul", "service": service}],
-                    }
-                ],
-            }
-        )
+    config = write_config(
+        tmp_path / "c.yaml",
+        target_with(
+            namespace,
+            "deny",
+            {"type": "consul", "service": service},
+            allowed_cidrs=["203.0.113.0/24", "10.0.0.0/8"],
+        ),
+        consul={"address": consul.address},
+        address_policy={"service_cidr": "10.96.0.0/12"},
     )
     result = run_syncd(config)
     assert endpoint_pairs(slices_of(admin, namespace, "deny")) == {("203.0.113.7", 8080)}
@@ -291,25 +243,14 @@ def test_a_prepared_query_is_a_tier_and_once_prints_the_failover(
     consul.request(
         "POST", "/v1/query", {"Name": f"q-{namespace}", "Service": {"Service": secondary}}
     )
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "consul": {"address": consul.address},
-                "targets": [
-                    {
-                        "namespace": namespace,
-                        "service": "pq",
-                        "ports": [{"name": "http", "port": 80}],
-                        "sources": [
-                            {"type": "consul", "service": primary},
-                            {"type": "consul_query", "query": f"q-{namespace}"},
-                        ],
-                    }
-                ],
-            }
-        )
+    tiers = (
+        {"type": "consul", "service": primary},
+        {"type": "consul_query", "query": f"q-{namespace}"},
+    )
+    config = write_config(
+        tmp_path / "c.yaml",
+        target_with(namespace, "pq", *tiers),
+        consul={"address": consul.address},
     )
     run_syncd(config)
     assert endpoint_pairs(slices_of(admin, namespace, "pq")) == {("203.0.113.22", 8080)}
