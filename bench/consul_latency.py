@@ -72,7 +72,7 @@ def watch_readiness(kube: Kube, namespace: str, events: queue.Queue, stop: threa
 
 def _follow(kube, selector, version, namespace, events, stop) -> None:
     while not stop.is_set():
-        for _kind, obj in kube.watch("EndpointSlice", selector, version, timeout_seconds=60):
+        for _kind, obj in kube.watch("EndpointSlice", None, selector, version, timeout_seconds=60):
             seen = time.monotonic()
             version = obj["metadata"]["resourceVersion"]
             if obj["metadata"].get("namespace") != namespace:

@@ -8,6 +8,9 @@ and filtered instead of making every write of the whole object fail.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class AddressRejected(ValueError):
@@ -44,3 +47,20 @@ def canonical_endpoint_ip(text: str) -> str:
     else:
         return str(ip)
     raise AddressRejected(f"{raw!r} is a {reason} address, which the Kubernetes API rejects")
+
+
+def address_refusal(
+    address: str, denied: Sequence[IPNetwork], allowed: Sequence[IPNetwork]
+) -> str | None:
+    """Why the address policy refuses `address`, or None if it may be an endpoint.
+
+    `denied` is the global deny list (metadata service, loopback, the Service CIDR, ...);
+    `allowed`, when not empty, is the only ranges a target's backends may be in.
+    """
+    ip = ipaddress.ip_address(address)
+    for network in denied:
+        if ip.version == network.version and ip in network:
+            return f"in the denied range {network} (address_policy)"
+    if allowed and not any(ip.version == n.version and ip in n for n in allowed):
+        return "outside the target's allowed_cidrs"
+    return None

@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import yaml
 
@@ -22,11 +23,11 @@ from syncd.controller import Controller, DaemonSettings
 from syncd.errors import ConfigError, KubeConfigError, KubeError
 from syncd.kube import Kube, KubeSettings
 from syncd.model import Config, StaticSourceConfig
-from syncd.observability import serve_metrics, setup_logging
+from syncd.observability import parse_listen_address, serve_metrics, setup_logging
+from syncd.once import OnceSettings, ask_sources, run_once
 from syncd.ownership import DEFAULT_OWNER_ID, valid_owner_id
-from syncd.policy import PolicyState, evaluate
-from syncd.reconcile import Outcome, RunSettings, TargetResult, ask_sources, run_pass
-from syncd.render import render_target
+from syncd.pipeline import OFFLINE, Outcome, TargetResult, run
+from syncd.policy import PolicyState
 
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
@@ -59,17 +60,50 @@ example:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` within [low, high]."""
+
+    def parse(text: str) -> float:
+        what = "a whole number" if kind is int else "a number"
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what} from {low:g} to {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _listen_address(text: str) -> str:
+    try:
+        parse_listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="syncd",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config",
         "-c",
@@ -126,19 +160,42 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--context", help="kubeconfig context (default: the current one)")
     run.add_argument(
         "--resync-interval",
-        type=float,
+        type=_number(float, 1, 86400),
         default=300.0,
         metavar="SECONDS",
-        help="without --once: full pass that repairs drift every SECONDS (default: %(default)s)",
+        help="without --once: compare every target with the cluster cache once per SECONDS, "
+        "spread evenly over the interval (default: %(default)s)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_number(int, 1, 64),
+        default=4,
+        metavar="N",
+        help="targets reconciled at once; a target is never on two workers (default: %(default)s)",
+    )
+    run.add_argument(
+        "--kube-qps",
+        type=_number(float, 0, 100000),
+        default=50.0,
+        metavar="QPS",
+        help="API requests per second at most, on average; 0 for no limit (default: %(default)s)",
+    )
+    run.add_argument(
+        "--kube-burst",
+        type=_number(int, 1, 100000),
+        default=100,
+        metavar="N",
+        help="API requests allowed at once above --kube-qps (default: %(default)s)",
     )
     run.add_argument(
         "--metrics-address",
         metavar="HOST:PORT",
+        type=_listen_address,
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
     run.add_argument(
         "--request-timeout",
-        type=float,
+        type=_number(float, 1, 600),
         default=30.0,
         metavar="SECONDS",
         help="timeout of each API call (default: %(default)s)",
@@ -177,6 +234,7 @@ def _check(config: Config) -> int:
 
 
 def _render(config: Config, owner_id: str) -> int:
+    """The objects of every target, from the same pipeline as `run`, with no cluster."""
     documents = []
     status = EXIT_OK
     for target in config.targets:
@@ -184,26 +242,40 @@ def _render(config: Config, owner_id: str) -> int:
         for problem in problems:
             print(f"{target.key}: {problem}", file=sys.stderr)
         # No probes here: render never connects to backends.
-        evaluation = evaluate(answers, PolicyState(), 0.0, target, config.address_policy)
-        for warning in evaluation.warnings:
+        step = run(
+            target,
+            answers,
+            PolicyState(),
+            OFFLINE,
+            now=0.0,
+            address_policy=config.address_policy,
+            owner_id=owner_id,
+        )
+        for warning in step.evaluation.warnings:
             print(f"{target.key}: warning: {warning}", file=sys.stderr)
-        decision = evaluation.verdict.decision
-        if decision is None:
-            print(f"{target.key}: {evaluation.verdict.reason}; nothing rendered", file=sys.stderr)
+        if step.plan is None:
+            reason = step.evaluation.verdict.reason or (step.result.message if step.result else "")
+            print(f"{target.key}: {reason}; nothing rendered", file=sys.stderr)
             status = EXIT_TARGET_FAILED
             continue
-        documents.extend(render_target(target, decision.backends, owner_id))
+        documents.extend(dict(change.desired or {}) for change in step.plan.changes)
     print(f"# Rendered by syncd {__version__} from {config.path}")
     print(yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True), end="")
     return status
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
+    stop = threading.Event()
     settings = KubeSettings(
-        kubeconfig=args.kubeconfig, context=args.context, request_timeout=args.request_timeout
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        request_timeout=args.request_timeout,
+        qps=args.kube_qps,
+        burst=args.kube_burst,
+        identity=args.owner_id,
     )
     try:
-        kube = Kube.connect(settings)
+        kube = Kube.connect(settings, stop)
     except KubeConfigError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -213,20 +285,38 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         except KubeError as exc:
             print(f"syncd: cannot use the Kubernetes API at {kube.host}: {exc}", file=sys.stderr)
             return EXIT_TARGET_FAILED
-        run_settings = RunSettings(owner_id=args.owner_id, dry_run=args.dry_run)
         if args.metrics_address:
-            host, port = serve_metrics(args.metrics_address)
+            try:
+                host, port = serve_metrics(args.metrics_address)
+            except OSError as exc:
+                print(
+                    f"syncd: --metrics-address {args.metrics_address}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
             log.info("metrics at http://%s:%d/metrics", host, port)
+        _on_signals(stop)
         if args.once or args.dry_run:
-            return _one_pass(kube, config, run_settings)
-        return _daemon(kube, config, run_settings, DaemonSettings(args.resync_interval))
+            once = OnceSettings(owner_id=args.owner_id, dry_run=args.dry_run, workers=args.workers)
+            return _one_pass(kube, config, once, stop)
+        daemon = DaemonSettings(resync_interval=args.resync_interval, workers=args.workers)
+        return _daemon(kube, config, args.owner_id, daemon, stop)
     finally:
         kube.close()
 
 
-def _one_pass(kube: Kube, config: Config, settings: RunSettings) -> int:
+def _on_signals(stop: threading.Event) -> None:
+    def request_stop(signum, _frame):
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def _one_pass(kube: Kube, config: Config, settings: OnceSettings, stop: threading.Event) -> int:
     writes_before = kube.writes
-    results = run_pass(kube, config, settings)
+    results = run_once(kube, config, settings, stop)
     for result in results:
         _print_result(result, settings.dry_run)
     failed = [r for r in results if not r.outcome.ok]
@@ -238,7 +328,7 @@ def _one_pass(kube: Kube, config: Config, settings: RunSettings) -> int:
         print(f"not converged: {len(failed)} of {len(results)} targets failed; {writes} writes")
     else:
         print(f"converged: {len(config.targets)} targets, {writes} writes")
-    return EXIT_TARGET_FAILED if failed else EXIT_OK
+    return EXIT_TARGET_FAILED if failed or stop.is_set() else EXIT_OK
 
 
 def _print_result(result: TargetResult, dry_run: bool) -> None:
@@ -278,25 +368,20 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def _daemon(kube: Kube, config: Config, settings: RunSettings, daemon: DaemonSettings) -> int:
+def _daemon(
+    kube: Kube, config: Config, owner_id: str, settings: DaemonSettings, stop: threading.Event
+) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
-    stop = threading.Event()
 
     def report(result: TargetResult) -> None:
         _print_result(result, dry_run=False)
         sys.stdout.flush()
 
-    controller = Controller(config, kube, settings, daemon, report)
-
-    def request_stop(signum, _frame):
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
+    controller = Controller(config, kube, owner_id, settings, report, stop)
 
     def request_reload(_signum, _frame):
         log.info("received SIGHUP; reloading %s", config.path)
         controller.request_reload()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, request_reload)
-    return controller.run(stop)
+    return controller.run()

@@ -1,32 +1,46 @@
-"""The long-running daemon: watchers feed a work queue keyed by target; one worker applies.
+"""The long-running daemon: a controller in the mould of client-go's informers and queues.
 
-    source watchers (one thread per target and source) ─┐
-    Kubernetes watch on syncd's own EndpointSlices ──────┼─▶ WorkQueue ─▶ worker: reconcile
-    periodic resync, SIGHUP, config file changes ────────┘    (coalescing)   one target at a time
+    sources (polled jobs on a shared scheduler, Consul watches) ─┐
+    cluster cache (list + watch of Services, Endpoints, slices) ─┼─▶ work queue ─▶ workers:
+    resync (spread over the interval), reload (SIGHUP, edits) ───┘   (per-target     pipeline
+                                                                      backoff)       + sink
 
-- Bursts coalesce: a target already waiting in the queue is not queued twice, and the
-  worker always uses the latest answer of every source.
-- A target is first reconciled once every one of its sources has answered (or failed), so
-  startup never applies a lower tier just because the primary has not answered yet.
-- Fail static: when no source can answer, nothing is written; the target is reported stale.
-- Edits by hand to syncd's slices wake the target through the watch and are put back.
-  Events caused by syncd's own writes are recognised by resourceVersion and skipped.
-- SIGHUP or a changed config file reloads the config; an invalid one is logged and the old
-  one keeps running. SIGTERM/SIGINT stop after the target being applied, well within 2 s.
+- Workers reconcile against the cache: a converged target costs no API request at all.
+  The queue never gives one target to two workers at once, and coalesces bursts.
+- A failed target is retried with its own capped, jittered backoff (and all retries
+  together are rate-limited); when the API server comes back after an outage, every
+  failed target is retried at once instead of waiting out its backoff.
+- The echo of syncd's own writes is recognised by the cache (see `syncd.cache`), so one
+  change costs one write and one reconcile; someone else's edit of a slice is put back.
+- A target is first applied once every one of its sources has answered, and its policy
+  memory (what was applied, the active tier) is seeded from the cluster whenever it
+  (re)starts: process start and reload alike, so the removal guard holds there too.
+- Resync re-queues every target once per interval, spread evenly over it (no burst), and
+  compares with the cache.
+- Fail static: while no source of a target can answer, nothing is written for it and it
+  is reported stale; its sources retry with backoff.
+- SIGHUP or an edit of the config file reloads it (between reconciles); an invalid file is
+  logged with every problem and the old config keeps running.
+- Stop: workers finish the write in flight, the rest of a pass is left for the next start;
+  the process exits within `stop_grace` seconds even if the API server hangs.
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import logging
+import math
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
+from syncd.cache import ClusterCache
 from syncd.config import load_config
-from syncd.errors import ConfigError, KubeError, SourceError
+from syncd.errors import ConfigError, SourceError
 from syncd.health import Prober
+from syncd.kinds import Kind, Obj, target_key_of
 from syncd.kube import Kube
 from syncd.model import Config, Snapshot, Target
 from syncd.observability import (
@@ -37,67 +51,81 @@ from syncd.observability import (
     TARGET_BACKENDS,
     TARGET_STALE,
     TIER_SWITCHES,
+    WORKQUEUE_DEPTH,
+    WORKQUEUE_RETRIES,
 )
-from syncd.ownership import SERVICE_NAME_LABEL, owned_selector
-from syncd.policy import PolicyState, evaluate, probe_key
-from syncd.reconcile import (
-    Outcome,
-    RunSettings,
-    TargetResult,
-    prune_removed_targets,
-    reconcile_target,
-)
-from syncd.sources import build_source
+from syncd.ownership import is_owned
+from syncd.pipeline import Answer, Outcome, Step, TargetMemory, TargetResult, run, seed_memory
+from syncd.policy import probe_key
+from syncd.scheduler import DaemonPool, Scheduler
+from syncd.sink import Sink
+from syncd.watchers import SourceRunner, TargetSources
+from syncd.workqueue import RetryLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
 
-_RELOAD = "\0reload"
-_RESYNC = "\0resync"
-_PRUNE = "\0prune"
+PRUNE = "\0prune"  # queue key: delete what removed targets left behind
+RELOAD = "\0reload"  # queue key: read the config file again
+_TICK = 1.0  # seconds between resync batches
 
 
 @dataclass(frozen=True)
 class DaemonSettings:
-    resync_interval: float = 300.0  # full pass that repairs any drift
+    resync_interval: float = 300.0  # every target is compared with the cache this often
+    workers: int = 4  # targets reconciled at once (see README: why 4)
     config_poll_interval: float = 1.0  # how often the config file's mtime is checked
-    watch_timeout: int = 300  # seconds before the Kubernetes watch is renewed
-
-
-class WorkQueue:
-    """Keys waiting to be processed, in arrival order; a key already waiting is not added."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._order: collections.deque[str] = collections.deque()
-        self._waiting: set[str] = set()
-
-    def add(self, key: str) -> None:
-        with self._cond:
-            if key not in self._waiting:
-                self._waiting.add(key)
-                self._order.append(key)
-                self._cond.notify()
-
-    def get(self, timeout: float) -> str | None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._order, timeout):
-                return None
-            key = self._order.popleft()
-            self._waiting.discard(key)
-            return key
+    source_threads: int = 8  # threads shared by polled sources (DNS, files, queries)
+    probe_threads: int = 32  # threads shared by every target's health probes
+    stop_grace: float = 1.5  # seconds workers get to finish after SIGTERM
+    namespaces: tuple[str, ...] | None = None  # None: the whole cluster
 
 
 @dataclass
-class _Watched:
-    """A target, the threads that watch its sources and probe its backends, its policy."""
+class _TargetState:
+    """Everything the daemon keeps for one target."""
 
     target: Target
-    stop: threading.Event
-    threads: list[threading.Thread]
+    answers: list[Answer | None]
+    sources: TargetSources | None = None
     prober: Prober | None = None
-    policy: PolicyState = field(default_factory=PolicyState)
-    held: float | None = None  # pending_since of the held removal already reported
-    warned: set[str] = field(default_factory=set)
+    memory: TargetMemory = field(default_factory=TargetMemory)
+    stale: bool = False
+    held_since: float | None = None  # the held removal already reported
+    reported: str | None = None  # the conflict or failure already reported
+
+
+class _Gate:
+    """Workers pass side by side; a reload waits until none is inside, and holds them off."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._closed)
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._closed)
+            self._closed = True
+            self._cond.wait_for(lambda: self._inside == 1)  # the caller is a worker itself
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closed = False
+                self._cond.notify_all()
 
 
 class Controller:
@@ -105,98 +133,190 @@ class Controller:
         self,
         config: Config,
         kube: Kube,
-        run_settings: RunSettings,
-        settings: DaemonSettings = DaemonSettings(),
+        owner_id: str,
+        settings: DaemonSettings | None = None,
         report: Callable[[TargetResult], None] = lambda result: None,
+        stop: threading.Event | None = None,
     ):
         self._config = config
         self._kube = kube
-        self._run = run_settings
-        self._settings = settings
+        self._owner_id = owner_id
+        self._settings = settings or DaemonSettings()
         self._report = report
-        self._queue = WorkQueue()
+        self._stop = stop or threading.Event()
+        self._queue = WorkQueue(RetryLimiter(), on_depth=WORKQUEUE_DEPTH.set)
+        self._cache = ClusterCache(
+            kube,
+            self._settings.namespaces,
+            on_change=self._on_cluster_change,
+            on_recovered=self._on_api_recovered,
+        )
+        self._sink = Sink(kube, self._cache, owner_id, stop=self._stop)
+        self._scheduler = Scheduler(self._settings.source_threads, "sources")
+        self._probe_pool = DaemonPool(self._settings.probe_threads, "probes")
+        self._runner = SourceRunner(self._scheduler, config.consul)
+        self._targets: dict[str, _TargetState] = {}
         self._lock = threading.Lock()
-        self._answers: dict[tuple[str, int], Snapshot | SourceError] = {}
-        self._watched: dict[str, _Watched] = {}
-        self._stale: set[str] = set()
+        self._gate = _Gate()
+        self._failed: set[str] = set()
+        self._ready = threading.Event()  # the cache has synced; workers run
+        self._resync_order: list[str] = []
+        self._resync_cursor = 0
+        self._resync_credit = 0.0
+        self._config_mtime = self._mtime()  # as loaded: an edit from now on is a reload
 
     # -- public
 
-    def request_reload(self) -> None:
-        """Safe from a signal handler: the worker reloads between two targets."""
-        self._queue.add(_RELOAD)
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
 
-    def run(self, stop: threading.Event) -> int:
+    @property
+    def cache(self) -> ClusterCache:
+        return self._cache
+
+    def request_reload(self) -> None:
+        """Safe from a signal handler: a worker reloads between two reconciles."""
+        self._queue.add(RELOAD)
+
+    def run(self) -> int:
+        """Until the stop event is set; returns the exit code."""
         log.info(
-            "starting: %d targets from %s, owner id %r",
+            "starting: %d targets from %s, owner id %r, %d workers",
             len(self._config.targets),
             self._config.path,
-            self._run.owner_id,
+            self._owner_id,
+            self._settings.workers,
         )
+        self._cache.start(self._stop)
         for target in self._config.targets:
-            self._start_watchers(target)
-        self._queue.add(_PRUNE)
-        background = [
-            self._thread("kube-watch", self._watch_owned_slices, stop),
-            self._thread("resync", self._resync_timer, stop),
-            self._thread("config-watch", self._config_watcher, stop),
+            self._start_target(target)
+        waited = time.monotonic()
+        while not self._cache.wait_synced(self._stop, timeout=10):
+            if self._stop.is_set():
+                return self._shutdown([])
+            log.warning(
+                "waiting for the cluster cache (%.0fs so far): %s",
+                time.monotonic() - waited,
+                "; ".join(s.last_error for s in self._cache.statuses if s.last_error) or "listing",
+            )
+        log.info("cluster cache synced in %.1fs", time.monotonic() - waited)
+        self._ready.set()
+        for key in self._targets:
+            self._queue.add(key)
+        self._queue.add(PRUNE)
+        self._rebuild_resync_order()
+        self._scheduler.call_later(_TICK, self._resync_tick)
+        self._scheduler.call_later(self._settings.config_poll_interval, self._config_tick)
+        workers = [
+            threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
+            for n in range(self._settings.workers)
         ]
-        for thread in background:
-            thread.start()
-        try:
-            while not stop.is_set():
-                key = self._queue.get(timeout=0.2)
-                if key is not None and not stop.is_set():
-                    self._process(key)
-        finally:
-            for watched in self._watched.values():
-                watched.stop.set()
-            log.info("stopped")
+        for worker in workers:
+            worker.start()
+        self._stop.wait()
+        return self._shutdown(workers)
+
+    def _shutdown(self, workers: list[threading.Thread]) -> int:
+        self._queue.shut_down()
+        with self._lock:
+            states = list(self._targets.values())
+        for state in states:
+            if state.sources is not None:
+                SourceRunner.stop(state.sources)
+        self._scheduler.stop()
+        self._probe_pool.shutdown()
+        deadline = time.monotonic() + self._settings.stop_grace
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        busy = [w.name for w in workers if w.is_alive()]
+        if busy:
+            log.warning(
+                "stopping with %d writes in flight (each is applied whole or not at all)", len(busy)
+            )
+        log.info("stopped")
         return 0
 
-    # -- the worker
+    # -- workers
 
-    def _process(self, key: str) -> None:
-        if key == _RELOAD:
-            self._reload()
-        elif key == _RESYNC:
-            for target_key in list(self._watched):
-                self._queue.add(target_key)
-            self._queue.add(_PRUNE)
-        elif key == _PRUNE:
-            for result in prune_removed_targets(self._kube, self._config, self._run):
-                self._report(result)
-        elif key in self._watched:
-            self._reconcile(self._watched[key].target)
+    def _work(self) -> None:
+        while True:
+            key = self._queue.get()
+            if key is None:
+                return
+            try:
+                with self._gate.shared():
+                    self._process(key)
+            except Exception:
+                log.exception("reconciling %s failed unexpectedly; retrying", key)
+                self._queue.add_rate_limited(key)
+            finally:
+                self._queue.done(key)
 
-    def _reconcile(self, target: Target) -> None:
+    def _process(self, key: Hashable) -> None:
+        if key == RELOAD:
+            with self._gate.exclusive():
+                self._reload()
+        elif key == PRUNE:
+            self._prune()
+        else:
+            with self._lock:
+                state = self._targets.get(str(key))
+            if state is not None:
+                self._reconcile(state)
+
+    def _prune(self) -> None:
+        failed = False
         with self._lock:
-            answers = [self._answers.get((target.key, i)) for i in range(len(target.sources))]
+            configured = list(self._targets)
+        for result in self._sink.prune(configured):
+            RECONCILES.labels(result.outcome.value).inc()
+            failed |= result.outcome is Outcome.FAILED
+            self._report(result)
+        if failed:
+            self._queue.add_rate_limited(PRUNE)
+        else:
+            self._queue.forget(PRUNE)
+
+    def _reconcile(self, state: _TargetState) -> None:
+        target = state.target
+        with self._lock:
+            answers = list(state.answers)
         if any(answer is None for answer in answers):
             return  # wait until every source has answered once
-        watched = self._watched[target.key]
-        health = watched.prober.health() if watched.prober else None
-        evaluation = evaluate(
-            answers, watched.policy, time.monotonic(), target, self._config.address_policy, health
-        )  # type: ignore[arg-type]
-        verdict = evaluation.verdict
-        watched.policy = verdict.state
-        for warning in evaluation.warnings:
-            if warning not in watched.warned:
-                log.warning("%s: %s", target.key, warning)
-        watched.warned = set(evaluation.warnings)
-        if evaluation.panic:
+        live = self._cache.live_state(target)
+        if state.memory.memory is None:
+            state.memory.memory = seed_memory(target, live, self._owner_id, one_shot=False)
+        now = time.monotonic()
+        step = run(
+            target,
+            answers,  # type: ignore[arg-type]
+            state.memory.memory,
+            live,
+            now=now,
+            address_policy=self._config.address_policy,
+            owner_id=self._owner_id,
+            health=state.prober.health() if state.prober else None,
+            problems=[
+                f"sources[{i}]: {a}" for i, a in enumerate(answers) if isinstance(a, SourceError)
+            ],
+        )
+        state.memory.memory = step.memory
+        for warning in state.memory.new_warnings(step.evaluation.warnings):
+            log.warning("%s: %s", target.key, warning)
+        if step.evaluation.panic:
             PROBE_PANICS.labels(target.key).inc()
+        verdict = step.evaluation.verdict
         if verdict.recheck_at is not None:  # e.g. a failback waiting for failback_after
-            self._recheck(target.key, verdict.recheck_at)
-        if verdict.decision is None:
-            self._hold(target, verdict)
+            self._queue.add_after(target.key, verdict.recheck_at - now)
+        if step.plan is None:
+            self._blocked(state, step)
             return
-        if target.key in self._stale:
-            self._stale.discard(target.key)
+        decision = step.plan.decision
+        if state.stale:
+            state.stale = False
             TARGET_STALE.labels(target.key).set(0)
-            log.info("%s: %s answers again", target.key, verdict.decision.source)
-        decision = verdict.decision
+            log.info("%s: %s answers again", target.key, decision.source)
         if not decision.backends:
             log.warning(
                 "%s: %s lists no backends; applying that (an empty answer is real)",
@@ -214,114 +334,174 @@ class Controller:
                 decision.reason,
             )
         ACTIVE_TIER.labels(target.key).set(decision.tier)
-        result = reconcile_target(self._kube, target, decision, self._run)
+        result = self._sink.apply(step.plan)
         RECONCILES.labels(result.outcome.value).inc()
         ready = sum(1 for b in decision.backends if b.ready)
         TARGET_BACKENDS.labels(target.key, "true").set(ready)
         TARGET_BACKENDS.labels(target.key, "false").set(len(decision.backends) - ready)
+        if result.outcome is Outcome.FAILED:
+            self._failed_attempt(state, result)
+            return
+        self._queue.forget(target.key)
+        self._failed.discard(target.key)
+        state.reported = None
         if result.outcome is not Outcome.CONVERGED or decision.switched_from is not None:
             self._report(result)
 
-    def _recheck(self, key: str, at: float) -> None:
-        """Queue the target again at monotonic time `at` (hold-downs end without events)."""
-        timer = threading.Timer(max(0.05, at - time.monotonic()), self._queue.add, args=(key,))
-        timer.daemon = True
-        timer.start()
+    def _failed_attempt(self, state: _TargetState, result: TargetResult) -> None:
+        key = state.target.key
+        self._failed.add(key)
+        if result.changes or result.stale_read:
+            state.memory.memory = None  # what is applied is not what was decided: re-read it
+        delay = self._queue.add_rate_limited(key)
+        WORKQUEUE_RETRIES.inc()
+        if state.reported != result.message:
+            state.reported = result.message
+            self._report(result)
+        log.info("%s: retrying in %.1fs (attempt %d)", key, delay, self._queue.retries(key))
 
-    def _hold(self, target: Target, verdict) -> None:
-        """Nothing is applied: a failing registry (stale) or a large removal (held)."""
-        watched = self._watched[target.key]
-        if verdict.hold_until is not None:
-            HELD_REMOVALS.labels(target.key).inc()
-            if watched.held != verdict.state.pending_since:
-                watched.held = verdict.state.pending_since
-                self._report(TargetResult(target.key, Outcome.HELD, message=verdict.reason))
-            self._recheck(target.key, verdict.hold_until)
-            return
-        if target.key not in self._stale:
-            self._stale.add(target.key)
-            TARGET_STALE.labels(target.key).set(1)
-            result = TargetResult(target.key, Outcome.STALE, message=verdict.reason)
-            RECONCILES.labels(result.outcome.value).inc()
+    def _blocked(self, state: _TargetState, step: Step) -> None:
+        """Nothing may be written: stale sources, a held removal, a conflict, a bad setup."""
+        result = step.result
+        assert result is not None
+        key = state.target.key
+        verdict = step.evaluation.verdict
+        RECONCILES.labels(result.outcome.value).inc()
+        if result.outcome is Outcome.HELD:
+            HELD_REMOVALS.labels(key).inc()
+            if state.held_since != verdict.state.pending_since:
+                state.held_since = verdict.state.pending_since
+                self._report(result)
+            assert verdict.hold_until is not None
+            self._queue.add_after(key, verdict.hold_until - time.monotonic())
+        elif result.outcome is Outcome.STALE:
+            if not state.stale:
+                state.stale = True
+                TARGET_STALE.labels(key).set(1)
+                self._report(result)
+        elif state.reported != result.message:  # a conflict or a bad setup: the cache
+            state.reported = result.message  # wakes the target when the object changes
             self._report(result)
 
-    # -- sources
+    # -- sources and probes
 
-    def _start_watchers(self, target: Target) -> None:
-        stop = threading.Event()
-        threads = []
-        for index, source_config in enumerate(target.sources):
-            source = build_source(source_config, target, self._config.consul)
+    def _start_target(self, target: Target) -> None:
+        state = _TargetState(target, [None] * len(target.sources))
 
-            def emit(answer, key=target.key, index=index, stop=stop):
-                if stop.is_set():
-                    return  # a replaced watcher's late answer
-                with self._lock:
-                    self._answers[(key, index)] = answer
-                self._queue.add(key)
-
-            thread = threading.Thread(
-                target=self._watch_source,
-                args=(source, stop, emit),
-                name=f"source {target.key}[{index}]",
-                daemon=True,
-            )
-            threads.append(thread)
-        prober = None
-        if target.health_check is not None:
-            prober = Prober(target.health_check, target.key)
-            threads.append(
-                threading.Thread(
-                    target=self._probe_loop,
-                    args=(target, prober, stop),
-                    name=f"probes {target.key}",
-                    daemon=True,
-                )
-            )
-        self._watched[target.key] = _Watched(target, stop, threads, prober)
-        for thread in threads:
-            thread.start()
-
-    def _probe_loop(self, target: Target, prober: Prober, stop: threading.Event) -> None:
-        """Probe every registry-ready backend of every tier; wake the target on a change."""
-        port_name = target.health_check.port if target.health_check else None
-        while not stop.is_set():
+        def on_answer(index: int, answer: Answer) -> None:
             with self._lock:
-                answers = [self._answers.get((target.key, i)) for i in range(len(target.sources))]
-            keys = {
-                probe_key(b, port_name)
-                for a in answers
-                if isinstance(a, Snapshot)
-                for b in a.backends
-                if b.ready
-            }
-            if prober.run_round(keys):
-                self._queue.add(target.key)
-            stop.wait(prober.interval)
-        prober.close()
+                state.answers[index] = answer
+            self._queue.add(target.key)
 
-    @staticmethod
-    def _watch_source(source, stop: threading.Event, emit) -> None:
-        try:
-            source.watch(stop, emit)
-        except SourceError as exc:  # e.g. an unreadable token file: report, keep state
-            emit(exc)
-        except Exception:
-            log.exception("watcher of %s died", source.describe())
-            emit(SourceError(f"{source.describe()}: watcher failed"))
-
-    def _stop_watchers(self, key: str) -> None:
-        watched = self._watched.pop(key, None)
-        if watched:
-            watched.stop.set()
+        if target.health_check is not None:
+            state.prober = Prober(target.health_check, target.key, self._probe_pool)
         with self._lock:
-            for answer_key in [k for k in self._answers if k[0] == key]:
-                del self._answers[answer_key]
-        self._stale.discard(key)
+            self._targets[target.key] = state
+        state.sources = self._runner.start(target, on_answer)
+        if state.prober is not None:
+            self._scheduler.call_later(0, lambda: self._probe(state))
 
-    # -- config reload
+    def _probe(self, state: _TargetState) -> None:
+        """One probe round of every registry-ready backend of every tier; reschedules itself."""
+        assert state.prober is not None and state.target.health_check is not None
+        if state.sources is None or state.sources.stop.is_set() or self._stop.is_set():
+            return
+        port_name = state.target.health_check.port
+        with self._lock:
+            answers = list(state.answers)
+        keys = {
+            probe_key(b, port_name)
+            for a in answers
+            if isinstance(a, Snapshot)
+            for b in a.backends
+            if b.ready
+        }
+        if state.prober.run_round(keys):
+            self._queue.add(state.target.key)
+        self._scheduler.call_later(state.prober.interval, lambda: self._probe(state))
+
+    def _stop_target(self, key: str) -> None:
+        with self._lock:
+            state = self._targets.pop(key, None)
+        if state is None:
+            return
+        if state.sources is not None:
+            SourceRunner.stop(state.sources)
+        TARGET_STALE.labels(key).set(0)
+        self._failed.discard(key)
+
+    # -- the cluster
+
+    def _on_cluster_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
+        """A cached object changed, and not by syncd: wake its target (or prune)."""
+        if not self._ready.is_set():
+            return  # everything is queued once the cache has synced
+        obj = new if new is not None else old
+        assert obj is not None
+        key = target_key_of(obj)
+        with self._lock:
+            configured = key in self._targets
+        if configured:
+            log.debug(
+                "%s: %s %s changed; checking",
+                key,
+                kind.name,
+                (obj.get("metadata") or {}).get("name"),
+            )
+            self._queue.add(key)
+        elif new is not None and is_owned(new, self._owner_id):
+            self._queue.add(PRUNE)
+
+    def _on_api_recovered(self) -> None:
+        """The API server answers again: retry every failed target now, not after its backoff."""
+        for key in list(self._failed):
+            self._queue.forget(key)
+            self._queue.add(key)
+        self._queue.add(PRUNE)
+
+    # -- resync and reload
+
+    def _rebuild_resync_order(self) -> None:
+        with self._lock:
+            order = list(self._targets)
+        random.shuffle(order)  # instances started together do not resync in step
+        self._resync_order = order
+        self._resync_cursor = 0
+
+    def _resync_tick(self) -> None:
+        """Queue the next share of targets: each one once per interval, evenly spread."""
+        if self._stop.is_set():
+            return
+        order = self._resync_order
+        if order:
+            self._resync_credit += len(order) * _TICK / self._settings.resync_interval
+            batch = math.floor(self._resync_credit)
+            self._resync_credit -= batch
+            for key in order[self._resync_cursor : self._resync_cursor + batch]:
+                self._queue.add(key)
+            self._resync_cursor += batch
+            if self._resync_cursor >= len(order):
+                self._resync_cursor = 0
+                self._queue.add(PRUNE)
+        self._scheduler.call_later(_TICK, self._resync_tick)
+
+    def _config_tick(self) -> None:
+        if self._stop.is_set():
+            return
+        mtime = self._mtime()
+        if mtime != self._config_mtime:
+            self._config_mtime = mtime
+            self.request_reload()
+        self._scheduler.call_later(self._settings.config_poll_interval, self._config_tick)
+
+    def _mtime(self) -> int | None:
+        try:
+            return self._config.path.stat().st_mtime_ns
+        except OSError:
+            return None
 
     def _reload(self) -> None:
+        self._config_mtime = self._mtime()
         try:
             config = load_config(self._config.path)
         except ConfigError as exc:
@@ -335,13 +515,15 @@ class Controller:
         removed = [k for k in old if k not in new]
         added = [k for k in new if k not in old]
         changed = [k for k in new if k in old and (new[k] != old[k] or consul_changed)]
-        if not (removed or added or changed):
+        policy_changed = config.address_policy != self._config.address_policy
+        if not (removed or added or changed or policy_changed):
             return
         self._config = config
+        self._runner.consul = config.consul
         for key in removed + changed:
-            self._stop_watchers(key)
+            self._stop_target(key)
         for key in added + changed:
-            self._start_watchers(new[key])
+            self._start_target(new[key])  # memory re-seeded from the cluster on first use
         log.info(
             "config reloaded: %d targets (added %s, changed %s, removed %s)",
             len(new),
@@ -349,68 +531,8 @@ class Controller:
             changed or "none",
             removed or "none",
         )
-        self._queue.add(_PRUNE)
-
-    def _config_watcher(self, stop: threading.Event) -> None:
-        seen = self._mtime()
-        while not stop.wait(self._settings.config_poll_interval):
-            mtime = self._mtime()
-            if mtime != seen:
-                seen = mtime
-                self.request_reload()
-
-    def _mtime(self) -> int | None:
-        try:
-            return self._config.path.stat().st_mtime_ns
-        except OSError:
-            return None
-
-    def _resync_timer(self, stop: threading.Event) -> None:
-        while not stop.wait(self._settings.resync_interval):
-            self._queue.add(_RESYNC)
-
-    # -- Kubernetes
-
-    def _watch_owned_slices(self, stop: threading.Event) -> None:
-        """Wake a target when one of its slices is changed or deleted by someone else."""
-        selector = owned_selector("EndpointSlice", self._run.owner_id)
-        version = ""
-        failures = 0
-        while not stop.is_set():
-            try:
-                if not version:
-                    _items, version = self._kube.list_with_version("EndpointSlice", None, selector)
-                for kind, obj in self._kube.watch(
-                    "EndpointSlice", selector, version, self._settings.watch_timeout
-                ):
-                    failures = 0
-                    metadata = obj.get("metadata") or {}
-                    version = metadata.get("resourceVersion") or version
-                    if kind == "BOOKMARK" or version in self._kube.written_versions:
-                        continue
-                    service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL, "")
-                    key = f"{metadata.get('namespace', '')}/{service}"
-                    if key in self._watched:
-                        # Usually someone else's edit; rarely our own write whose event
-                        # beat the response. Either way a reconcile puts back what differs.
-                        log.debug(
-                            "%s: EndpointSlice %s %s; checking",
-                            key,
-                            metadata.get("name"),
-                            kind.lower(),
-                        )
-                        self._queue.add(key)
-                    if stop.is_set():
-                        return
-            except KubeError as exc:
-                failures += 1
-                if exc.status == 410:
-                    version = ""  # too old: list again
-                else:
-                    log.warning("watching EndpointSlices: %s; retrying", exc)
-                    version = ""
-                stop.wait(min(5.0, 0.2 * 2**failures))
-
-    @staticmethod
-    def _thread(name: str, function, stop: threading.Event) -> threading.Thread:
-        return threading.Thread(target=function, args=(stop,), name=name, daemon=True)
+        self._rebuild_resync_order()
+        if policy_changed:
+            for key in new:
+                self._queue.add(key)
+        self._queue.add(PRUNE)

@@ -15,11 +15,11 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from syncd.model import HealthCheckConfig
 from syncd.observability import PROBES
+from syncd.scheduler import DaemonPool
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,18 @@ class _State:
 
 
 class Prober:
-    """Probe a changing set of (address, port) on an interval; keep rise/fall state."""
+    """Probe a changing set of (address, port) on an interval; keep rise/fall state.
 
-    def __init__(self, check: HealthCheckConfig, name: str):
+    Probes run on a pool shared by every target (the daemon's), at most `concurrency` of
+    this target's at once; without a pool, a round brings its own threads (--once).
+    """
+
+    def __init__(self, check: HealthCheckConfig, name: str, pool: DaemonPool | None = None):
         self._check = check
         self._name = name
         self._states: dict[ProbeKey, _State] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(
-            max_workers=check.concurrency, thread_name_prefix=f"probe {name}"
-        )
+        self._pool = pool
 
     @property
     def interval(self) -> float:
@@ -100,7 +102,7 @@ class Prober:
     def run_round(self, keys: Iterable[ProbeKey]) -> bool:
         """Probe every key once; True if any backend changed between healthy and not."""
         keys = sorted(set(keys))
-        results = list(self._pool.map(lambda key: probe_once(key, self._check), keys))
+        results = self._probe_all(keys)
         changed = False
         with self._lock:
             for key in list(self._states):
@@ -125,5 +127,27 @@ class Prober:
                     )
         return changed
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def _probe_all(self, keys: list[ProbeKey]) -> list[bool]:
+        """Probe every key, `concurrency` at a time; results in the order of `keys`."""
+        if not keys:
+            return []
+        pool = self._pool or DaemonPool(min(self._check.concurrency, len(keys)), "probe")
+        results = [False] * len(keys)
+        slots = threading.Semaphore(self._check.concurrency)
+        finished = threading.Semaphore(0)
+
+        def probe(index: int, key: ProbeKey) -> None:
+            try:
+                results[index] = probe_once(key, self._check)
+            finally:
+                slots.release()
+                finished.release()
+
+        for index, key in enumerate(keys):
+            slots.acquire()
+            pool.submit(lambda index=index, key=key: probe(index, key))
+        for _ in keys:
+            finished.acquire()
+        if self._pool is None:
+            pool.shutdown()
+        return results

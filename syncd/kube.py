@@ -1,64 +1,65 @@
-"""The Kubernetes API as syncd uses it: a few verbs on three kinds, raw JSON, with retries.
+"""The Kubernetes API as syncd uses it: a few verbs on the kinds of `syncd.kinds`, raw JSON.
 
 Objects travel as plain dicts (the JSON the API server speaks), so what `render` produces,
-what `plan` compares and what the server returns are the same shape. Transient failures
-(connection errors, timeouts, 429, 5xx) are retried with capped, jittered exponential
-backoff; anything else (validation errors, forbidden, not found) is raised at once as a
-`KubeError`, never retried in a loop. Every call has a timeout.
+what `plan` compares and what the server returns are the same shape. Requests are built
+from each kind's REST path and sent through the official client's connection pool and
+authentication (kubeconfig, exec plugins, in-cluster token rotation), without its model
+classes: they would cost a conversion of every object in both directions.
+
+- Every request waits for a token of one client-side bucket (`qps`, `burst`, like
+  client-go's), so a cold start with thousands of targets cannot flood the API server.
+- Transient failures (connection errors, timeouts, 429, 5xx) are retried with capped,
+  jittered exponential backoff; anything else (validation errors, forbidden, not found) is
+  raised at once as a `KubeError`, never retried in a loop. A shutdown interrupts the
+  pauses between retries.
+- Lists are paginated (`limit` + `continue`), so memory stays bounded for large clusters.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import logging
 import os
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tenacity
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
+from syncd import __version__
 from syncd.errors import KubeConfigError, KubeConflict, KubeError, KubeNotFound
+from syncd.kinds import EVENT, KINDS, Kind
 from syncd.observability import KUBE_REQUESTS
+from syncd.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
-_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)
 
 
 @dataclass(frozen=True)
 class KubeSettings:
-    """How to reach the API server and how hard to try."""
+    """How to reach the API server, how hard to try, and how fast to go."""
 
     kubeconfig: str | None = None
     context: str | None = None
     request_timeout: float = 30.0
     retry_attempts: int = 5
     retry_max_backoff: float = 5.0
-
-
-@dataclass(frozen=True)
-class _Kind:
-    api: str  # "core" or "discovery"
-    snake: str  # method name part, e.g. "endpoint_slice"
-
-
-_KINDS = {
-    "Service": _Kind("core", "service"),
-    "Endpoints": _Kind("core", "endpoints"),
-    "EndpointSlice": _Kind("discovery", "endpoint_slice"),
-}
+    qps: float = 50.0  # sustained requests per second (0: no limit)
+    burst: int = 100  # requests allowed at once above qps
+    page_size: int = 500  # objects per list page, as client-go's reflector
+    identity: str = ""  # who this process is, in the User-Agent (audit logs show it)
 
 
 def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
@@ -66,56 +67,76 @@ def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
     configuration = k8s.Configuration()
     path = settings.kubeconfig or os.environ.get("KUBECONFIG")
     default = Path.home() / ".kube" / "config"
+    use_file = bool(path) or default.exists()
+    where = (path or str(default)) if use_file else "in-cluster config"
     try:
-        if path or default.exists():
+        if use_file:
             file = path or str(default)
-            if not any(Path(p).exists() for p in file.split(os.pathsep)):
+            if not any(Path(p).exists() for p in file.split(os.pathsep) if p):
                 raise KubeConfigError(f"{file}: kubeconfig not found")
             k8s_config.load_kube_config(
                 config_file=file, context=settings.context, client_configuration=configuration
             )
         else:
             k8s_config.load_incluster_config(client_configuration=configuration)
+    except KubeConfigError:
+        raise
     except ConfigException as exc:
-        where = path or str(default) if (path or default.exists()) else "in-cluster config"
-        raise KubeConfigError(f"{where}: {exc}") from None
-    except (OSError, ValueError) as exc:
-        raise KubeConfigError(f"{path or default}: cannot load kubeconfig: {exc}") from None
+        raise KubeConfigError(f"{where}: {_one_line(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise KubeConfigError(f"{where}: not valid YAML: {_one_line(exc)}") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise KubeConfigError(f"{where}: cannot load kubeconfig: {_one_line(exc)}") from None
     configuration.retries = False  # syncd retries itself, with backoff, and counts it
     return configuration
 
 
+class HttpError(Exception):
+    """A non-2xx answer, before it becomes a KubeError."""
+
+    def __init__(self, status: int, body: bytes, headers: Any = None):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ApiException):
-        return exc.status in (0, 429) or 500 <= (exc.status or 0) <= 599
+    if isinstance(exc, HttpError):
+        return exc.status == 429 or 500 <= exc.status <= 599
     return isinstance(exc, _NETWORK_ERRORS)
 
 
-def _status_message(exc: ApiException) -> tuple[str, str]:
+def _status_message(exc: HttpError) -> tuple[str, str]:
     try:
-        body = json.loads(exc.body or "{}")
-        return body.get("message") or exc.reason or "", body.get("reason") or ""
+        body = json.loads(exc.body or b"{}")
+        return body.get("message") or str(exc.status), body.get("reason") or ""
     except (ValueError, TypeError, AttributeError):
-        return (exc.reason or str(exc.status)), ""
+        return (exc.body or b"").decode(errors="replace")[:200] or str(exc.status), ""
 
 
 class Kube:
     """Reads and writes the objects syncd works with; counts every call by verb."""
 
-    def __init__(self, api_client: k8s.ApiClient, settings: KubeSettings = KubeSettings()):
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        settings: KubeSettings | None = None,
+        stop: threading.Event | None = None,
+    ):
         self._api_client = api_client
-        self._settings = settings
-        # resourceVersions of objects syncd itself wrote, so watch events it caused are skipped
-        self.written_versions: collections.deque[str] = collections.deque(maxlen=1000)
-        self._apis = {
-            "core": k8s.CoreV1Api(api_client),
-            "discovery": k8s.DiscoveryV1Api(api_client),
-        }
+        self._settings = settings or KubeSettings()
+        self._stop = stop or threading.Event()
+        self._bucket = TokenBucket(self._settings.qps, self._settings.burst)
+        self._pool = api_client.rest_client.pool_manager
+        identity = f" ({self._settings.identity})" if self._settings.identity else ""
+        api_client.user_agent = f"syncd/{__version__}{identity}"
         self.calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
 
     @classmethod
-    def connect(cls, settings: KubeSettings) -> Kube:
-        return cls(k8s.ApiClient(load_client_configuration(settings)), settings)
+    def connect(cls, settings: KubeSettings, stop: threading.Event | None = None) -> Kube:
+        return cls(k8s.ApiClient(load_client_configuration(settings)), settings, stop)
 
     @property
     def host(self) -> str:
@@ -130,21 +151,50 @@ class Kube:
 
     # -- the one place every request goes through
 
-    def _call(self, verb: str, what: str, method: Callable[..., Any], *args, **kwargs) -> Any:
-        kwargs.setdefault("_request_timeout", self._settings.request_timeout)
-        kwargs["_preload_content"] = False
-
-        def attempt() -> Any:
-            self.calls[verb] += 1
-            KUBE_REQUESTS.labels(verb).inc()
-            response = method(*args, **kwargs)
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: urllib3.Timeout | float | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        """One HTTP request with syncd's authentication; raises HttpError on non-2xx."""
+        _method, url, headers, _body, _post = self._api_client.param_serialize(
+            method, path, query_params=query or [], auth_settings=["BearerToken"]
+        )
+        headers["Accept"] = "application/json"
+        payload = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            payload = json.dumps(body, separators=(",", ":")).encode()
+        response = self._pool.request(
+            method,
+            url,
+            body=payload,
+            headers=headers,
+            timeout=timeout or urllib3.Timeout(total=self._settings.request_timeout),
+            preload_content=False,
+            retries=False,
+        )
+        if not 200 <= response.status <= 299:
             data = response.data
-            result = json.loads(data) if data else None
-            if verb in ("create", "update", "patch") and isinstance(result, dict):
-                version = (result.get("metadata") or {}).get("resourceVersion")
-                if version:
-                    self.written_versions.append(version)
-            return result
+            response.release_conn()
+            raise HttpError(response.status, data, response.headers)
+        return response
+
+    def _call(self, verb: str, what: str, method: str, path: str, **kwargs) -> Any:
+        def attempt() -> Any:
+            if not self._bucket.acquire(self._stop):
+                raise KubeError(f"{verb} {what}: stopped")
+            with self._calls_lock:
+                self.calls[verb] += 1
+            KUBE_REQUESTS.labels(verb).inc()
+            response = self._send(method, path, **kwargs)
+            data = response.data
+            response.release_conn()
+            return json.loads(data) if data else None
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -152,7 +202,7 @@ class Kube:
                 "%s %s failed (%s); retrying in %.1fs",
                 verb,
                 what,
-                _describe(exc),
+                self._describe(exc),
                 state.upcoming_sleep,
             )
 
@@ -161,165 +211,209 @@ class Kube:
             wait=tenacity.wait_random_exponential(
                 multiplier=0.2, max=self._settings.retry_max_backoff
             ),
-            stop=tenacity.stop_after_attempt(self._settings.retry_attempts),
+            stop=(
+                tenacity.stop_after_attempt(self._settings.retry_attempts)
+                | tenacity.stop_when_event_set(self._stop)
+            ),
+            sleep=self._stop.wait,
             before_sleep=before_sleep,
             reraise=True,
         )
         try:
             return retrying(attempt)
-        except (ApiException, *_NETWORK_ERRORS) as exc:
+        except (HttpError, *_NETWORK_ERRORS) as exc:
             raise self._error(verb, what, exc) from None
 
-    def _error(self, verb: str, what: str, exc: Exception) -> KubeError:
+    def _error(self, verb: str, what: str, exc: BaseException) -> KubeError:
         """The KubeError (or subclass) a failed call becomes."""
-        if isinstance(exc, ApiException):
+        if isinstance(exc, HttpError):
             message, reason = _status_message(exc)
             error = {404: KubeNotFound, 409: KubeConflict}.get(exc.status, KubeError)
             return error(f"{verb} {what}: {exc.status} {message}", exc.status, reason)
-        return KubeError(f"{verb} {what}: cannot reach {self.host}: {_describe(exc)}")
+        return KubeError(f"{verb} {what}: cannot reach {self.host}: {self._describe(exc)}")
 
-    def _method(self, kind: str, template: str) -> Callable[..., Any]:
-        spec = _KINDS[kind]
-        return getattr(self._apis[spec.api], template.format(spec.snake))
+    def _describe(self, exc: BaseException | None) -> str:
+        if isinstance(exc, HttpError):
+            message, _ = _status_message(exc)
+            return f"{exc.status} {message}".strip()
+        if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+            return _one_line(exc.reason)
+        return _one_line(exc) if exc else "unknown error"
 
     # -- verbs
 
     def version(self) -> dict[str, Any]:
         """GET /version: proves the API server is reachable and the credentials work."""
-        api = k8s.VersionApi(self._api_client)
-        return self._call("get", "/version", api.get_code)
+        return self._call("get", "/version", "GET", "/version")
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        row = KINDS[kind]
         try:
-            return self._call(
-                "get",
-                f"{kind} {namespace}/{name}",
-                self._method(kind, "read_namespaced_{}"),
-                name,
-                namespace,
+            obj = self._call(
+                "get", f"{kind} {namespace}/{name}", "GET", row.item_path(namespace, name)
             )
         except KubeNotFound:
             return None
+        return _with_kind(obj, row)
 
-    def list(self, kind: str, namespace: str | None, label_selector: str) -> list[dict[str, Any]]:
+    def list(
+        self, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
         """Objects of `kind` matching the selector, in one namespace or all of them."""
         return self.list_with_version(kind, namespace, label_selector)[0]
 
     def list_with_version(
-        self, kind: str, namespace: str | None, label_selector: str
+        self, kind: str, namespace: str | None, label_selector: str = ""
     ) -> tuple[list[dict[str, Any]], str]:
         """Like list, plus the collection's resourceVersion to start a watch from."""
+        row = KINDS[kind]
         where = namespace or "all namespaces"
-        if namespace:
-            method = self._method(kind, "list_namespaced_{}")
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query: list[tuple[str, Any]] = [("limit", self._settings.page_size)]
+            if label_selector:
+                query.append(("labelSelector", label_selector))
+            if token:
+                query.append(("continue", token))
             result = self._call(
-                "list", f"{kind} in {where}", method, namespace, label_selector=label_selector
+                "list", f"{kind} in {where}", "GET", row.collection_path(namespace), query=query
             )
-        else:
-            method = self._method(kind, "list_{}_for_all_namespaces")
-            result = self._call("list", f"{kind} in {where}", method, label_selector=label_selector)
-        items = (result or {}).get("items") or []
-        for item in items:  # list responses omit kind/apiVersion on items
-            item.setdefault("kind", kind)
-        return items, ((result or {}).get("metadata") or {}).get("resourceVersion", "")
+            result = result or {}
+            items.extend(_with_kind(item, row) for item in result.get("items") or ())
+            metadata = result.get("metadata") or {}
+            token = metadata.get("continue") or ""
+            if not token:
+                return items, metadata.get("resourceVersion", "")
 
     def watch(
-        self, kind: str, label_selector: str, resource_version: str, timeout_seconds: int = 300
+        self,
+        kind: str,
+        namespace: str | None,
+        label_selector: str,
+        resource_version: str,
+        timeout_seconds: int = 300,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Events (type, object) for `kind` in all namespaces, from `resource_version` on.
+        """Events (type, object) for `kind`, from `resource_version` on.
 
-        Ends when the server closes the watch; raises KubeError on failure, including
-        410 Gone (the caller lists again and restarts from the new version).
+        The request is made here (a KubeError if it fails); the events follow as the
+        returned iterator is read. It ends when the server closes the watch and raises
+        KubeError on failure, including 410 Gone (list again and start from there).
         """
-        method = self._method(kind, "list_{}_for_all_namespaces")
-        self.calls["watch"] += 1
+        row = KINDS[kind]
+        query: list[tuple[str, Any]] = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", timeout_seconds),
+        ]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if not self._bucket.acquire(self._stop):
+            return iter(())
+        with self._calls_lock:
+            self.calls["watch"] += 1
         KUBE_REQUESTS.labels("watch").inc()
         try:
-            response = method(
-                label_selector=label_selector,
-                watch=True,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=timeout_seconds,
-                _preload_content=False,
-                _request_timeout=(self._settings.request_timeout, timeout_seconds + 30),
+            response = self._send(
+                "GET",
+                row.collection_path(namespace),
+                query=query,
+                timeout=urllib3.Timeout(
+                    connect=self._settings.request_timeout, read=timeout_seconds + 30
+                ),
             )
-        except (ApiException, *_NETWORK_ERRORS) as exc:
+        except (HttpError, *_NETWORK_ERRORS) as exc:
             raise self._error("watch", kind, exc) from None
+        return self._events(response, row)
+
+    def _events(
+        self, response: urllib3.BaseHTTPResponse, row: Kind
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             for line in iter_resp_lines(response):
                 event = json.loads(line)
                 obj = event.get("object") or {}
                 if event.get("type") == "ERROR":
                     raise KubeError(
-                        f"watch {kind}: {obj.get('message', 'error')}",
+                        f"watch {row.name}: {obj.get('message', 'error')}",
                         obj.get("code"),
                         obj.get("reason", ""),
                     )
-                obj.setdefault("kind", kind)
-                yield event.get("type", ""), obj
+                yield event.get("type", ""), _with_kind(obj, row)
         except (*_NETWORK_ERRORS, ValueError) as exc:
-            raise KubeError(f"watch {kind}: interrupted: {_describe(exc)}") from None
+            raise KubeError(f"watch {row.name}: interrupted: {self._describe(exc)}") from None
         finally:
             response.release_conn()
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        kind, namespace = obj["kind"], obj["metadata"]["namespace"]
-        return self._call(
+        row, metadata = KINDS[obj["kind"]], obj["metadata"]
+        namespace = metadata["namespace"]
+        result = self._call(
             "create",
-            f"{kind} {namespace}/{obj['metadata']['name']}",
-            self._method(kind, "create_namespaced_{}"),
-            namespace,
-            obj,
+            f"{row.name} {namespace}/{metadata.get('name') or metadata.get('generateName')}",
+            "POST",
+            row.collection_path(namespace),
+            body=obj,
         )
+        return _with_kind(result, row)
 
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
         """PUT, guarded by metadata.resourceVersion: fails with KubeConflict if it changed."""
-        kind, metadata = obj["kind"], obj["metadata"]
-        return self._call(
+        row, metadata = KINDS[obj["kind"]], obj["metadata"]
+        result = self._call(
             "update",
-            f"{kind} {metadata['namespace']}/{metadata['name']}",
-            self._method(kind, "replace_namespaced_{}"),
-            metadata["name"],
-            metadata["namespace"],
-            obj,
+            f"{row.name} {metadata['namespace']}/{metadata['name']}",
+            "PUT",
+            row.item_path(metadata["namespace"], metadata["name"]),
+            body=obj,
         )
+        return _with_kind(result, row)
 
     def merge_patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict[str, Any]:
         """JSON merge patch: lists in `patch` replace the live lists whole."""
-        return self._call(
+        row = KINDS[kind]
+        result = self._call(
             "patch",
             f"{kind} {namespace}/{name}",
-            self._method(kind, "patch_namespaced_{}"),
-            name,
-            namespace,
-            patch,
-            _content_type="application/merge-patch+json",
+            "PATCH",
+            row.item_path(namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
         )
+        return _with_kind(result, row)
 
     def create_event(self, namespace: str, event: dict[str, Any]) -> None:
         """Record a core/v1 Event (what `kubectl describe` shows under the object)."""
-        api = self._apis["core"]
-        self._call("create", f"Event in {namespace}", api.create_namespaced_event, namespace, event)
+        self._call(
+            "create", f"Event in {namespace}", "POST", EVENT.collection_path(namespace), body=event
+        )
 
-    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
-        """Delete, only if it is still the object we read (same uid); gone already is fine."""
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete, only if it is still the object we read (same uid); False if already gone."""
+        row = KINDS[kind]
         body = {"preconditions": {"uid": uid}} if uid else None
-        with contextlib.suppress(KubeNotFound):
+        try:
             self._call(
                 "delete",
                 f"{kind} {namespace}/{name}",
-                self._method(kind, "delete_namespaced_{}"),
-                name,
-                namespace,
+                "DELETE",
+                row.item_path(namespace, name),
                 body=body,
             )
+        except KubeNotFound:
+            return False
+        return True
 
 
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, ApiException):
-        message, _ = _status_message(exc)
-        return f"{exc.status} {message}".strip()
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__
+def _with_kind(obj: Any, row: Kind) -> dict[str, Any]:
+    """List and watch items omit kind/apiVersion; every object syncd handles carries them."""
+    if not isinstance(obj, dict):
+        return obj
+    obj.setdefault("kind", row.name)
+    obj.setdefault("apiVersion", row.api_version)
+    return obj
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -7,6 +7,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.addresses import IPNetwork
+
 
 class Output(enum.StrEnum):
     """Which endpoint objects syncd writes for a target."""
@@ -198,8 +200,6 @@ class ConsulConnection:
     wait: float = 300.0  # how long a blocking query may hold (Consul's own default: 5 min)
     min_query_interval: float = 0.05  # a churning service cannot spin the CPU
 
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Never endpoints, whatever a registry says: metadata services, loopback, "this host",
 # link-local and multicast. The cluster's Service CIDR is added when configured.

@@ -82,10 +82,32 @@ HELD_REMOVALS = Counter(
 )
 
 
+WORKQUEUE_DEPTH = Gauge(
+    "syncd_workqueue_depth",
+    "Targets waiting to be reconciled",
+    registry=REGISTRY,
+)
+WORKQUEUE_RETRIES = Counter(
+    "syncd_workqueue_retries_total",
+    "Reconciles queued again after a failure (each with its own backoff)",
+    registry=REGISTRY,
+)
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (port 0-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
 def serve_metrics(address: str) -> tuple[str, int]:
     """Serve /metrics on host:port (port 0 picks one); returns where it listens."""
-    host, _, port = address.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+    host, port = parse_listen_address(address)
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     bound_host, bound_port = server.server_address[:2]
     return bound_host, bound_port
 

@@ -23,10 +23,10 @@ empty one.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from syncd.addresses import address_refusal
 from syncd.errors import SourceError
 from syncd.model import AddressPolicy, Backend, GuardConfig, Snapshot, Target
 
@@ -36,24 +36,13 @@ ProbeKey = tuple[str, int]  # (address, port)
 # --------------------------------------------------------------------------- address policy
 
 
-def address_refusal(address: str, policy: AddressPolicy, allowed: Sequence) -> str | None:
-    """Why the policy refuses `address`, or None if it may be an endpoint."""
-    ip = ipaddress.ip_address(address)
-    for network in policy.denied:
-        if ip.version == network.version and ip in network:
-            return f"in the denied range {network} (address_policy)"
-    if allowed and not any(ip.version == n.version and ip in n for n in allowed):
-        return "outside the target's allowed_cidrs"
-    return None
-
-
 def filter_addresses(
     snapshot: Snapshot, target: Target, policy: AddressPolicy
 ) -> tuple[Snapshot, list[str]]:
     """Drop backends the address policy refuses; one warning per dropped backend."""
     kept, warnings = [], []
     for backend in snapshot.backends:
-        reason = address_refusal(backend.address, policy, target.allowed_cidrs)
+        reason = address_refusal(backend.address, policy.denied, target.allowed_cidrs)
         if reason:
             warnings.append(f"{snapshot.source}: {backend.address} {reason}; dropped")
         else:

@@ -1,16 +1,21 @@
-"""The contract every source keeps."""
+"""The contract every source keeps, and what the drivers share to run them."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import tenacity
 
 from syncd.errors import SourceError
 from syncd.model import Snapshot
+
+log = logging.getLogger(__name__)
+
+Answer = Snapshot | SourceError
+Emit = Callable[[Answer], None]
 
 
 class Source(Protocol):
@@ -21,19 +26,31 @@ class Source(Protocol):
         ...
 
     def fetch(self) -> Snapshot:
-        """The registry's current answer; raise SourceError when it cannot answer.
+        """The registry's current answer, in one non-blocking read (render, --once).
 
         An empty snapshot means the registry says "no backends". A failure must never be
-        reported as empty: callers keep the last applied state on SourceError.
+        reported as empty: raise SourceError, and callers keep the last applied state.
         """
         ...
 
-    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
-        """Until `stop` is set: emit the first answer, then every change and every new failure."""
+
+@runtime_checkable
+class PolledSource(Source, Protocol):
+    """A source the daemon asks again and again on its shared scheduler."""
+
+    def poll(self) -> tuple[Snapshot, float | None]:
+        """The current answer and how many seconds until it should be asked again (None:
+        never; the answer cannot change). Raises SourceError when it cannot answer."""
         ...
 
 
-log = logging.getLogger(__name__)
+@runtime_checkable
+class WatchedSource(Source, Protocol):
+    """A source that follows its registry itself (Consul blocking queries)."""
+
+    def watch(self, stop: threading.Event, emit: Emit) -> None:
+        """Until `stop` is set: emit the first answer, then every change and every new failure."""
+        ...
 
 
 class ChangeEmitter:
@@ -41,15 +58,22 @@ class ChangeEmitter:
 
     A failure right after an answer is reported once (the caller then keeps the last state
     and retries); the next good answer is always passed on, changed or not, to end the
-    streak.
+    streak. A snapshot's warnings (dropped registry entries) are logged once when they
+    appear, not again with every answer that still carries them.
     """
 
-    def __init__(self, emit: Callable[[Snapshot | SourceError], None], label: str):
+    def __init__(self, emit: Emit, label: str):
         self._emit = emit
         self._label = label
-        self.last: Snapshot | SourceError | None = None
+        self._warned: frozenset[str] = frozenset()
+        self.last: Answer | None = None
 
     def answer(self, snapshot: Snapshot) -> None:
+        warnings = frozenset(snapshot.warnings)
+        for warning in snapshot.warnings:
+            if warning not in self._warned:
+                log.warning("%s: %s: %s", self._label, snapshot.source, warning)
+        self._warned = warnings
         last = self.last
         if (
             last is None
@@ -64,9 +88,6 @@ class ChangeEmitter:
             log.warning("%s: %s; keeping the last state, retrying", self._label, error)
             self.last = error
             self._emit(error)
-
-
-__all__ = ["ChangeEmitter", "Source", "SourceError", "retry_until_stopped"]
 
 
 def retry_until_stopped(
@@ -93,3 +114,15 @@ def retry_until_stopped(
         before_sleep=before_sleep,
         reraise=False,
     )
+
+
+__all__ = [
+    "Answer",
+    "ChangeEmitter",
+    "Emit",
+    "PolledSource",
+    "Source",
+    "SourceError",
+    "WatchedSource",
+    "retry_until_stopped",
+]

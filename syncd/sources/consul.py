@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import consul
@@ -48,7 +48,7 @@ from syncd.model import (
     Target,
 )
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
-from syncd.sources.base import ChangeEmitter, retry_until_stopped
+from syncd.sources.base import ChangeEmitter, Emit, retry_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -266,15 +266,13 @@ class ConsulSource:
 
     def _snapshot(self, entries: list[dict[str, Any]]) -> Snapshot:
         backends, warnings = backends_from_health(entries, self._config, self._target)
-        for warning in warnings:
-            log.warning("%s: %s: %s", self._target.key, self.describe(), warning)
         return Snapshot(backends=backends, source=self.describe(), warnings=tuple(warnings))
 
     def fetch(self) -> Snapshot:
         _index, entries = self._query(0)
         return self._snapshot(entries)
 
-    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
+    def watch(self, stop: threading.Event, emit: Emit) -> None:
         """Blocking-query loop until `stop` is set; emits each change and each new failure."""
         index = 0
         emitter = ChangeEmitter(emit, self._target.key)
@@ -357,17 +355,8 @@ class ConsulQuerySource:
             raise SourceError(f"{self.describe()}: unexpected answer from Consul")
         backends, warnings = backends_from_health(result["Nodes"], self._as_service, self._target)
         datacenter = result.get("Datacenter", "?")
-        for warning in warnings:
-            log.warning("%s: %s: %s", self._target.key, self.describe(), warning)
         return Snapshot(backends, f"{self.describe()} (served by {datacenter})", tuple(warnings))
 
-    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
-        """Poll every poll_interval (prepared queries cannot block); emit what changes."""
-        emitter = ChangeEmitter(emit, self._target.key)
-        retrying = retry_until_stopped(stop, emitter.failure, RETRY_MAX_BACKOFF)
-        while not stop.is_set():
-            try:
-                emitter.answer(retrying(self.fetch))
-            except tenacity.RetryError:
-                return
-            stop.wait(self._config.poll_interval)
+    def poll(self) -> tuple[Snapshot, float | None]:
+        """Prepared queries cannot block: ask again every poll_interval."""
+        return self.fetch(), self._config.poll_interval

@@ -17,10 +17,8 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dns.exception
@@ -28,15 +26,11 @@ import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
-import tenacity
 
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import SourceError
 from syncd.model import AddressFamily, Backend, DnsSourceConfig, EndpointPort, Snapshot, Target
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
-from syncd.sources.base import ChangeEmitter, retry_until_stopped
-
-log = logging.getLogger(__name__)
 
 _RDTYPE = {AddressFamily.IPV4: dns.rdatatype.A, AddressFamily.IPV6: dns.rdatatype.AAAA}
 
@@ -221,28 +215,15 @@ class DnsSource:
     # -- the Source protocol
 
     def _snapshot(self, resolution: Resolution) -> Snapshot:
-        for warning in resolution.warnings:
-            log.warning("%s: %s: %s", self._target.key, self.describe(), warning)
         return Snapshot(resolution.backends, self.describe(), resolution.warnings)
 
     def fetch(self) -> Snapshot:
         return self._snapshot(self.resolve())
 
-    def watch(self, stop: threading.Event, emit: Callable[[Snapshot | SourceError], None]):
-        """Look up again whenever the answer's TTL runs out (clamped); emit what changes."""
-        emitter = ChangeEmitter(emit, self._target.key)
-        retrying = retry_until_stopped(
-            stop, emitter.failure, max_backoff=min(5.0, self._config.max_ttl)
-        )
-        while not stop.is_set():
-            try:
-                resolution = retrying(self.resolve)
-            except tenacity.RetryError:
-                return  # stopped while failing
-            last = emitter.last
-            if not isinstance(last, Snapshot) or resolution.backends != last.backends:
-                emitter.answer(self._snapshot(resolution))  # its warnings: once per change
-            stop.wait(refresh_after(resolution.ttl, self._config))
+    def poll(self) -> tuple[Snapshot, float | None]:
+        """Look up now; ask again when the answer's TTL runs out (clamped)."""
+        resolution = self.resolve()
+        return self._snapshot(resolution), refresh_after(resolution.ttl, self._config)
 
 
 def _answer_lookup(answer: dns.resolver.Answer, default_ttl: float) -> _Lookup:

@@ -1,19 +1,20 @@
-"""Backends written in the config, or in a YAML file beside it (re-read on every fetch)."""
+"""Backends written in the config, or in a YAML file beside it (re-read when it changes)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-
-from syncd.config import read_backends_file
+from syncd.config.backends import read_backends_file
 from syncd.errors import ConfigError, SourceError
 from syncd.model import Snapshot, StaticSourceConfig, Target
+
+FILE_POLL_INTERVAL = 1.0  # seconds between checks of a backends file's modification time
 
 
 class StaticSource:
     def __init__(self, config: StaticSourceConfig, target: Target):
         self._config = config
         self._target = target
+        self._seen: int | None = None  # mtime of the file behind `_last`
+        self._last: Snapshot | None = None
 
     def describe(self) -> str:
         return self._config.describe()
@@ -30,31 +31,17 @@ class StaticSource:
                 raise SourceError("; ".join(exc.problems)) from None
         return Snapshot(backends=frozenset(backends), source=self.describe())
 
-    def watch(
-        self,
-        stop: threading.Event,
-        emit: Callable[[Snapshot | SourceError], None],
-        poll_interval: float = 1.0,
-    ):
+    def poll(self) -> tuple[Snapshot, float | None]:
         """Inline lists never change; a backends file is re-read when its mtime changes."""
-        answer = self._answer()
-        emit(answer)
         if self._config.file is None:
-            return
-        seen = self._mtime()
-        while not stop.wait(poll_interval):
-            mtime = self._mtime()
-            if mtime != seen:
-                seen = mtime
-                emit(self._answer())
+            return self.fetch(), None
+        mtime = self._mtime()
+        if self._last is None or mtime != self._seen:
+            self._last = self.fetch()
+            self._seen = mtime
+        return self._last, FILE_POLL_INTERVAL
 
-    def _answer(self) -> Snapshot | SourceError:
-        try:
-            return self.fetch()
-        except SourceError as exc:
-            return exc
-
-    def _mtime(self) -> float | None:
+    def _mtime(self) -> int | None:
         try:
             return self._config.file.stat().st_mtime_ns if self._config.file else None
         except OSError:

@@ -6,7 +6,6 @@ lists, a real Consul (service and prepared query) and a real BIND.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -65,8 +64,7 @@ def test_primary_down_fails_over_then_fails_back_only_after_failback_after(
     assert time.monotonic() - started < 1.5  # one probe cycle plus the write
     service = admin.get("Service", namespace, "rgw")
     assert service["metadata"]["annotations"]["syncd.io/active-tier"] == "1"
-    events = admin._apis["core"].list_namespaced_event(namespace, _preload_content=False)
-    reasons = [e["reason"] for e in json.loads(events.data)["items"]]
+    reasons = [e["reason"] for e in admin.list("Event", namespace)]
     assert "Failover" in reasons
 
     test_hosts.serve(A, port)

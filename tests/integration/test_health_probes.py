@@ -90,13 +90,10 @@ def test_https_probe_verifies_against_the_ca_and_server_name(server):
 def test_rise_and_fall_thresholds_keep_one_failure_from_flapping(server):
     up, down = _key(server()), ("127.0.0.1", free_port())
     prober = Prober(HealthCheckConfig(type="tcp", timeout=0.5, interval=1, rise=2, fall=3), "test")
-    try:
-        for _ in range(2):
-            prober.run_round([up, down])
-        assert prober.health() == {up: True, down: True}  # two failures: not yet
-        assert prober.run_round([up, down])  # the third flips it
-        assert prober.health()[down] is False
-        assert not prober.run_round([up, down])
-        assert prober.health()[down] is False
-    finally:
-        prober.close()
+    for _ in range(2):
+        prober.run_round([up, down])
+    assert prober.health() == {up: True, down: True}  # two failures: not yet
+    assert prober.run_round([up, down])  # the third flips it
+    assert prober.health()[down] is False
+    assert not prober.run_round([up, down])
+    assert prober.health()[down] is False

@@ -1,0 +1,350 @@
+"""A local copy of the cluster objects syncd works with, kept current by list + watch.
+
+The daemon reconciles against this cache instead of reading the API: a converged target
+costs no request at all. `run --once` fills the same cache with one paginated list per kind
+(not one read per target). What each kind's cache selects is explained in `syncd.kinds`.
+
+How it stays current (client-go's reflector is the model):
+
+- list, then watch from the list's resourceVersion; a watch that ends is resumed from the
+  last resourceVersion seen (bookmarks keep it fresh); 410 Gone means "too old": list
+  again; any other failure is retried with capped, jittered backoff (quickly while the
+  server cannot even be reached, so a restarted API server is noticed within a second).
+- every change is passed on only if it changes what matters (the kind's *watch view*:
+  managed fields plus identity). Server-side noise (status, managedFields, a new
+  resourceVersion alone) wakes nothing.
+- syncd's own writes are stored as soon as the API answers them (write-through), and the
+  view each write is about to produce is registered first. The watch event a write causes
+  therefore compares equal, whichever arrives first, and is not taken for someone else's
+  edit. This compares content, not resourceVersions, so it cannot race the watch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.errors import KubeError
+from syncd.kinds import (
+    CACHED_KINDS,
+    ENDPOINT_SLICE,
+    ENDPOINTS,
+    KINDS,
+    SERVICE,
+    SERVICE_NAME_LABEL,
+    Kind,
+    Obj,
+    ObjectId,
+    View,
+    target_key_of,
+)
+from syncd.kube import Kube
+from syncd.model import Target
+from syncd.ownership import is_owned
+from syncd.pipeline import LiveState
+
+log = logging.getLogger(__name__)
+
+ChangeHandler = Callable[[Kind, Obj | None, Obj | None], None]
+
+_DELETED: View = {"\0deleted": True}
+_WATCH_SECONDS = (240, 360)  # each watch asks the server to end it within this, at random
+
+
+def _newer(candidate: Obj, current: Obj | None) -> bool:
+    """Is `candidate` at least as new as `current`? (resourceVersions are etcd revisions)."""
+    if current is None:
+        return True
+    new = (candidate.get("metadata") or {}).get("resourceVersion") or ""
+    old = (current.get("metadata") or {}).get("resourceVersion") or ""
+    if new.isdigit() and old.isdigit():
+        return int(new) >= int(old)
+    return True
+
+
+class _Store:
+    """Objects of one kind by (namespace, name), indexed by the target they belong to."""
+
+    def __init__(self, kind: Kind):
+        self.kind = kind
+        self.by_name: dict[tuple[str, str], dict[str, Any]] = {}
+        self.by_target: dict[str, set[tuple[str, str]]] = defaultdict(set)
+
+    @staticmethod
+    def _name(obj: Obj) -> tuple[str, str]:
+        metadata = obj.get("metadata") or {}
+        return (metadata.get("namespace", ""), metadata.get("name", ""))
+
+    def put(self, obj: Obj) -> dict[str, Any] | None:
+        stored = self.kind.trim(obj)
+        name = self._name(stored)
+        old = self.by_name.get(name)
+        if old is not None:
+            self.by_target[target_key_of(old)].discard(name)
+        self.by_name[name] = stored
+        self.by_target[target_key_of(stored)].add(name)
+        return old
+
+    def pop(self, name: tuple[str, str]) -> dict[str, Any] | None:
+        old = self.by_name.pop(name, None)
+        if old is not None:
+            members = self.by_target.get(target_key_of(old))
+            if members is not None:
+                members.discard(name)
+                if not members:
+                    del self.by_target[target_key_of(old)]
+        return old
+
+    def replace(
+        self, items: Iterable[Obj], namespace: str | None
+    ) -> list[tuple[Obj | None, Obj | None]]:
+        """A fresh list: store it, and return what changed as (old, new) pairs."""
+        changes: list[tuple[Obj | None, Obj | None]] = []
+        seen = set()
+        for item in items:
+            name = self._name(item)
+            seen.add(name)
+            old = self.put(item)
+            changes.append((old, self.by_name[name]))
+        for name in [n for n in self.by_name if n not in seen and namespace in (None, n[0])]:
+            changes.append((self.pop(name), None))
+        return changes
+
+
+@dataclass
+class InformerStatus:
+    """For health checks: is this list+watch loop alive and in contact with the server?"""
+
+    kind: str
+    namespace: str | None
+    synced: bool = False
+    failing_since: float | None = None
+    last_error: str = ""
+
+
+class ClusterCache:
+    """Services, Endpoints and EndpointSlices as syncd needs them, by list + watch."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        namespaces: tuple[str, ...] | None = None,
+        on_change: ChangeHandler | None = None,
+        on_recovered: Callable[[], None] | None = None,
+        kinds: tuple[Kind, ...] = CACHED_KINDS,
+    ):
+        self._kube = kube
+        self._namespaces: tuple[str | None, ...] = namespaces or (None,)
+        self._on_change = on_change
+        self._on_recovered = on_recovered
+        self._kinds = kinds
+        self._stores = {kind.name: _Store(kind) for kind in kinds}
+        self._expected: dict[ObjectId, View] = {}
+        self._lock = threading.RLock()
+        self.statuses = [
+            InformerStatus(kind.name, namespace) for kind in kinds for namespace in self._namespaces
+        ]
+
+    # -- filling it
+
+    def load(self) -> None:
+        """One paginated list per kind (and namespace), for a one-shot run."""
+        for status in self.statuses:
+            kind = KINDS[status.kind]
+            items, _version = self._kube.list_with_version(
+                kind.name, status.namespace, kind.cache_selector or ""
+            )
+            with self._lock:
+                self._stores[kind.name].replace(items, status.namespace)
+            status.synced = True
+
+    def start(self, stop: threading.Event) -> list[threading.Thread]:
+        """A list + watch thread per kind (and namespace); see `synced`."""
+        threads = []
+        for status in self.statuses:
+            thread = threading.Thread(
+                target=self._informer,
+                args=(status, stop),
+                name=f"watch {status.kind}"
+                + (f" in {status.namespace}" if status.namespace else ""),
+                daemon=True,
+            )
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    @property
+    def synced(self) -> bool:
+        return all(status.synced for status in self.statuses)
+
+    def wait_synced(self, stop: threading.Event, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.synced:
+            if stop.wait(0.05) or (deadline is not None and time.monotonic() > deadline):
+                return False
+        return True
+
+    def _informer(self, status: InformerStatus, stop: threading.Event) -> None:
+        kind = KINDS[status.kind]
+        selector = kind.cache_selector or ""
+        version = ""
+        failures = 0
+        while not stop.is_set():
+            try:
+                if not version:
+                    items, version = self._kube.list_with_version(
+                        kind.name, status.namespace, selector
+                    )
+                    with self._lock:
+                        changes = self._stores[kind.name].replace(items, status.namespace)
+                    for old, new in changes:
+                        self._dispatch(kind, old, new)
+                    status.synced = True
+                events = self._kube.watch(
+                    kind.name, status.namespace, selector, version, random.randint(*_WATCH_SECONDS)
+                )
+                if status.failing_since is not None:
+                    self._recovered(status)
+                failures = 0
+                for event, obj in events:
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if event in ("ADDED", "MODIFIED"):
+                        with self._lock:
+                            old = self._stores[kind.name].put(obj)
+                            new = self._stores[kind.name].by_name[_Store._name(obj)]
+                        self._dispatch(kind, old, new)
+                    elif event == "DELETED":
+                        with self._lock:
+                            old = self._stores[kind.name].pop(_Store._name(obj))
+                        self._dispatch(kind, old, None)
+                    if stop.is_set():
+                        return
+            except KubeError as exc:
+                if stop.is_set():
+                    return
+                if exc.status == 410:  # too old: list again, at once
+                    version = ""
+                    continue
+                failures += 1
+                if status.failing_since is None:
+                    status.failing_since = time.monotonic()
+                    log.warning("watching %ss: %s; retrying", kind.name, exc)
+                status.last_error = str(exc)
+                if exc.status is not None:
+                    version = ""  # the server answered with an error: start over with a list
+                stop.wait(self._backoff(failures, exc.status is None))
+
+    @staticmethod
+    def _backoff(failures: int, unreachable: bool) -> float:
+        """Seconds before the next attempt: short while the server is unreachable (a
+        restarted API server is found at once), longer while it answers with errors."""
+        cap = 1.0 if unreachable else 30.0
+        return random.uniform(0.5, 1.0) * min(cap, 0.2 * 2 ** min(failures, 10))
+
+    def _recovered(self, status: InformerStatus) -> None:
+        log.info("watching %ss again", status.kind)
+        status.failing_since = None
+        status.last_error = ""
+        if self._on_recovered is not None:
+            self._on_recovered()
+
+    # -- what changed, and was it us?
+
+    def _dispatch(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
+        if old is None and new is None:
+            return
+        obj = new if new is not None else old
+        assert obj is not None
+        metadata = obj.get("metadata") or {}
+        oid = (kind.name, metadata.get("namespace", ""), metadata.get("name", ""))
+        with self._lock:
+            expected = self._expected.get(oid)
+            if expected is not None and (
+                (new is None and expected is _DELETED)
+                or (new is not None and kind.view(new) == expected)
+            ):
+                del self._expected[oid]
+                return  # the echo of syncd's own write
+        if old is not None and new is not None and kind.watch_view(old) == kind.watch_view(new):
+            return
+        if self._on_change is not None:
+            self._on_change(kind, old, new)
+
+    def expect(self, oid: ObjectId, desired: Obj | None) -> None:
+        """syncd is about to write `desired` (None: delete): its echo is not news."""
+        kind = KINDS[oid[0]]
+        with self._lock:
+            self._expected[oid] = _DELETED if desired is None else kind.view(desired)
+
+    def wrote(self, obj: Obj) -> None:
+        """Store what the API answered to syncd's own write (unless the watch was faster)."""
+        kind = KINDS[obj["kind"]]
+        if kind.name not in self._stores:
+            return
+        with self._lock:
+            store = self._stores[kind.name]
+            name = _Store._name(obj)
+            if _newer(obj, store.by_name.get(name)):
+                store.put(obj)
+            self._expected.pop((kind.name, *name), None)
+
+    def deleted(self, kind_name: str, namespace: str, name: str) -> None:
+        with self._lock:
+            store = self._stores.get(kind_name)
+            if store is not None:
+                store.pop((namespace, name))
+            self._expected.pop((kind_name, namespace, name), None)
+
+    def write_failed(self, oid: ObjectId) -> None:
+        with self._lock:
+            self._expected.pop(oid, None)
+
+    # -- reading it
+
+    def get(self, kind_name: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._stores[kind_name].by_name.get((namespace, name))
+
+    def live_state(self, target: Target) -> LiveState:
+        with self._lock:
+            slices = self._stores[ENDPOINT_SLICE.name]
+            names = sorted(slices.by_target.get(target.key, ()))
+            return LiveState(
+                service=self._stores[SERVICE.name].by_name.get((target.namespace, target.service)),
+                endpoints=self._stores[ENDPOINTS.name].by_name.get(
+                    (target.namespace, target.service)
+                ),
+                slices=tuple(slices.by_name[name] for name in names),
+            )
+
+    def owned(self, kind_name: str, owner_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                obj for obj in self._stores[kind_name].by_name.values() if is_owned(obj, owner_id)
+            ]
+
+    def refresh_target(self, target: Target) -> None:
+        """Read one target's objects from the API (a one-shot run, after waiting or a 409)."""
+        service = self._kube.get(SERVICE.name, target.namespace, target.service)
+        endpoints = self._kube.get(ENDPOINTS.name, target.namespace, target.service)
+        slices = self._kube.list(
+            ENDPOINT_SLICE.name, target.namespace, f"{SERVICE_NAME_LABEL}={target.service}"
+        )
+        with self._lock:
+            for kind, obj in ((SERVICE, service), (ENDPOINTS, endpoints)):
+                store = self._stores[kind.name]
+                if obj is None:
+                    store.pop((target.namespace, target.service))
+                else:
+                    store.put(obj)
+            store = self._stores[ENDPOINT_SLICE.name]
+            for name in list(store.by_target.get(target.key, ())):
+                store.pop(name)
+            for obj in slices:
+                store.put(obj)

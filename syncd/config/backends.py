@@ -1,0 +1,145 @@
+"""Backend entries (`address:port` or a mapping) and the static backends file reader.
+
+Sources read backends files through `read_backends_file`, without the config loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from syncd.addresses import AddressRejected, canonical_endpoint_ip
+from syncd.config.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
+from syncd.config.yamldoc import parse_yaml
+from syncd.errors import ConfigError
+from syncd.model import Backend, EndpointPort, ServicePort
+
+
+def read_backends_file(file: Path, ports: tuple[ServicePort, ...]) -> tuple[Backend, ...]:
+    """Parse a static backends file: a YAML list of backends, or a mapping with `backends:`."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    doc = parse_yaml(text, str(file))
+    checker = Checker(str(file), doc)
+    scope = Scope(checker, ())
+    raw = doc.data
+    if isinstance(raw, dict):
+        data = expect_mapping(raw, scope, {"backends"}, {"backends"})
+        raw = data.get("backends") if data else None
+        scope = scope.at("backends")
+    backends = parse_backend_list(raw, scope, ports) if not checker.problems else None
+    if checker.problems or backends is None:
+        raise ConfigError(checker.problems or [f"{file}: no backends"])
+    return backends
+
+
+def parse_backend_list(raw: Any, scope: Scope, ports) -> tuple[Backend, ...] | None:
+    if not isinstance(raw, list):
+        scope.error(f"must be a list of backends, got {kind_name(raw)}")
+        return None
+    backends: list[Backend] = []
+    seen: dict[tuple, int] = {}
+    before = len(scope.checker.problems)
+    for index, item in enumerate(raw):
+        where = scope.at(index)
+        backend = _backend(item, where, ports)
+        if backend is None:
+            continue
+        if backend.identity in seen:
+            where.error(f"duplicate backend {backend} (also [{seen[backend.identity]}])")
+            continue
+        seen[backend.identity] = index
+        backends.append(backend)
+    return tuple(backends) if len(scope.checker.problems) == before else None
+
+
+def _backend(raw: Any, scope: Scope, ports: tuple[ServicePort, ...]) -> Backend | None:
+    if isinstance(raw, str):
+        return _backend_shorthand(raw, scope, ports)
+    data = expect_mapping(raw, scope, {"address", "port", "ports", "ready"}, {"address"})
+    if data is None:
+        return None
+    ok = True
+    address = None
+    if "address" in data:
+        address = _address(data["address"], scope.at("address"))
+        ok &= address is not None
+    ready = flag(data, "ready", scope)
+    ok &= ready is not None or "ready" not in data
+    endpoint_ports = parse_endpoint_ports(data, scope, ports)
+    if not ok or address is None or endpoint_ports is None:
+        return None
+    return Backend(address=address, ports=endpoint_ports, ready=ready is not False)
+
+
+def parse_endpoint_ports(data: dict, scope: Scope, ports: tuple[ServicePort, ...]):
+    """`port: N` (one-port Services) or `ports: {service port name: N}` -> sorted ports."""
+    by_name = {p.name: p for p in ports}
+    if ("port" in data) == ("ports" in data):
+        scope.error("give exactly one of 'port' (one-port Services) or 'ports' (name: port)")
+        return None
+    if "port" in data:
+        if len(ports) != 1:
+            names = ", ".join(p.name for p in ports)
+            scope.at("port").error(f"the Service has several ports; use 'ports' with: {names}")
+            return None
+        number = port_number(data["port"], scope.at("port"))
+        if number is None:
+            return None
+        return (EndpointPort(ports[0].name, number, ports[0].protocol),)
+    mapping = data["ports"]
+    if not isinstance(mapping, dict) or not mapping:
+        scope.at("ports").error("must be a mapping of Service port name to backend port")
+        return None
+    result: list[EndpointPort] = []
+    ok = True
+    for name, number in mapping.items():
+        where = scope.at("ports", str(name))
+        if name not in by_name:
+            if list(by_name) == [""]:
+                where.error("the Service's only port is unnamed; use 'port: N' instead")
+            else:
+                known = ", ".join(repr(n) for n in by_name)
+                where.error(f"{name!r} is not a port of the Service (ports: {known})")
+            ok = False
+            continue
+        number = port_number(number, where)
+        if number is None:
+            ok = False
+            continue
+        result.append(EndpointPort(name, number, by_name[name].protocol))
+    return tuple(sorted(result)) if ok else None
+
+
+def _backend_shorthand(text: str, scope: Scope, ports) -> Backend | None:
+    if len(ports) != 1:
+        scope.error(f"{text!r}: 'address:port' works for one-port Services only; use a mapping")
+        return None
+    host, sep, port_text = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        scope.error(f"{text!r}: write IPv6 backends as '[address]:port'")
+        return None
+    if not sep or not port_text.isdigit():
+        scope.error(f"{text!r} is not 'address:port'")
+        return None
+    address = _address(host, scope)
+    number = port_number(int(port_text), scope)
+    if address is None or number is None:
+        return None
+    return Backend(address, (EndpointPort(ports[0].name, number, ports[0].protocol),))
+
+
+def _address(value: Any, scope: Scope) -> str | None:
+    if not isinstance(value, str):
+        scope.error(f"must be an IP address, got {kind_name(value)}")
+        return None
+    try:
+        return canonical_endpoint_ip(value)
+    except AddressRejected as exc:
+        scope.error(str(exc))
+        return None

@@ -1,0 +1,97 @@
+"""Load and validate syncd's YAML configuration into typed, frozen objects.
+
+Every problem is collected (not just the first) and reported as one line that names the
+file, the YAML line, the target and the field, e.g.::
+
+    config/ceph-rgw.yaml:21: target storage/rgw: sources[0].backends[3]: '10.0.0.300' is not ...
+
+Nothing outside this package ever sees unvalidated data: loading either returns a `Config`
+or raises `ConfigError`, whatever the input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from syncd.config.checks import Checker, Scope, expect_mapping, is_int, kind_name
+from syncd.config.schema import (
+    SUPPORTED_VERSIONS,
+    parse_address_policy,
+    parse_consul_connection,
+    parse_target,
+    raw_target_key,
+)
+from syncd.config.yamldoc import parse_yaml
+from syncd.errors import ConfigError
+from syncd.model import AddressPolicy, Config, ConsulConnection, Target
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate a config file. Raises ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    return load_config_text(text, path)
+
+
+def load_config_text(text: str, path: str | Path) -> Config:
+    """Validate config text as if read from `path` (relative static files resolve beside it)."""
+    path = Path(path)
+    file = str(path)
+    doc = parse_yaml(text, file)
+    checker = Checker(file, doc)
+    root = Scope(checker, ())
+    data = expect_mapping(
+        doc.data, root, {"version", "targets", "consul", "address_policy"}, {"version", "targets"}
+    )
+    if data is None:
+        raise ConfigError(checker.problems)
+
+    if "version" in data:
+        version = data["version"]
+        if not is_int(version) or version not in SUPPORTED_VERSIONS:
+            root.at("version").error(f"unsupported version {version!r}; supported: 1")
+
+    targets: list[Target] = []
+    raw_targets = data.get("targets")
+    policy = AddressPolicy()
+    if "address_policy" in data:
+        policy = parse_address_policy(data["address_policy"], root.at("address_policy")) or policy
+
+    if "targets" in data:
+        if not isinstance(raw_targets, list):
+            root.at("targets").error(f"must be a list of targets, got {kind_name(raw_targets)}")
+        elif not raw_targets:
+            root.at("targets").error("at least one target is required")
+        else:
+            seen: dict[tuple, int] = {}
+            for index, raw in enumerate(raw_targets):
+                target = parse_target(raw, root.at("targets", index), path.parent, policy)
+                key = raw_target_key(raw)
+                if key is not None and key in seen:
+                    root.at("targets", index).error(
+                        f"duplicate target {key[0]}/{key[1]} (also targets[{seen[key]}])"
+                    )
+                    continue
+                if key is not None:
+                    seen[key] = index
+                if target is not None:
+                    targets.append(target)
+
+    consul = ConsulConnection()
+    if "consul" in data:
+        consul = parse_consul_connection(data["consul"], root.at("consul"), path.parent) or consul
+
+    if checker.problems:
+        raise ConfigError(checker.problems)
+    return Config(
+        path=path,
+        targets=tuple(targets),
+        version=data["version"],
+        consul=consul,
+        address_policy=policy,
+    )

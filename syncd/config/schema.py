@@ -1,0 +1,653 @@
+"""The config's sections: targets, ports, sources (static, consul, consul_query, dns),
+health checks, failover, guards, address policy and the Consul connection."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+
+from syncd.addresses import address_refusal
+from syncd.config.backends import parse_backend_list, parse_endpoint_ports, read_backends_file
+from syncd.config.checks import (
+    DNS1035_LABEL,
+    DNS1035_WHAT,
+    DNS1123_LABEL,
+    DNS1123_WHAT,
+    Scope,
+    beside,
+    choice,
+    cidrs,
+    expect_mapping,
+    flag,
+    is_int,
+    kind_name,
+    kube_name,
+    nonempty_string,
+    numbers,
+    port_number,
+    string,
+)
+from syncd.config.yamldoc import YamlPath
+from syncd.errors import ConfigError
+from syncd.model import (
+    DEFAULT_DENIED_CIDRS,
+    AddressFamily,
+    AddressPolicy,
+    ConsulAddress,
+    ConsulConnection,
+    ConsulConsistency,
+    ConsulQuerySourceConfig,
+    ConsulSourceConfig,
+    DnsSourceConfig,
+    FailoverConfig,
+    GuardConfig,
+    HealthCheckConfig,
+    Output,
+    ServicePort,
+    SourceConfig,
+    StaticSourceConfig,
+    Target,
+)
+
+SUPPORTED_VERSIONS = (1,)
+
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+MAX_SLICE_CAPACITY = 1000  # EndpointSlice API validation limit
+
+
+DEFAULT_SLICE_CAPACITY = 100  # what the control plane's own controller packs to
+
+
+_TARGET_KEYS = {
+    "failover",
+    "guards",
+    "health_check",
+    "allowed_cidrs",
+    "namespace",
+    "service",
+    "ports",
+    "sources",
+    "output",
+    "manage_service",
+    "max_endpoints_per_slice",
+}
+
+
+def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) -> Target | None:
+    if isinstance(raw, dict):
+        scope = Scope(scope.checker, scope.path, scope.path, _target_label(raw, scope.path))
+    before = len(scope.checker.problems)
+    data = expect_mapping(raw, scope, _TARGET_KEYS, {"namespace", "service", "ports", "sources"})
+    if data is None:
+        return None
+    namespace = service = None
+    if "namespace" in data:
+        namespace = kube_name(
+            data["namespace"], scope.at("namespace"), DNS1123_LABEL, "namespace " + DNS1123_WHAT
+        )
+    if "service" in data:
+        service = kube_name(data["service"], scope.at("service"), DNS1035_LABEL, DNS1035_WHAT)
+
+    ports = _service_ports(data.get("ports"), scope.at("ports")) if "ports" in data else None
+
+    output = Output.ENDPOINTSLICES
+    if "output" in data:
+        try:
+            output = Output(data["output"])
+        except ValueError:
+            choices = ", ".join(o.value for o in Output)
+            scope.at("output").error(f"{data['output']!r} is not one of: {choices}")
+
+    manage_service = flag(data, "manage_service", scope)
+    manage_service = True if manage_service is None else manage_service
+
+    capacity = DEFAULT_SLICE_CAPACITY
+    if "max_endpoints_per_slice" in data:
+        value = data["max_endpoints_per_slice"]
+        if is_int(value) and 1 <= value <= MAX_SLICE_CAPACITY:
+            capacity = value
+        else:
+            scope.at("max_endpoints_per_slice").error(
+                f"must be a whole number from 1 to {MAX_SLICE_CAPACITY}, got {value!r}"
+            )
+
+    sources: list[SourceConfig] = []
+    raw_sources = data.get("sources")
+    if "sources" in data:
+        if not isinstance(raw_sources, list):
+            scope.at("sources").error(f"must be a list of sources, got {kind_name(raw_sources)}")
+        elif not raw_sources:
+            scope.at("sources").error("at least one source is required")
+        elif ports is not None:
+            for index, raw in enumerate(raw_sources):
+                source = _source(raw, scope.at("sources", index), ports, base_dir)
+                if source is not None:
+                    sources.append(source)
+
+    extras: dict[str, Any] = {}
+    if "failover" in data:
+        extras["failover"] = _failover(data["failover"], scope.at("failover"))
+    if "guards" in data:
+        extras["guards"] = _guards(data["guards"], scope.at("guards"))
+    if "health_check" in data and ports is not None:
+        extras["health_check"] = _health_check(
+            data["health_check"], scope.at("health_check"), ports, base_dir
+        )
+    if "allowed_cidrs" in data:
+        extras["allowed_cidrs"] = cidrs(data["allowed_cidrs"], scope.at("allowed_cidrs"))
+    for index, source in enumerate(sources):
+        if isinstance(source, StaticSourceConfig):
+            _check_static_policy(
+                source, scope.at("sources", index), policy, extras.get("allowed_cidrs", ())
+            )
+
+    if len(scope.checker.problems) > before or namespace is None or service is None:
+        return None
+    assert ports is not None
+    return Target(
+        **extras,
+        namespace=namespace,
+        service=service,
+        ports=ports,
+        sources=tuple(sources),
+        output=output,
+        manage_service=manage_service,
+        max_endpoints_per_slice=capacity,
+    )
+
+
+def raw_target_key(raw: Any) -> tuple | None:
+    if isinstance(raw, dict):
+        key = (raw.get("namespace"), raw.get("service"))
+        if all(isinstance(part, str) for part in key):
+            return key
+    return None
+
+
+def _target_label(data: dict, path: YamlPath) -> str:
+    """How errors name a target: by namespace/service when readable, else by position."""
+    namespace, service = data.get("namespace"), data.get("service")
+    if isinstance(namespace, str) and isinstance(service, str):
+        return f"target {namespace}/{service}"
+    return f"target #{path[-1]}"
+
+
+def _service_ports(raw: Any, scope: Scope) -> tuple[ServicePort, ...] | None:
+    if not isinstance(raw, list) or not raw:
+        scope.error("must be a non-empty list of ports (name, port, protocol)")
+        return None
+    ports: list[ServicePort] = []
+    ok = True
+    for index, item in enumerate(raw):
+        where = scope.at(index)
+        data = expect_mapping(item, where, {"name", "port", "protocol"}, {"port"})
+        if data is None:
+            ok = False
+            continue
+        name = ""
+        if "name" in data:
+            name = kube_name(
+                data["name"], where.at("name"), DNS1123_LABEL, "port name " + DNS1123_WHAT
+            )
+            ok &= name is not None
+        elif len(raw) > 1:
+            where.error("a name is required when the Service has more than one port")
+            ok = False
+        number = port_number(data.get("port"), where.at("port")) if "port" in data else None
+        protocol = data.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            where.at("protocol").error(f"{protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+            ok = False
+        if name is None or number is None or not ok:
+            ok = False
+            continue
+        ports.append(ServicePort(name=name, port=number, protocol=protocol))
+    names = [p.name for p in ports]
+    for index, port in enumerate(ports):
+        if names.count(port.name) > 1 and names.index(port.name) != index:
+            scope.at(index).error(f"duplicate port name {port.name!r}")
+            ok = False
+        pairs = [(p.port, p.protocol) for p in ports]
+        if (
+            pairs.count((port.port, port.protocol)) > 1
+            and pairs.index((port.port, port.protocol)) != index
+        ):
+            scope.at(index).error(f"duplicate port {port.port}/{port.protocol}")
+            ok = False
+    return tuple(ports) if ok else None
+
+
+def _source(raw: Any, scope: Scope, ports: tuple[ServicePort, ...], base_dir: Path):
+    if not isinstance(raw, dict):
+        scope.error(f"must be a mapping with a 'type', got {kind_name(raw)}")
+        return None
+    kind = raw.get("type")
+    if kind == "static":
+        return _static_source(raw, scope, ports, base_dir)
+    if kind == "consul":
+        return _consul_source(raw, scope, ports)
+    if kind == "dns":
+        return _dns_source(raw, scope, ports)
+    if kind == "consul_query":
+        return _consul_query_source(raw, scope, ports)
+    if "type" not in raw:
+        scope.error(f"missing required key 'type' (one of: {_SOURCE_TYPES})")
+    else:
+        scope.at("type").error(f"unknown source type {kind!r} (one of: {_SOURCE_TYPES})")
+    return None
+
+
+_SOURCE_TYPES = "static, consul, consul_query, dns"
+
+
+_CONSUL_SOURCE_KEYS = {
+    "type",
+    "service",
+    "port",
+    "tags",
+    "datacenter",
+    "node_meta",
+    "filter",
+    "namespace",
+    "partition",
+    "address",
+    "consistency",
+    "warning_is_ready",
+}
+
+
+def _consul_source(raw: dict, scope: Scope, ports) -> ConsulSourceConfig | None:
+    data = expect_mapping(raw, scope, _CONSUL_SOURCE_KEYS, {"type", "service"})
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    service = (
+        nonempty_string(data.get("service"), scope.at("service")) if "service" in data else None
+    )
+    names = [p.name for p in ports]
+    port_name = _served_port(data, "port", names, scope, "the instances serve")
+    tags: tuple[str, ...] = ()
+    if "tags" in data:
+        value = data["tags"]
+        if isinstance(value, list) and all(isinstance(t, str) and t for t in value):
+            tags = tuple(value)
+        else:
+            scope.at("tags").error("must be a list of tag strings (all must match)")
+    node_meta: tuple[tuple[str, str], ...] = ()
+    if "node_meta" in data:
+        value = data["node_meta"]
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            node_meta = tuple(sorted(value.items()))
+        else:
+            scope.at("node_meta").error("must be a mapping of string keys to string values")
+    optional = {}
+    for key in ("datacenter", "filter", "namespace", "partition"):
+        if key in data:
+            optional[key] = nonempty_string(data[key], scope.at(key))
+    address = choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
+    consistency = choice(data, "consistency", ConsulConsistency, ConsulConsistency.DEFAULT, scope)
+    warning_is_ready = flag(data, "warning_is_ready", scope)
+    if len(scope.checker.problems) > before or service is None:
+        return None
+    return ConsulSourceConfig(
+        service=service,
+        port_name=port_name,
+        tags=tags,
+        node_meta=node_meta,
+        address=address,
+        consistency=consistency,
+        warning_is_ready=True if warning_is_ready is None else warning_is_ready,
+        **optional,
+    )
+
+
+_DNS_SOURCE_KEYS = {
+    "type",
+    "srv",
+    "name",
+    "port",
+    "ports",
+    "service_port",
+    "families",
+    "nameservers",
+    "timeout",
+    "tcp",
+    "min_ttl",
+    "max_ttl",
+}
+
+
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$"
+)
+
+
+_FAMILIES = {"ipv4": AddressFamily.IPV4, "ipv6": AddressFamily.IPV6}
+
+
+def _dns_source(raw: dict, scope: Scope, ports) -> DnsSourceConfig | None:
+    data = expect_mapping(raw, scope, _DNS_SOURCE_KEYS, {"type"})
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    if ("srv" in data) == ("name" in data):
+        scope.error("a dns source needs exactly one of 'srv' (an SRV name) or 'name' (A/AAAA)")
+        return None
+    mode = "srv" if "srv" in data else "name"
+    qname = nonempty_string(data[mode], scope.at(mode))
+    if qname and not _DNS_NAME.match(qname):
+        scope.at(mode).error(f"{qname!r} is not a valid DNS name")
+    values: dict[str, Any] = {mode: qname}
+    names = [p.name for p in ports]
+    if mode == "srv":
+        for key in ("port", "ports"):
+            if key in data:
+                scope.at(key).error(
+                    "SRV records carry the ports; use 'service_port' to say "
+                    "which Service port they serve"
+                )
+        values["service_port"] = _served_port(
+            data, "service_port", names, scope, "the SRV ports serve"
+        )
+    else:
+        if "service_port" in data:
+            scope.at("service_port").error("only for 'srv'; with 'name' use 'port' or 'ports'")
+        endpoint_ports = parse_endpoint_ports(data, scope, ports)
+        if endpoint_ports is not None:
+            values["ports"] = endpoint_ports
+    if "families" in data:
+        value = data["families"]
+        if isinstance(value, list) and value and all(f in _FAMILIES for f in value):
+            values["families"] = tuple(_FAMILIES[f] for f in dict.fromkeys(value))
+        else:
+            scope.at("families").error("must be a non-empty list of: ipv4, ipv6")
+    if "nameservers" in data:
+        values["nameservers"] = _nameservers(data["nameservers"], scope.at("nameservers"))
+    if flag(data, "tcp", scope) is not None:
+        values["tcp"] = data["tcp"]
+    values.update(
+        numbers(data, scope, {"timeout": (0.1, 60), "min_ttl": (0, 86400), "max_ttl": (1, 86400)})
+    )
+    if values.get("min_ttl", 5.0) > values.get("max_ttl", 300.0):
+        scope.error("min_ttl must not be larger than max_ttl")
+    if len(scope.checker.problems) > before:
+        return None
+    return DnsSourceConfig(**values)
+
+
+def _nameservers(value: Any, scope: Scope) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or not value:
+        scope.error("must be a non-empty list of 'address' or 'address:port'")
+        return ()
+    result = []
+    for index, item in enumerate(value):
+        where = scope.at(index)
+        if not isinstance(item, str):
+            where.error(f"must be 'address' or 'address:port', got {kind_name(item)}")
+            continue
+        host, port = item, 53
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                port = int(rest[1:]) if rest[1:].isdigit() else -1
+        elif item.count(":") == 1:
+            host, _, text = item.partition(":")
+            port = int(text) if text.isdigit() else -1
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            where.error(f"{item!r}: a nameserver is an IP address, optionally with :port")
+            continue
+        if not 1 <= port <= 65535:
+            where.error(f"{item!r}: port out of range 1-65535")
+            continue
+        result.append((host, port))
+    return tuple(result)
+
+
+def _failover(raw: Any, scope: Scope) -> FailoverConfig:
+    data = expect_mapping(raw, scope, {"min_ready", "failback_after"}, set()) or {}
+    return FailoverConfig(
+        **numbers(data, scope, {"min_ready": (1, 100000, True), "failback_after": (0, 86400)})
+    )
+
+
+def _guards(raw: Any, scope: Scope) -> GuardConfig:
+    data = expect_mapping(raw, scope, {"max_removal_fraction", "confirm_after"}, set()) or {}
+    return GuardConfig(
+        **numbers(data, scope, {"max_removal_fraction": (0, 1), "confirm_after": (0, 3600)})
+    )
+
+
+_HEALTH_KEYS = {
+    "type",
+    "port",
+    "path",
+    "expected_status",
+    "host",
+    "tls_server_name",
+    "ca_file",
+    "insecure_skip_verify",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "concurrency",
+    "panic_threshold",
+}
+
+
+def _health_check(raw: Any, scope: Scope, ports, base_dir: Path) -> HealthCheckConfig | None:
+    data = expect_mapping(raw, scope, _HEALTH_KEYS, {"type"})
+    if data is None:
+        return None
+    values: dict[str, Any] = {}
+    if data.get("type") not in ("tcp", "http", "https"):
+        scope.at("type").error(f"{data.get('type')!r} is not one of: tcp, http, https")
+    else:
+        values["type"] = data["type"]
+    if "port" in data:
+        names = [p.name for p in ports]
+        if data["port"] in names:
+            values["port"] = data["port"]
+        else:
+            scope.at("port").error(f"{data['port']!r} is not a port of the Service")
+    if data.get("type") == "tcp":
+        for key in (
+            "path",
+            "expected_status",
+            "host",
+            "tls_server_name",
+            "ca_file",
+            "insecure_skip_verify",
+        ):
+            if key in data:
+                scope.at(key).error("only for http and https checks")
+    if "path" in data:
+        path = nonempty_string(data["path"], scope.at("path"))
+        if path and not path.startswith("/"):
+            scope.at("path").error("must start with '/'")
+        values["path"] = path
+    if "expected_status" in data:
+        values["expected_status"] = _status_ranges(
+            data["expected_status"], scope.at("expected_status")
+        )
+    for key in ("host", "tls_server_name"):
+        if key in data:
+            values[key] = nonempty_string(data[key], scope.at(key))
+    if "ca_file" in data:
+        name = nonempty_string(data["ca_file"], scope.at("ca_file"))
+        if name:
+            values["ca_file"] = beside(base_dir, name)
+    if flag(data, "insecure_skip_verify", scope) is not None:
+        values["insecure_skip_verify"] = data["insecure_skip_verify"]
+    values.update(
+        numbers(
+            data,
+            scope,
+            {
+                "interval": (0.1, 3600),
+                "timeout": (0.05, 600),
+                "rise": (1, 100, True),
+                "fall": (1, 100, True),
+                "concurrency": (1, 1000, True),
+                "panic_threshold": (0, 1),
+            },
+        )
+    )
+    if values.get("timeout", 2.0) > values.get("interval", 5.0):
+        scope.error("timeout must not be longer than interval")
+    return HealthCheckConfig(**values)
+
+
+def _status_ranges(raw: Any, scope: Scope) -> tuple[tuple[int, int], ...]:
+    """[200, 204, "300-399"] -> ((200, 200), (204, 204), (300, 399))."""
+    if not isinstance(raw, list) or not raw:
+        scope.error("must be a list of status codes or ranges like '200-399'")
+        return ((200, 399),)
+    ranges = []
+    for index, item in enumerate(raw):
+        text = str(item)
+        low, _, high = text.partition("-")
+        if low.isdigit() and (high.isdigit() or not high) and not isinstance(item, bool):
+            pair = (int(low), int(high or low))
+            if 100 <= pair[0] <= pair[1] <= 599:
+                ranges.append(pair)
+                continue
+        scope.at(index).error(f"{item!r} is not a status code (100-599) or range like 200-399")
+    return tuple(ranges) or ((200, 399),)
+
+
+def parse_address_policy(raw: Any, scope: Scope) -> AddressPolicy | None:
+    data = expect_mapping(raw, scope, {"denied_cidrs", "service_cidr"}, set())
+    if data is None:
+        return None
+    denied = DEFAULT_DENIED_CIDRS
+    if "denied_cidrs" in data:
+        denied = (
+            cidrs(data["denied_cidrs"], scope.at("denied_cidrs")) if data["denied_cidrs"] else ()
+        )
+    if "service_cidr" in data:
+        denied = denied + cidrs(data["service_cidr"], scope.at("service_cidr"))
+    return AddressPolicy(denied=denied)
+
+
+def _check_static_policy(
+    source: StaticSourceConfig, scope: Scope, policy: AddressPolicy, allowed: tuple
+) -> None:
+    """A static backend the address policy forbids is a typo to fix, not to apply."""
+    for index, backend in enumerate(source.backends):
+        reason = address_refusal(backend.address, policy.denied, allowed)
+        if reason:
+            where = scope.at("backends", index) if source.file is None else scope.at("file")
+            where.error(f"{backend.address}: {reason}")
+
+
+def _consul_query_source(raw: dict, scope: Scope, ports) -> ConsulQuerySourceConfig | None:
+    data = expect_mapping(
+        raw,
+        scope,
+        {"type", "query", "port", "address", "warning_is_ready", "poll_interval"},
+        {"type", "query"},
+    )
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    query = nonempty_string(data.get("query"), scope.at("query")) if "query" in data else None
+    names = [p.name for p in ports]
+    port_name = _served_port(data, "port", names, scope, "the instances serve")
+    values = numbers(data, scope, {"poll_interval": (0.1, 3600)})
+    values["address"] = choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
+    if flag(data, "warning_is_ready", scope) is not None:
+        values["warning_is_ready"] = data["warning_is_ready"]
+    if len(scope.checker.problems) > before or query is None:
+        return None
+    return ConsulQuerySourceConfig(query=query, port_name=port_name, **values)
+
+
+def _served_port(data: dict, key: str, names: list[str], scope: Scope, what: str) -> str:
+    """Which Service port a source's instances serve: data[key], or the only port."""
+    if key not in data:
+        if len(names) > 1:
+            scope.error(f"the Service has several ports; say which one {what}: '{key}'")
+        return names[0]
+    if data[key] not in names:
+        known = ", ".join(repr(n) for n in names)
+        scope.at(key).error(f"{data[key]!r} is not a port of the Service (ports: {known})")
+    return data[key]
+
+
+_CONSUL_CONNECTION_KEYS = {
+    "address",
+    "token_file",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "tls_server_name",
+    "timeout",
+    "wait",
+    "min_query_interval",
+}
+
+
+def parse_consul_connection(raw: Any, scope: Scope, base_dir: Path) -> ConsulConnection | None:
+    data = expect_mapping(raw, scope, _CONSUL_CONNECTION_KEYS, set())
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    values: dict[str, Any] = {}
+    if "address" in data:
+        address = nonempty_string(data["address"], scope.at("address"))
+        if address and not re.match(r"^(https?://)?[^/\s]+(:\d+)?/?$", address):
+            scope.at("address").error(f"{address!r} is not host:port or http(s)://host:port")
+        values["address"] = address
+    for key in ("token_file", "ca_file", "cert_file", "key_file"):
+        if key in data:
+            name = nonempty_string(data[key], scope.at(key))
+            if name:
+                values[key] = beside(base_dir, name)
+    if "tls_server_name" in data:
+        values["tls_server_name"] = nonempty_string(
+            data["tls_server_name"], scope.at("tls_server_name")
+        )
+    if ("cert_file" in data) != ("key_file" in data):
+        scope.error("cert_file and key_file go together")
+    values.update(
+        numbers(
+            data, scope, {"timeout": (0.1, 600), "wait": (1, 600), "min_query_interval": (0, 60)}
+        )
+    )
+    if len(scope.checker.problems) > before:
+        return None
+    return ConsulConnection(**values)
+
+
+def _static_source(raw: dict, scope: Scope, ports, base_dir: Path) -> StaticSourceConfig | None:
+    data = expect_mapping(raw, scope, {"type", "backends", "file"}, {"type"})
+    if data is None:
+        return None
+    if ("backends" in data) == ("file" in data):
+        scope.error("a static source needs exactly one of 'backends' or 'file'")
+        return None
+    if "backends" in data:
+        backends = parse_backend_list(data["backends"], scope.at("backends"), ports)
+        return None if backends is None else StaticSourceConfig(backends=backends)
+    name = string(data["file"], scope.at("file"))
+    if name is None:
+        return None
+    file = beside(base_dir, name)
+    try:
+        backends = read_backends_file(file, ports)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            scope.at("file").error(problem)
+        return None
+    return StaticSourceConfig(backends=backends, file=file)

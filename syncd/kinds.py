@@ -1,0 +1,308 @@
+"""Every object kind syncd reads or writes, as one row of a table (pure; no I/O).
+
+A row says where the kind lives in the REST API, which label marks it as syncd's, what the
+cluster cache lists and watches of it, which fields syncd manages (its *view*: equal views
+mean "no write needed"), which fields matter when something else changes it (its *watch
+view*), what the cache keeps of it, and how it is updated. Adding a kind is adding a row.
+
+What the cache selects, and why:
+
+- Services: all of them (in the namespaces syncd may touch). A same-named Service with a
+  selector, or one syncd does not own, is a conflict that must be seen without a read.
+- EndpointSlices and Endpoints: everything *except* what the control plane itself manages
+  (`endpointslice-controller.k8s.io`, `endpoint-controller`: the bulk of a cluster, one per
+  pod-backed Service). That keeps syncd's own objects, other syncd instances', mirrored
+  slices and hand-made ones: exactly what ownership checks and warnings need.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+OWNER_LABEL = "syncd.io/owner"
+SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
+ANNOTATION_PREFIX = "syncd.io/"
+
+# Labels syncd sets or removes itself; any other label on an owned object is left alone.
+MANAGED_LABEL_KEYS = frozenset(
+    {
+        SERVICE_NAME_LABEL,
+        SLICE_MANAGED_BY_LABEL,
+        APP_MANAGED_BY_LABEL,
+        OWNER_LABEL,
+        SKIP_MIRROR_LABEL,
+    }
+)
+
+Obj = Mapping[str, Any]
+View = dict[str, Any]
+
+
+def labels_of(obj: Obj) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _ip_key(address: str | None) -> tuple[int, int]:
+    try:
+        ip = ipaddress.ip_address(address or "")
+        return (ip.version, int(ip))
+    except ValueError:
+        return (9, 0)
+
+
+def normal_ports(ports: Iterable[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Port lists compared as sets: name, number, protocol (TCP when unset)."""
+    return sorted(
+        (
+            {
+                "name": p.get("name") or "",
+                "port": p.get("port"),
+                "protocol": p.get("protocol") or "TCP",
+            }
+            for p in ports or ()
+        ),
+        key=lambda p: (p["name"], p["port"] or 0, p["protocol"]),
+    )
+
+
+def owner_refs(obj: Obj) -> list[dict[str, Any]]:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return sorted(
+        (
+            {k: ref.get(k) for k in ("apiVersion", "kind", "name", "uid", "controller")}
+            for ref in refs
+        ),
+        key=lambda r: (r["kind"] or "", r["name"] or ""),
+    )
+
+
+def _common_view(obj: Obj, compare_owner_refs: bool) -> View:
+    labels = {k: v for k, v in labels_of(obj).items() if k in MANAGED_LABEL_KEYS}
+    view: View = {"labels": dict(sorted(labels.items()))}
+    if compare_owner_refs:
+        view["ownerReferences"] = owner_refs(obj)
+    return view
+
+
+def _slice_fields(obj: Obj) -> View:
+    endpoints = [
+        {
+            "address": (e.get("addresses") or [""])[0],
+            "ready": (e.get("conditions") or {}).get("ready") is not False,
+        }
+        for e in obj.get("endpoints") or ()
+    ]
+    return {
+        "addressType": obj.get("addressType"),
+        "ports": normal_ports(obj.get("ports")),
+        "endpoints": sorted(endpoints, key=lambda e: _ip_key(e["address"])),
+    }
+
+
+def _endpoints_fields(obj: Obj) -> View:
+    subsets = [
+        {
+            "ports": normal_ports(subset.get("ports")),
+            "addresses": sorted((a.get("ip") for a in subset.get("addresses") or ()), key=_ip_key),
+            "notReadyAddresses": sorted(
+                (a.get("ip") for a in subset.get("notReadyAddresses") or ()), key=_ip_key
+            ),
+        }
+        for subset in obj.get("subsets") or ()
+    ]
+    return {"subsets": sorted(subsets, key=lambda s: repr(s["ports"]))}
+
+
+def _service_fields(obj: Obj) -> View:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return {
+        "ports": normal_ports((obj.get("spec") or {}).get("ports")),
+        "annotations": dict(
+            sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX))
+        ),
+    }
+
+
+def _slice_size(obj: Obj) -> str:
+    endpoints = obj.get("endpoints") or ()
+    not_ready = sum(1 for e in endpoints if (e.get("conditions") or {}).get("ready") is False)
+    return f"{len(endpoints)} endpoints" + (f", {not_ready} not ready" if not_ready else "")
+
+
+def _endpoints_size(obj: Obj) -> str:
+    count = sum(
+        len(s.get("addresses") or ()) + len(s.get("notReadyAddresses") or ())
+        for s in obj.get("subsets") or ()
+    )
+    return f"{count} addresses"
+
+
+def _no_size(obj: Obj) -> str:
+    return ""
+
+
+def _service_identity(obj: Obj) -> View:
+    """What else about a Service decides how syncd treats it (ownership, conflicts)."""
+    spec = obj.get("spec") or {}
+    metadata = obj.get("metadata") or {}
+    return {
+        "uid": metadata.get("uid"),
+        "allLabels": labels_of(obj),
+        "selector": bool(spec.get("selector")),
+        "type": spec.get("type") or "ClusterIP",
+        "trafficDistribution": spec.get("trafficDistribution"),
+    }
+
+
+def _identity(obj: Obj) -> View:
+    metadata = obj.get("metadata") or {}
+    return {"uid": metadata.get("uid"), "allLabels": labels_of(obj)}
+
+
+def _trim_metadata(obj: Obj) -> dict[str, Any]:
+    metadata = dict(obj.get("metadata") or {})
+    metadata.pop("managedFields", None)
+    return metadata
+
+
+def _trim_service(obj: Obj) -> dict[str, Any]:
+    spec = obj.get("spec") or {}
+    kept = {k: spec[k] for k in ("selector", "type", "ports", "trafficDistribution") if k in spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _trim_metadata(obj),
+        "spec": kept,
+    }
+
+
+def _trim_whole(kind: str, api_version: str) -> Callable[[Obj], dict[str, Any]]:
+    def trim(obj: Obj) -> dict[str, Any]:
+        return {**obj, "apiVersion": api_version, "kind": kind, "metadata": _trim_metadata(obj)}
+
+    return trim
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One row of the table: everything syncd needs to know about an object kind."""
+
+    name: str
+    api_version: str  # "v1" or "group/version"
+    plural: str
+    managed_by_label: str  # set to "syncd" on the objects syncd owns
+    cache_selector: str | None  # what the cache lists and watches (None: not cached)
+    merge_patch: bool  # update with a JSON merge patch (True) or a guarded PUT (False)
+    apply_order: int  # creates/updates in ascending order, deletes in descending order
+    fields: Callable[[Obj], View]  # the managed fields beyond labels and ownerReferences
+    identity: Callable[[Obj], View]  # what else a watch event must change to matter
+    trim: Callable[[Obj], dict[str, Any]]  # what the cache keeps of an object
+    size: Callable[[Obj], str] = _no_size  # how much it holds, for one-line reports
+
+    @property
+    def base_path(self) -> str:
+        return "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+
+    def collection_path(self, namespace: str | None) -> str:
+        if namespace:
+            return f"{self.base_path}/namespaces/{namespace}/{self.plural}"
+        return f"{self.base_path}/{self.plural}"
+
+    def item_path(self, namespace: str, name: str) -> str:
+        return f"{self.collection_path(namespace)}/{name}"
+
+    def view(self, obj: Obj, compare_owner_refs: bool = True) -> View:
+        """The fields syncd manages, normalised: equal views mean no write is needed."""
+        return {**_common_view(obj, compare_owner_refs), **self.fields(obj)}
+
+    def watch_view(self, obj: Obj) -> View:
+        """Managed fields plus identity: a watch event that leaves this equal is noise."""
+        return {**self.view(obj), **self.identity(obj)}
+
+
+SERVICE = Kind(
+    name="Service",
+    api_version="v1",
+    plural="services",
+    managed_by_label=APP_MANAGED_BY_LABEL,
+    cache_selector="",
+    merge_patch=True,
+    apply_order=0,
+    fields=_service_fields,
+    identity=_service_identity,
+    trim=_trim_service,
+)
+ENDPOINTS = Kind(
+    name="Endpoints",
+    api_version="v1",
+    plural="endpoints",
+    managed_by_label=APP_MANAGED_BY_LABEL,
+    cache_selector="endpoints.kubernetes.io/managed-by!=endpoint-controller",
+    merge_patch=False,
+    apply_order=1,
+    fields=_endpoints_fields,
+    identity=_identity,
+    trim=_trim_whole("Endpoints", "v1"),
+    size=_endpoints_size,
+)
+ENDPOINT_SLICE = Kind(
+    name="EndpointSlice",
+    api_version="discovery.k8s.io/v1",
+    plural="endpointslices",
+    managed_by_label=SLICE_MANAGED_BY_LABEL,
+    cache_selector="endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io",
+    merge_patch=False,
+    apply_order=2,
+    fields=_slice_fields,
+    identity=_identity,
+    trim=_trim_whole("EndpointSlice", "discovery.k8s.io/v1"),
+    size=_slice_size,
+)
+EVENT = Kind(
+    name="Event",
+    api_version="v1",
+    plural="events",
+    managed_by_label=APP_MANAGED_BY_LABEL,
+    cache_selector=None,
+    merge_patch=False,
+    apply_order=9,
+    fields=lambda obj: {},
+    identity=_identity,
+    trim=_trim_whole("Event", "v1"),
+)
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (SERVICE, ENDPOINTS, ENDPOINT_SLICE, EVENT)}
+CACHED_KINDS: tuple[Kind, ...] = (SERVICE, ENDPOINTS, ENDPOINT_SLICE)
+
+
+def kind_of(obj: Obj) -> Kind:
+    return KINDS[obj.get("kind", "")]
+
+
+ObjectId = tuple[str, str, str]  # kind, namespace, name
+
+
+def object_id(obj: Obj) -> ObjectId:
+    metadata = obj.get("metadata") or {}
+    return (obj.get("kind", ""), metadata.get("namespace", ""), metadata.get("name", ""))
+
+
+def describe_object(obj: Obj) -> str:
+    kind, namespace, name = object_id(obj)
+    return f"{kind} {namespace}/{name}"
+
+
+def target_key_of(obj: Obj) -> str:
+    """The namespace/service an object belongs to (slices name theirs in a label)."""
+    metadata = obj.get("metadata") or {}
+    if obj.get("kind") == ENDPOINT_SLICE.name:
+        service = labels_of(obj).get(SERVICE_NAME_LABEL, "")
+    else:
+        service = metadata.get("name", "")
+    return f"{metadata.get('namespace', '')}/{service}"

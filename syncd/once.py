@@ -1,0 +1,173 @@
+"""`syncd run --once`: every target once, in parallel, against one read of the cluster.
+
+The cluster is read with one paginated list per kind (not one read per target); the
+targets are then decided and applied on a bounded pool of workers, each through the same
+pipeline and sink as the daemon. What differs from the daemon:
+
+- each source is asked once (non-blocking), probes run one round (rise and fall of 1);
+- the policy's memory comes from the cluster alone, so a failback happens on the first
+  run that finds the higher tier qualifying;
+- a large removal held by the guard is read again `confirm_after` later, within the run;
+- a write refused because the object changed meanwhile (409) re-reads that target and
+  tries again, up to three times.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from syncd.cache import ClusterCache
+from syncd.errors import KubeError, SourceError
+from syncd.health import Prober
+from syncd.kube import Kube
+from syncd.model import Config, ConsulConnection, Snapshot, Target
+from syncd.pipeline import Answer, Outcome, Step, TargetResult, run, seed_memory
+from syncd.policy import PolicyState, ProbeKey, probe_key
+from syncd.sink import Sink
+from syncd.sources import build_source
+
+log = logging.getLogger(__name__)
+
+_WRITE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class OnceSettings:
+    owner_id: str
+    dry_run: bool = False
+    workers: int = 4
+    namespaces: tuple[str, ...] | None = None
+
+
+def ask_sources(
+    target: Target, consul: ConsulConnection | None = None
+) -> tuple[list[Answer], list[str]]:
+    """One answer from every source of the target (a Snapshot or the SourceError), and a
+    line per failure. Dropped registry entries are logged here."""
+    answers: list[Answer] = []
+    problems = []
+    for index, source_config in enumerate(target.sources):
+        source = build_source(source_config, target, consul)
+        try:
+            snapshot = source.fetch()
+        except SourceError as exc:
+            problems.append(f"sources[{index}] ({source.describe()}): {exc}")
+            answers.append(exc)
+            continue
+        for warning in snapshot.warnings:
+            log.warning("%s: %s: %s", target.key, snapshot.source, warning)
+        answers.append(snapshot)
+    return answers, problems
+
+
+def probe_round(target: Target, answers: list[Answer]) -> Mapping[ProbeKey, bool] | None:
+    """Probe every registry-ready backend once (no rise/fall history in one run)."""
+    if target.health_check is None:
+        return None
+    check = replace(target.health_check, rise=1, fall=1)
+    prober = Prober(check, target.key)
+    keys = {
+        probe_key(b, check.port)
+        for a in answers
+        if isinstance(a, Snapshot)
+        for b in a.backends
+        if b.ready
+    }
+    prober.run_round(keys)
+    return prober.health()
+
+
+def run_once(
+    kube: Kube,
+    config: Config,
+    settings: OnceSettings,
+    stop: threading.Event | None = None,
+    report: Callable[[TargetResult], None] | None = None,
+) -> list[TargetResult]:
+    """Reconcile every target once, then prune what removed targets left behind.
+
+    Results come back in config order (removed targets last); `report` sees each as soon
+    as it is known.
+    """
+    stop = stop or threading.Event()
+    cache = ClusterCache(kube, settings.namespaces)
+    try:
+        cache.load()
+    except KubeError as exc:
+        return [
+            TargetResult("(cluster)", Outcome.FAILED, message=f"cannot read the cluster: {exc}")
+        ]
+    sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
+
+    def one(target: Target) -> TargetResult:
+        try:
+            result = _one_target(target, config, cache, sink, settings, stop)
+        except KubeError as exc:
+            result = TargetResult(target.key, Outcome.FAILED, message=str(exc))
+        if report is not None:
+            report(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="once") as pool:
+        results = list(pool.map(one, config.targets))
+    for result in sink.prune(t.key for t in config.targets):
+        if report is not None:
+            report(result)
+        results.append(result)
+    return results
+
+
+def _one_target(
+    target: Target,
+    config: Config,
+    cache: ClusterCache,
+    sink: Sink,
+    settings: OnceSettings,
+    stop: threading.Event,
+) -> TargetResult:
+    def decide(memory: PolicyState | None = None) -> Step:
+        answers, problems = ask_sources(target, config.consul)
+        live = cache.live_state(target)
+        if memory is None:
+            memory = seed_memory(target, live, settings.owner_id, one_shot=True)
+        step = run(
+            target,
+            answers,
+            memory,
+            live,
+            now=time.monotonic(),
+            address_policy=config.address_policy,
+            owner_id=settings.owner_id,
+            health=probe_round(target, answers),
+            problems=problems,
+        )
+        for warning in step.evaluation.warnings:
+            log.warning("%s: %s", target.key, warning)
+        return step
+
+    step = decide()
+    hold_until = step.evaluation.verdict.hold_until
+    if step.plan is None and hold_until is not None:
+        log.warning("%s: %s", target.key, step.evaluation.verdict.reason)
+        if stop.wait(max(0.0, hold_until - time.monotonic())):
+            return step.result or TargetResult(target.key, Outcome.FAILED, message="stopped")
+        cache.refresh_target(target)  # the cluster may have changed while we waited
+        step = decide(step.memory)
+    for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        if step.plan is None:
+            assert step.result is not None
+            return step.result
+        result = sink.apply(step.plan)
+        if not (
+            result.outcome is Outcome.FAILED and result.stale_read and attempt < _WRITE_ATTEMPTS
+        ):
+            return result
+        log.info("%s: an object changed while syncing (%s); re-reading", target.key, result.message)
+        cache.refresh_target(target)
+        step = decide()
+    raise AssertionError("unreachable")

@@ -1,0 +1,357 @@
+"""One pipeline for every driver: (target, answers, memory, live state) -> decision -> plan.
+
+`syncd render`, `syncd run --once` and the daemon differ only in where the inputs come from
+(a file and no cluster; one read of everything; watches and a cache) and what they do with
+the plan (print it, apply it once, apply it and keep watching). The decision and the plan
+are made here, the same way for all three, and without any I/O:
+
+    answers ─▶ policy.evaluate (address policy, probes, tiers, guard) ─▶ decision
+    decision + live state ─▶ ownership rules ─▶ render ─▶ plan (Service first, deletes last)
+
+The policy's memory (active tier, what was applied) is always seeded from what the cluster
+holds when a target (re)starts, so the removal guard works on the first decision of a
+process, after a reload and after a leader change alike.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from syncd.errors import OwnershipConflict, SourceError, TargetError
+from syncd.kinds import Obj, describe_object
+from syncd.model import AddressPolicy, Backend, EndpointPort, Snapshot, Target
+from syncd.ownership import (
+    ACTIVE_SOURCE_ANNOTATION,
+    ACTIVE_TIER_ANNOTATION,
+    is_owned,
+    owner_description,
+)
+from syncd.plan import Action, Change, plan_changes
+from syncd.policy import Decision, Evaluation, PolicyState, ProbeKey, evaluate
+from syncd.render import placement_of, render_target, slice_key_of
+
+# The uid a new Service will get is only known once it is created: objects planned in the
+# same pass carry this until the sink fills in the real one (see `with_service_uid`).
+PENDING_UID = "(uid of the Service created in this pass)"
+
+Answer = Snapshot | SourceError
+
+
+# --------------------------------------------------------------------------- live state
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What the cluster holds for one target: its Service, Endpoints and every slice
+    labelled for the Service (syncd's and anybody else's)."""
+
+    service: Obj | None = None
+    endpoints: Obj | None = None
+    slices: tuple[Obj, ...] = ()
+    offline: bool = False  # `render`: there is no cluster; objects get no ownerReferences
+
+    def owned_slices(self, owner_id: str) -> list[Obj]:
+        return [obj for obj in self.slices if is_owned(obj, owner_id)]
+
+    def foreign_slices(self, owner_id: str) -> list[Obj]:
+        return [obj for obj in self.slices if not is_owned(obj, owner_id)]
+
+
+OFFLINE = LiveState(offline=True)
+
+
+def backends_of_slices(slices: Iterable[Obj]) -> frozenset[Backend]:
+    """The backends that live EndpointSlices hold (inverse of rendering)."""
+    backends = set()
+    for obj in slices:
+        key = slice_key_of(obj)
+        if key is None or not key.ports:
+            continue
+        for endpoint in obj.get("endpoints") or ():
+            address = (endpoint.get("addresses") or [""])[0]
+            ready = (endpoint.get("conditions") or {}).get("ready") is not False
+            backends.add(Backend(address, key.ports, ready))
+    return frozenset(backends)
+
+
+def backends_of_endpoints(endpoints: Obj | None) -> frozenset[Backend]:
+    """The backends a live v1 Endpoints object holds (inverse of rendering)."""
+    backends = set()
+    for subset in (endpoints or {}).get("subsets") or ():
+        ports = tuple(
+            sorted(
+                EndpointPort(
+                    p.get("name") or "", int(p.get("port") or 0), p.get("protocol") or "TCP"
+                )
+                for p in subset.get("ports") or ()
+            )
+        )
+        if not ports:
+            continue
+        for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for address in subset.get(field_name) or ():
+                backends.add(Backend(address.get("ip", ""), ports, ready))
+    return frozenset(backends)
+
+
+def seed_memory(target: Target, live: LiveState, owner_id: str, *, one_shot: bool) -> PolicyState:
+    """What the cluster says was applied last: the policy's memory when a target (re)starts.
+
+    The applied backends come from syncd's own slices (or its Endpoints when it writes
+    only those), the active tier from the Service's annotation. A one-shot run has no
+    memory of how long a higher tier has qualified, so it fails back as soon as it finds one
+    qualifying; the daemon starts counting `failback_after` from its own start.
+    """
+    service = (
+        live.service if live.service is not None and is_owned(live.service, owner_id) else None
+    )
+    annotations = ((service or {}).get("metadata") or {}).get("annotations") or {}
+    tier = annotations.get(ACTIVE_TIER_ANNOTATION) or ""
+    if target.output.slices:
+        applied = backends_of_slices(live.owned_slices(owner_id))
+    else:
+        owned = (
+            live.endpoints
+            if live.endpoints is not None and is_owned(live.endpoints, owner_id)
+            else None
+        )
+        applied = backends_of_endpoints(owned)
+    since: tuple[float | None, ...] = (float("-inf"),) * len(target.sources) if one_shot else ()
+    return PolicyState(
+        active=int(tier) if tier.isdigit() and int(tier) < len(target.sources) else None,
+        applied=applied or None,
+        qualified_since=since,
+    )
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+class Outcome(enum.StrEnum):
+    CONVERGED = "converged"  # nothing to do
+    CHANGED = "changed"  # writes applied (or planned, in a dry run)
+    CONFLICT = "conflict"  # an object syncd would write is not syncd's
+    STALE = "stale"  # no source could answer; last applied state kept
+    HELD = "held"  # a large removal waits for confirmation; last applied state kept
+    FAILED = "failed"  # the API or the target's setup failed
+
+    @property
+    def ok(self) -> bool:
+        return self in (Outcome.CONVERGED, Outcome.CHANGED)
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    target: str
+    outcome: Outcome
+    changes: tuple[Change, ...] = ()  # applied, or planned when dry_run
+    message: str = ""
+    decision: Decision | None = None
+    warnings: tuple[str, ...] = ()
+    stale_read: bool = False  # a guarded write found the object changed (409) before
+    #                           anything was written: read the target again and retry
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """The writes that bring one target in line with a decision, in the order to apply."""
+
+    target: Target
+    decision: Decision
+    changes: tuple[Change, ...]  # the Service first, then Endpoints and slices, deletes last
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the pipeline concluded for one target at one moment."""
+
+    evaluation: Evaluation  # the policy's verdict, its memory for next time, warnings
+    plan: TargetPlan | None = None  # None: nothing may be written now (see `result`)
+    result: TargetResult | None = None  # why not: stale, held, conflict, failed setup
+
+    @property
+    def memory(self) -> PolicyState:
+        return self.evaluation.verdict.state
+
+
+def run(
+    target: Target,
+    answers: Sequence[Answer],
+    memory: PolicyState,
+    live: LiveState,
+    *,
+    now: float,
+    address_policy: AddressPolicy,
+    owner_id: str,
+    health: Mapping[ProbeKey, bool] | None = None,
+    problems: Sequence[str] = (),
+) -> Step:
+    """Decide and plan for one target. `problems` are the sources' failures, for messages."""
+    evaluation = evaluate(answers, memory, now, target, address_policy, health)
+    verdict = evaluation.verdict
+    if verdict.decision is None:
+        outcome = Outcome.HELD if verdict.hold_until is not None else Outcome.STALE
+        detail = "; ".join(problems)
+        message = verdict.reason + (f": {detail}" if detail else "")
+        return Step(evaluation, result=TargetResult(target.key, outcome, message=message))
+    try:
+        plan = plan_target(target, verdict.decision, live, owner_id)
+    except OwnershipConflict as exc:
+        return Step(evaluation, result=_blocked(target, Outcome.CONFLICT, exc, verdict.decision))
+    except TargetError as exc:
+        return Step(evaluation, result=_blocked(target, Outcome.FAILED, exc, verdict.decision))
+    return Step(evaluation, plan=plan)
+
+
+def _blocked(target: Target, outcome: Outcome, exc: Exception, decision: Decision) -> TargetResult:
+    return TargetResult(target.key, outcome, message=str(exc), decision=decision)
+
+
+def check_service(target: Target, live: LiveState, owner_id: str) -> None:
+    """Raise if the Service rules forbid touching this target at all."""
+    service = live.service
+    name = f"Service {target.key}"
+    if service is None:
+        if not target.manage_service and not live.offline:
+            raise TargetError(f"{name} does not exist; create it, or set manage_service: true")
+        return
+    spec = service.get("spec") or {}
+    if spec.get("selector"):
+        raise OwnershipConflict(
+            f"{name} has a selector, so the control plane manages its endpoints; "
+            "syncd only serves selectorless Services"
+        )
+    if spec.get("type") == "ExternalName":
+        raise OwnershipConflict(f"{name} is of type ExternalName and cannot have endpoints")
+    owned = is_owned(service, owner_id)
+    if target.manage_service and not owned:
+        raise OwnershipConflict(
+            f"{name} exists and is {owner_description(service)}; "
+            "set manage_service: false to use it as it is"
+        )
+    if not target.manage_service:
+        live_ports = {
+            (p.get("name") or "", p.get("protocol") or "TCP") for p in spec.get("ports") or ()
+        }
+        missing = [p for p in target.ports if (p.name, p.protocol) not in live_ports]
+        if missing:
+            names = ", ".join(f"{p.name or '(unnamed)'}/{p.protocol}" for p in missing)
+            raise TargetError(f"{name} has no port {names}; its ports must match the config")
+
+
+def tier_annotations(target: Target, decision: Decision) -> dict[str, str] | None:
+    """Where the backends come from, on the Service, for targets with several tiers."""
+    if len(target.sources) < 2:
+        return None
+    return {
+        ACTIVE_TIER_ANNOTATION: str(decision.tier),
+        ACTIVE_SOURCE_ANNOTATION: decision.source[:250],
+    }
+
+
+def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: str) -> TargetPlan:
+    """The writes for one target; raises OwnershipConflict or TargetError instead.
+
+    The Service is planned first and, when it does not exist yet, the objects that point
+    at it carry PENDING_UID until the sink has created it.
+    """
+    check_service(target, live, owner_id)
+    warnings: list[str] = []
+    endpoints = live.endpoints
+    endpoints_owned = endpoints is not None and is_owned(endpoints, owner_id)
+    if endpoints is not None and not endpoints_owned:
+        if target.output.endpoints:
+            raise OwnershipConflict(
+                f"Endpoints {target.key} exists and is {owner_description(endpoints)}; "
+                "left untouched, nothing written for this target"
+            )
+        warnings.append(
+            f"Endpoints {target.key} exists and is not syncd's: the mirroring controller adds "
+            "its addresses to the Service too; delete it once syncd's slices are in place"
+        )
+    owned_slices = live.owned_slices(owner_id)
+    for obj in live.foreign_slices(owner_id):
+        warnings.append(
+            f"{describe_object(obj)} also serves this Service and is "
+            f"{owner_description(obj)}; syncd leaves it alone"
+        )
+    if live.service is not None:
+        service_uid: str | None = (live.service.get("metadata") or {}).get("uid")
+    else:
+        service_uid = None if live.offline else PENDING_UID
+    desired = render_target(
+        target,
+        decision.backends,
+        owner_id,
+        placement_of(owned_slices),
+        service_uid,
+        include_service=target.manage_service,
+        service_annotations=tier_annotations(target, decision),
+    )
+    current: list[Obj] = list(owned_slices)
+    if endpoints_owned:
+        current.append(endpoints)  # type: ignore[arg-type]
+    if target.manage_service and live.service is not None:
+        current.append(live.service)
+    changes = plan_changes(desired, current)
+    return TargetPlan(target, decision, tuple(changes), tuple(warnings))
+
+
+def with_service_uid(change: Change, uid: str) -> Change:
+    """`change` with PENDING_UID replaced by the uid of the Service just created."""
+    if change.desired is None:
+        return change
+    metadata = change.desired.get("metadata") or {}
+    refs = metadata.get("ownerReferences") or ()
+    if not any(ref.get("uid") == PENDING_UID for ref in refs):
+        return change
+    fixed_refs = [{**ref, "uid": uid} if ref.get("uid") == PENDING_UID else ref for ref in refs]
+    desired: dict[str, Any] = {
+        **change.desired,
+        "metadata": {**metadata, "ownerReferences": fixed_refs},
+    }
+    return replace(change, desired=desired)
+
+
+def creates_of(plan: TargetPlan) -> list[Change]:
+    return [change for change in plan.changes if change.action is Action.CREATE]
+
+
+@dataclass
+class TargetMemory:
+    """A driver's running state for one target between steps (the daemon keeps one each)."""
+
+    memory: PolicyState | None = None  # None: seed from the cluster before the next step
+    warned: set[str] = field(default_factory=set)
+
+    def new_warnings(self, warnings: Iterable[str]) -> list[str]:
+        """Warnings not already logged for this target (each is logged once per streak)."""
+        current = set(warnings)
+        fresh = [w for w in warnings if w not in self.warned]
+        self.warned = current
+        return fresh
+
+
+__all__ = [
+    "OFFLINE",
+    "PENDING_UID",
+    "LiveState",
+    "Outcome",
+    "Step",
+    "TargetMemory",
+    "TargetPlan",
+    "TargetResult",
+    "backends_of_endpoints",
+    "backends_of_slices",
+    "plan_target",
+    "run",
+    "seed_memory",
+    "with_service_uid",
+]

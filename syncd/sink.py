@@ -1,0 +1,270 @@
+"""Apply a plan to the cluster: ownership checks first, then writes in a safe order.
+
+Rules enforced here, before and while writing:
+
+- Ownership: only objects carrying syncd's labels (and this instance's owner id) are
+  updated or deleted. An object syncd would create that exists under another owner is a
+  conflict: the target is reported and *nothing* is written for it (checked against the
+  cluster cache before the first write).
+- Order: the Service first (slices point at its uid), creates and updates before deletes,
+  so a Service never has fewer endpoints mid-way than before or after.
+- Stopping: between two writes a shutdown ends the pass; every object is written whole,
+  and the order above means what is already written is safe to serve.
+- Every write goes through the cache (the echo of syncd's own writes is not news).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from syncd.cache import ClusterCache
+from syncd.errors import KubeConflict, KubeError
+from syncd.kinds import (
+    ANNOTATION_PREFIX,
+    CACHED_KINDS,
+    MANAGED_LABEL_KEYS,
+    SERVICE,
+    target_key_of,
+)
+from syncd.kube import Kube
+from syncd.model import Target
+from syncd.ownership import is_owned, owner_description
+from syncd.pipeline import (
+    Outcome,
+    TargetPlan,
+    TargetResult,
+    with_service_uid,
+)
+from syncd.plan import Action, Change, plan_changes
+from syncd.policy import Decision
+
+log = logging.getLogger(__name__)
+
+
+class Sink:
+    """Writes plans for one syncd instance (owner id) through the API and the cache."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        cache: ClusterCache,
+        owner_id: str,
+        dry_run: bool = False,
+        stop: threading.Event | None = None,
+        component: str = "syncd",
+    ):
+        self._kube = kube
+        self._cache = cache
+        self._owner_id = owner_id
+        self._dry_run = dry_run
+        self._stop = stop or threading.Event()
+        self._component = component
+
+    def apply(self, plan: TargetPlan) -> TargetResult:
+        """Apply one target's plan; the result says what was written and what went wrong."""
+        target, decision = plan.target, plan.decision
+        conflict = self._conflicting_create(plan.changes)
+        if conflict is not None:
+            return TargetResult(target.key, Outcome.CONFLICT, message=conflict, decision=decision)
+        if self._dry_run or not plan.changes:
+            outcome = Outcome.CHANGED if plan.changes else Outcome.CONVERGED
+            return TargetResult(
+                target.key, outcome, plan.changes, decision=decision, warnings=plan.warnings
+            )
+        applied: list[Change] = []
+        service_uid: str | None = None
+        try:
+            for change in plan.changes:
+                if self._stop.is_set():
+                    return TargetResult(
+                        target.key,
+                        Outcome.FAILED,
+                        tuple(applied),
+                        "stopped between two writes; the rest is applied on the next start",
+                        decision,
+                        plan.warnings,
+                    )
+                if service_uid is not None:
+                    change = with_service_uid(change, service_uid)
+                written = self.write(change)
+                if change.kind == SERVICE.name and change.action is Action.CREATE and written:
+                    service_uid = written["metadata"]["uid"]
+                applied.append(change)
+        except KubeError as exc:
+            stale = isinstance(exc, KubeConflict)
+            return TargetResult(
+                target.key,
+                Outcome.FAILED,
+                tuple(applied),
+                f"an object changed meanwhile: {exc}" if stale and applied else str(exc),
+                decision,
+                plan.warnings,
+                stale_read=stale and not applied,
+            )
+        if decision.switched_from is not None:
+            self.record_switch(target, decision)
+        return TargetResult(
+            target.key, Outcome.CHANGED, tuple(applied), decision=decision, warnings=plan.warnings
+        )
+
+    def _conflicting_create(self, changes: Iterable[Change]) -> str | None:
+        """An object we would create that exists and is not ours (checked before writing)."""
+        for change in changes:
+            if change.action is not Action.CREATE:
+                continue
+            existing = self._cache.get(change.kind, change.namespace, change.name)
+            if existing is not None and not is_owned(existing, self._owner_id):
+                return (
+                    f"{change.ref} exists and is {owner_description(existing)}; "
+                    "left untouched, nothing written for this target"
+                )
+        return None
+
+    # -- single writes
+
+    def write(self, change: Change) -> dict[str, Any] | None:
+        """Perform one planned write; the answer goes into the cache."""
+        oid = (change.kind, change.namespace, change.name)
+        self._cache.expect(oid, None if change.action is Action.DELETE else change.desired)
+        try:
+            if change.action is Action.DELETE:
+                uid = ((change.live or {}).get("metadata") or {}).get("uid")
+                self._kube.delete(change.kind, change.namespace, change.name, uid)
+                self._cache.deleted(*oid)
+                return None
+            if change.action is Action.CREATE:
+                written = self._kube.create(dict(change.desired or {}))
+            elif change.kind == SERVICE.name:
+                written = self._kube.merge_patch(
+                    change.kind, change.namespace, change.name, _service_patch(change)
+                )
+            else:
+                written = self._kube.replace(_replacement(change))
+        except KubeError:
+            self._cache.write_failed(oid)
+            raise
+        self._cache.wrote(written)
+        return written
+
+    # -- events
+
+    def record_switch(self, target: Target, decision: Decision) -> None:
+        """A tier switch is an Event on the Service (best effort: never fails the target)."""
+        assert decision.switched_from is not None
+        failback = decision.tier < decision.switched_from
+        message = (
+            f"{'failback' if failback else 'failover'} from tier {decision.switched_from} "
+            f"to tier {decision.tier} ({decision.source}): {decision.reason}"
+        )
+        self.record_event(
+            target,
+            "Failback" if failback else "Failover",
+            message,
+            "Normal" if failback else "Warning",
+        )
+
+    def record_event(
+        self, target: Target, reason: str, message: str, type_: str = "Warning"
+    ) -> None:
+        """An Event on the target's Service, as `kubectl describe service` shows it."""
+        if self._dry_run:
+            return
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        service = self._cache.get(SERVICE.name, target.namespace, target.service) or {}
+        event = {
+            "metadata": {"generateName": f"{target.service}.", "namespace": target.namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "name": target.service,
+                "namespace": target.namespace,
+                "uid": (service.get("metadata") or {}).get("uid", ""),
+            },
+            "reason": reason,
+            "message": message[:1000],
+            "type": type_,
+            "source": {"component": self._component},
+            "reportingComponent": self._component,
+            "reportingInstance": self._component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self._kube.create_event(target.namespace, event)
+        except KubeError as exc:
+            log.warning("%s: could not record %s as an Event: %s", target.key, reason, exc)
+
+    # -- removed targets
+
+    def prune(self, configured: Iterable[str]) -> list[TargetResult]:
+        """Delete what this instance owns for Services no longer in the config (per target,
+        from the cache: no list requests)."""
+        keep = set(configured)
+        leftovers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for kind in CACHED_KINDS:
+            for obj in self._cache.owned(kind.name, self._owner_id):
+                key = target_key_of(obj)
+                if key not in keep:
+                    leftovers[key].append(obj)
+        results = []
+        for key, objects in sorted(leftovers.items()):
+            changes = plan_changes([], objects)
+            applied: list[Change] = []
+            try:
+                for change in changes:
+                    if not self._dry_run:
+                        self.write(change)
+                    applied.append(change)
+            except KubeError as exc:
+                results.append(TargetResult(key, Outcome.FAILED, tuple(applied), str(exc)))
+                continue
+            results.append(
+                TargetResult(
+                    key, Outcome.CHANGED, tuple(applied), message="target removed from the config"
+                )
+            )
+        return results
+
+
+def _replacement(change: Change) -> dict[str, Any]:
+    """The desired object, keeping the live object's identity and other people's metadata."""
+    desired = dict(change.desired or {})
+    live_metadata = dict((change.live or {}).get("metadata") or {})
+    metadata = dict(desired["metadata"])
+    foreign_labels = {
+        k: v for k, v in (live_metadata.get("labels") or {}).items() if k not in MANAGED_LABEL_KEYS
+    }
+    metadata["labels"] = {**foreign_labels, **metadata.get("labels", {})}
+    for key in ("resourceVersion", "annotations"):
+        if live_metadata.get(key) is not None:
+            metadata[key] = live_metadata[key]
+    if "ownerReferences" not in metadata and live_metadata.get("ownerReferences"):
+        metadata["ownerReferences"] = live_metadata["ownerReferences"]
+    desired["metadata"] = metadata
+    return desired
+
+
+def _service_patch(change: Change) -> dict[str, Any]:
+    desired_labels = (change.desired or {}).get("metadata", {}).get("labels", {})
+    live_labels = (change.live or {}).get("metadata", {}).get("labels") or {}
+    labels: dict[str, Any] = {k: None for k in live_labels if k in MANAGED_LABEL_KEYS}
+    labels.update(desired_labels)
+    desired_annotations = (change.desired or {}).get("metadata", {}).get("annotations") or {}
+    live_annotations = (change.live or {}).get("metadata", {}).get("annotations") or {}
+    annotations: dict[str, Any] = {
+        k: None for k in live_annotations if k.startswith(ANNOTATION_PREFIX)
+    }
+    annotations.update(desired_annotations)
+    metadata: dict[str, Any] = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {
+        "metadata": metadata,
+        "spec": {"ports": (change.desired or {}).get("spec", {}).get("ports", [])},
+    }
