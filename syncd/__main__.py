@@ -1,7 +1,6 @@
-"""`python -m syncd` is the same as the `syncd` console script."""
+"""`python -m syncd` is the same as the `syncd` command."""
 
-import sys
+from syncd.cli import entry
 
-from syncd.cli import main
-
-sys.exit(main())
+if __name__ == "__main__":
+    entry()

@@ -8,6 +8,8 @@ and filtered instead of making every write of the whole object fail.
 from __future__ import annotations
 
 import ipaddress
+import socket
+import sys
 from collections.abc import Sequence
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -17,9 +19,12 @@ class AddressRejected(ValueError):
     """The text is not an IP address the API server would store on an endpoint."""
 
 
+_LINK_LOCAL_MULTICAST_V4 = ipaddress.IPv4Network("224.0.0.0/24")
+
+
 def _is_link_local_multicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if ip.version == 4:
-        return ip in ipaddress.IPv4Network("224.0.0.0/24")
+        return ip in _LINK_LOCAL_MULTICAST_V4
     return ip.is_multicast and (ip.packed[1] & 0x0F) == 0x02
 
 
@@ -45,8 +50,40 @@ def canonical_endpoint_ip(text: str) -> str:
     elif ip.is_link_local:
         reason = "link-local"
     else:
-        return str(ip)
+        return sys.intern(str(ip))  # shared with the cluster cache's copy of the address
     raise AddressRejected(f"{raw!r} is a {reason} address, which the Kubernetes API rejects")
+
+
+# Backends are compared, sorted and range-checked on every decision: these work on the
+# canonical text with the C library's parser instead of building ipaddress objects.
+
+
+def ip_version(address: str) -> int:
+    """4 or 6, for an address in canonical form (only IPv6 has colons)."""
+    return 6 if ":" in address else 4
+
+
+def ip_sort_key(address: str | None) -> tuple[int, bytes]:
+    """Order addresses numerically, IPv4 before IPv6 (anything unparsable last)."""
+    try:
+        if address and ":" in address:
+            return (6, socket.inet_pton(socket.AF_INET6, address))
+        return (4, socket.inet_pton(socket.AF_INET, address or ""))
+    except OSError:
+        return (9, b"")
+
+
+def _ip_int(address: str) -> tuple[int, int]:
+    version, packed = ip_sort_key(address)
+    if version == 9:
+        raise ValueError(f"{address!r} is not an IP address")
+    return version, int.from_bytes(packed, "big")
+
+
+def _in_network(version: int, number: int, network: IPNetwork) -> bool:
+    return version == network.version and (number & int(network.netmask)) == int(
+        network.network_address
+    )
 
 
 def address_refusal(
@@ -57,10 +94,10 @@ def address_refusal(
     `denied` is the global deny list (metadata service, loopback, the Service CIDR, ...);
     `allowed`, when not empty, is the only ranges a target's backends may be in.
     """
-    ip = ipaddress.ip_address(address)
+    version, number = _ip_int(address)
     for network in denied:
-        if ip.version == network.version and ip in network:
+        if _in_network(version, number, network):
             return f"in the denied range {network} (address_policy)"
-    if allowed and not any(ip.version == n.version and ip in n for n in allowed):
+    if allowed and not any(_in_network(version, number, n) for n in allowed):
         return "outside the target's allowed_cidrs"
     return None

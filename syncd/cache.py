@@ -26,7 +26,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,16 +102,19 @@ class _Store:
         return old
 
     def replace(
-        self, items: Iterable[Obj], namespace: str | None
+        self, pages: Iterable[Iterable[Obj]], namespace: str | None
     ) -> list[tuple[Obj | None, Obj | None]]:
-        """A fresh list: store it, and return what changed as (old, new) pairs."""
+        """A fresh list, page by page: store it, and return what changed as (old, new)."""
         changes: list[tuple[Obj | None, Obj | None]] = []
         seen = set()
-        for item in items:
-            name = self._name(item)
-            seen.add(name)
-            old = self.put(item)
-            changes.append((old, self.by_name[name]))
+        for page in pages:
+            for item in page:
+                name = self._name(item)
+                seen.add(name)
+                old = self.put(item)
+                new = self.by_name[name]
+                if old is None or old.get("metadata") != new.get("metadata"):
+                    changes.append((old, new))
         for name in [n for n in self.by_name if n not in seen and namespace in (None, n[0])]:
             changes.append((self.pop(name), None))
         return changes
@@ -153,16 +156,28 @@ class ClusterCache:
 
     # -- filling it
 
+    def _relist(self, status: InformerStatus) -> tuple[list[tuple[Obj | None, Obj | None]], str]:
+        """List one kind (in one namespace) into the store, a page at a time."""
+        kind = KINDS[status.kind]
+        version = ""
+
+        def pages() -> Iterator[list[dict[str, Any]]]:
+            nonlocal version
+            for page, page_version in self._kube.list_pages(
+                kind.name, status.namespace, kind.cache_selector or ""
+            ):
+                version = page_version or version
+                yield page
+
+        with self._lock:
+            changes = self._stores[kind.name].replace(pages(), status.namespace)
+        status.synced = True
+        return changes, version
+
     def load(self) -> None:
         """One paginated list per kind (and namespace), for a one-shot run."""
         for status in self.statuses:
-            kind = KINDS[status.kind]
-            items, _version = self._kube.list_with_version(
-                kind.name, status.namespace, kind.cache_selector or ""
-            )
-            with self._lock:
-                self._stores[kind.name].replace(items, status.namespace)
-            status.synced = True
+            self._relist(status)
 
     def start(self, stop: threading.Event) -> list[threading.Thread]:
         """A list + watch thread per kind (and namespace); see `synced`."""
@@ -198,14 +213,9 @@ class ClusterCache:
         while not stop.is_set():
             try:
                 if not version:
-                    items, version = self._kube.list_with_version(
-                        kind.name, status.namespace, selector
-                    )
-                    with self._lock:
-                        changes = self._stores[kind.name].replace(items, status.namespace)
+                    changes, version = self._relist(status)
                     for old, new in changes:
                         self._dispatch(kind, old, new)
-                    status.synced = True
                 events = self._kube.watch(
                     kind.name, status.namespace, selector, version, random.randint(*_WATCH_SECONDS)
                 )
@@ -239,6 +249,13 @@ class ClusterCache:
                 if exc.status is not None:
                     version = ""  # the server answered with an error: start over with a list
                 stop.wait(self._backoff(failures, exc.status is None))
+            except Exception as exc:  # a bug must not silently end the watch: log, relist
+                failures += 1
+                log.exception("watching %ss failed unexpectedly; listing again", kind.name)
+                status.failing_since = status.failing_since or time.monotonic()
+                status.last_error = f"unexpected: {exc!r}"
+                version = ""
+                stop.wait(self._backoff(failures, False))
 
     @staticmethod
     def _backoff(failures: int, unreachable: bool) -> float:

@@ -7,6 +7,7 @@ were still applied); 2 bad config or usage.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -203,6 +204,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> NoReturn:
+    """The `syncd` command: main(), then exit at once.
+
+    A process holding a large config and cluster cache would otherwise spend seconds
+    freeing them one by one at exit; everything that matters (output, logs) is flushed
+    first, and the cluster was left consistent before main() returned.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -217,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
+    gc.freeze()  # the config lives as long as the process: no need to scan it for cycles
     if args.command == "check":
         return _check(config)
     if args.command == "render":
@@ -315,14 +331,29 @@ def _on_signals(stop: threading.Event) -> None:
 
 
 def _one_pass(kube: Kube, config: Config, settings: OnceSettings, stop: threading.Event) -> int:
+    """Apply every target once; print one block per target, in config order."""
     writes_before = kube.writes
-    results = run_once(kube, config, settings, stop)
+    lines: dict[str, tuple[list[str], list[str]]] = {}
+    planned = 0
+    lock = threading.Lock()
+
+    def report(result: TargetResult) -> None:
+        nonlocal planned
+        text = _result_lines(result, settings.dry_run)  # now: the result is not kept
+        with lock:
+            lines[result.target] = text
+            planned += len(result.changes)
+
+    results = run_once(kube, config, settings, stop, report)
     for result in results:
-        _print_result(result, settings.dry_run)
+        out, err = lines.get(result.target, ([], []))
+        for line in err:
+            print(line, file=sys.stderr)
+        for line in out:
+            print(line)
     failed = [r for r in results if not r.outcome.ok]
     writes = kube.writes - writes_before
     if settings.dry_run:
-        planned = sum(len(r.changes) for r in results)
         print(f"dry run: {planned} changes planned, nothing written")
     elif failed:
         print(f"not converged: {len(failed)} of {len(results)} targets failed; {writes} writes")
@@ -332,14 +363,23 @@ def _one_pass(kube: Kube, config: Config, settings: OnceSettings, stop: threadin
 
 
 def _print_result(result: TargetResult, dry_run: bool) -> None:
-    for warning in result.warnings:
-        print(f"{result.target}: warning: {warning}", file=sys.stderr)
+    out, err = _result_lines(result, dry_run)
+    for line in err:
+        print(line, file=sys.stderr)
+    for line in out:
+        print(line)
+
+
+def _result_lines(result: TargetResult, dry_run: bool) -> tuple[list[str], list[str]]:
+    """What a result prints: lines for stdout, lines for stderr."""
+    out: list[str] = []
+    err = [f"{result.target}: warning: {warning}" for warning in result.warnings]
     for change in result.changes:
         if dry_run:
-            print(f"{result.target}: would {change.summary(planned=True)}")
-            print(_indent(change.diff()))
+            out.append(f"{result.target}: would {change.summary(planned=True)}")
+            out.append(_indent(change.diff()))
         else:
-            print(f"{result.target}: {change.summary()}")
+            out.append(f"{result.target}: {change.summary()}")
     decision = result.decision
     size = ""
     if decision is not None:
@@ -348,20 +388,21 @@ def _print_result(result: TargetResult, dry_run: bool) -> None:
         size = f" ({tier}{decision.source}: {len(decision.backends)} backends, {ready} ready)"
         if decision.switched_from is not None:
             kind = "failback" if decision.tier < decision.switched_from else "failover"
-            print(
+            out.append(
                 f"{result.target}: {kind} from tier {decision.switched_from} to tier "
                 f"{decision.tier} ({decision.source}): {decision.reason}"
             )
     if result.outcome is Outcome.CONVERGED:
-        print(f"{result.target}: no changes{size}")
+        out.append(f"{result.target}: no changes{size}")
     elif result.outcome is Outcome.CHANGED:
         verb = "planned" if dry_run else "applied"
         note = f"; {result.message}" if result.message else ""
-        print(f"{result.target}: {len(result.changes)} changes {verb}{size}{note}")
+        out.append(f"{result.target}: {len(result.changes)} changes {verb}{size}{note}")
     else:
         line = f"{result.target}: {result.outcome.value.upper()}: {result.message}"
-        print(line)
-        print(line, file=sys.stderr)
+        out.append(line)
+        err.append(line)
+    return out, err
 
 
 def _indent(text: str) -> str:

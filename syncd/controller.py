@@ -16,21 +16,20 @@
   memory (what was applied, the active tier) is seeded from the cluster whenever it
   (re)starts: process start and reload alike, so the removal guard holds there too.
 - Resync re-queues every target once per interval, spread evenly over it (no burst), and
-  compares with the cache.
+  compares with the cache; a target none of whose inputs (answers, cached objects, policy
+  memory, probe results) has changed since it last converged is known to be converged.
 - Fail static: while no source of a target can answer, nothing is written for it and it
   is reported stale; its sources retry with backoff.
 - SIGHUP or an edit of the config file reloads it (between reconciles); an invalid file is
   logged with every problem and the old config keeps running.
-- Stop: workers finish the write in flight, the rest of a pass is left for the next start;
-  the process exits within `stop_grace` seconds even if the API server hangs.
+- Stop: no new target is started; a worker finishes the target in flight (a few writes),
+  and the process exits within `stop_grace` seconds even if the API server hangs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -44,15 +43,14 @@ from syncd.kinds import Kind, Obj, target_key_of
 from syncd.kube import Kube
 from syncd.model import Config, Snapshot, Target
 from syncd.observability import (
-    ACTIVE_TIER,
     HELD_REMOVALS,
     PROBE_PANICS,
     RECONCILES,
-    TARGET_BACKENDS,
-    TARGET_STALE,
+    TARGET_GAUGES,
     TIER_SWITCHES,
     WORKQUEUE_DEPTH,
     WORKQUEUE_RETRIES,
+    TargetStatus,
 )
 from syncd.ownership import is_owned
 from syncd.pipeline import Answer, Outcome, Step, TargetMemory, TargetResult, run, seed_memory
@@ -60,7 +58,7 @@ from syncd.policy import probe_key
 from syncd.scheduler import DaemonPool, Scheduler
 from syncd.sink import Sink
 from syncd.watchers import SourceRunner, TargetSources
-from syncd.workqueue import RetryLimiter, WorkQueue
+from syncd.workqueue import ResyncPacer, RetryLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +90,20 @@ class _TargetState:
     stale: bool = False
     held_since: float | None = None  # the held removal already reported
     reported: str | None = None  # the conflict or failure already reported
+    converged_on: tuple | None = None  # the inputs of the last converged reconcile
+    ready: int = 0  # backends applied, for the gauges
+    not_ready: int = 0
+    tier: int | None = None
+
+
+def _same_inputs(a: tuple | None, b: tuple) -> bool:
+    """The same answer, cache and memory objects (the cache and the sources replace
+    objects when something changes, never edit them) and equal probe results."""
+    if a is None or len(a) != len(b):
+        return False
+    *objects_a, health_a = a
+    *objects_b, health_b = b
+    return all(x is y for x, y in zip(objects_a, objects_b, strict=True)) and health_a == health_b
 
 
 class _Gate:
@@ -160,9 +172,7 @@ class Controller:
         self._gate = _Gate()
         self._failed: set[str] = set()
         self._ready = threading.Event()  # the cache has synced; workers run
-        self._resync_order: list[str] = []
-        self._resync_cursor = 0
-        self._resync_credit = 0.0
+        self._resync = ResyncPacer(self._settings.resync_interval, _TICK)
         self._config_mtime = self._mtime()  # as loaded: an edit from now on is a reload
 
     # -- public
@@ -177,7 +187,7 @@ class Controller:
 
     def request_reload(self) -> None:
         """Safe from a signal handler: a worker reloads between two reconciles."""
-        self._queue.add(RELOAD)
+        self._queue.add(RELOAD, "reload")
 
     def run(self) -> int:
         """Until the stop event is set; returns the exit code."""
@@ -188,6 +198,7 @@ class Controller:
             self._owner_id,
             self._settings.workers,
         )
+        TARGET_GAUGES.source = self._target_statuses
         self._cache.start(self._stop)
         for target in self._config.targets:
             self._start_target(target)
@@ -203,8 +214,8 @@ class Controller:
         log.info("cluster cache synced in %.1fs", time.monotonic() - waited)
         self._ready.set()
         for key in self._targets:
-            self._queue.add(key)
-        self._queue.add(PRUNE)
+            self._queue.add(key, "start")
+        self._queue.add(PRUNE, "start")
         self._rebuild_resync_order()
         self._scheduler.call_later(_TICK, self._resync_tick)
         self._scheduler.call_later(self._settings.config_poll_interval, self._config_tick)
@@ -241,44 +252,45 @@ class Controller:
 
     def _work(self) -> None:
         while True:
-            key = self._queue.get()
-            if key is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            key, reason = item
             try:
                 with self._gate.shared():
-                    self._process(key)
+                    self._process(key, reason)
             except Exception:
                 log.exception("reconciling %s failed unexpectedly; retrying", key)
                 self._queue.add_rate_limited(key)
             finally:
                 self._queue.done(key)
 
-    def _process(self, key: Hashable) -> None:
+    def _process(self, key: Hashable, reason: str) -> None:
         if key == RELOAD:
             with self._gate.exclusive():
                 self._reload()
         elif key == PRUNE:
-            self._prune()
+            self._prune(reason)
         else:
             with self._lock:
                 state = self._targets.get(str(key))
             if state is not None:
-                self._reconcile(state)
+                self._reconcile(state, reason)
 
-    def _prune(self) -> None:
+    def _prune(self, reason: str) -> None:
         failed = False
         with self._lock:
             configured = list(self._targets)
         for result in self._sink.prune(configured):
-            RECONCILES.labels(result.outcome.value).inc()
+            RECONCILES.labels(result.outcome.value, reason).inc()
             failed |= result.outcome is Outcome.FAILED
             self._report(result)
         if failed:
-            self._queue.add_rate_limited(PRUNE)
+            self._queue.add_rate_limited(PRUNE, "retry")
         else:
             self._queue.forget(PRUNE)
 
-    def _reconcile(self, state: _TargetState) -> None:
+    def _reconcile(self, state: _TargetState, reason: str) -> None:
         target = state.target
         with self._lock:
             answers = list(state.answers)
@@ -287,6 +299,20 @@ class Controller:
         live = self._cache.live_state(target)
         if state.memory.memory is None:
             state.memory.memory = seed_memory(target, live, self._owner_id, one_shot=False)
+        health = state.prober.health() if state.prober else None
+        inputs = (
+            *answers,
+            live.service,
+            live.endpoints,
+            *live.slices,
+            state.memory.memory,
+            self._config.address_policy,
+            health,
+        )
+        if reason == "resync" and _same_inputs(state.converged_on, inputs):
+            RECONCILES.labels(Outcome.CONVERGED.value, reason).inc()
+            return  # nothing it depends on has changed since it last converged
+        state.converged_on = None
         now = time.monotonic()
         step = run(
             target,
@@ -296,7 +322,7 @@ class Controller:
             now=now,
             address_policy=self._config.address_policy,
             owner_id=self._owner_id,
-            health=state.prober.health() if state.prober else None,
+            health=health,
             problems=[
                 f"sources[{i}]: {a}" for i, a in enumerate(answers) if isinstance(a, SourceError)
             ],
@@ -308,14 +334,13 @@ class Controller:
             PROBE_PANICS.labels(target.key).inc()
         verdict = step.evaluation.verdict
         if verdict.recheck_at is not None:  # e.g. a failback waiting for failback_after
-            self._queue.add_after(target.key, verdict.recheck_at - now)
+            self._queue.add_after(target.key, verdict.recheck_at - now, "recheck")
         if step.plan is None:
-            self._blocked(state, step)
+            self._blocked(state, step, reason)
             return
         decision = step.plan.decision
         if state.stale:
             state.stale = False
-            TARGET_STALE.labels(target.key).set(0)
             log.info("%s: %s answers again", target.key, decision.source)
         if not decision.backends:
             log.warning(
@@ -333,18 +358,19 @@ class Controller:
                 decision.source,
                 decision.reason,
             )
-        ACTIVE_TIER.labels(target.key).set(decision.tier)
         result = self._sink.apply(step.plan)
-        RECONCILES.labels(result.outcome.value).inc()
-        ready = sum(1 for b in decision.backends if b.ready)
-        TARGET_BACKENDS.labels(target.key, "true").set(ready)
-        TARGET_BACKENDS.labels(target.key, "false").set(len(decision.backends) - ready)
+        RECONCILES.labels(result.outcome.value, reason).inc()
+        state.ready = sum(1 for b in decision.backends if b.ready)
+        state.not_ready = len(decision.backends) - state.ready
+        state.tier = decision.tier if len(target.sources) > 1 else None
         if result.outcome is Outcome.FAILED:
             self._failed_attempt(state, result)
             return
         self._queue.forget(target.key)
         self._failed.discard(target.key)
         state.reported = None
+        if result.outcome is Outcome.CONVERGED and verdict.recheck_at is None:
+            state.converged_on = (*inputs[:-3], state.memory.memory, *inputs[-2:])
         if result.outcome is not Outcome.CONVERGED or decision.switched_from is not None:
             self._report(result)
 
@@ -360,28 +386,32 @@ class Controller:
             self._report(result)
         log.info("%s: retrying in %.1fs (attempt %d)", key, delay, self._queue.retries(key))
 
-    def _blocked(self, state: _TargetState, step: Step) -> None:
+    def _blocked(self, state: _TargetState, step: Step, reason: str) -> None:
         """Nothing may be written: stale sources, a held removal, a conflict, a bad setup."""
         result = step.result
         assert result is not None
         key = state.target.key
         verdict = step.evaluation.verdict
-        RECONCILES.labels(result.outcome.value).inc()
+        RECONCILES.labels(result.outcome.value, reason).inc()
         if result.outcome is Outcome.HELD:
             HELD_REMOVALS.labels(key).inc()
             if state.held_since != verdict.state.pending_since:
                 state.held_since = verdict.state.pending_since
                 self._report(result)
             assert verdict.hold_until is not None
-            self._queue.add_after(key, verdict.hold_until - time.monotonic())
+            self._queue.add_after(key, verdict.hold_until - time.monotonic(), "hold")
         elif result.outcome is Outcome.STALE:
             if not state.stale:
                 state.stale = True
-                TARGET_STALE.labels(key).set(1)
                 self._report(result)
         elif state.reported != result.message:  # a conflict or a bad setup: the cache
             state.reported = result.message  # wakes the target when the object changes
             self._report(result)
+
+    def _target_statuses(self) -> list[TargetStatus]:
+        with self._lock:
+            states = list(self._targets.values())
+        return [TargetStatus(s.target.key, s.stale, s.ready, s.not_ready, s.tier) for s in states]
 
     # -- sources and probes
 
@@ -391,7 +421,7 @@ class Controller:
         def on_answer(index: int, answer: Answer) -> None:
             with self._lock:
                 state.answers[index] = answer
-            self._queue.add(target.key)
+            self._queue.add(target.key, "source")
 
         if target.health_check is not None:
             state.prober = Prober(target.health_check, target.key, self._probe_pool)
@@ -417,7 +447,7 @@ class Controller:
             if b.ready
         }
         if state.prober.run_round(keys):
-            self._queue.add(state.target.key)
+            self._queue.add(state.target.key, "probe")
         self._scheduler.call_later(state.prober.interval, lambda: self._probe(state))
 
     def _stop_target(self, key: str) -> None:
@@ -427,7 +457,6 @@ class Controller:
             return
         if state.sources is not None:
             SourceRunner.stop(state.sources)
-        TARGET_STALE.labels(key).set(0)
         self._failed.discard(key)
 
     # -- the cluster
@@ -448,41 +477,32 @@ class Controller:
                 kind.name,
                 (obj.get("metadata") or {}).get("name"),
             )
-            self._queue.add(key)
+            self._queue.add(key, "cluster")
         elif new is not None and is_owned(new, self._owner_id):
-            self._queue.add(PRUNE)
+            self._queue.add(PRUNE, "cluster")
 
     def _on_api_recovered(self) -> None:
         """The API server answers again: retry every failed target now, not after its backoff."""
         for key in list(self._failed):
             self._queue.forget(key)
-            self._queue.add(key)
-        self._queue.add(PRUNE)
+            self._queue.add(key, "api-recovered")
+        self._queue.add(PRUNE, "api-recovered")
 
     # -- resync and reload
 
     def _rebuild_resync_order(self) -> None:
         with self._lock:
-            order = list(self._targets)
-        random.shuffle(order)  # instances started together do not resync in step
-        self._resync_order = order
-        self._resync_cursor = 0
+            self._resync.reset(list(self._targets))
 
     def _resync_tick(self) -> None:
         """Queue the next share of targets: each one once per interval, evenly spread."""
         if self._stop.is_set():
             return
-        order = self._resync_order
-        if order:
-            self._resync_credit += len(order) * _TICK / self._settings.resync_interval
-            batch = math.floor(self._resync_credit)
-            self._resync_credit -= batch
-            for key in order[self._resync_cursor : self._resync_cursor + batch]:
-                self._queue.add(key)
-            self._resync_cursor += batch
-            if self._resync_cursor >= len(order):
-                self._resync_cursor = 0
-                self._queue.add(PRUNE)
+        batch, round_done = self._resync.next_batch()
+        for key in batch:
+            self._queue.add(key, "resync")
+        if round_done:
+            self._queue.add(PRUNE, "resync")
         self._scheduler.call_later(_TICK, self._resync_tick)
 
     def _config_tick(self) -> None:
@@ -534,5 +554,5 @@ class Controller:
         self._rebuild_resync_order()
         if policy_changed:
             for key in new:
-                self._queue.add(key)
-        self._queue.add(PRUNE)
+                self._queue.add(key, "reload")
+        self._queue.add(PRUNE, "reload")

@@ -17,10 +17,12 @@ What the cache selects, and why:
 
 from __future__ import annotations
 
-import ipaddress
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from syncd.addresses import ip_sort_key
 
 APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
@@ -46,14 +48,6 @@ View = dict[str, Any]
 
 def labels_of(obj: Obj) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("labels") or {})
-
-
-def _ip_key(address: str | None) -> tuple[int, int]:
-    try:
-        ip = ipaddress.ip_address(address or "")
-        return (ip.version, int(ip))
-    except ValueError:
-        return (9, 0)
 
 
 def normal_ports(ports: Iterable[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -101,7 +95,7 @@ def _slice_fields(obj: Obj) -> View:
     return {
         "addressType": obj.get("addressType"),
         "ports": normal_ports(obj.get("ports")),
-        "endpoints": sorted(endpoints, key=lambda e: _ip_key(e["address"])),
+        "endpoints": sorted(endpoints, key=lambda e: ip_sort_key(e["address"])),
     }
 
 
@@ -109,9 +103,11 @@ def _endpoints_fields(obj: Obj) -> View:
     subsets = [
         {
             "ports": normal_ports(subset.get("ports")),
-            "addresses": sorted((a.get("ip") for a in subset.get("addresses") or ()), key=_ip_key),
+            "addresses": sorted(
+                (a.get("ip") for a in subset.get("addresses") or ()), key=ip_sort_key
+            ),
             "notReadyAddresses": sorted(
-                (a.get("ip") for a in subset.get("notReadyAddresses") or ()), key=_ip_key
+                (a.get("ip") for a in subset.get("notReadyAddresses") or ()), key=ip_sort_key
             ),
         }
         for subset in obj.get("subsets") or ()
@@ -165,20 +161,83 @@ def _identity(obj: Obj) -> View:
     return {"uid": metadata.get("uid"), "allLabels": labels_of(obj)}
 
 
+# What the cache keeps. Thousands of objects share a handful of label keys and values,
+# namespaces, port lists and readiness conditions: those are stored once (interned or
+# shared), not once per object. Cached objects are never modified, so sharing is safe.
+
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
+_SHARED: dict[Any, Any] = {}
+
+
+def _shared(value: Any) -> Any:
+    """One copy of an immutable value that many cached objects hold."""
+    return _SHARED.setdefault(value, value)
+
+
+def _text(value: Any) -> Any:
+    return sys.intern(value) if isinstance(value, str) else value
+
+
+def _strings(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {_text(k): _text(v) for k, v in (mapping or {}).items()}
+
+
 def _trim_metadata(obj: Obj) -> dict[str, Any]:
-    metadata = dict(obj.get("metadata") or {})
-    metadata.pop("managedFields", None)
-    return metadata
+    metadata = obj.get("metadata") or {}
+    kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_METADATA if k in metadata}
+    if "namespace" in kept:
+        kept["namespace"] = _text(kept["namespace"])
+    for key in ("labels", "annotations"):
+        if metadata.get(key):
+            kept[key] = _strings(metadata[key])
+    if metadata.get("ownerReferences"):
+        kept["ownerReferences"] = [_strings(ref) for ref in metadata["ownerReferences"]]
+    return kept
+
+
+def _shared_ports(ports: Any) -> Any:
+    if not ports:
+        return ports
+    key = tuple(tuple(sorted(_strings(p).items())) for p in ports)
+    if key not in _SHARED:
+        _SHARED[key] = [dict(items) for items in key]
+    return _SHARED[key]
+
+
+_CONDITIONS = {ready: {"ready": ready} for ready in (True, False, None)}
 
 
 def _trim_service(obj: Obj) -> dict[str, Any]:
     spec = obj.get("spec") or {}
-    kept = {k: spec[k] for k in ("selector", "type", "ports", "trafficDistribution") if k in spec}
+    kept = {k: spec[k] for k in ("selector", "type", "trafficDistribution") if k in spec}
+    kept["ports"] = _shared_ports(spec.get("ports"))
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _trim_metadata(obj),
         "spec": kept,
+    }
+
+
+def _trim_slice(obj: Obj) -> dict[str, Any]:
+    """Endpoints keep their addresses and readiness: syncd writes slices whole from what
+    it decided, so the rest of a live endpoint is never needed."""
+    endpoints = [
+        {
+            "addresses": tuple(_text(a) for a in e.get("addresses") or ()),
+            "conditions": _CONDITIONS.get(
+                (e.get("conditions") or {}).get("ready"), _CONDITIONS[None]
+            ),
+        }
+        for e in obj.get("endpoints") or ()
+    ]
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": _trim_metadata(obj),
+        "addressType": _text(obj.get("addressType")),
+        "endpoints": endpoints,
+        "ports": _shared_ports(obj.get("ports")),
     }
 
 
@@ -261,7 +320,7 @@ ENDPOINT_SLICE = Kind(
     apply_order=2,
     fields=_slice_fields,
     identity=_identity,
-    trim=_trim_whole("EndpointSlice", "discovery.k8s.io/v1"),
+    trim=_trim_slice,
     size=_slice_size,
 )
 EVENT = Kind(

@@ -8,6 +8,8 @@ classes: they would cost a conversion of every object in both directions.
 
 - Every request waits for a token of one client-side bucket (`qps`, `burst`, like
   client-go's), so a cold start with thousands of targets cannot flood the API server.
+  The wait is not cut short by a shutdown: a target whose first write is out finishes its
+  others (a few tokens, milliseconds), so a stop never leaves one half-written.
 - Transient failures (connection errors, timeouts, 429, 5xx) are retried with capped,
   jittered exponential backoff; anything else (validation errors, forbidden, not found) is
   raised at once as a `KubeError`, never retried in a loop. A shutdown interrupts the
@@ -43,7 +45,7 @@ from syncd.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)
 
 
@@ -186,8 +188,7 @@ class Kube:
 
     def _call(self, verb: str, what: str, method: str, path: str, **kwargs) -> Any:
         def attempt() -> Any:
-            if not self._bucket.acquire(self._stop):
-                raise KubeError(f"{verb} {what}: stopped")
+            self._bucket.wait()
             with self._calls_lock:
                 self.calls[verb] += 1
             KUBE_REQUESTS.labels(verb).inc()
@@ -266,9 +267,21 @@ class Kube:
         self, kind: str, namespace: str | None, label_selector: str = ""
     ) -> tuple[list[dict[str, Any]], str]:
         """Like list, plus the collection's resourceVersion to start a watch from."""
+        items: list[dict[str, Any]] = []
+        version = ""
+        for page, page_version in self.list_pages(kind, namespace, label_selector):
+            items.extend(page)
+            version = page_version or version
+        return items, version
+
+    def list_pages(
+        self, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> Iterator[tuple[list[dict[str, Any]], str]]:
+        """The list one page at a time (`page_size` objects), with the collection's
+        resourceVersion on the last page: a caller that keeps less than whole objects
+        never holds them all at once."""
         row = KINDS[kind]
         where = namespace or "all namespaces"
-        items: list[dict[str, Any]] = []
         token = ""
         while True:
             query: list[tuple[str, Any]] = [("limit", self._settings.page_size)]
@@ -280,11 +293,12 @@ class Kube:
                 "list", f"{kind} in {where}", "GET", row.collection_path(namespace), query=query
             )
             result = result or {}
-            items.extend(_with_kind(item, row) for item in result.get("items") or ())
             metadata = result.get("metadata") or {}
             token = metadata.get("continue") or ""
+            page = [_with_kind(item, row) for item in result.get("items") or ()]
+            yield page, ("" if token else metadata.get("resourceVersion", ""))
             if not token:
-                return items, metadata.get("resourceVersion", "")
+                return
 
     def watch(
         self,
@@ -309,8 +323,7 @@ class Kube:
         ]
         if label_selector:
             query.append(("labelSelector", label_selector))
-        if not self._bucket.acquire(self._stop):
-            return iter(())
+        self._bucket.wait()
         with self._calls_lock:
             self.calls["watch"] += 1
         KUBE_REQUESTS.labels("watch").inc()
@@ -387,6 +400,17 @@ class Kube:
         """Record a core/v1 Event (what `kubectl describe` shows under the object)."""
         self._call(
             "create", f"Event in {namespace}", "POST", EVENT.collection_path(namespace), body=event
+        )
+
+    def delete_collection(self, kind: str, namespace: str, label_selector: str) -> None:
+        """Delete every object of `kind` in `namespace` matching the selector (one call)."""
+        row = KINDS[kind]
+        self._call(
+            "deletecollection",
+            f"{kind} in {namespace}",
+            "DELETE",
+            row.collection_path(namespace),
+            query=[("labelSelector", label_selector)],
         )
 
     def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:

@@ -7,7 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.addresses import IPNetwork
+from syncd.addresses import IPNetwork, ip_version
 
 
 class Output(enum.StrEnum):
@@ -33,7 +33,7 @@ class AddressFamily(enum.StrEnum):
     IPV6 = "IPv6"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ServicePort:
     """A port of the Service: what clients inside the cluster connect to."""
 
@@ -42,7 +42,7 @@ class ServicePort:
     protocol: str = "TCP"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class EndpointPort:
     """Where a backend really listens for one Service port (named like that Service port)."""
 
@@ -53,8 +53,16 @@ class EndpointPort:
 
 PortSet = tuple[EndpointPort, ...]
 
+_PORT_SETS: dict[PortSet, PortSet] = {}
 
-@dataclass(frozen=True, order=True)
+
+def port_set(*ports: EndpointPort) -> PortSet:
+    """The sorted port set, shared: 100,000 backends on one port hold one tuple, not 100,000."""
+    key = tuple(sorted(ports))
+    return _PORT_SETS.setdefault(key, key)
+
+
+@dataclass(frozen=True, order=True, slots=True)
 class Backend:
     """One address and the port it serves for each Service port it backs.
 
@@ -68,7 +76,7 @@ class Backend:
 
     @property
     def family(self) -> AddressFamily:
-        version = ipaddress.ip_address(self.address).version
+        version = ip_version(self.address)
         return AddressFamily.IPV4 if version == 4 else AddressFamily.IPV6
 
     @property

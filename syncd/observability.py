@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry()
 
@@ -33,20 +36,9 @@ KUBE_REQUESTS = Counter(
 )
 RECONCILES = Counter(
     "syncd_reconciles_total",
-    "Target reconciles by outcome",
-    ["outcome"],
-    registry=REGISTRY,
-)
-TARGET_STALE = Gauge(
-    "syncd_target_stale",
-    "1 while no source of the target can answer (last state kept)",
-    ["target"],
-    registry=REGISTRY,
-)
-TARGET_BACKENDS = Gauge(
-    "syncd_target_backends",
-    "Backends applied for the target, by readiness",
-    ["target", "ready"],
+    "Target reconciles by outcome and by what queued them (source, cluster, resync, retry, "
+    "recheck, hold, probe, start, reload, api-recovered)",
+    ["outcome", "trigger"],
     registry=REGISTRY,
 )
 
@@ -68,12 +60,6 @@ TIER_SWITCHES = Counter(
     ["target", "from_tier", "to_tier"],
     registry=REGISTRY,
 )
-ACTIVE_TIER = Gauge(
-    "syncd_active_tier",
-    "Index of the source tier in use",
-    ["target"],
-    registry=REGISTRY,
-)
 HELD_REMOVALS = Counter(
     "syncd_held_removals_total",
     "Large removals held for confirmation",
@@ -92,6 +78,54 @@ WORKQUEUE_RETRIES = Counter(
     "Reconciles queued again after a failure (each with its own backoff)",
     registry=REGISTRY,
 )
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """What the per-target gauges show for one target."""
+
+    key: str
+    stale: bool
+    ready: int
+    not_ready: int
+    tier: int | None  # only for targets with several tiers
+
+
+class _TargetGauges:
+    """syncd_target_stale, syncd_target_backends and syncd_active_tier, read from the
+    daemon's own state when scraped: no gauge objects per target to keep in step, and
+    cheap at tens of thousands of targets."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[TargetStatus]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stale = GaugeMetricFamily(
+            "syncd_target_stale",
+            "1 while no source of the target can answer (last state kept)",
+            labels=["target"],
+        )
+        backends = GaugeMetricFamily(
+            "syncd_target_backends",
+            "Backends applied for the target, by readiness",
+            labels=["target", "ready"],
+        )
+        tier = GaugeMetricFamily(
+            "syncd_active_tier",
+            "Index of the source tier in use (targets with several tiers)",
+            labels=["target"],
+        )
+        for status in self.source() if self.source else ():
+            stale.add_metric([status.key], 1.0 if status.stale else 0.0)
+            backends.add_metric([status.key, "true"], status.ready)
+            backends.add_metric([status.key, "false"], status.not_ready)
+            if status.tier is not None:
+                tier.add_metric([status.key], status.tier)
+        yield from (stale, backends, tier)
+
+
+TARGET_GAUGES = _TargetGauges()
+REGISTRY.register(TARGET_GAUGES)  # type: ignore[arg-type]
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:

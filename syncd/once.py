@@ -91,8 +91,9 @@ def run_once(
 ) -> list[TargetResult]:
     """Reconcile every target once, then prune what removed targets left behind.
 
-    Results come back in config order (removed targets last); `report` sees each as soon
-    as it is known.
+    `report` sees each result whole as soon as it is known. The results come back in
+    config order (removed targets last) without their changes, which hold every object
+    written: at 10,000 targets, keeping them all would cost more than the cache.
     """
     stop = stop or threading.Event()
     cache = ClusterCache(kube, settings.namespaces)
@@ -104,21 +105,21 @@ def run_once(
         ]
     sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
 
+    def reported(result: TargetResult) -> TargetResult:
+        if report is not None:
+            report(result)
+        return replace(result, changes=(), decision=None)
+
     def one(target: Target) -> TargetResult:
         try:
             result = _one_target(target, config, cache, sink, settings, stop)
         except KubeError as exc:
             result = TargetResult(target.key, Outcome.FAILED, message=str(exc))
-        if report is not None:
-            report(result)
-        return result
+        return reported(result)
 
     with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="once") as pool:
         results = list(pool.map(one, config.targets))
-    for result in sink.prune(t.key for t in config.targets):
-        if report is not None:
-            report(result)
-        results.append(result)
+    results.extend(reported(result) for result in sink.prune(t.key for t in config.targets))
     return results
 
 

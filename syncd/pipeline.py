@@ -22,7 +22,7 @@ from typing import Any
 
 from syncd.errors import OwnershipConflict, SourceError, TargetError
 from syncd.kinds import Obj, describe_object
-from syncd.model import AddressPolicy, Backend, EndpointPort, Snapshot, Target
+from syncd.model import AddressPolicy, Backend, EndpointPort, Snapshot, Target, port_set
 from syncd.ownership import (
     ACTIVE_SOURCE_ANNOTATION,
     ACTIVE_TIER_ANNOTATION,
@@ -81,8 +81,8 @@ def backends_of_endpoints(endpoints: Obj | None) -> frozenset[Backend]:
     """The backends a live v1 Endpoints object holds (inverse of rendering)."""
     backends = set()
     for subset in (endpoints or {}).get("subsets") or ():
-        ports = tuple(
-            sorted(
+        ports = port_set(
+            *(
                 EndpointPort(
                     p.get("name") or "", int(p.get("port") or 0), p.get("protocol") or "TCP"
                 )

@@ -32,7 +32,8 @@ class TokenBucket:
             self._tokens -= 1
             return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
-    def acquire(self, stop: threading.Event) -> bool:
-        """Block until a token is ours; False if `stop` was set meanwhile."""
+    def wait(self) -> None:
+        """Block until a token is ours."""
         delay = self.reserve()
-        return not (delay > 0 and stop.wait(delay))
+        if delay > 0:
+            time.sleep(delay)

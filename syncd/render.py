@@ -19,13 +19,13 @@ Rules this module encodes:
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target
+from syncd.addresses import ip_sort_key
+from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target, port_set
 from syncd.ownership import SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
 
 _MAX_NAME = 253
@@ -48,19 +48,14 @@ class PlacedSlice:
     addresses: tuple[str, ...]
 
 
-def _ip_sort_key(address: str) -> tuple[int, int]:
-    ip = ipaddress.ip_address(address)
-    return (ip.version, int(ip))
-
-
 def slice_key_of(obj: Mapping[str, Any]) -> SliceKey | None:
     """The grouping key of a live EndpointSlice, or None if it is not one syncd could write."""
     try:
         family = AddressFamily(obj.get("addressType"))
     except ValueError:
         return None
-    ports = tuple(
-        sorted(
+    ports = port_set(
+        *(
             EndpointPort(p.get("name") or "", int(p.get("port") or 0), p.get("protocol") or "TCP")
             for p in obj.get("ports") or ()
         )
@@ -119,7 +114,7 @@ def pack_slices(
             keep = [a for a in live.addresses if a in wanted and a not in placed][:capacity]
             placed.update(keep)
             slots.append((live.name, keep, len(keep) != len(live.addresses)))
-        pending = sorted(wanted - placed, key=_ip_sort_key)
+        pending = sorted(wanted - placed, key=ip_sort_key)
         # New addresses go first where a write happens anyway, then into any room left.
         for index in sorted(range(len(slots)), key=lambda i: (not slots[i][2], slots[i][0])):
             name, keep, _changed = slots[index]
@@ -137,7 +132,7 @@ def pack_slices(
             slots.append((name, pending[:capacity], True))
             pending = pending[capacity:]
         result.extend(
-            PlacedSlice(name, key, tuple(sorted(addresses, key=_ip_sort_key)))
+            PlacedSlice(name, key, tuple(sorted(addresses, key=ip_sort_key)))
             for name, addresses, _changed in slots
             if addresses
         )
@@ -252,7 +247,7 @@ def render_endpoints(
     for ports in sorted(by_ports):
         subset: dict[str, Any] = {}
         for ready, field in ((True, "addresses"), (False, "notReadyAddresses")):
-            addresses = sorted(by_ports[ports][ready], key=_ip_sort_key)
+            addresses = sorted(by_ports[ports][ready], key=ip_sort_key)
             if addresses:
                 subset[field] = [{"ip": address} for address in addresses]
         subset["ports"] = _ports_list(ports)

@@ -8,8 +8,9 @@ Rules enforced here, before and while writing:
   cluster cache before the first write).
 - Order: the Service first (slices point at its uid), creates and updates before deletes,
   so a Service never has fewer endpoints mid-way than before or after.
-- Stopping: between two writes a shutdown ends the pass; every object is written whole,
-  and the order above means what is already written is safe to serve.
+- Stopping: a shutdown starts no new target, and a target whose first write is out gets
+  its other writes too (a plan is a few writes), so no target is left half-written unless
+  the API server itself fails mid-way; then the order above keeps what is written safe.
 - Every write goes through the cache (the echo of syncd's own writes is not news).
 """
 
@@ -76,19 +77,12 @@ class Sink:
             return TargetResult(
                 target.key, outcome, plan.changes, decision=decision, warnings=plan.warnings
             )
+        if self._stop.is_set():  # stopping: start no new target (one begun is finished)
+            return TargetResult(target.key, Outcome.FAILED, message="stopped", decision=decision)
         applied: list[Change] = []
         service_uid: str | None = None
         try:
             for change in plan.changes:
-                if self._stop.is_set():
-                    return TargetResult(
-                        target.key,
-                        Outcome.FAILED,
-                        tuple(applied),
-                        "stopped between two writes; the rest is applied on the next start",
-                        decision,
-                        plan.warnings,
-                    )
                 if service_uid is not None:
                     change = with_service_uid(change, service_uid)
                 written = self.write(change)

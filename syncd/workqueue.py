@@ -7,6 +7,8 @@ Modelled on client-go's rate-limited work queue:
 - A key is never handed to two workers at once. A key added while it is being processed
   is remembered and handed out again after `done`, so no change is lost.
 - `add_after` queues a key later (hold-downs, rechecks); the earliest request wins.
+- Every add says why (a source answered, the cluster changed, resync, retry ...); `get`
+  returns the reason of the first add since the key was last taken, for metrics.
 - `add_rate_limited` is for retries: each key backs off on its own (capped, jittered
   exponential: one failing target never slows the others) and all retries together are
   bounded by a token bucket, so a thousand failing targets cannot flood the API server.
@@ -74,32 +76,32 @@ class WorkQueue:
         self._on_depth = on_depth
         self._cond = threading.Condition()
         self._queue: collections.deque[Hashable] = collections.deque()
-        self._dirty: set[Hashable] = set()
+        self._dirty: dict[Hashable, str] = {}  # waiting keys and why they were added
         self._processing: set[Hashable] = set()
-        self._delayed: list[tuple[float, int, Hashable]] = []
+        self._delayed: list[tuple[float, int, Hashable, str]] = []
         self._due: dict[Hashable, float] = {}
         self._sequence = itertools.count()
         self._shut_down = False
 
     # -- adding
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, reason: str = "") -> None:
         with self._cond:
-            self._add_locked(key)
+            self._add_locked(key, reason)
 
-    def _add_locked(self, key: Hashable) -> None:
+    def _add_locked(self, key: Hashable, reason: str) -> None:
         if self._shut_down or key in self._dirty:
             return
-        self._dirty.add(key)
+        self._dirty[key] = reason
         if key not in self._processing:
             self._queue.append(key)
             self._cond.notify_all()
             self._report_depth()
 
-    def add_after(self, key: Hashable, delay: float) -> None:
+    def add_after(self, key: Hashable, delay: float, reason: str = "") -> None:
         """Queue `key` in `delay` seconds (at once if delay <= 0); the earliest request wins."""
         if delay <= 0:
-            self.add(key)
+            self.add(key, reason)
             return
         with self._cond:
             if self._shut_down:
@@ -108,13 +110,13 @@ class WorkQueue:
             if key in self._due and self._due[key] <= due:
                 return
             self._due[key] = due
-            heapq.heappush(self._delayed, (due, next(self._sequence), key))
+            heapq.heappush(self._delayed, (due, next(self._sequence), key, reason))
             self._cond.notify_all()
 
-    def add_rate_limited(self, key: Hashable) -> float:
+    def add_rate_limited(self, key: Hashable, reason: str = "retry") -> float:
         """Queue `key` after its own backoff (see RetryLimiter); returns the delay."""
         delay = self._limiter.when(key)
-        self.add_after(key, delay)
+        self.add_after(key, delay, reason)
         return delay
 
     def forget(self, key: Hashable) -> None:
@@ -125,8 +127,9 @@ class WorkQueue:
 
     # -- taking
 
-    def get(self, timeout: float | None = None) -> Hashable | None:
-        """The next key to process (mark it `done` afterwards), or None on timeout/shutdown."""
+    def get(self, timeout: float | None = None) -> tuple[Hashable, str] | None:
+        """The next key and why it was queued (mark it `done` afterwards), or None on
+        timeout or shutdown."""
         deadline = None if timeout is None else self._clock() + timeout
         with self._cond:
             while True:
@@ -135,10 +138,10 @@ class WorkQueue:
                 self._move_due_locked()
                 if self._queue:
                     key = self._queue.popleft()
-                    self._dirty.discard(key)
+                    reason = self._dirty.pop(key, "")
                     self._processing.add(key)
                     self._report_depth()
-                    return key
+                    return key, reason
                 wait = None if deadline is None else deadline - self._clock()
                 if self._delayed:
                     until_due = self._delayed[0][0] - self._clock()
@@ -152,10 +155,10 @@ class WorkQueue:
     def _move_due_locked(self) -> None:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
-            due, _seq, key = heapq.heappop(self._delayed)
+            due, _seq, key, reason = heapq.heappop(self._delayed)
             if self._due.get(key) == due:
                 del self._due[key]
-                self._add_locked(key)
+                self._add_locked(key, reason)
 
     def done(self, key: Hashable) -> None:
         with self._cond:
@@ -184,3 +187,39 @@ class WorkQueue:
     def _report_depth(self) -> None:
         if self._on_depth is not None:
             self._on_depth(len(self._queue))
+
+
+class ResyncPacer:
+    """Which keys to resync at each tick, so every key comes once per `interval`, evenly.
+
+    Keys are taken round-robin from a shuffled order (instances started together do not
+    resync in step); fractions carry over between ticks, so 3 keys over 300 s are one key
+    every 100 s, not one per tick. `next_batch` returns True as its second value when a
+    full round has just completed.
+    """
+
+    def __init__(self, interval: float, tick: float):
+        self._interval = interval
+        self._tick = tick
+        self._order: list[Hashable] = []
+        self._cursor = 0
+        self._credit = 0.0
+
+    def reset(self, keys: list[Hashable]) -> None:
+        self._order = list(keys)
+        random.shuffle(self._order)
+        self._cursor = 0
+        self._credit = 0.0
+
+    def next_batch(self) -> tuple[list[Hashable], bool]:
+        if not self._order:
+            return [], False
+        self._credit += len(self._order) * self._tick / self._interval
+        count = int(self._credit)
+        self._credit -= count
+        batch = self._order[self._cursor : self._cursor + count]
+        self._cursor += count
+        if self._cursor >= len(self._order):
+            self._cursor = 0
+            return batch, True
+        return batch, False

@@ -11,7 +11,7 @@ from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.config.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
-from syncd.model import Backend, EndpointPort, ServicePort
+from syncd.model import Backend, EndpointPort, ServicePort, port_set
 
 
 def read_backends_file(file: Path, ports: tuple[ServicePort, ...]) -> tuple[Backend, ...]:
@@ -89,7 +89,7 @@ def parse_endpoint_ports(data: dict, scope: Scope, ports: tuple[ServicePort, ...
         number = port_number(data["port"], scope.at("port"))
         if number is None:
             return None
-        return (EndpointPort(ports[0].name, number, ports[0].protocol),)
+        return port_set(EndpointPort(ports[0].name, number, ports[0].protocol))
     mapping = data["ports"]
     if not isinstance(mapping, dict) or not mapping:
         scope.at("ports").error("must be a mapping of Service port name to backend port")
@@ -111,7 +111,7 @@ def parse_endpoint_ports(data: dict, scope: Scope, ports: tuple[ServicePort, ...
             ok = False
             continue
         result.append(EndpointPort(name, number, by_name[name].protocol))
-    return tuple(sorted(result)) if ok else None
+    return port_set(*result) if ok else None
 
 
 def _backend_shorthand(text: str, scope: Scope, ports) -> Backend | None:
@@ -131,7 +131,7 @@ def _backend_shorthand(text: str, scope: Scope, ports) -> Backend | None:
     number = port_number(int(port_text), scope)
     if address is None or number is None:
         return None
-    return Backend(address, (EndpointPort(ports[0].name, number, ports[0].protocol),))
+    return Backend(address, port_set(EndpointPort(ports[0].name, number, ports[0].protocol)))
 
 
 def _address(value: Any, scope: Scope) -> str | None:

@@ -1,14 +1,17 @@
 """YAML with line numbers: plain Python data plus where each value was written.
 
-Every problem syncd reports names the YAML line, so the parser keeps, for each mapping and
+Every problem syncd reports names the YAML line, so the reader keeps, for each mapping and
 list, the line of each of its entries (one small table per container, not one entry per
-value: a 10,000-target config stays cheap). Any YAML problem becomes a ConfigError.
+value). The data is built straight from the parser's event stream (libyaml's when PyYAML
+has it), never as a tree of YAML nodes: a 10,000-target file then costs a few tens of MB
+and a few seconds, not hundreds of MB. Any YAML problem becomes a ConfigError.
 
+Anchors and aliases work, and an alias shares its anchor's data instead of copying it.
 Limits, each with a message that names the real cause:
 
-- aliases may expand to at most MAX_ALIAS_VALUES values: a few lines of anchors and
-  aliases can otherwise describe billions of values (the "billion laughs");
-- a file may hold at most MAX_VALUES values in all (about 100,000 targets of 10 backends);
+- aliases may stand for at most MAX_ALIAS_VALUES values in all: a few lines of anchors
+  and aliases can otherwise describe billions of values (the "billion laughs");
+- a file may hold at most MAX_VALUES values (about 200,000 targets of 10 backends);
 - nesting deeper than MAX_DEPTH is refused.
 """
 
@@ -27,8 +30,9 @@ MAX_DEPTH = 64
 
 YamlPath = tuple[str | int, ...]
 
-# libyaml's parser when PyYAML was built with it: about ten times faster on large files.
+# libyaml's parser when PyYAML was built with it: several times faster on large files.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass
@@ -37,19 +41,17 @@ class Document:
 
     data: Any
     line_of_root: int = 1
-    # id(container) -> {key or index: line of that entry}
-    # (containers are all reachable from `data`, so their ids stay unique while it lives)
-    entry_lines: dict[int, dict[Any, int]] = field(default_factory=dict)
+    # id(container) -> line of each entry: {key: line} for mappings, [line, ...] for lists.
+    # Containers are all reachable from `data`, so their ids stay unique while it lives.
+    entry_lines: dict[int, Any] = field(default_factory=dict)
 
     def line(self, path: YamlPath) -> int | None:
         """The line of the value at `path`, or of its nearest ancestor that exists."""
         node, line = self.data, self.line_of_root
         for part in path:
             lines = self.entry_lines.get(id(node))
-            if lines is None or part not in lines:
-                break
-            line = lines[part]
             try:
+                line = lines[part]  # type: ignore[index]
                 node = node[part]
             except (KeyError, IndexError, TypeError):
                 break
@@ -61,14 +63,7 @@ def parse_yaml(text: str, file: str) -> Document:
     loader = None
     try:
         loader = _Loader(text)  # the reader rejects control characters right here
-        node = loader.get_single_node()
-        if node is None:
-            raise ConfigError(f"{file}: the file is empty")
-        builder = _Builder(loader, file)
-        doc = Document(data=None, line_of_root=node.start_mark.line + 1)
-        builder.doc = doc
-        doc.data = builder.build(node, 0, expanding_alias=False)
-        return doc
+        return _Builder(loader, file).document()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{file}:{mark.line + 1}" if mark else file
@@ -84,83 +79,134 @@ def parse_yaml(text: str, file: str) -> Document:
 
 
 class _Builder:
-    """Turns composed YAML nodes into Python data, recording lines and counting values.
-
-    The composer gives an aliased node as the *same* node object again, so a node seen
-    before is an alias expansion: those values are counted against MAX_ALIAS_VALUES.
-    """
+    """Python data from parser events, with lines; counts values against the limits."""
 
     def __init__(self, loader: Any, file: str):
         self.loader = loader
         self.file = file
-        self.doc: Document
         self.values = 0
         self.alias_values = 0
-        self.seen: set[int] = set()
+        self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (data, number of values)
+        self.lines: dict[int, Any] = {}
 
-    def build(self, node: Any, depth: int, expanding_alias: bool) -> Any:
-        if id(node) in self.seen:
-            expanding_alias = True
-        elif isinstance(node, yaml.CollectionNode):
-            self.seen.add(id(node))
-        self._count(depth, expanding_alias)
-        if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # resolve `<<:` merge keys
-            result: dict[Any, Any] = {}
-            lines: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                key = self.scalar(key_node)
-                if not isinstance(key, str | int | float | bool) and key is not None:
-                    line = key_node.start_mark.line + 1
-                    raise ConfigError(f"{self.file}:{line}: mapping keys must be plain words")
-                if key in result:
-                    raise ConfigError(
-                        f"{self.file}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
-                    )
-                result[key] = self.build(value_node, depth + 1, expanding_alias)
-                lines[str(key)] = value_node.start_mark.line + 1
-            self._remember(result, lines)
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            item_lines: dict[Any, int] = {}
-            for index, item in enumerate(node.value):
-                items.append(self.build(item, depth + 1, expanding_alias))
-                item_lines[index] = item.start_mark.line + 1
-            self._remember(items, item_lines)
-            return items
-        return self.scalar(node)
+    def error(self, event: Any, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}:{event.start_mark.line + 1}: {message}")
 
-    def _remember(self, container: Any, lines: dict[Any, int]) -> None:
-        self.doc.entry_lines[id(container)] = lines
+    def document(self) -> Document:
+        self.loader.get_event()  # StreamStart
+        if self.loader.check_event(yaml.StreamEndEvent):
+            raise ConfigError(f"{self.file}: the file is empty")
+        self.loader.get_event()  # DocumentStart
+        line = self.loader.peek_event().start_mark.line + 1
+        data, _size = self.value(0)
+        self.loader.get_event()  # DocumentEnd
+        if not self.loader.check_event(yaml.StreamEndEvent):
+            event = self.loader.peek_event()
+            raise self.error(event, "YAML syntax error: expected a single document in the stream")
+        return Document(data, line, self.lines)
 
-    def _count(self, depth: int, expanding_alias: bool) -> None:
-        self.values += 1
-        if expanding_alias:
-            self.alias_values += 1
+    def value(self, depth: int) -> tuple[Any, int]:
+        """The next value and how many values it holds (itself included)."""
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{self.file}: the YAML nests more than {MAX_DEPTH} levels deep")
+        event = self.loader.get_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in self.anchors:
+                raise self.error(event, f"YAML syntax error: undefined alias {event.anchor!r}")
+            data, size = self.anchors[event.anchor]
+            self.alias_values += size
             if self.alias_values > MAX_ALIAS_VALUES:
                 raise ConfigError(
-                    f"{self.file}: aliases expand to more than {MAX_ALIAS_VALUES:,} values; "
+                    f"{self.file}: aliases stand for more than {MAX_ALIAS_VALUES:,} values; "
                     "write the values out or use fewer aliases"
                 )
+            return data, size
+        self.values += 1
         if self.values > MAX_VALUES:
             raise ConfigError(
                 f"{self.file}: more than {MAX_VALUES:,} values in one file; "
                 "split the targets over several syncd instances"
             )
-        if depth > MAX_DEPTH:
-            raise ConfigError(f"{self.file}: the YAML nests more than {MAX_DEPTH} levels deep")
+        if isinstance(event, yaml.ScalarEvent):
+            data, size = self.scalar(event), 1
+        elif isinstance(event, yaml.MappingStartEvent):
+            data, size = self.mapping(depth)
+        elif isinstance(event, yaml.SequenceStartEvent):
+            data, size = self.sequence(depth)
+        else:  # pragma: no cover - the parser only yields the events above here
+            raise self.error(event, f"YAML syntax error: unexpected {type(event).__name__}")
+        if event.anchor is not None:
+            self.anchors[event.anchor] = (data, size)
+        return data, size
 
-    def scalar(self, node: Any) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            raise ConfigError(
-                f"{self.file}:{node.start_mark.line + 1}: mapping keys must be plain words"
+    def mapping(self, depth: int) -> tuple[dict[Any, Any], int]:
+        result: dict[Any, Any] = {}
+        lines: dict[str, int] = {}
+        merged: list[tuple[dict[Any, Any], int]] = []
+        size = 1
+        while not self.loader.check_event(yaml.MappingEndEvent):
+            key_event = self.loader.peek_event()
+            if not isinstance(key_event, yaml.ScalarEvent | yaml.AliasEvent):
+                raise self.error(key_event, "mapping keys must be plain words")
+            is_merge = (
+                isinstance(key_event, yaml.ScalarEvent) and self._tag(key_event) == _MERGE_TAG
             )
+            key, _ = self.value(depth + 1)
+            if not is_merge and (isinstance(key, dict | list) or not _plain_key(key)):
+                raise self.error(key_event, "mapping keys must be plain words")
+            value_line = self.loader.peek_event().start_mark.line + 1
+            value, value_size = self.value(depth + 1)
+            size += value_size
+            if is_merge:  # `<<: *defaults`: keys written here win over merged ones
+                for part in value if isinstance(value, list) else [value]:
+                    if not isinstance(part, dict):
+                        raise self.error(key_event, "a merge key (<<) needs a mapping")
+                    merged.append((part, value_line))
+                continue
+            if key in result:
+                raise self.error(key_event, f"duplicate key {key!r}")
+            result[key] = value
+            lines[str(key)] = value_line
+        self.loader.get_event()  # MappingEnd
+        for part, line in merged:
+            for key, value in part.items():
+                if key not in result:
+                    result[key] = value
+                    lines[str(key)] = line
+        self.lines[id(result)] = lines
+        return result, size
+
+    def sequence(self, depth: int) -> tuple[list[Any], int]:
+        items: list[Any] = []
+        lines: list[int] = []
+        size = 1
+        while not self.loader.check_event(yaml.SequenceEndEvent):
+            lines.append(self.loader.peek_event().start_mark.line + 1)
+            item, item_size = self.value(depth + 1)
+            items.append(item)
+            size += item_size
+        self.loader.get_event()  # SequenceEnd
+        self.lines[id(items)] = lines
+        return items, size
+
+    def _tag(self, event: Any) -> str:
+        if event.tag is None or event.tag == "!":
+            return self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        return event.tag
+
+    def scalar(self, event: Any) -> Any:
+        node = yaml.ScalarNode(
+            self._tag(event), event.value, event.start_mark, event.end_mark, event.style
+        )
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError:
             raise
         except Exception as exc:  # e.g. an impossible !!timestamp raises ValueError
-            raise ConfigError(
-                f"{self.file}:{node.start_mark.line + 1}: invalid value: {exc}"
-            ) from None
+            raise self.error(event, f"invalid value: {exc}") from None
+        finally:
+            self.loader.constructed_objects.pop(node, None)
+
+
+def _plain_key(key: Any) -> bool:
+    return key is None or isinstance(key, str | int | float | bool)

@@ -46,6 +46,7 @@ from syncd.model import (
     EndpointPort,
     Snapshot,
     Target,
+    port_set,
 )
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
 from syncd.sources.base import ChangeEmitter, Emit, retry_until_stopped
@@ -116,7 +117,7 @@ def backends_from_health(
             ready = ready or by_identity[key]  # one healthy registration is enough
         by_identity[key] = ready
     backends = frozenset(
-        Backend(address, (EndpointPort(source.port_name, port, protocol),), ready)
+        Backend(address, port_set(EndpointPort(source.port_name, port, protocol)), ready)
         for (address, port), ready in by_identity.items()
     )
     return backends, warnings

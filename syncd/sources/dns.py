@@ -29,7 +29,15 @@ import dns.resolver
 
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import SourceError
-from syncd.model import AddressFamily, Backend, DnsSourceConfig, EndpointPort, Snapshot, Target
+from syncd.model import (
+    AddressFamily,
+    Backend,
+    DnsSourceConfig,
+    EndpointPort,
+    Snapshot,
+    Target,
+    port_set,
+)
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
 
 _RDTYPE = {AddressFamily.IPV4: dns.rdatatype.A, AddressFamily.IPV6: dns.rdatatype.AAAA}
@@ -175,7 +183,7 @@ class DnsSource:
                 warnings.append(f"SRV target {target} does not resolve; skipped")
                 DROPPED_ENTRIES.labels(self._target.key, "unresolved").inc()
                 continue
-            ports = (EndpointPort(service_port.name, record.port, service_port.protocol),)
+            ports = port_set(EndpointPort(service_port.name, record.port, service_port.protocol))
             by_priority.setdefault(record.priority, []).extend((a, ports) for a in addresses)
         entries: list[tuple[str, tuple[EndpointPort, ...], bool]] = []
         active: int | None = None

@@ -173,8 +173,9 @@ class AuditLog:
 class KubeApiServer:
     """Start/stop etcd + kube-apiserver in a private directory."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, service_cidr: str = "10.96.0.0/16"):
         self.workdir = workdir
+        self.service_cidr = service_cidr  # a ClusterIP for every Service syncd creates
         self.processes: list[subprocess.Popen] = []
         self.port = 0
         self.admin_token = uuid.uuid4().hex
@@ -283,7 +284,7 @@ class KubeApiServer:
                 "--service-account-signing-key-file",
                 str(key),
                 "--service-cluster-ip-range",
-                "10.96.0.0/24",
+                self.service_cidr,
                 "--disable-admission-plugins",
                 "ServiceAccount",
                 "--audit-policy-file",
