@@ -30,6 +30,8 @@ servers: system-deps
 lint: setup
 	$(BIN)/ruff check syncd tests bench
 	$(BIN)/ruff format --check syncd tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: setup
 	$(BIN)/pytest tests/unit

@@ -57,6 +57,12 @@ _DELETED: View = {"\0deleted": True}
 _WATCH_SECONDS = (240, 360)  # each watch asks the server to end it within this, at random
 
 
+def _coming_back(status: int | None) -> bool:
+    """Errors of a server that is down, starting or overloaded: unreachable, 429, 5xx, and
+    the 401/403 a starting kube-apiserver gives until its authorizers are loaded."""
+    return status is None or status in (401, 403, 429) or status >= 500
+
+
 def _newer(candidate: Obj, current: Obj | None) -> bool:
     """Is `candidate` at least as new as `current`? (resourceVersions are etcd revisions)."""
     if current is None:
@@ -246,9 +252,10 @@ class ClusterCache:
                     status.failing_since = time.monotonic()
                     log.warning("watching %ss: %s; retrying", kind.name, exc)
                 status.last_error = str(exc)
+                log.debug("watching %ss: %s (failure %d)", kind.name, exc, failures)
                 if exc.status is not None:
                     version = ""  # the server answered with an error: start over with a list
-                stop.wait(self._backoff(failures, exc.status is None))
+                stop.wait(self._backoff(failures, _coming_back(exc.status)))
             except Exception as exc:  # a bug must not silently end the watch: log, relist
                 failures += 1
                 log.exception("watching %ss failed unexpectedly; listing again", kind.name)
@@ -258,10 +265,10 @@ class ClusterCache:
                 stop.wait(self._backoff(failures, False))
 
     @staticmethod
-    def _backoff(failures: int, unreachable: bool) -> float:
-        """Seconds before the next attempt: short while the server is unreachable (a
-        restarted API server is found at once), longer while it answers with errors."""
-        cap = 1.0 if unreachable else 30.0
+    def _backoff(failures: int, soon: bool) -> float:
+        """Seconds before the next attempt: at most a second while the server is down or
+        coming back (so a restarted API server is noticed at once), up to 10 s otherwise."""
+        cap = 1.0 if soon else 10.0
         return random.uniform(0.5, 1.0) * min(cap, 0.2 * 2 ** min(failures, 10))
 
     def _recovered(self, status: InformerStatus) -> None:

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import yaml
 
@@ -251,7 +251,7 @@ def _check(config: Config) -> int:
 
 def _render(config: Config, owner_id: str) -> int:
     """The objects of every target, from the same pipeline as `run`, with no cluster."""
-    documents = []
+    documents: list[dict[str, Any]] = []
     status = EXIT_OK
     for target in config.targets:
         answers, problems = ask_sources(target, config.consul)
@@ -282,6 +282,7 @@ def _render(config: Config, owner_id: str) -> int:
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     stop = threading.Event()
+    one_shot = args.once or args.dry_run
     settings = KubeSettings(
         kubeconfig=args.kubeconfig,
         context=args.context,
@@ -289,6 +290,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         qps=args.kube_qps,
         burst=args.kube_burst,
         identity=args.owner_id,
+        # A one-shot run retries within a call; the daemon's queue retries the target
+        # instead, so a call gives up quickly and an API server that is back is seen at once.
+        retry_attempts=5 if one_shot else 3,
+        retry_max_backoff=5.0 if one_shot else 1.0,
     )
     try:
         kube = Kube.connect(settings, stop)
@@ -312,7 +317,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
                 return EXIT_USAGE
             log.info("metrics at http://%s:%d/metrics", host, port)
         _on_signals(stop)
-        if args.once or args.dry_run:
+        if one_shot:
             once = OnceSettings(owner_id=args.owner_id, dry_run=args.dry_run, workers=args.workers)
             return _one_pass(kube, config, once, stop)
         daemon = DaemonSettings(resync_interval=args.resync_interval, workers=args.workers)

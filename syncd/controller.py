@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
+from syncd import observability
 from syncd.cache import ClusterCache
 from syncd.config import load_config
 from syncd.errors import ConfigError, SourceError
@@ -46,7 +47,6 @@ from syncd.observability import (
     HELD_REMOVALS,
     PROBE_PANICS,
     RECONCILES,
-    TARGET_GAUGES,
     TIER_SWITCHES,
     WORKQUEUE_DEPTH,
     WORKQUEUE_RETRIES,
@@ -198,7 +198,7 @@ class Controller:
             self._owner_id,
             self._settings.workers,
         )
-        TARGET_GAUGES.source = self._target_statuses
+        observability.target_statuses = self._target_statuses
         self._cache.start(self._stop)
         for target in self._config.targets:
             self._start_target(target)

@@ -9,6 +9,7 @@ concurrency and a timeout each; HTTPS verifies certificates (against `ca_file` a
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import socket
@@ -145,7 +146,7 @@ class Prober:
 
         for index, key in enumerate(keys):
             slots.acquire()
-            pool.submit(lambda index=index, key=key: probe(index, key))
+            pool.submit(functools.partial(probe, index, key))
         for _ in keys:
             finished.acquire()
         if self._pool is None:

@@ -19,6 +19,7 @@ classes: they would cost a conversion of every object in both directions.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -216,7 +217,7 @@ class Kube:
                 tenacity.stop_after_attempt(self._settings.retry_attempts)
                 | tenacity.stop_when_event_set(self._stop)
             ),
-            sleep=self._stop.wait,
+            sleep=self._pause,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -224,6 +225,10 @@ class Kube:
             return retrying(attempt)
         except (HttpError, *_NETWORK_ERRORS) as exc:
             raise self._error(verb, what, exc) from None
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep between retries; a shutdown cuts it short."""
+        self._stop.wait(seconds)
 
     def _error(self, verb: str, what: str, exc: BaseException) -> KubeError:
         """The KubeError (or subclass) a failed call becomes."""
@@ -265,9 +270,9 @@ class Kube:
 
     def list_with_version(
         self, kind: str, namespace: str | None, label_selector: str = ""
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
         """Like list, plus the collection's resourceVersion to start a watch from."""
-        items: list[dict[str, Any]] = []
+        items: builtins.list[dict[str, Any]] = []
         version = ""
         for page, page_version in self.list_pages(kind, namespace, label_selector):
             items.extend(page)
@@ -276,7 +281,7 @@ class Kube:
 
     def list_pages(
         self, kind: str, namespace: str | None, label_selector: str = ""
-    ) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    ) -> Iterator[tuple[builtins.list[dict[str, Any]], str]]:
         """The list one page at a time (`page_size` objects), with the collection's
         resourceVersion on the last page: a caller that keeps less than whole objects
         never holds them all at once."""

@@ -6,13 +6,20 @@ Counters live in one registry so tests and the benchmark can read them in-proces
 
 from __future__ import annotations
 
+import http.server
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 
 REGISTRY = CollectorRegistry()
 
@@ -91,41 +98,38 @@ class TargetStatus:
     tier: int | None  # only for targets with several tiers
 
 
-class _TargetGauges:
-    """syncd_target_stale, syncd_target_backends and syncd_active_tier, read from the
-    daemon's own state when scraped: no gauge objects per target to keep in step, and
-    cheap at tens of thousands of targets."""
+# The daemon sets this: the per-target gauges are read from its state at scrape time.
+target_statuses: Callable[[], Iterable[TargetStatus]] | None = None
 
-    def __init__(self) -> None:
-        self.source: Callable[[], Iterable[TargetStatus]] | None = None
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        stale = GaugeMetricFamily(
-            "syncd_target_stale",
-            "1 while no source of the target can answer (last state kept)",
-            labels=["target"],
-        )
-        backends = GaugeMetricFamily(
-            "syncd_target_backends",
-            "Backends applied for the target, by readiness",
-            labels=["target", "ready"],
-        )
-        tier = GaugeMetricFamily(
-            "syncd_active_tier",
-            "Index of the source tier in use (targets with several tiers)",
-            labels=["target"],
-        )
-        for status in self.source() if self.source else ():
-            stale.add_metric([status.key], 1.0 if status.stale else 0.0)
-            backends.add_metric([status.key, "true"], status.ready)
-            backends.add_metric([status.key, "false"], status.not_ready)
-            if status.tier is not None:
-                tier.add_metric([status.key], status.tier)
-        yield from (stale, backends, tier)
+_TARGET_HELP = """\
+# HELP syncd_target_stale 1 while no source of the target can answer (last state kept)
+# TYPE syncd_target_stale gauge
+{stale}# HELP syncd_target_backends Backends applied for the target, by readiness
+# TYPE syncd_target_backends gauge
+{backends}# HELP syncd_active_tier Index of the source tier in use (targets with several tiers)
+# TYPE syncd_active_tier gauge
+{tier}"""
 
 
-TARGET_GAUGES = _TargetGauges()
-REGISTRY.register(TARGET_GAUGES)  # type: ignore[arg-type]
+def render_metrics() -> bytes:
+    """The Prometheus text exposition of everything syncd measures.
+
+    Per-target gauges are written directly: a target key is a validated namespace/name
+    (lowercase letters, digits, '-' and one '/'), so nothing needs escaping, and 30,000
+    series render in milliseconds rather than the library's third of a second.
+    """
+    stale, backends, tier = [], [], []
+    for status in target_statuses() if target_statuses else ():
+        label = f'target="{status.key}"'
+        stale.append(f"syncd_target_stale{{{label}}} {int(status.stale)}\n")
+        backends.append(f'syncd_target_backends{{{label},ready="true"}} {status.ready}\n')
+        backends.append(f'syncd_target_backends{{{label},ready="false"}} {status.not_ready}\n')
+        if status.tier is not None:
+            tier.append(f"syncd_active_tier{{{label}}} {status.tier}\n")
+    targets = _TARGET_HELP.format(
+        stale="".join(stale), backends="".join(backends), tier="".join(tier)
+    )
+    return generate_latest(REGISTRY) + targets.encode()
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -138,12 +142,34 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "syncd"
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/metrics":
+            self._send(404, b"not found: try /metrics\n", "text/plain")
+            return
+        self._send(200, render_metrics(), CONTENT_TYPE_LATEST)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # scrapes are not news
+
+
 def serve_metrics(address: str) -> tuple[str, int]:
     """Serve /metrics on host:port (port 0 picks one); returns where it listens."""
     host, port = parse_listen_address(address)
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    server = http.server.ThreadingHTTPServer((host, port), _Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound_host, bound_port = server.server_address[:2]
-    return bound_host, bound_port
+    return str(bound_host), int(bound_port)
 
 
 def setup_logging(level: str) -> None:

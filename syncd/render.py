@@ -51,7 +51,7 @@ class PlacedSlice:
 def slice_key_of(obj: Mapping[str, Any]) -> SliceKey | None:
     """The grouping key of a live EndpointSlice, or None if it is not one syncd could write."""
     try:
-        family = AddressFamily(obj.get("addressType"))
+        family = AddressFamily(str(obj.get("addressType")))
     except ValueError:
         return None
     ports = port_set(

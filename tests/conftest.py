@@ -39,6 +39,15 @@ def apiserver(tmp_path_factory) -> Iterator[KubeApiServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def private_apiserver(tmp_path_factory) -> Iterator[KubeApiServer]:
+    """A kube-apiserver + etcd of the test module's own (for tests that load it heavily)."""
+    server = _started(KubeApiServer(tmp_path_factory.mktemp("private-apiserver")), "kube-apiserver")
+    server.apply_deploy_rbac()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def admin_api(apiserver) -> Iterator[k8s.ApiClient]:
     """The official client as cluster admin, for setup and for looking at the results."""
@@ -168,7 +177,7 @@ def daemon(apiserver, namespace, tmp_path):
     """Start `syncd run` in the background; stopped with SIGTERM at the end of the test."""
     started = []
 
-    def start(config):
+    def start(config, *extra: str):
         log = open(tmp_path / f"daemon-{len(started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
             [
@@ -184,6 +193,7 @@ def daemon(apiserver, namespace, tmp_path):
                 str(apiserver.syncd_kubeconfig),
                 "--owner-id",
                 namespace,
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -189,7 +189,7 @@ def _service_ports(raw: Any, scope: Scope) -> tuple[ServicePort, ...] | None:
         if data is None:
             ok = False
             continue
-        name = ""
+        name: str | None = ""
         if "name" in data:
             name = kube_name(
                 data["name"], where.at("name"), DNS1123_LABEL, "port name " + DNS1123_WHAT

@@ -151,9 +151,13 @@ class _Builder:
             is_merge = (
                 isinstance(key_event, yaml.ScalarEvent) and self._tag(key_event) == _MERGE_TAG
             )
-            key, _ = self.value(depth + 1)
-            if not is_merge and (isinstance(key, dict | list) or not _plain_key(key)):
-                raise self.error(key_event, "mapping keys must be plain words")
+            if is_merge:
+                self.loader.get_event()  # `<<` itself: not a value of the mapping
+                key = None
+            else:
+                key, _ = self.value(depth + 1)
+                if isinstance(key, dict | list) or not _plain_key(key):
+                    raise self.error(key_event, "mapping keys must be plain words")
             value_line = self.loader.peek_event().start_mark.line + 1
             value, value_size = self.value(depth + 1)
             size += value_size

@@ -106,11 +106,14 @@ def retry_until_stopped(
         if isinstance(error, SourceError):
             on_failure(error)
 
+    def pause(seconds: float) -> None:
+        stop.wait(seconds)  # a shutdown cuts it short
+
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(SourceError),
         wait=tenacity.wait_random_exponential(multiplier=0.5, max=max_backoff),
         stop=tenacity.stop_when_event_set(stop),
-        sleep=stop.wait,
+        sleep=pause,
         before_sleep=before_sleep,
         reraise=False,
     )

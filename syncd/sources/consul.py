@@ -71,7 +71,7 @@ def instance_ready(checks: Iterable[Mapping[str, Any]], warning_is_ready: bool) 
     return True
 
 
-def _instance_address(entry: Mapping[str, Any], choice: ConsulAddress) -> tuple[str, int]:
+def _instance_address(entry: Mapping[str, Any], choice: ConsulAddress) -> tuple[str, Any]:
     service = entry.get("Service") or {}
     node = entry.get("Node") or {}
     port = service.get("Port")

@@ -148,3 +148,26 @@ def test_a_missing_namespace_fails_that_target_with_a_clear_message(apiserver, t
         "no-such-namespace/svc: FAILED: create Service no-such-namespace/svc: 404 "
         'namespaces "no-such-namespace" not found' in result.stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--resync-interval", "0", "--resync-interval: must be a number from 1 to 86400, got 0"),
+        ("--resync-interval", "-5", "must be a number from 1 to 86400, got -5"),
+        ("--resync-interval", "soon", "must be a number, got 'soon'"),
+        ("--workers", "0", "--workers: must be a whole number from 1 to 64, got 0"),
+        ("--workers", "2.5", "must be a whole number, got '2.5'"),
+        ("--kube-qps", "-1", "--kube-qps: must be a number from 0 to 100000, got -1"),
+        ("--kube-burst", "0", "--kube-burst: must be a whole number from 1 to 100000, got 0"),
+        ("--request-timeout", "0", "--request-timeout: must be a number from 1 to 600, got 0"),
+        ("--metrics-address", "nonsense", "--metrics-address: 'nonsense' is not HOST:PORT"),
+        ("--metrics-address", "host:99999", "is not HOST:PORT (port 0-65535)"),
+    ],
+)
+def test_every_numeric_flag_is_range_checked_with_one_line_and_exit_2(flag, value, says):
+    result = syncd("run", "--config", CEPH_EXAMPLE, "--once", flag, value, check=2)
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr

@@ -189,15 +189,16 @@ class KubeApiServer:
     def start(self) -> None:
         binaries = server_binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        etcd_url = self._start_etcd(binaries["etcd"])
-        self._start_apiserver(binaries["kube-apiserver"], etcd_url)
+        self.etcd_url = self._start_etcd(binaries["etcd"])
+        self.port = free_port()
+        self._start_apiserver(binaries["kube-apiserver"], self.etcd_url)
         self.admin_kubeconfig = self._write_kubeconfig("admin", self.admin_token)
         self.syncd_kubeconfig = self._write_kubeconfig("syncd", self.syncd_token)
         self.audit = AuditLog(self.audit_log_path, self.admin_get)
 
     def _spawn(self, args: list[str], log_name: str) -> tuple[subprocess.Popen, Path]:
         log = self.workdir / log_name
-        handle = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+        handle = open(log, "ab")  # noqa: SIM115 - lives as long as the process
         process = subprocess.Popen(
             args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -236,18 +237,27 @@ class KubeApiServer:
         _wait(healthy, 30, "etcd", process, log)
         return client_url
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (etcd keeps the data), as an upgrade or a crash would."""
+        stop_process(self.processes.pop())
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again on the same port, certificates and tokens."""
+        self._start_apiserver(server_binaries()["kube-apiserver"], self.etcd_url)
+
     def _start_apiserver(self, apiserver: str, etcd_url: str) -> None:
         certs = self.workdir / "certs"
         certs.mkdir(exist_ok=True)
         key, pub = certs / "sa.key", certs / "sa.pub"
-        subprocess.run(
-            ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
-        )
-        subprocess.run(
-            ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
-            check=True,
-            capture_output=True,
-        )
+        if not pub.exists():
+            subprocess.run(
+                ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
+            )
+            subprocess.run(
+                ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
+                check=True,
+                capture_output=True,
+            )
         tokens = self.workdir / "tokens.csv"
         tokens.write_text(
             f'{self.admin_token},admin,admin,"system:masters"\n'
@@ -259,7 +269,6 @@ class KubeApiServer:
             "apiVersion: audit.k8s.io/v1\nkind: Policy\n"
             "omitStages: [RequestReceived]\nrules:\n  - level: Metadata\n"
         )
-        self.port = free_port()
         process, log = self._spawn(
             [
                 apiserver,
