@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run check test unit lint servers system-deps clean bench
+.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,7 @@ clean:
 
 bench: setup servers
 	$(BIN)/python -m bench.consul_latency
+
+# 10,000 targets x 10 backends; about 25 minutes (a 10-minute idle phase included)
+bench-scale: setup servers
+	$(BIN)/python -m bench.static_scale

@@ -8,8 +8,10 @@ and filtered instead of making every write of the whole object fail.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import sys
+import urllib.parse
 from collections.abc import Sequence
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,3 +103,46 @@ def address_refusal(
     if allowed and not any(_in_network(version, number, n) for n in allowed):
         return "outside the target's allowed_cidrs"
     return None
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def parse_http_address(text: str, default_port: int) -> tuple[str, str, int]:
+    """'host', 'host:port' or 'http(s)://host[:port]' -> (scheme, host, port).
+
+    Raises ValueError saying what is wrong: scheme, host, port range, or anything after
+    the port (a path, a query, credentials). IPv6 hosts are written in brackets.
+    """
+    raw = text.strip() if isinstance(text, str) else ""
+    if not raw:
+        raise ValueError("an address is required")
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "http", raw
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{raw!r}: the scheme must be http or https, not {scheme!r}")
+    rest = rest.rstrip("/")
+    if not rest or any(c in rest for c in "/?#@ \t"):
+        raise ValueError(f"{raw!r} is not host:port or http(s)://host:port")
+    try:
+        parsed = urllib.parse.urlsplit(f"{scheme}://{rest}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket, a port out of range
+        raise ValueError(f"{raw!r} is not host:port or http(s)://host:port ({exc})") from None
+    if not host:
+        raise ValueError(f"{raw!r} has no host")
+    if port == 0:
+        raise ValueError(f"{raw!r}: port 0 is out of range 1-65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{raw!r}: {host!r} is not a host name or IP address") from None
+    if ":" in host:
+        host = f"[{host}]"
+    return scheme, host, port or (443 if scheme == "https" else default_port)

@@ -22,13 +22,14 @@ from syncd import __version__
 from syncd.config import load_config
 from syncd.controller import Controller, DaemonSettings
 from syncd.errors import ConfigError, KubeConfigError, KubeError
-from syncd.kube import Kube, KubeSettings
-from syncd.model import Config, StaticSourceConfig
+from syncd.kube import Kube, KubeSettings, load_client_configuration
+from syncd.model import Config, ConsulQuerySourceConfig, ConsulSourceConfig, StaticSourceConfig
 from syncd.observability import parse_listen_address, serve_metrics, setup_logging
 from syncd.once import OnceSettings, ask_sources, run_once
-from syncd.ownership import DEFAULT_OWNER_ID, valid_owner_id
+from syncd.ownership import derive_owner_id, valid_owner_id
 from syncd.pipeline import OFFLINE, Outcome, TargetResult, run
 from syncd.policy import PolicyState
+from syncd.sources.consul import resolve_endpoint
 
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
@@ -84,6 +85,14 @@ def _number(kind: type, low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _owner_id(text: str) -> str:
+    if not valid_owner_id(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid label value (letters, digits, '-', '_', '.', at most 63)"
+        )
+    return text
+
+
 def _listen_address(text: str) -> str:
     try:
         parse_listen_address(text)
@@ -114,9 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--owner-id",
-        default=os.environ.get("SYNCD_OWNER_ID", DEFAULT_OWNER_ID),
-        help="label value that marks this instance's objects, so several syncd instances in "
-        "one cluster never touch each other's (default: %(default)s, or $SYNCD_OWNER_ID)",
+        type=_owner_id,
+        default=os.environ.get("SYNCD_OWNER_ID") or None,
+        help="this instance's identity, a label value on every object it writes: it updates "
+        "and prunes only objects of its own identity (default: $SYNCD_OWNER_ID, else the "
+        "config's owner_id, else the config file's name, e.g. ceph-rgw)",
     )
     common.add_argument(
         "--log-level",
@@ -132,13 +143,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the Service, EndpointSlices and Endpoints syncd would write, as "
         "kubectl-appliable YAML. Reads the sources; does not contact the cluster.",
     )
-    commands.add_parser(
+    check = commands.add_parser(
         "check",
         parents=[common],
         help="validate a config",
-        description="Validate a config file and every static backends file it names. "
-        "Prints every problem (file:line: target: field: message) and exits 2, or exits 0.",
+        description="Validate a config file, every static backends file it names, and what "
+        "it leaves to the environment (CONSUL_* variables when a source uses Consul; the "
+        "kubeconfig when --kubeconfig is given). Prints every problem (file:line: target: "
+        "field: message) and exits 2, or exits 0. Contacts nothing.",
     )
+    check.add_argument("--kubeconfig", metavar="FILE", help="also check that it loads")
+    check.add_argument("--context", help="kubeconfig context (default: the current one)")
     run = commands.add_parser(
         "run",
         parents=[common],
@@ -224,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if not args.config:
         parser.error("--config FILE is required (or set SYNCD_CONFIG)")
-    if not valid_owner_id(args.owner_id):
-        parser.error(f"--owner-id {args.owner_id!r} is not a valid label value")
+    if args.owner_id is not None and not valid_owner_id(args.owner_id):  # from the environment
+        parser.error(f"SYNCD_OWNER_ID: {args.owner_id!r} is not a valid label value")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -233,19 +248,61 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
     gc.freeze()  # the config lives as long as the process: no need to scan it for cycles
+    problems = _environment_problems(config, args)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    args.owner_id, origin = _identity(args.owner_id, config)
+    log.info("owner id %r (%s)", args.owner_id, origin)
     if args.command == "check":
-        return _check(config)
+        return _check(config, args.owner_id, origin)
     if args.command == "render":
         return _render(config, args.owner_id)
     return _run(args, config)
 
 
-def _check(config: Config) -> int:
+def _environment_problems(config: Config, args: argparse.Namespace) -> list[str]:
+    """What the config leaves to the environment, checked before anything is contacted:
+    the CONSUL_* variables (when a source uses Consul) and, given one, the kubeconfig."""
+    problems: list[str] = []
+    if any(
+        isinstance(s, ConsulSourceConfig | ConsulQuerySourceConfig)
+        for t in config.targets
+        for s in t.sources
+    ):
+        try:
+            resolve_endpoint(config.consul)
+        except ConfigError as exc:
+            problems += [f"{config.path}: {problem}" for problem in exc.problems]
+    if getattr(args, "kubeconfig", None) and args.command == "check":
+        try:
+            load_client_configuration(
+                KubeSettings(kubeconfig=args.kubeconfig, context=args.context)
+            )
+        except KubeConfigError as exc:
+            problems.append(f"syncd: {exc}")
+    return problems
+
+
+def _identity(given: str | None, config: Config) -> tuple[str, str]:
+    """This instance's owner id, and where it comes from (see syncd.ownership)."""
+    if given is not None:
+        return given, "from --owner-id or $SYNCD_OWNER_ID"
+    if config.owner_id is not None:
+        return config.owner_id, "from the config's owner_id"
+    return derive_owner_id(config.path), "from the config file's name"
+
+
+def _check(config: Config, owner_id: str, origin: str) -> int:
     sources = [s for t in config.targets for s in t.sources]
     backends = sum(len(s.backends) for s in sources if isinstance(s, StaticSourceConfig))
     registries = sum(1 for s in sources if not isinstance(s, StaticSourceConfig))
     extra = f", {registries} registry sources" if registries else ""
-    print(f"{config.path}: OK ({len(config.targets)} targets, {backends} static backends{extra})")
+    print(
+        f"{config.path}: OK ({len(config.targets)} targets, {backends} static backends{extra}; "
+        f"owner id {owner_id!r} {origin})"
+    )
     return EXIT_OK
 
 

@@ -88,6 +88,7 @@ class _TargetState:
     prober: Prober | None = None
     memory: TargetMemory = field(default_factory=TargetMemory)
     stale: bool = False
+    protected: bool = False  # drain protection is keeping the last applied state
     held_since: float | None = None  # the held removal already reported
     reported: str | None = None  # the conflict or failure already reported
     converged_on: tuple | None = None  # the inputs of the last converged reconcile
@@ -342,6 +343,11 @@ class Controller:
         if state.stale:
             state.stale = False
             log.info("%s: %s answers again", target.key, decision.source)
+        if state.protected:
+            state.protected = False
+            message = f"{decision.source} lists enough ready backends again; applying it"
+            log.warning("%s: drain protection ends: %s", target.key, message)
+            self._sink.record_event(target, "DrainProtectionEnded", message, "Normal")
         if not decision.backends:
             log.warning(
                 "%s: %s lists no backends; applying that (an empty answer is real)",
@@ -404,6 +410,11 @@ class Controller:
             if not state.stale:
                 state.stale = True
                 self._report(result)
+        elif result.outcome is Outcome.PROTECTED:
+            if not state.protected:
+                state.protected = True
+                self._report(result)
+                self._sink.record_event(state.target, "DrainProtected", result.message)
         elif state.reported != result.message:  # a conflict or a bad setup: the cache
             state.reported = result.message  # wakes the target when the object changes
             self._report(result)
@@ -411,7 +422,10 @@ class Controller:
     def _target_statuses(self) -> list[TargetStatus]:
         with self._lock:
             states = list(self._targets.values())
-        return [TargetStatus(s.target.key, s.stale, s.ready, s.not_ready, s.tier) for s in states]
+        return [
+            TargetStatus(s.target.key, s.stale, s.protected, s.ready, s.not_ready, s.tier)
+            for s in states
+        ]
 
     # -- sources and probes
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,8 +89,10 @@ def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
         raise KubeConfigError(f"{where}: {_one_line(exc)}") from None
     except yaml.YAMLError as exc:
         raise KubeConfigError(f"{where}: not valid YAML: {_one_line(exc)}") from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise KubeConfigError(f"{where}: cannot load kubeconfig: {_one_line(exc)}") from None
+    except Exception as exc:  # the loader fails in many ways on bad files: all are one line
+        raise KubeConfigError(
+            f"{where}: cannot load kubeconfig: {type(exc).__name__}: {_one_line(exc)}"
+        ) from None
     configuration.retries = False  # syncd retries itself, with backoff, and counts it
     return configuration
 
@@ -139,7 +142,11 @@ class Kube:
 
     @classmethod
     def connect(cls, settings: KubeSettings, stop: threading.Event | None = None) -> Kube:
-        return cls(k8s.ApiClient(load_client_configuration(settings)), settings, stop)
+        configuration = load_client_configuration(settings)
+        if not configuration.verify_ssl:  # said once here, not by urllib3 on every request
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+            log.warning("the kubeconfig turns off TLS verification of %s", configuration.host)
+        return cls(k8s.ApiClient(configuration), settings, stop)
 
     @property
     def host(self) -> str:

@@ -194,6 +194,9 @@ class ConsulQuerySourceConfig:
 SourceConfig = StaticSourceConfig | ConsulSourceConfig | DnsSourceConfig | ConsulQuerySourceConfig
 
 
+CONSUL_PORT = 8500  # where a Consul agent serves HTTP unless told otherwise
+
+
 @dataclass(frozen=True)
 class ConsulConnection:
     """How to reach Consul; unset fields fall back to the usual CONSUL_* variables."""
@@ -284,6 +287,7 @@ class Target:
     guards: GuardConfig = field(default_factory=GuardConfig)
     health_check: HealthCheckConfig | None = None
     allowed_cidrs: tuple[IPNetwork, ...] = ()  # empty: any address the policy allows
+    drain_floor: int = 1  # a registry answer may not leave fewer ready backends than this
 
     @property
     def key(self) -> str:
@@ -299,6 +303,7 @@ class Config:
     version: int = 1
     consul: ConsulConnection = field(default_factory=ConsulConnection)
     address_policy: AddressPolicy = field(default_factory=AddressPolicy)
+    owner_id: str | None = None  # the instance's identity, when the config names it
 
 
 @dataclass(frozen=True)

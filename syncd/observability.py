@@ -93,6 +93,7 @@ class TargetStatus:
 
     key: str
     stale: bool
+    protected: bool
     ready: int
     not_ready: int
     tier: int | None  # only for targets with several tiers
@@ -104,7 +105,9 @@ target_statuses: Callable[[], Iterable[TargetStatus]] | None = None
 _TARGET_HELP = """\
 # HELP syncd_target_stale 1 while no source of the target can answer (last state kept)
 # TYPE syncd_target_stale gauge
-{stale}# HELP syncd_target_backends Backends applied for the target, by readiness
+{stale}# HELP syncd_target_drain_protected 1 while an answer that would drain the target is held
+# TYPE syncd_target_drain_protected gauge
+{protected}# HELP syncd_target_backends Backends applied for the target, by readiness
 # TYPE syncd_target_backends gauge
 {backends}# HELP syncd_active_tier Index of the source tier in use (targets with several tiers)
 # TYPE syncd_active_tier gauge
@@ -118,16 +121,20 @@ def render_metrics() -> bytes:
     (lowercase letters, digits, '-' and one '/'), so nothing needs escaping, and 30,000
     series render in milliseconds rather than the library's third of a second.
     """
-    stale, backends, tier = [], [], []
+    stale, protected, backends, tier = [], [], [], []
     for status in target_statuses() if target_statuses else ():
         label = f'target="{status.key}"'
         stale.append(f"syncd_target_stale{{{label}}} {int(status.stale)}\n")
+        protected.append(f"syncd_target_drain_protected{{{label}}} {int(status.protected)}\n")
         backends.append(f'syncd_target_backends{{{label},ready="true"}} {status.ready}\n')
         backends.append(f'syncd_target_backends{{{label},ready="false"}} {status.not_ready}\n')
         if status.tier is not None:
             tier.append(f"syncd_active_tier{{{label}}} {status.tier}\n")
     targets = _TARGET_HELP.format(
-        stale="".join(stale), backends="".join(backends), tier="".join(tier)
+        stale="".join(stale),
+        protected="".join(protected),
+        backends="".join(backends),
+        tier="".join(tier),
     )
     return generate_latest(REGISTRY) + targets.encode()
 

@@ -162,6 +162,8 @@ def _one_target(
     for attempt in range(1, _WRITE_ATTEMPTS + 1):
         if step.plan is None:
             assert step.result is not None
+            if step.result.outcome is Outcome.PROTECTED:  # no memory here: every such run
+                sink.record_event(target, "DrainProtected", step.result.message)
             return step.result
         result = sink.apply(step.plan)
         if not (

@@ -2,13 +2,26 @@
 
 EndpointSlices carry the well-known `endpointslice.kubernetes.io/managed-by` label (the control
 plane's controllers ignore slices managed by others); Services and Endpoints carry
-`app.kubernetes.io/managed-by`. Every object also carries `syncd.io/owner`, so several syncd
-instances (e.g. one per team) never prune each other's objects.
+`app.kubernetes.io/managed-by`. Every object also carries `syncd.io/owner`: the identity of
+the syncd instance that wrote it.
+
+The identity scopes everything, like the id of an ApplySet (KEP-3659) or external-dns's
+owner id: an instance updates only objects of its own identity, and prunes (deletes what a
+removed target left) only among them. Unlike external-dns, whose default owner id is one
+shared constant, the default identity is per config: the config's `owner_id`, else its
+file name. Two configs are therefore two instances unless someone gives them the same
+identity on purpose, and a target removed from a config is pruned by the instance that
+wrote it.
+
+Objects written before identities were per config carry the old shared default
+(`default`); an instance adopts those of the targets in its config (and relabels them on
+its next write), but never prunes them unless its identity is `default` itself.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from syncd.kinds import (
     ANNOTATION_PREFIX,
@@ -22,7 +35,7 @@ from syncd.kinds import (
 )
 
 MANAGED_BY = "syncd"
-DEFAULT_OWNER_ID = "default"
+LEGACY_OWNER_ID = "default"  # every instance's identity before it became per config
 
 # Annotations syncd writes on Services it owns (what it decided); others' are left alone.
 ACTIVE_TIER_ANNOTATION = "syncd.io/active-tier"
@@ -34,12 +47,14 @@ __all__ = [
     "ACTIVE_SOURCE_ANNOTATION",
     "ACTIVE_TIER_ANNOTATION",
     "ANNOTATION_PREFIX",
-    "DEFAULT_OWNER_ID",
+    "LEGACY_OWNER_ID",
     "MANAGED_BY",
     "MANAGED_LABEL_KEYS",
     "OWNER_LABEL",
     "SERVICE_NAME_LABEL",
     "SKIP_MIRROR_LABEL",
+    "derive_owner_id",
+    "is_ours",
     "is_owned",
     "owner_description",
     "ownership_labels",
@@ -49,6 +64,18 @@ __all__ = [
 
 def valid_owner_id(value: str) -> bool:
     return bool(value) and len(value) <= 63 and bool(_LABEL_VALUE.match(value))
+
+
+def derive_owner_id(config_path: Path) -> str:
+    """The default identity: the config file's name, as a label value.
+
+    config/ceph-rgw.yaml -> "ceph-rgw". Stable while the file keeps its name, different for
+    every differently named config; renaming the file changes it (objects written under the
+    old name are then someone else's: reported as conflicts, never touched).
+    """
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", config_path.stem)
+    stem = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", stem[:63])
+    return stem or "syncd"
 
 
 def ownership_labels(kind: str, owner_id: str) -> dict[str, str]:
@@ -62,8 +89,17 @@ def is_managed_by_syncd(obj: Obj) -> bool:
 
 
 def is_owned(obj: Obj, owner_id: str) -> bool:
-    """Written by this syncd instance: the only objects it may update or delete."""
+    """Written by this syncd instance: the only objects it may prune."""
     return is_managed_by_syncd(obj) and labels_of(obj).get(OWNER_LABEL) == owner_id
+
+
+def is_ours(obj: Obj, owner_id: str) -> bool:
+    """May this instance update it, for a target in its config? Its own objects, and those
+    written under the old shared identity (adopted: relabelled on the next write)."""
+    return is_managed_by_syncd(obj) and labels_of(obj).get(OWNER_LABEL) in (
+        owner_id,
+        LEGACY_OWNER_ID,
+    )
 
 
 def owner_description(obj: Obj) -> str:
@@ -72,5 +108,9 @@ def owner_description(obj: Obj) -> str:
     labels = labels_of(obj)
     manager = labels.get(kind.managed_by_label) if kind else None
     if manager == MANAGED_BY:
-        return f"another syncd instance (owner {labels.get(OWNER_LABEL, '?')!r})"
+        owner = labels.get(OWNER_LABEL, "?")
+        return (
+            f"another syncd instance (owner {owner!r}; if that was this config under another "
+            f"name, set owner_id: {owner} in it)"
+        )
     return f"managed by {manager!r}" if manager else "not managed by syncd"

@@ -26,7 +26,7 @@ from syncd.model import AddressPolicy, Backend, EndpointPort, Snapshot, Target, 
 from syncd.ownership import (
     ACTIVE_SOURCE_ANNOTATION,
     ACTIVE_TIER_ANNOTATION,
-    is_owned,
+    is_ours,
     owner_description,
 )
 from syncd.plan import Action, Change, plan_changes
@@ -54,10 +54,10 @@ class LiveState:
     offline: bool = False  # `render`: there is no cluster; objects get no ownerReferences
 
     def owned_slices(self, owner_id: str) -> list[Obj]:
-        return [obj for obj in self.slices if is_owned(obj, owner_id)]
+        return [obj for obj in self.slices if is_ours(obj, owner_id)]
 
     def foreign_slices(self, owner_id: str) -> list[Obj]:
-        return [obj for obj in self.slices if not is_owned(obj, owner_id)]
+        return [obj for obj in self.slices if not is_ours(obj, owner_id)]
 
 
 OFFLINE = LiveState(offline=True)
@@ -105,9 +105,7 @@ def seed_memory(target: Target, live: LiveState, owner_id: str, *, one_shot: boo
     memory of how long a higher tier has qualified, so it fails back as soon as it finds one
     qualifying; the daemon starts counting `failback_after` from its own start.
     """
-    service = (
-        live.service if live.service is not None and is_owned(live.service, owner_id) else None
-    )
+    service = live.service if live.service is not None and is_ours(live.service, owner_id) else None
     annotations = ((service or {}).get("metadata") or {}).get("annotations") or {}
     tier = annotations.get(ACTIVE_TIER_ANNOTATION) or ""
     if target.output.slices:
@@ -115,7 +113,7 @@ def seed_memory(target: Target, live: LiveState, owner_id: str, *, one_shot: boo
     else:
         owned = (
             live.endpoints
-            if live.endpoints is not None and is_owned(live.endpoints, owner_id)
+            if live.endpoints is not None and is_ours(live.endpoints, owner_id)
             else None
         )
         applied = backends_of_endpoints(owned)
@@ -137,6 +135,7 @@ class Outcome(enum.StrEnum):
     STALE = "stale"  # no source could answer; last applied state kept
     HELD = "held"  # a large removal waits for confirmation; last applied state kept
     FAILED = "failed"  # the API or the target's setup failed
+    PROTECTED = "protected"  # a registry answer would drain the target; last state kept
 
     @property
     def ok(self) -> bool:
@@ -197,7 +196,12 @@ def run(
     evaluation = evaluate(answers, memory, now, target, address_policy, health)
     verdict = evaluation.verdict
     if verdict.decision is None:
-        outcome = Outcome.HELD if verdict.hold_until is not None else Outcome.STALE
+        if verdict.hold_until is not None:
+            outcome = Outcome.HELD
+        elif verdict.protected:
+            outcome = Outcome.PROTECTED
+        else:
+            outcome = Outcome.STALE
         detail = "; ".join(problems)
         message = verdict.reason + (f": {detail}" if detail else "")
         return Step(evaluation, result=TargetResult(target.key, outcome, message=message))
@@ -230,7 +234,7 @@ def check_service(target: Target, live: LiveState, owner_id: str) -> None:
         )
     if spec.get("type") == "ExternalName":
         raise OwnershipConflict(f"{name} is of type ExternalName and cannot have endpoints")
-    owned = is_owned(service, owner_id)
+    owned = is_ours(service, owner_id)
     if target.manage_service and not owned:
         raise OwnershipConflict(
             f"{name} exists and is {owner_description(service)}; "
@@ -265,7 +269,7 @@ def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: s
     check_service(target, live, owner_id)
     warnings: list[str] = []
     endpoints = live.endpoints
-    endpoints_owned = endpoints is not None and is_owned(endpoints, owner_id)
+    endpoints_owned = endpoints is not None and is_ours(endpoints, owner_id)
     if endpoints is not None and not endpoints_owned:
         if target.output.endpoints:
             raise OwnershipConflict(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from syncd.addresses import address_refusal
 from syncd.errors import SourceError
-from syncd.model import AddressPolicy, Backend, GuardConfig, Snapshot, Target
+from syncd.model import AddressPolicy, Backend, GuardConfig, Snapshot, StaticSourceConfig, Target
 
 ProbeKey = tuple[str, int]  # (address, port)
 
@@ -131,6 +131,7 @@ class Verdict:
     reason: str = ""  # why nothing changes, when decision is None
     hold_until: float | None = None  # a held removal may be applied from then on
     recheck_at: float | None = None  # decide again then, even if no answer changes
+    protected: bool = False  # a registry answer would drain the target (drain_floor)
 
 
 def _ready_count(answer: Snapshot | SourceError) -> int:
@@ -193,6 +194,9 @@ def choose(
     assert isinstance(answer, Snapshot)
     switched = state.active if state.active is not None and chosen != state.active else None
     decision = Decision(answer.backends, chosen, answer.source, reason, switched)
+    protected = _drain_protection(decision, state, target)
+    if protected is not None:
+        return protected
     if switched is None:  # a failover replaces everything by design; not a "removal"
         held = _guard(answer.backends, state, now, guards)
         if held is not None:
@@ -201,6 +205,33 @@ def choose(
         state, active=chosen, applied=answer.backends, pending=None, pending_since=None
     )
     return Verdict(decision, new_state, recheck_at=recheck_at)
+
+
+def _ready(backends: frozenset[Backend]) -> int:
+    return sum(1 for b in backends if b.ready)
+
+
+def _drain_protection(decision: Decision, state: PolicyState, target: Target) -> Verdict | None:
+    """A registry answer may not take a target below `drain_floor` ready backends while it
+    has at least that many applied: a registry that lost its catalog must not take the
+    Service down with it. The operator's own lists (static sources) are not second-guessed,
+    and a lower tier that qualifies still takes over (it is chosen before this check)."""
+    floor = target.drain_floor
+    if floor <= 0 or state.applied is None:
+        return None
+    if isinstance(target.sources[decision.tier], StaticSourceConfig):
+        return None
+    ready, applied = _ready(decision.backends), _ready(state.applied)
+    if ready >= floor or applied < floor:
+        return None
+    return Verdict(
+        None,
+        state,
+        f"drain protection: {decision.source} lists {ready} ready backends, fewer than "
+        f"drain_floor {floor}, while {applied} are applied; keeping them until the registry "
+        "recovers (drain_floor: 0 lets a registry empty the Service)",
+        protected=True,
+    )
 
 
 def _identities(backends: frozenset[Backend]) -> set:

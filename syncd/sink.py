@@ -34,7 +34,7 @@ from syncd.kinds import (
 )
 from syncd.kube import Kube
 from syncd.model import Target
-from syncd.ownership import is_owned, owner_description
+from syncd.ownership import is_ours, owner_description
 from syncd.pipeline import (
     Outcome,
     TargetPlan,
@@ -112,7 +112,7 @@ class Sink:
             if change.action is not Action.CREATE:
                 continue
             existing = self._cache.get(change.kind, change.namespace, change.name)
-            if existing is not None and not is_owned(existing, self._owner_id):
+            if existing is not None and not is_ours(existing, self._owner_id):
                 return (
                     f"{change.ref} exists and is {owner_description(existing)}; "
                     "left untouched, nothing written for this target"

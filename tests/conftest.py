@@ -81,15 +81,10 @@ def run_syncd(apiserver, namespace):
     """
     from tests.helpers import run_once
 
-    def run(config, *extra: str, check: int | None = 0, owner: str | None = None):
-        return run_once(
-            config,
-            apiserver.syncd_kubeconfig,
-            "--owner-id",
-            owner or namespace,
-            *extra,
-            check=check,
-        )
+    def run(config, *extra: str, check: int | None = 0, owner: str | None = ""):
+        """owner: "" for the test's own (the namespace), None for syncd's default."""
+        identity = [] if owner is None else ["--owner-id", owner or namespace]
+        return run_once(config, apiserver.syncd_kubeconfig, *identity, *extra, check=check)
 
     return run
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syncd.config.checks import Checker, Scope, expect_mapping, is_int, kind_name
+from syncd.config.checks import Checker, Scope, expect_mapping, is_int, kind_name, string
 from syncd.config.schema import (
     SUPPORTED_VERSIONS,
     parse_address_policy,
@@ -24,6 +24,7 @@ from syncd.config.schema import (
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
 from syncd.model import AddressPolicy, Config, ConsulConnection, Target
+from syncd.ownership import valid_owner_id
 
 
 def load_config(path: str | Path) -> Config:
@@ -46,7 +47,10 @@ def load_config_text(text: str, path: str | Path) -> Config:
     checker = Checker(file, doc)
     root = Scope(checker, ())
     data = expect_mapping(
-        doc.data, root, {"version", "targets", "consul", "address_policy"}, {"version", "targets"}
+        doc.data,
+        root,
+        {"version", "owner_id", "targets", "consul", "address_policy"},
+        {"version", "targets"},
     )
     if data is None:
         raise ConfigError(checker.problems)
@@ -82,6 +86,16 @@ def load_config_text(text: str, path: str | Path) -> Config:
                 if target is not None:
                     targets.append(target)
 
+    owner_id = None
+    if "owner_id" in data:
+        owner_id = string(data["owner_id"], root.at("owner_id"))
+        if owner_id is not None and not valid_owner_id(owner_id):
+            root.at("owner_id").error(
+                f"{owner_id!r} is not a valid label value (letters, digits, '-', '_', '.', "
+                "at most 63, starting and ending with a letter or digit)"
+            )
+            owner_id = None
+
     consul = ConsulConnection()
     if "consul" in data:
         consul = parse_consul_connection(data["consul"], root.at("consul"), path.parent) or consul
@@ -94,4 +108,5 @@ def load_config_text(text: str, path: str | Path) -> Config:
         version=data["version"],
         consul=consul,
         address_policy=policy,
+        owner_id=owner_id,
     )

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from syncd.addresses import address_refusal
+from syncd.addresses import address_refusal, parse_http_address
 from syncd.config.backends import parse_backend_list, parse_endpoint_ports, read_backends_file
 from syncd.config.checks import (
     DNS1035_LABEL,
@@ -32,6 +32,7 @@ from syncd.config.checks import (
 from syncd.config.yamldoc import YamlPath
 from syncd.errors import ConfigError
 from syncd.model import (
+    CONSUL_PORT,
     DEFAULT_DENIED_CIDRS,
     AddressFamily,
     AddressPolicy,
@@ -75,6 +76,7 @@ _TARGET_KEYS = {
     "output",
     "manage_service",
     "max_endpoints_per_slice",
+    "drain_floor",
 }
 
 
@@ -140,6 +142,7 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
         )
     if "allowed_cidrs" in data:
         extras["allowed_cidrs"] = cidrs(data["allowed_cidrs"], scope.at("allowed_cidrs"))
+    extras.update(numbers(data, scope, {"drain_floor": (0, 100_000, True)}))
     for index, source in enumerate(sources):
         if isinstance(source, StaticSourceConfig):
             _check_static_policy(
@@ -606,8 +609,11 @@ def parse_consul_connection(raw: Any, scope: Scope, base_dir: Path) -> ConsulCon
     values: dict[str, Any] = {}
     if "address" in data:
         address = nonempty_string(data["address"], scope.at("address"))
-        if address and not re.match(r"^(https?://)?[^/\s]+(:\d+)?/?$", address):
-            scope.at("address").error(f"{address!r} is not host:port or http(s)://host:port")
+        if address:
+            try:
+                parse_http_address(address, CONSUL_PORT)
+            except ValueError as exc:
+                scope.at("address").error(str(exc))
         values["address"] = address
     for key in ("token_file", "ca_file", "cert_file", "key_file"):
         if key in data:

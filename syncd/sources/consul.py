@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import consul
@@ -34,9 +35,10 @@ import tenacity
 from consul.callback import CB
 from requests.adapters import HTTPAdapter
 
-from syncd.addresses import AddressRejected, canonical_endpoint_ip
-from syncd.errors import SourceError
+from syncd.addresses import AddressRejected, canonical_endpoint_ip, parse_http_address
+from syncd.errors import ConfigError, SourceError
 from syncd.model import (
+    CONSUL_PORT,
     Backend,
     ConsulAddress,
     ConsulConnection,
@@ -105,6 +107,10 @@ def backends_from_health(
             warnings.append(f"{name}: {exc}; dropped")
             DROPPED_ENTRIES.labels(target.key, "address").inc()
             continue
+        if port is None or port == 0:  # Consul leaves out a port of 0
+            warnings.append(f"{name}: {address} is registered without a port (port 0); dropped")
+            DROPPED_ENTRIES.labels(target.key, "port").inc()
+            continue
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             warnings.append(f"{name}: port {port!r} is out of range 1-65535; dropped")
             DROPPED_ENTRIES.labels(target.key, "port").inc()
@@ -139,45 +145,119 @@ class _ServerNameAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def _env_path(value, variable: str):
-    return value or os.environ.get(variable) or None
+@dataclass(frozen=True)
+class ConsulEndpoint:
+    """Where and how to reach Consul: the config's `consul:` section, and the usual CONSUL_*
+    environment variables for what it leaves out. The token is never logged or printed."""
+
+    scheme: str
+    host: str
+    port: int
+    token: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
-def make_client(connection: ConsulConnection) -> consul.Consul:
-    """A py-consul client for `connection`, with CONSUL_* environment fallbacks."""
-    raw = connection.address or os.environ.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"
-    if "//" not in raw:
-        ssl = os.environ.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true")
-        raw = ("https://" if ssl else "http://") + raw
-    parsed = urllib.parse.urlparse(raw)
-    scheme = parsed.scheme or "http"
-    host = parsed.hostname or "127.0.0.1"
-    port = parsed.port or (443 if scheme == "https" else 8500)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def resolve_endpoint(
+    connection: ConsulConnection, environ: Mapping[str, str] | None = None
+) -> ConsulEndpoint:
+    """Check everything that decides how Consul is reached, once, before it is used.
+
+    Raises ConfigError with one line per problem, naming the config field or the
+    environment variable (`check` and `run` exit 2 on it).
+    """
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    ssl_text = env.get("CONSUL_HTTP_SSL", "").strip().lower()
+    if ssl_text not in _TRUE + _FALSE:
+        problems.append(f"CONSUL_HTTP_SSL: {env['CONSUL_HTTP_SSL']!r} is not true or false")
+    if connection.address:
+        address, where = connection.address, "consul.address"
+    elif env.get("CONSUL_HTTP_ADDR"):
+        address, where = env["CONSUL_HTTP_ADDR"], "CONSUL_HTTP_ADDR"
+    else:
+        address, where = f"127.0.0.1:{CONSUL_PORT}", "the default address"
+    if "://" not in address and ssl_text in _TRUE:
+        address = "https://" + address
+    scheme, host, port = "http", "127.0.0.1", CONSUL_PORT
+    try:
+        scheme, host, port = parse_http_address(address, CONSUL_PORT)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+
     token = None
     if connection.token_file is not None:
         try:
-            token = connection.token_file.read_text().strip()
-        except OSError as exc:
-            raise SourceError(
-                f"cannot read Consul token file {connection.token_file}: {exc.strerror}"
-            ) from None
+            token = connection.token_file.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            problems.append(f"consul.token_file: cannot read {connection.token_file}: {why}")
+        where = "consul.token_file"
     else:
-        token = os.environ.get("CONSUL_HTTP_TOKEN") or None
-    ca_file = _env_path(connection.ca_file, "CONSUL_CACERT")
-    cert_file = _env_path(connection.cert_file, "CONSUL_CLIENT_CERT")
-    key_file = _env_path(connection.key_file, "CONSUL_CLIENT_KEY")
+        token = env.get("CONSUL_HTTP_TOKEN", "").strip() or None
+        where = "CONSUL_HTTP_TOKEN"
+    if token is not None and not token.isprintable():
+        problems.append(f"{where}: the token contains control characters (a second line?)")
+
+    files: dict[str, str | None] = {}
+    for name, variable in (
+        ("ca_file", "CONSUL_CACERT"),
+        ("cert_file", "CONSUL_CLIENT_CERT"),
+        ("key_file", "CONSUL_CLIENT_KEY"),
+    ):
+        configured = getattr(connection, name)
+        path = str(configured) if configured is not None else (env.get(variable) or None)
+        label = f"consul.{name}" if configured is not None else variable
+        if path is not None and not os.access(path, os.R_OK):
+            problems.append(f"{label}: cannot read {path}")
+        files[name] = path
+    if bool(files["cert_file"]) != bool(files["key_file"]):
+        problems.append(
+            "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY (or consul.cert_file and key_file) "
+            "go together"
+        )
+    server_name = connection.tls_server_name or env.get("CONSUL_TLS_SERVER_NAME") or None
+    if server_name is not None:
+        try:
+            parse_http_address(server_name, CONSUL_PORT)
+        except ValueError:
+            where = (
+                "consul.tls_server_name" if connection.tls_server_name else "CONSUL_TLS_SERVER_NAME"
+            )
+            problems.append(f"{where}: {server_name!r} is not a host name")
+    if problems:
+        raise ConfigError(problems)
+    return ConsulEndpoint(scheme, host, port, token, server_name=server_name, **files)
+
+
+def make_client(connection: ConsulConnection) -> consul.Consul:
+    """A py-consul client for `connection` (see resolve_endpoint)."""
+    try:
+        endpoint = resolve_endpoint(connection)
+    except ConfigError as exc:  # valid at start; a file since removed, say
+        raise SourceError("; ".join(exc.problems)) from None
     client = consul.Consul(
-        host=host,
-        port=port,
-        token=token,
-        scheme=scheme,
-        verify=str(ca_file) if ca_file else True,
-        cert=(str(cert_file), str(key_file)) if cert_file and key_file else None,
+        host=endpoint.host.strip("[]"),
+        port=endpoint.port,
+        token=endpoint.token,
+        scheme=endpoint.scheme,
+        verify=endpoint.ca_file or True,
+        cert=(endpoint.cert_file, endpoint.key_file)
+        if endpoint.cert_file and endpoint.key_file
+        else None,
         connections_timeout=connection.timeout,
     )
-    server_name = connection.tls_server_name or os.environ.get("CONSUL_TLS_SERVER_NAME")
-    if server_name and scheme == "https":
-        client.http.session.mount("https://", _ServerNameAdapter(server_name))
+    if endpoint.server_name and endpoint.scheme == "https":
+        client.http.session.mount("https://", _ServerNameAdapter(endpoint.server_name))
     return client
 
 

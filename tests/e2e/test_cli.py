@@ -12,7 +12,7 @@ import yaml
 from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
 from tests.harness.kube_apiserver import free_port
-from tests.helpers import CEPH_EXAMPLE, REPO, syncd, target, write_config
+from tests.helpers import CEPH_EXAMPLE, REPO, syncd, target, target_with, write_config
 
 
 def test_help_explains_commands_and_exit_codes():
@@ -31,7 +31,10 @@ def test_console_script_is_installed():
 
 def test_check_accepts_the_example():
     result = syncd("check", "--config", CEPH_EXAMPLE, check=0)
-    assert result.stdout.strip() == f"{CEPH_EXAMPLE}: OK (1 targets, 12 static backends)"
+    assert result.stdout.strip() == (
+        f"{CEPH_EXAMPLE}: OK (1 targets, 12 static backends; "
+        "owner id 'ceph-rgw' from the config file's name)"
+    )
 
 
 def test_check_prints_every_problem_on_stderr_and_exits_2(tmp_path):
@@ -171,3 +174,50 @@ def test_every_numeric_flag_is_range_checked_with_one_line_and_exit_2(flag, valu
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_validates_the_consul_environment_and_the_kubeconfig_it_is_given(tmp_path):
+    config = write_config(
+        tmp_path / "c.yaml", target_with("ns", "svc", {"type": "consul", "service": "rgw"})
+    )  # no consul: section, so the environment decides
+    bad_env = syncd_env({"CONSUL_HTTP_ADDR": "http://[::1", "CONSUL_HTTP_SSL": "maybe"})
+    result = bad_env("check", "--config", config)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"{config}: CONSUL_HTTP_ADDR: 'http://[::1' is not host:port" in result.stderr
+    assert f"{config}: CONSUL_HTTP_SSL: 'maybe' is not true or false" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nclusters: [\n")
+    result = syncd("check", "--config", CEPH_EXAMPLE, "--kubeconfig", kubeconfig, check=2)
+    assert result.stderr.startswith(f"syncd: {kubeconfig}: not valid YAML")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_config_with_a_bad_consul_address_fails_check_not_run(tmp_path):
+    for address in ("http://[::1", "http://127.0.0.1:99999"):
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            (REPO / "config" / "consul-rgw.yaml")
+            .read_text()
+            .replace("http://127.0.0.1:8500", address)
+        )
+        result = syncd("check", "--config", config, check=2)
+        assert "consul.address" in result.stderr and "Traceback" not in result.stderr
+
+
+def syncd_env(env):
+    import os
+    import subprocess
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "syncd", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+
+    return run

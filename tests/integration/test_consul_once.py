@@ -86,7 +86,7 @@ def test_bad_registry_entries_are_dropped_and_the_rest_applied(
     assert "duplicates 192.0.2.1 port 8080; merged" in result.stderr
 
 
-def test_zero_instances_is_a_real_answer_applied_as_an_empty_slice(
+def test_zero_instances_is_a_real_answer_applied_as_an_empty_slice_when_allowed(
     run_syncd, consul, admin, namespace, tmp_path
 ):
     service = f"empty-{namespace}"
@@ -95,7 +95,10 @@ def test_zero_instances_is_a_real_answer_applied_as_an_empty_slice(
     config = write(tmp_path / "c.yaml", consul, target)
     run_syncd(config)
     consul.deregister(f"{service}-1")
-    run_syncd(config)
+    protected = run_syncd(config, check=1)  # by default, drain protection keeps the endpoint
+    assert "PROTECTED: drain protection" in protected.stdout
+    assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
+    run_syncd(write(config, consul, {**target, "drain_floor": 0}))
     (placeholder,) = slices_of(admin, namespace, service)
     assert placeholder["metadata"]["name"] == f"{service}-empty"
     assert not placeholder.get("endpoints")

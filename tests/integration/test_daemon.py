@@ -76,7 +76,10 @@ def test_consul_outage_loses_nothing_and_converges_after_restart(
     assert slices_of(admin, namespace, service) == before  # nothing lost meanwhile
     assert "keeping the last state" in process.log_path.read_text()
 
-    agent.start()
+    agent.start()  # its TTL checks come back critical: drain protection keeps all 3 ready
+    wait_for(lambda: "drain protection" in process.log_path.read_text(), "protection")
+    agent.set_status(f"{service}-1", "passing")
+    agent.set_status(f"{service}-2", "passing")
     agent.set_status(f"{service}-3", "critical")
     wait_for(
         lambda: readiness(slices_of(admin, namespace, service)).get(("192.0.2.3", 8080)) is False,

@@ -18,7 +18,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.apiserver
 
 
-def dns_config(path, server, namespace, service, **source):
+def dns_config(path, server, namespace, service, target_extra=None, **source):
     source = {
         "type": "dns",
         "nameservers": [server.nameserver],
@@ -26,7 +26,7 @@ def dns_config(path, server, namespace, service, **source):
         "min_ttl": 1,
         **source,
     }
-    return write_config(path, target_with(namespace, service, source))
+    return write_config(path, target_with(namespace, service, source, **(target_extra or {})))
 
 
 def test_srv_priorities_are_a_failover_order(run_syncd, bind, admin, namespace, tmp_path):
@@ -83,6 +83,9 @@ def test_nxdomain_is_a_real_empty_answer(run_syncd, bind, admin, namespace, tmp_
     )
     run_syncd(config)
     bind.update(("delete", f"gone.{namespace}"))
+    assert "PROTECTED" in run_syncd(config, check=1).stdout  # drain protection, by default
+    name = f"gone.{namespace}.example.test"
+    dns_config(config, bind, namespace, "gone", {"drain_floor": 0}, name=name, port=80)
     run_syncd(config)
     (placeholder,) = slices_of(admin, namespace, "gone")
     assert placeholder["metadata"]["name"] == "gone-empty"

@@ -64,8 +64,11 @@ def test_primary_down_fails_over_then_fails_back_only_after_failback_after(
     assert time.monotonic() - started < 1.5  # one probe cycle plus the write
     service = admin.get("Service", namespace, "rgw")
     assert service["metadata"]["annotations"]["syncd.io/active-tier"] == "1"
-    reasons = [e["reason"] for e in admin.list("Event", namespace)]
-    assert "Failover" in reasons
+    wait_for(  # recorded right after the slices are written
+        lambda: "Failover" in [e["reason"] for e in admin.list("Event", namespace)],
+        "a Failover event",
+        timeout=2,
+    )
 
     test_hosts.serve(A, port)
     test_hosts.serve(B, port)

@@ -84,6 +84,15 @@ def test_untrusted_entries_are_dropped_with_a_reason():
     assert [b.address for b in backends] == ["192.0.2.5"]
     assert len(warnings) == 4
     assert any("n1/meta" in w and "link-local" in w for w in warnings)
+    assert "n1/big: port 70000 is out of range 1-65535; dropped" in warnings
+
+
+def test_an_instance_registered_with_port_0_says_so():
+    """Consul leaves `Port` out when it is 0: the log must not say 'port None'."""
+    no_port = entry(instance="zero")
+    del no_port["Service"]["Port"]
+    _backends, warnings = backends_from_health([no_port], SOURCE, TARGET)
+    assert warnings == ["n1/zero: 192.0.2.1 is registered without a port (port 0); dropped"]
 
 
 def test_duplicates_merge_and_one_healthy_registration_wins():

@@ -11,6 +11,7 @@ from syncd.errors import SourceError
 from syncd.model import (
     AddressPolicy,
     Backend,
+    ConsulSourceConfig,
     EndpointPort,
     FailoverConfig,
     GuardConfig,
@@ -163,3 +164,49 @@ def test_evaluate_fails_over_when_probes_fail_the_primary_only():
     health = {("198.51.100.1", 8080): False}
     evaluation = evaluate([snap(1), snap(2)], PolicyState(), 0, t, AddressPolicy(), health)
     assert evaluation.verdict.decision.tier == 1 and not evaluation.panic
+
+
+# --------------------------------------------------------------------------- drain protection
+
+REGISTRY = (ConsulSourceConfig(service="rgw", port_name="http"),)
+
+
+def test_a_registry_that_goes_empty_does_not_drain_the_target():
+    one = target(tiers=1, sources=REGISTRY)
+    applied = PolicyState(active=0, applied=backends(1, 2, 3))
+    verdict = choose([snap()], applied, 0.0, one)
+    assert verdict.decision is None and verdict.protected
+    assert "lists 0 ready backends, fewer than drain_floor 1, while 3 are applied" in verdict.reason
+
+
+def test_all_backends_turning_not_ready_is_protected_too():
+    one = target(tiers=1, sources=REGISTRY)
+    verdict = choose([snap(1, 2, 3, ready=False)], PolicyState(applied=backends(1, 2, 3)), 0, one)
+    assert verdict.protected
+
+
+def test_drain_floor_0_and_a_first_answer_apply_an_empty_registry():
+    allow = target(tiers=1, sources=REGISTRY, drain_floor=0, guards=GuardConfig(1.0, 0))
+    assert choose([snap()], PolicyState(applied=backends(1)), 0.0, allow).decision is not None
+    first = target(tiers=1, sources=REGISTRY)
+    assert choose([snap()], PolicyState(), 0.0, first).decision is not None  # nothing applied
+
+
+def test_a_floor_above_one_protects_a_partial_drain():
+    floor = target(tiers=1, sources=REGISTRY, drain_floor=2, guards=GuardConfig(1.0, 0))
+    state = PolicyState(applied=backends(1, 2, 3))
+    assert choose([snap(1)], state, 0.0, floor).protected
+    assert choose([snap(1, 2)], state, 0.0, floor).decision is not None
+
+
+def test_an_operator_emptying_a_static_list_is_not_second_guessed():
+    static = target(tiers=1)  # StaticSourceConfig: only the removal guard applies
+    verdict = choose([snap()], PolicyState(applied=backends(1, 2)), 0.0, static)
+    assert not verdict.protected and verdict.hold_until is not None
+
+
+def test_drain_protection_does_not_stop_a_failover_to_a_qualifying_tier():
+    tiers = target(sources=(*REGISTRY, StaticSourceConfig()))
+    state = PolicyState(active=0, applied=backends(1, 2))
+    verdict = choose([snap(), snap(9)], state, 0.0, tiers)
+    assert verdict.decision is not None and verdict.decision.tier == 1

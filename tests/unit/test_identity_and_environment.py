@@ -1,0 +1,107 @@
+"""Instance identity, Consul addresses and the CONSUL_* environment, checked before use."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from syncd.addresses import parse_http_address
+from syncd.errors import ConfigError
+from syncd.model import ConsulConnection, Snapshot
+from syncd.ownership import derive_owner_id, valid_owner_id
+from syncd.sources.base import ChangeEmitter
+from syncd.sources.consul import resolve_endpoint
+
+
+@pytest.mark.parametrize(
+    ("path", "owner"),
+    [
+        ("config/ceph-rgw.yaml", "ceph-rgw"),
+        ("/etc/syncd/config.yaml", "config"),
+        ("team a (prod).yml", "team-a-prod"),
+        ("-.yaml", "syncd"),
+        ("x" * 80 + ".yaml", "x" * 63),
+    ],
+)
+def test_the_default_identity_is_the_config_file_name_as_a_label_value(path, owner):
+    assert derive_owner_id(Path(path)) == owner
+    assert valid_owner_id(derive_owner_id(Path(path)))
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("127.0.0.1:8500", ("http", "127.0.0.1", 8500)),
+        ("consul.internal", ("http", "consul.internal", 8500)),
+        ("https://consul.internal", ("https", "consul.internal", 443)),
+        ("http://[::1]:8501/", ("http", "[::1]", 8501)),
+    ],
+)
+def test_consul_addresses_parse(text, parsed):
+    assert parse_http_address(text, 8500) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("http://[::1", "is not host:port"),
+        ("http://127.0.0.1:99999", "is not host:port"),
+        ("127.0.0.1:0", "port 0 is out of range"),
+        ("ftp://host", "the scheme must be http or https"),
+        ("http://user@host", "is not host:port"),
+        ("http://host/v1", "is not host:port"),
+        ("bad_host!:1", "is not a host name or IP address"),
+        ("", "an address is required"),
+    ],
+)
+def test_bad_consul_addresses_say_what_is_wrong(text, says):
+    with pytest.raises(ValueError) as caught:
+        parse_http_address(text, 8500)
+    assert says in str(caught.value)
+
+
+def test_the_consul_environment_is_checked_and_each_problem_names_its_variable(tmp_path):
+    env = {
+        "CONSUL_HTTP_ADDR": "http://127.0.0.1:99999",
+        "CONSUL_HTTP_SSL": "maybe",
+        "CONSUL_HTTP_TOKEN": "secret\nsecond line",
+        "CONSUL_CACERT": str(tmp_path / "missing.pem"),
+        "CONSUL_CLIENT_CERT": str(tmp_path / "missing-cert.pem"),
+    }
+    with pytest.raises(ConfigError) as caught:
+        resolve_endpoint(ConsulConnection(), env)
+    problems = caught.value.problems
+    assert any(p.startswith("CONSUL_HTTP_ADDR: ") for p in problems)
+    assert "CONSUL_HTTP_SSL: 'maybe' is not true or false" in problems
+    assert any(p.startswith("CONSUL_HTTP_TOKEN: ") for p in problems)
+    assert f"CONSUL_CACERT: cannot read {tmp_path / 'missing.pem'}" in problems
+    assert any("go together" in p for p in problems)
+    assert all("secret" not in p for p in problems)  # the token is never printed
+
+
+def test_the_config_wins_over_the_environment_and_ssl_turns_on_https():
+    endpoint = resolve_endpoint(
+        ConsulConnection(address="consul.internal:8501"), {"CONSUL_HTTP_ADDR": "http://[::1"}
+    )
+    assert endpoint.url == "http://consul.internal:8501"
+    endpoint = resolve_endpoint(
+        ConsulConnection(), {"CONSUL_HTTP_ADDR": "c:1", "CONSUL_HTTP_SSL": "true"}
+    )
+    assert endpoint.url == "https://c:1"
+    assert "token" not in repr(resolve_endpoint(ConsulConnection(), {"CONSUL_HTTP_TOKEN": "s3"}))
+
+
+def test_a_dropped_registry_entry_is_logged_once_when_it_appears(caplog):
+    answers = []
+    emitter = ChangeEmitter(answers.append, "ns/svc")
+    bad = "n1/meta: '169.254.169.254' is a link-local address; dropped"
+    with caplog.at_level(logging.WARNING):
+        for n in range(5):  # the registry answers again and again, other entries changing
+            emitter.answer(Snapshot(frozenset(), f"consul service rgw #{n}", (bad,)))
+    assert [r.getMessage() for r in caplog.records].count(
+        f"ns/svc: consul service rgw #0: {bad}"
+    ) == 1
+    assert len(caplog.records) == 1
+    assert len(answers) == 5
