@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale
+.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale bench-dataplane
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ bench: setup servers
 # 10,000 targets x 10 backends; about 25 minutes (a 10-minute idle phase included)
 bench-scale: setup servers
 	$(BIN)/python -m bench.static_scale
+
+# registry event -> first client request on the new backend, through a real kube-proxy
+bench-dataplane: setup servers
+	$(BIN)/python -m bench.dataplane_latency

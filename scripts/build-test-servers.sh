@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the real servers the integration tests run (kube-apiserver, etcd, consul) from their
-# published Go modules, and cache the binaries outside the repository, keyed by version.
+# Build the real servers the integration tests run (kube-apiserver, kube-proxy, etcd, consul)
+# from their published Go modules, and cache the binaries outside the repository, keyed by
+# version.
 #
 # Usage: scripts/build-test-servers.sh            build what is missing, print the paths
 #        scripts/build-test-servers.sh --check    exit 1 if anything is missing, build nothing
@@ -60,8 +61,10 @@ build_from_module() {
   log "$name ready: $out"
 }
 
-build_kube_apiserver() {
-  [[ -x "$(bin_path kube-apiserver "$KUBERNETES_VERSION")" ]] && return 0
+# A binary of the k8s.io/kubernetes module: kube-apiserver, kube-proxy.  $1 name
+build_kubernetes_command() {
+  local name="$1"
+  [[ -x "$(bin_path "$name" "$KUBERNETES_VERSION")" ]] && return 0
   require_go
   # k8s.io/kubernetes points its staging modules at ./staging/...; as a dependency those
   # local paths do not exist, so pin each one to its published v0.X.Y twin.
@@ -75,7 +78,7 @@ build_kube_apiserver() {
     ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  build_from_module kube-apiserver "$KUBERNETES_VERSION" k8s.io/kubernetes/cmd/kube-apiserver \
+  build_from_module "$name" "$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/$name" \
     "$(echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
        grep -E '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging/' "$mod" \
          | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}')" \
@@ -102,7 +105,8 @@ build_consul() {
 
 if [[ "${1:-}" == "--check" ]]; then
   missing=0
-  for b in "kube-apiserver $KUBERNETES_VERSION" "etcd $ETCD_VERSION" "consul $CONSUL_VERSION"; do
+  for b in "kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION" \
+           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION"; do
     set -- $b
     [[ -x "$(bin_path "$1" "$2")" ]] || { log "missing: $1 $2"; missing=1; }
   done
@@ -110,8 +114,10 @@ if [[ "${1:-}" == "--check" ]]; then
 fi
 
 build_etcd
-build_kube_apiserver
+build_kubernetes_command kube-apiserver
+build_kubernetes_command kube-proxy
 build_consul
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
+echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
 echo "ETCD=$(bin_path etcd "$ETCD_VERSION")"
 echo "CONSUL=$(bin_path consul "$CONSUL_VERSION")"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the programs the tests need exist: Go (builds the real servers), openssl (keys
 # and certificates), BIND's named (the real DNS server; tests start their own on loopback),
-# iproute2's ip (test hosts in a network namespace).
+# iproute2's ip (test hosts in a network namespace), nftables' nft (kube-proxy programs the
+# data plane with it, inside the test's node namespaces) and socat (carries a node
+# namespace's API connections to the test API server through a unix socket).
 # Installs missing Debian packages as root.
 set -euo pipefail
 
@@ -11,6 +13,8 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v named >/dev/null 2>&1 || [[ -x /usr/sbin/named ]] || missing+=(bind9)
 command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
 command -v named-checkzone >/dev/null 2>&1 || [[ -x /usr/bin/named-checkzone ]] || missing+=(bind9-utils)
+command -v nft >/dev/null 2>&1 || [[ -x /usr/sbin/nft ]] || missing+=(nftables)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

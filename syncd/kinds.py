@@ -17,6 +17,7 @@ What the cache selects, and why:
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,14 @@ MANAGED_LABEL_KEYS = frozenset(
 
 Obj = Mapping[str, Any]
 View = dict[str, Any]
+
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def is_label_value(value: object) -> bool:
+    """A valid Kubernetes label value (also what zone names in hints must be)."""
+    return isinstance(value, str) and len(value) <= 63 and bool(_LABEL_VALUE.match(value))
 
 
 def labels_of(obj: Obj) -> dict[str, str]:
@@ -89,6 +98,10 @@ def _slice_fields(obj: Obj) -> View:
         {
             "address": (e.get("addresses") or [""])[0],
             "ready": (e.get("conditions") or {}).get("ready") is not False,
+            "zone": e.get("zone"),
+            "hints": sorted(
+                z.get("name") or "" for z in (e.get("hints") or {}).get("forZones") or ()
+            ),
         }
         for e in obj.get("endpoints") or ()
     ]
@@ -119,6 +132,7 @@ def _service_fields(obj: Obj) -> View:
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     return {
         "ports": normal_ports((obj.get("spec") or {}).get("ports")),
+        "trafficDistribution": (obj.get("spec") or {}).get("trafficDistribution"),
         "annotations": dict(
             sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX))
         ),
@@ -222,15 +236,19 @@ def _trim_service(obj: Obj) -> dict[str, Any]:
 def _trim_slice(obj: Obj) -> dict[str, Any]:
     """Endpoints keep their addresses and readiness: syncd writes slices whole from what
     it decided, so the rest of a live endpoint is never needed."""
-    endpoints = [
-        {
+    endpoints = []
+    for e in obj.get("endpoints") or ():
+        endpoint = {
             "addresses": tuple(_text(a) for a in e.get("addresses") or ()),
             "conditions": _CONDITIONS.get(
                 (e.get("conditions") or {}).get("ready"), _CONDITIONS[None]
             ),
         }
-        for e in obj.get("endpoints") or ()
-    ]
+        if e.get("zone"):
+            endpoint["zone"] = _text(e["zone"])
+        if e.get("hints"):
+            endpoint["hints"] = e["hints"]
+        endpoints.append(endpoint)
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",

@@ -73,6 +73,7 @@ class Backend:
     address: str
     ports: PortSet
     ready: bool = True
+    zone: str | None = None  # where it runs: topology-aware routing prefers the client's zone
 
     @property
     def family(self) -> AddressFamily:
@@ -87,7 +88,8 @@ class Backend:
     def __str__(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         ports = ",".join(f"{p.name}={p.port}" if p.name else str(p.port) for p in self.ports)
-        return f"{host}:{ports}" + ("" if self.ready else " (not ready)")
+        zone = f" in {self.zone}" if self.zone else ""
+        return f"{host}:{ports}{zone}" + ("" if self.ready else " (not ready)")
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class ConsulSourceConfig:
     address: ConsulAddress = ConsulAddress.SERVICE
     consistency: ConsulConsistency = ConsulConsistency.DEFAULT
     warning_is_ready: bool = True
+    zone_meta: str = "zone"  # the service (else node) meta key that names an instance's zone
 
     @property
     def kind(self) -> str:
@@ -163,6 +166,7 @@ class DnsSourceConfig:
     tcp: bool = False  # UDP with TCP fallback on truncation, or TCP only
     min_ttl: float = 5.0  # refresh no more often than this ...
     max_ttl: float = 300.0  # ... and no less often than this, whatever the TTL says
+    zone: str | None = None  # the zone of every backend this source lists
 
     @property
     def kind(self) -> str:
@@ -182,6 +186,7 @@ class ConsulQuerySourceConfig:
     address: ConsulAddress = ConsulAddress.SERVICE
     warning_is_ready: bool = True
     poll_interval: float = 5.0
+    zone_meta: str = "zone"
 
     @property
     def kind(self) -> str:
@@ -288,6 +293,7 @@ class Target:
     health_check: HealthCheckConfig | None = None
     allowed_cidrs: tuple[IPNetwork, ...] = ()  # empty: any address the policy allows
     drain_floor: int = 1  # a registry answer may not leave fewer ready backends than this
+    traffic_distribution: str | None = None  # on the managed Service: PreferClose, ...
 
     @property
     def key(self) -> str:

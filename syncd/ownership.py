@@ -31,6 +31,7 @@ from syncd.kinds import (
     SERVICE_NAME_LABEL,
     SKIP_MIRROR_LABEL,
     Obj,
+    is_label_value,
     labels_of,
 )
 
@@ -41,7 +42,6 @@ LEGACY_OWNER_ID = "default"  # every instance's identity before it became per co
 ACTIVE_TIER_ANNOTATION = "syncd.io/active-tier"
 ACTIVE_SOURCE_ANNOTATION = "syncd.io/active-source"
 
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 __all__ = [
     "ACTIVE_SOURCE_ANNOTATION",
@@ -63,7 +63,7 @@ __all__ = [
 
 
 def valid_owner_id(value: str) -> bool:
-    return bool(value) and len(value) <= 63 and bool(_LABEL_VALUE.match(value))
+    return bool(value) and is_label_value(value)
 
 
 def derive_owner_id(config_path: Path) -> str:

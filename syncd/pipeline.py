@@ -73,7 +73,7 @@ def backends_of_slices(slices: Iterable[Obj]) -> frozenset[Backend]:
         for endpoint in obj.get("endpoints") or ():
             address = (endpoint.get("addresses") or [""])[0]
             ready = (endpoint.get("conditions") or {}).get("ready") is not False
-            backends.add(Backend(address, key.ports, ready))
+            backends.add(Backend(address, key.ports, ready, endpoint.get("zone")))
     return frozenset(backends)
 
 
@@ -250,6 +250,31 @@ def check_service(target: Target, live: LiveState, owner_id: str) -> None:
             raise TargetError(f"{name} has no port {names}; its ports must match the config")
 
 
+HINTED_DISTRIBUTIONS = ("PreferClose", "PreferSameZone")
+
+
+def topology_hints(
+    target: Target, live: LiveState, backends: Iterable[Backend]
+) -> tuple[bool, str | None]:
+    """Write zone hints? Only when the Service asks (its trafficDistribution: the config's
+    for a Service syncd manages, the live one's otherwise) and every ready backend has a
+    zone, as kube-proxy ignores the hints of a Service whose ready endpoints lack one.
+    Returns the answer and, when it is no for want of zones, a warning."""
+    if target.manage_service:
+        wanted = target.traffic_distribution
+    else:
+        wanted = ((live.service or {}).get("spec") or {}).get("trafficDistribution")
+    if wanted not in HINTED_DISTRIBUTIONS:
+        return False, None
+    missing = sorted(b.address for b in backends if b.ready and not b.zone)
+    if missing:
+        return False, (
+            f"trafficDistribution {wanted}: {len(missing)} ready backends have no zone "
+            f"(e.g. {missing[0]}); no zone hints written, so clients use every zone"
+        )
+    return True, None
+
+
 def tier_annotations(target: Target, decision: Decision) -> dict[str, str] | None:
     """Where the backends come from, on the Service, for targets with several tiers."""
     if len(target.sources) < 2:
@@ -290,6 +315,9 @@ def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: s
         service_uid: str | None = (live.service.get("metadata") or {}).get("uid")
     else:
         service_uid = None if live.offline else PENDING_UID
+    hints, why_not = topology_hints(target, live, decision.backends)
+    if why_not:
+        warnings.append(why_not)
     desired = render_target(
         target,
         decision.backends,
@@ -298,6 +326,7 @@ def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: s
         service_uid,
         include_service=target.manage_service,
         service_annotations=tier_annotations(target, decision),
+        hints=hints,
     )
     current: list[Obj] = list(owned_slices)
     if endpoints_owned:

@@ -181,16 +181,12 @@ def render_service(
     }
     if annotations:
         metadata["annotations"] = dict(annotations)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata,
-        "spec": {
-            "ports": [
-                {"name": p.name, "port": p.port, "protocol": p.protocol} for p in target.ports
-            ],
-        },
+    spec: dict[str, Any] = {
+        "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in target.ports]
     }
+    if target.traffic_distribution:
+        spec["trafficDistribution"] = target.traffic_distribution
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
 
 def render_endpoint_slices(
@@ -199,9 +195,10 @@ def render_endpoint_slices(
     owner_id: str,
     placement: Sequence[PlacedSlice] = (),
     service_uid: str | None = None,
+    hints: bool = False,
 ) -> list[dict[str, Any]]:
     backends = list(backends)
-    ready = {(b.address, SliceKey(b.family, b.ports)): b.ready for b in backends}
+    by_key = {(b.address, SliceKey(b.family, b.ports)): b for b in backends}
     slices = []
     for placed in pack_slices(target.service, backends, target.max_endpoints_per_slice, placement):
         metadata: dict[str, Any] = {
@@ -221,16 +218,26 @@ def render_endpoint_slices(
                 "metadata": metadata,
                 "addressType": placed.key.family.value,
                 "endpoints": [
-                    {
-                        "addresses": [address],
-                        "conditions": {"ready": ready[(address, placed.key)]},
-                    }
-                    for address in placed.addresses
+                    _endpoint(by_key[(address, placed.key)], hints) for address in placed.addresses
                 ],
                 "ports": _ports_list(placed.key.ports),
             }
         )
     return slices
+
+
+def _endpoint(backend: Backend, hints: bool) -> dict[str, Any]:
+    """One endpoint; its zone when known, and the hint kube-proxy follows to keep clients
+    in their zone (like the control plane's, for PreferClose: the endpoint's own zone)."""
+    endpoint: dict[str, Any] = {
+        "addresses": [backend.address],
+        "conditions": {"ready": backend.ready},
+    }
+    if backend.zone:
+        endpoint["zone"] = backend.zone
+        if hints:
+            endpoint["hints"] = {"forZones": [{"name": backend.zone}]}
+    return endpoint
 
 
 def render_endpoints(
@@ -273,6 +280,7 @@ def render_target(
     service_uid: str | None = None,
     include_service: bool | None = None,
     service_annotations: dict[str, str] | None = None,
+    hints: bool = False,
 ) -> list[dict[str, Any]]:
     """Every object the target should have, Service first (what `syncd render` prints)."""
     backends = list(backends)
@@ -282,5 +290,7 @@ def render_target(
     if target.output.endpoints:
         objects.append(render_endpoints(target, backends, owner_id, service_uid))
     if target.output.slices:
-        objects.extend(render_endpoint_slices(target, backends, owner_id, placement, service_uid))
+        objects.extend(
+            render_endpoint_slices(target, backends, owner_id, placement, service_uid, hints)
+        )
     return objects

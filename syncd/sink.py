@@ -258,7 +258,11 @@ def _service_patch(change: Change) -> dict[str, Any]:
     metadata: dict[str, Any] = {"labels": labels}
     if annotations:
         metadata["annotations"] = annotations
+    desired_spec = (change.desired or {}).get("spec", {})
     return {
         "metadata": metadata,
-        "spec": {"ports": (change.desired or {}).get("spec", {}).get("ports", [])},
+        "spec": {
+            "ports": desired_spec.get("ports", []),
+            "trafficDistribution": desired_spec.get("trafficDistribution"),  # None removes it
+        },
     }

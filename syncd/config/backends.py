@@ -11,6 +11,7 @@ from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.config.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
+from syncd.kinds import is_label_value
 from syncd.model import Backend, EndpointPort, ServicePort, port_set
 
 
@@ -59,7 +60,7 @@ def parse_backend_list(raw: Any, scope: Scope, ports) -> tuple[Backend, ...] | N
 def _backend(raw: Any, scope: Scope, ports: tuple[ServicePort, ...]) -> Backend | None:
     if isinstance(raw, str):
         return _backend_shorthand(raw, scope, ports)
-    data = expect_mapping(raw, scope, {"address", "port", "ports", "ready"}, {"address"})
+    data = expect_mapping(raw, scope, {"address", "port", "ports", "ready", "zone"}, {"address"})
     if data is None:
         return None
     ok = True
@@ -70,9 +71,24 @@ def _backend(raw: Any, scope: Scope, ports: tuple[ServicePort, ...]) -> Backend 
     ready = flag(data, "ready", scope)
     ok &= ready is not None or "ready" not in data
     endpoint_ports = parse_endpoint_ports(data, scope, ports)
+    zone = parse_zone(data, "zone", scope)
+    ok &= zone is not None or "zone" not in data
     if not ok or address is None or endpoint_ports is None:
         return None
-    return Backend(address=address, ports=endpoint_ports, ready=ready is not False)
+    return Backend(address=address, ports=endpoint_ports, ready=ready is not False, zone=zone)
+
+
+def parse_zone(data: dict, key: str, scope: Scope) -> str | None:
+    """A zone name: what Kubernetes accepts in endpoint hints (a label value)."""
+    if key not in data:
+        return None
+    value = data[key]
+    if not value or not is_label_value(value):
+        scope.at(key).error(
+            f"{value!r} is not a zone name (letters, digits, '-', '_', '.', at most 63)"
+        )
+        return None
+    return str(value)
 
 
 def parse_endpoint_ports(data: dict, scope: Scope, ports: tuple[ServicePort, ...]):

@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from syncd.addresses import address_refusal, parse_http_address
-from syncd.config.backends import parse_backend_list, parse_endpoint_ports, read_backends_file
+from syncd.config.backends import (
+    parse_backend_list,
+    parse_endpoint_ports,
+    parse_zone,
+    read_backends_file,
+)
 from syncd.config.checks import (
     DNS1035_LABEL,
     DNS1035_WHAT,
@@ -56,6 +61,8 @@ SUPPORTED_VERSIONS = (1,)
 
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+# What a Service may ask of endpoints outside the cluster: the same zone as the client.
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone")
 
 
 MAX_SLICE_CAPACITY = 1000  # EndpointSlice API validation limit
@@ -77,6 +84,7 @@ _TARGET_KEYS = {
     "manage_service",
     "max_endpoints_per_slice",
     "drain_floor",
+    "traffic_distribution",
 }
 
 
@@ -143,6 +151,19 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
     if "allowed_cidrs" in data:
         extras["allowed_cidrs"] = cidrs(data["allowed_cidrs"], scope.at("allowed_cidrs"))
     extras.update(numbers(data, scope, {"drain_floor": (0, 100_000, True)}))
+    if "traffic_distribution" in data:
+        value = data["traffic_distribution"]
+        if value not in TRAFFIC_DISTRIBUTIONS:
+            scope.at("traffic_distribution").error(
+                f"{value!r} is not one of: {', '.join(TRAFFIC_DISTRIBUTIONS)}"
+            )
+        elif not manage_service:
+            scope.at("traffic_distribution").error(
+                "syncd does not change a Service it does not manage; set "
+                "spec.trafficDistribution on the Service itself (syncd follows it)"
+            )
+        else:
+            extras["traffic_distribution"] = value
     for index, source in enumerate(sources):
         if isinstance(source, StaticSourceConfig):
             _check_static_policy(
@@ -261,6 +282,7 @@ _CONSUL_SOURCE_KEYS = {
     "address",
     "consistency",
     "warning_is_ready",
+    "zone_meta",
 }
 
 
@@ -290,13 +312,15 @@ def _consul_source(raw: dict, scope: Scope, ports) -> ConsulSourceConfig | None:
             node_meta = tuple(sorted(value.items()))
         else:
             scope.at("node_meta").error("must be a mapping of string keys to string values")
-    optional = {}
+    optional: dict[str, Any] = {}
     for key in ("datacenter", "filter", "namespace", "partition"):
         if key in data:
             optional[key] = nonempty_string(data[key], scope.at(key))
     address = choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
     consistency = choice(data, "consistency", ConsulConsistency, ConsulConsistency.DEFAULT, scope)
     warning_is_ready = flag(data, "warning_is_ready", scope)
+    if "zone_meta" in data:
+        optional["zone_meta"] = _meta_key(data["zone_meta"], scope.at("zone_meta"))
     if len(scope.checker.problems) > before or service is None:
         return None
     return ConsulSourceConfig(
@@ -324,6 +348,7 @@ _DNS_SOURCE_KEYS = {
     "tcp",
     "min_ttl",
     "max_ttl",
+    "zone",
 }
 
 
@@ -381,6 +406,8 @@ def _dns_source(raw: dict, scope: Scope, ports) -> DnsSourceConfig | None:
     )
     if values.get("min_ttl", 5.0) > values.get("max_ttl", 300.0):
         scope.error("min_ttl must not be larger than max_ttl")
+    if "zone" in data:
+        values["zone"] = parse_zone(data, "zone", scope)
     if len(scope.checker.problems) > before:
         return None
     return DnsSourceConfig(**values)
@@ -558,7 +585,7 @@ def _consul_query_source(raw: dict, scope: Scope, ports) -> ConsulQuerySourceCon
     data = expect_mapping(
         raw,
         scope,
-        {"type", "query", "port", "address", "warning_is_ready", "poll_interval"},
+        {"type", "query", "port", "address", "warning_is_ready", "poll_interval", "zone_meta"},
         {"type", "query"},
     )
     if data is None:
@@ -571,9 +598,22 @@ def _consul_query_source(raw: dict, scope: Scope, ports) -> ConsulQuerySourceCon
     values["address"] = choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
     if flag(data, "warning_is_ready", scope) is not None:
         values["warning_is_ready"] = data["warning_is_ready"]
+    if "zone_meta" in data:
+        values["zone_meta"] = _meta_key(data["zone_meta"], scope.at("zone_meta"))
     if len(scope.checker.problems) > before or query is None:
         return None
     return ConsulQuerySourceConfig(query=query, port_name=port_name, **values)
+
+
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _meta_key(value: Any, scope: Scope) -> str:
+    """A Consul metadata key (letters, digits, '-', '_'; at most 128)."""
+    if not isinstance(value, str) or not _META_KEY.match(value):
+        scope.error(f"{value!r} is not a Consul meta key (letters, digits, '-', '_')")
+        return "zone"
+    return value
 
 
 def _served_port(data: dict, key: str, names: list[str], scope: Scope, what: str) -> str:

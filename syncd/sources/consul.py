@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 
 from syncd.addresses import AddressRejected, canonical_endpoint_ip, parse_http_address
 from syncd.errors import ConfigError, SourceError
+from syncd.kinds import is_label_value
 from syncd.model import (
     CONSUL_PORT,
     Backend,
@@ -92,6 +93,7 @@ def backends_from_health(
     """Turn /v1/health/service entries into backends, plus a warning per dropped entry."""
     protocol = next(p.protocol for p in target.ports if p.name == source.port_name)
     by_identity: dict[tuple[str, int], bool] = {}
+    zones: dict[tuple[str, int], str | None] = {}
     warnings: list[str] = []
     for entry in entries:
         service = entry.get("Service") or {}
@@ -116,17 +118,36 @@ def backends_from_health(
             DROPPED_ENTRIES.labels(target.key, "port").inc()
             continue
         ready = instance_ready(entry.get("Checks") or (), source.warning_is_ready)
+        zone = _instance_zone(entry, source.zone_meta, name, warnings)
         key = (address, port)
         if key in by_identity:
             warnings.append(f"{name}: duplicates {address} port {port}; merged")
             DROPPED_ENTRIES.labels(target.key, "duplicate").inc()
             ready = ready or by_identity[key]  # one healthy registration is enough
+            zone = zones[key] or zone
         by_identity[key] = ready
+        zones[key] = zone
     backends = frozenset(
-        Backend(address, port_set(EndpointPort(source.port_name, port, protocol)), ready)
+        Backend(address, port_set(EndpointPort(source.port_name, port, protocol)), ready, zone)
         for (address, port), ready in by_identity.items()
+        for zone in (zones[(address, port)],)
     )
     return backends, warnings
+
+
+def _instance_zone(
+    entry: Mapping[str, Any], key: str, name: str, warnings: list[str]
+) -> str | None:
+    """The instance's zone: its service meta `key`, else its node's; None if neither."""
+    service_meta = (entry.get("Service") or {}).get("Meta") or {}
+    node_meta = (entry.get("Node") or {}).get("Meta") or {}
+    zone = service_meta.get(key) or node_meta.get(key)
+    if zone is None:
+        return None
+    if not is_label_value(zone) or not zone:
+        warnings.append(f"{name}: meta {key}={zone!r} is not a zone name; zone left out")
+        return None
+    return str(zone)
 
 
 # --------------------------------------------------------------------------- the client
@@ -413,6 +434,7 @@ class ConsulQuerySource:
             port_name=config.port_name,
             address=config.address,
             warning_is_ready=config.warning_is_ready,
+            zone_meta=config.zone_meta,
         )
 
     def describe(self) -> str:

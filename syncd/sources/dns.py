@@ -216,7 +216,8 @@ class DnsSource:
             key = (address, ports)
             ready_by_identity[key] = ready_by_identity.get(key, False) or ready
         backends = frozenset(
-            Backend(address, ports, ready) for (address, ports), ready in ready_by_identity.items()
+            Backend(address, ports, ready, self._config.zone)
+            for (address, ports), ready in ready_by_identity.items()
         )
         return Resolution(backends, ttl, tuple(warnings))
 

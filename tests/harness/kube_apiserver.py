@@ -59,9 +59,8 @@ _BINARIES: dict[str, str] = {}
 
 
 def server_binaries() -> dict[str, str]:
-    """Paths of kube-apiserver, etcd and consul, building them first if the cache is empty.
-
-    $KUBE_APISERVER, $ETCD and $CONSUL override the built ones.
+    """Paths of kube-apiserver, kube-proxy, etcd and consul, building them first if the
+    cache is empty. $KUBE_APISERVER, $KUBE_PROXY, $ETCD and $CONSUL override the built ones.
     """
     if not _BINARIES:
         result = subprocess.run(
@@ -72,6 +71,7 @@ def server_binaries() -> dict[str, str]:
         paths = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
         for name, variable in (
             ("kube-apiserver", "KUBE_APISERVER"),
+            ("kube-proxy", "KUBE_PROXY"),
             ("etcd", "ETCD"),
             ("consul", "CONSUL"),
         ):
