@@ -11,9 +11,12 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
@@ -23,6 +26,7 @@ from syncd.config import load_config
 from syncd.controller import Controller, DaemonSettings
 from syncd.errors import ConfigError, KubeConfigError, KubeError
 from syncd.kube import Kube, KubeSettings, load_client_configuration
+from syncd.leader import LeaderElector, LeaderSettings
 from syncd.model import Config, ConsulQuerySourceConfig, ConsulSourceConfig, StaticSourceConfig
 from syncd.observability import parse_listen_address, serve_metrics, setup_logging
 from syncd.once import OnceSettings, ask_sources, run_once
@@ -210,6 +214,52 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
     run.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="without --once: run as one of several replicas; only the holder of a Lease "
+        "writes, the others stand by with warm caches (default: off; the shipped "
+        "Deployment turns it on)",
+    )
+    run.add_argument(
+        "--lease-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the Lease (default: the pod's own in a cluster, else syncd)",
+    )
+    run.add_argument(
+        "--lease-name", metavar="NAME", help="the Lease's name (default: syncd-<owner id>)"
+    )
+    run.add_argument(
+        "--lease-duration",
+        type=_number(float, 2, 600),
+        default=15.0,
+        metavar="SECONDS",
+        help="a standby takes over a lease not renewed for this long (default: %(default)s)",
+    )
+    run.add_argument(
+        "--renew-deadline",
+        type=_number(float, 1, 600),
+        default=10.0,
+        metavar="SECONDS",
+        help="the leader stops writing when it could not renew for this long; shorter than "
+        "--lease-duration (default: %(default)s)",
+    )
+    run.add_argument(
+        "--retry-period",
+        type=_number(float, 0.2, 600),
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the lease is renewed, or tried (default: %(default)s)",
+    )
+    run.add_argument(
+        "--stuck-after",
+        type=_number(float, 1, 86400),
+        default=120.0,
+        metavar="SECONDS",
+        help="/healthz fails when a worker has been busy with one target this long "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
         "--request-timeout",
         type=_number(float, 1, 600),
         default=30.0,
@@ -255,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args.owner_id, origin = _identity(args.owner_id, config)
     log.info("owner id %r (%s)", args.owner_id, origin)
+    if args.command == "run" and not args.lease_duration > args.renew_deadline > args.retry_period:
+        parser.error(
+            "--lease-duration must be longer than --renew-deadline, and that longer than "
+            "--retry-period"
+        )
     if args.command == "check":
         return _check(config, args.owner_id, origin)
     if args.command == "render":
@@ -340,13 +395,14 @@ def _render(config: Config, owner_id: str) -> int:
 def _run(args: argparse.Namespace, config: Config) -> int:
     stop = threading.Event()
     one_shot = args.once or args.dry_run
+    replica = f"{socket.gethostname()}_{uuid.uuid4().hex[:6]}"
     settings = KubeSettings(
         kubeconfig=args.kubeconfig,
         context=args.context,
         request_timeout=args.request_timeout,
         qps=args.kube_qps,
         burst=args.kube_burst,
-        identity=args.owner_id,
+        identity=f"{args.owner_id}; {replica}",  # who wrote, in the audit log
         # A one-shot run retries within a call; the daemon's queue retries the target
         # instead, so a call gives up quickly and an API server that is back is seen at once.
         retry_attempts=5 if one_shot else 3,
@@ -377,8 +433,24 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         if one_shot:
             once = OnceSettings(owner_id=args.owner_id, dry_run=args.dry_run, workers=args.workers)
             return _one_pass(kube, config, once, stop)
-        daemon = DaemonSettings(resync_interval=args.resync_interval, workers=args.workers)
-        return _daemon(kube, config, args.owner_id, daemon, stop)
+        daemon = DaemonSettings(
+            resync_interval=args.resync_interval,
+            workers=args.workers,
+            stuck_after=args.stuck_after,
+        )
+        elector = None
+        if args.leader_elect:
+            lease = LeaderSettings(
+                namespace=args.lease_namespace or _own_namespace(),
+                name=args.lease_name or f"syncd-{args.owner_id}"[:253],
+                identity=replica,
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+            elector = LeaderElector(kube, lease)
+            log.info("leader election on lease %s/%s as %s", lease.namespace, lease.name, replica)
+        return _daemon(kube, config, args.owner_id, daemon, stop, elector)
     finally:
         kube.close()
 
@@ -471,8 +543,27 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    """The pod's namespace in a cluster ($POD_NAMESPACE, else the service account's), or
+    syncd."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "syncd"
+    except OSError:
+        return "syncd"
+
+
 def _daemon(
-    kube: Kube, config: Config, owner_id: str, settings: DaemonSettings, stop: threading.Event
+    kube: Kube,
+    config: Config,
+    owner_id: str,
+    settings: DaemonSettings,
+    stop: threading.Event,
+    elector: LeaderElector | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
 
@@ -480,7 +571,7 @@ def _daemon(
         _print_result(result, dry_run=False)
         sys.stdout.flush()
 
-    controller = Controller(config, kube, owner_id, settings, report, stop)
+    controller = Controller(config, kube, owner_id, settings, report, stop, elector)
 
     def request_reload(_signum, _frame):
         log.info("received SIGHUP; reloading %s", config.path)

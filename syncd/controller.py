@@ -42,6 +42,7 @@ from syncd.errors import ConfigError, SourceError
 from syncd.health import Prober
 from syncd.kinds import Kind, Obj, target_key_of
 from syncd.kube import Kube
+from syncd.leader import LeaderElector
 from syncd.model import Config, Snapshot, Target
 from syncd.observability import (
     HELD_REMOVALS,
@@ -76,6 +77,7 @@ class DaemonSettings:
     probe_threads: int = 32  # threads shared by every target's health probes
     stop_grace: float = 1.5  # seconds workers get to finish after SIGTERM
     namespaces: tuple[str, ...] | None = None  # None: the whole cluster
+    stuck_after: float = 120.0  # a worker busy with one target longer than this is wedged
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Controller:
         settings: DaemonSettings | None = None,
         report: Callable[[TargetResult], None] = lambda result: None,
         stop: threading.Event | None = None,
+        elector: LeaderElector | None = None,
     ):
         self._config = config
         self._kube = kube
@@ -164,7 +167,21 @@ class Controller:
             on_change=self._on_cluster_change,
             on_recovered=self._on_api_recovered,
         )
-        self._sink = Sink(kube, self._cache, owner_id, stop=self._stop)
+        self._elector = elector
+        if elector is not None:
+            elector.on_started = lambda: self._start_leading("leader")
+            elector.on_stopped = self._stop_leading
+        self._sink = Sink(
+            kube,
+            self._cache,
+            owner_id,
+            stop=self._stop,
+            may_write=elector.is_leader if elector else None,
+        )
+        self._leading = threading.Event()  # workers run only while set
+        self._first_pass: set[str] = set()  # targets not yet reconciled since leading
+        self._busy: dict[str, tuple[Hashable, float]] = {}  # worker -> (key, since)
+        self._threads: list[threading.Thread] = []
         self._scheduler = Scheduler(self._settings.source_threads, "sources")
         self._probe_pool = DaemonPool(self._settings.probe_threads, "probes")
         self._runner = SourceRunner(self._scheduler, config.consul)
@@ -200,7 +217,9 @@ class Controller:
             self._settings.workers,
         )
         observability.target_statuses = self._target_statuses
-        self._cache.start(self._stop)
+        observability.health = self.health
+        observability.readiness = self.readiness
+        self._threads += self._cache.start(self._stop)
         for target in self._config.targets:
             self._start_target(target)
         waited = time.monotonic()
@@ -214,10 +233,12 @@ class Controller:
             )
         log.info("cluster cache synced in %.1fs", time.monotonic() - waited)
         self._ready.set()
-        for key in self._targets:
-            self._queue.add(key, "start")
-        self._queue.add(PRUNE, "start")
         self._rebuild_resync_order()
+        if self._elector is None:
+            self._start_leading("start")
+        else:
+            log.info("standing by until this replica holds the lease (%s)", self._elector.identity)
+            self._threads.append(self._elector.start(self._stop))
         self._scheduler.call_later(_TICK, self._resync_tick)
         self._scheduler.call_later(self._settings.config_poll_interval, self._config_tick)
         workers = [
@@ -226,11 +247,34 @@ class Controller:
         ]
         for worker in workers:
             worker.start()
+        self._threads += workers
         self._stop.wait()
         return self._shutdown(workers)
 
+    # -- leadership
+
+    def _start_leading(self, reason: str = "leader") -> None:
+        """May write from now on: every target's memory is read from the cache again (the
+        previous leader may have changed things) and every target gets a first pass."""
+        with self._lock:
+            states = list(self._targets.values())
+        for state in states:
+            state.memory.memory = None
+            state.converged_on = None
+        self._first_pass = {state.target.key for state in states}
+        self._leading.set()
+        for state in states:
+            self._queue.add(state.target.key, reason)
+        self._queue.add(PRUNE, reason)
+
+    def _stop_leading(self) -> None:
+        self._leading.clear()
+
     def _shutdown(self, workers: list[threading.Thread]) -> int:
+        self._leading.clear()
         self._queue.shut_down()
+        if self._elector is not None:
+            self._elector.release()
         with self._lock:
             states = list(self._targets.values())
         for state in states:
@@ -252,19 +296,56 @@ class Controller:
     # -- workers
 
     def _work(self) -> None:
-        while True:
-            item = self._queue.get()
+        name = threading.current_thread().name
+        while not self._stop.is_set():
+            if not self._leading.wait(0.5):
+                continue  # a standby: the queue keeps what comes in, deduplicated
+            item = self._queue.get(timeout=0.5)
             if item is None:
-                return
+                continue
             key, reason = item
+            self._busy[name] = (key, time.monotonic())
             try:
-                with self._gate.shared():
-                    self._process(key, reason)
+                if self._leading.is_set():  # leadership may have gone while waiting
+                    with self._gate.shared():
+                        self._process(key, reason)
             except Exception:
                 log.exception("reconciling %s failed unexpectedly; retrying", key)
                 self._queue.add_rate_limited(key)
             finally:
+                self._busy.pop(name, None)
                 self._queue.done(key)
+
+    # -- health
+
+    def health(self) -> list[str]:
+        """What is wrong with the process's own loops ([] when alive): a dead thread, or a
+        worker wedged on one target for longer than stuck_after."""
+        problems = [f"thread {t.name} has died" for t in self._threads if not t.is_alive()]
+        if not self._scheduler.alive:
+            problems.append("the source scheduler has died")
+        now = time.monotonic()
+        for worker, (key, since) in list(self._busy.items()):
+            if now - since > self._settings.stuck_after:
+                problems.append(
+                    f"{worker} has been busy with {key} for {now - since:.0f}s "
+                    f"(stuck_after {self._settings.stuck_after:g}s)"
+                )
+        return problems
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when the cache has synced and, as the leader, every target has had its
+        first pass; a standby with a synced cache is ready as a standby."""
+        if not self._ready.is_set():
+            return False, "the cluster cache has not synced yet"
+        if self._elector is not None and not self._leading.is_set():
+            if self._elector.problem:
+                return True, f"standby: {self._elector.problem}"
+            holder = self._elector.holder() or "nobody"
+            return True, f"standby (the lease is held by {holder})"
+        if self._first_pass:
+            return False, f"{len(self._first_pass)} targets not yet reconciled"
+        return True, "leader" if self._elector is not None else "ok"
 
     def _process(self, key: Hashable, reason: str) -> None:
         if key == RELOAD:
@@ -297,6 +378,7 @@ class Controller:
             answers = list(state.answers)
         if any(answer is None for answer in answers):
             return  # wait until every source has answered once
+        self._first_pass.discard(target.key)
         live = self._cache.live_state(target)
         if state.memory.memory is None:
             state.memory.memory = seed_memory(target, live, self._owner_id, one_shot=False)
@@ -370,6 +452,8 @@ class Controller:
         state.not_ready = len(decision.backends) - state.ready
         state.tier = decision.tier if len(target.sources) > 1 else None
         if result.outcome is Outcome.FAILED:
+            if self._elector is not None and not self._elector.is_leader():
+                return  # fenced: the next leader (perhaps this one again) takes over
             self._failed_attempt(state, result)
             return
         self._queue.forget(target.key)

@@ -354,7 +354,22 @@ EVENT = Kind(
     trim=_trim_whole("Event", "v1"),
 )
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (SERVICE, ENDPOINTS, ENDPOINT_SLICE, EVENT)}
+LEASE = Kind(
+    name="Lease",
+    api_version="coordination.k8s.io/v1",
+    plural="leases",
+    managed_by_label=APP_MANAGED_BY_LABEL,
+    cache_selector=None,
+    merge_patch=False,
+    apply_order=9,
+    fields=lambda obj: {},
+    identity=_identity,
+    trim=_trim_whole("Lease", "coordination.k8s.io/v1"),
+)
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind for kind in (SERVICE, ENDPOINTS, ENDPOINT_SLICE, EVENT, LEASE)
+}
 CACHED_KINDS: tuple[Kind, ...] = (SERVICE, ENDPOINTS, ENDPOINT_SLICE)
 
 

@@ -75,6 +75,11 @@ HELD_REMOVALS = Counter(
 )
 
 
+LEADER = Gauge(
+    "syncd_leader",
+    "1 while this replica holds the lease and may write (always 1 without leader election)",
+    registry=REGISTRY,
+)
 WORKQUEUE_DEPTH = Gauge(
     "syncd_workqueue_depth",
     "Targets waiting to be reconciled",
@@ -99,8 +104,17 @@ class TargetStatus:
     tier: int | None  # only for targets with several tiers
 
 
-# The daemon sets this: the per-target gauges are read from its state at scrape time.
+# The daemon sets these: the per-target gauges are read from its state at scrape time, and
+# /healthz and /readyz ask it. Without a daemon (--once), the process alive is healthy.
 target_statuses: Callable[[], Iterable[TargetStatus]] | None = None
+
+
+def _always_ready() -> tuple[bool, str]:
+    return True, "ok"
+
+
+health: Callable[[], list[str]] = list
+readiness: Callable[[], tuple[bool, str]] = _always_ready
 
 _TARGET_HELP = """\
 # HELP syncd_target_stale 1 while no source of the target can answer (last state kept)
@@ -153,10 +167,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "syncd"
 
     def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] != "/metrics":
-            self._send(404, b"not found: try /metrics\n", "text/plain")
-            return
-        self._send(200, render_metrics(), CONTENT_TYPE_LATEST)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, render_metrics(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":  # liveness: the process and its loops work
+            problems = health()
+            text = "\n".join(problems) if problems else "ok"
+            self._send(500 if problems else 200, f"{text}\n".encode(), "text/plain")
+        elif path == "/readyz":  # readiness: caches synced; the leader has done a first pass
+            ready, why = readiness()
+            self._send(200 if ready else 503, f"{why}\n".encode(), "text/plain")
+        else:
+            self._send(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -170,7 +192,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def serve_metrics(address: str) -> tuple[str, int]:
-    """Serve /metrics on host:port (port 0 picks one); returns where it listens."""
+    """Serve /metrics, /healthz and /readyz on host:port (port 0 picks one); returns where
+    it listens."""
     host, port = parse_listen_address(address)
     server = http.server.ThreadingHTTPServer((host, port), _Handler)
     server.daemon_threads = True

@@ -109,6 +109,10 @@ class Scheduler:
                 if not entry.cancelled:
                     self._pool.submit(entry.job)
 
+    @property
+    def alive(self) -> bool:
+        return self._timer.is_alive() or self._stopped
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True

@@ -20,7 +20,7 @@ import datetime
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from syncd.cache import ClusterCache
@@ -58,8 +58,10 @@ class Sink:
         dry_run: bool = False,
         stop: threading.Event | None = None,
         component: str = "syncd",
+        may_write: Callable[[], bool] | None = None,
     ):
         self._kube = kube
+        self._may_write = may_write  # the leader's fence, checked right before every write
         self._cache = cache
         self._owner_id = owner_id
         self._dry_run = dry_run
@@ -124,6 +126,8 @@ class Sink:
     def write(self, change: Change) -> dict[str, Any] | None:
         """Perform one planned write; the answer goes into the cache."""
         oid = (change.kind, change.namespace, change.name)
+        if self._may_write is not None and not self._may_write():
+            raise KubeError(f"{change.ref}: not written: this replica is not the leader any more")
         self._cache.expect(oid, None if change.action is Action.DELETE else change.desired)
         try:
             if change.action is Action.DELETE:

@@ -110,6 +110,7 @@ class AuditEvent:
     namespace: str
     name: str
     code: int
+    user_agent: str = ""
 
 
 class AuditLog:
@@ -162,6 +163,7 @@ class AuditLog:
                     namespace=ref.get("namespace", ""),
                     name=ref.get("name", ""),
                     code=(event.get("responseStatus") or {}).get("code", 0),
+                    user_agent=event.get("userAgent", ""),
                 )
             )
         return result
