@@ -15,6 +15,10 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
 # The newest Consul that is MPL-2.0 licensed *and* buildable from served modules: 1.15+
 # needs consul/envoyextensions, which the module proxy does not serve; 1.16.4+ is BUSL.
 CONSUL_VERSION="${CONSUL_VERSION:-v1.14.11}"
+# Renders deploy/ for the manifest tests; the CRDs of ServiceMonitor and PrometheusRule
+# come from the Prometheus Operator's module, so those manifests are validated too.
+KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.8.1}"  # v5.8.2+ need Go 1.27
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
 
 log() { printf '[build-test-servers] %s\n' "$*" >&2; }
@@ -89,6 +93,20 @@ build_etcd() {
   build_from_module etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 \
     "require go.etcd.io/etcd/server/v3 $ETCD_VERSION" "-s -w"
 }
+build_kustomize() {
+  build_from_module kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 \
+    "require sigs.k8s.io/kustomize/kustomize/v5 $KUSTOMIZE_VERSION" "-s -w"
+}
+
+prometheus_crds() { # prints the directory holding the CRDs (downloaded once, cached by Go)
+  require_go
+  local dir
+  dir="$(cd /tmp && go mod download -json \
+        "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  printf '%s/example/prometheus-operator-crd' "$dir"
+}
+
 build_consul() {
   # Consul's go.mod replaces its own api/sdk/proto-public submodules with local paths, which
   # do not exist for a dependency: require the published versions its go.mod names instead.
@@ -106,7 +124,7 @@ build_consul() {
 if [[ "${1:-}" == "--check" ]]; then
   missing=0
   for b in "kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION" \
-           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION"; do
+           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION"; do
     set -- $b
     [[ -x "$(bin_path "$1" "$2")" ]] || { log "missing: $1 $2"; missing=1; }
   done
@@ -117,7 +135,11 @@ build_etcd
 build_kubernetes_command kube-apiserver
 build_kubernetes_command kube-proxy
 build_consul
+build_kustomize
+crds="$(prometheus_crds)"
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
 echo "ETCD=$(bin_path etcd "$ETCD_VERSION")"
 echo "CONSUL=$(bin_path consul "$CONSUL_VERSION")"
+echo "KUSTOMIZE=$(bin_path kustomize "$KUSTOMIZE_VERSION")"
+echo "PROMETHEUS_CRDS=$crds"

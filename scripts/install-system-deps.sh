@@ -2,8 +2,10 @@
 # Make sure the programs the tests need exist: Go (builds the real servers), openssl (keys
 # and certificates), BIND's named (the real DNS server; tests start their own on loopback),
 # iproute2's ip (test hosts in a network namespace), nftables' nft (kube-proxy programs the
-# data plane with it, inside the test's node namespaces) and socat (carries a node
-# namespace's API connections to the test API server through a unix socket).
+# data plane with it, inside the test's node namespaces), socat (carries a node
+# namespace's API connections to the test API server through a unix socket), and podman,
+# runc and mmdebstrap (the image tests build a Python base from Debian packages and the
+# image from the Dockerfile, and run it).
 # Installs missing Debian packages as root.
 set -euo pipefail
 
@@ -15,6 +17,9 @@ command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
 command -v named-checkzone >/dev/null 2>&1 || [[ -x /usr/bin/named-checkzone ]] || missing+=(bind9-utils)
 command -v nft >/dev/null 2>&1 || [[ -x /usr/sbin/nft ]] || missing+=(nftables)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || [[ -x /usr/sbin/runc ]] || missing+=(runc)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -23,6 +23,7 @@ import yaml
 
 from syncd import __version__
 from syncd.config import load_config
+from syncd.config.checks import DNS1123_LABEL
 from syncd.controller import Controller, DaemonSettings
 from syncd.errors import ConfigError, KubeConfigError, KubeError
 from syncd.kube import Kube, KubeSettings, load_client_configuration
@@ -95,6 +96,14 @@ def _owner_id(text: str) -> str:
             f"{text!r} is not a valid label value (letters, digits, '-', '_', '.', at most 63)"
         )
     return text
+
+
+def _namespace_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    bad = [n for n in names if not DNS1123_LABEL.match(n) or len(n) > 63]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of namespaces")
+    return names
 
 
 def _listen_address(text: str) -> str:
@@ -214,6 +223,15 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
     run.add_argument(
+        "--namespaces",
+        type=_namespace_list,
+        default=os.environ.get("SYNCD_NAMESPACES") or None,
+        metavar="NS[,NS...]",
+        help="namespaced mode: touch only these namespaces (list, watch, write and prune "
+        "only there), so syncd can be bound by a Role in each instead of a ClusterRole; "
+        "every target must be in one (default: the whole cluster, or $SYNCD_NAMESPACES)",
+    )
+    run.add_argument(
         "--leader-elect",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -305,6 +323,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args.owner_id, origin = _identity(args.owner_id, config)
     log.info("owner id %r (%s)", args.owner_id, origin)
+    if args.command == "run" and isinstance(args.namespaces, str):  # from the environment
+        try:
+            args.namespaces = _namespace_list(args.namespaces)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"SYNCD_NAMESPACES: {exc}")
+    if args.command == "run" and args.namespaces:
+        outside = [t.key for t in config.targets if t.namespace not in args.namespaces]
+        if outside:
+            parser.error(
+                f"targets outside --namespaces {','.join(args.namespaces)}: {', '.join(outside)}"
+            )
     if args.command == "run" and not args.lease_duration > args.renew_deadline > args.retry_period:
         parser.error(
             "--lease-duration must be longer than --renew-deadline, and that longer than "
@@ -431,12 +460,18 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             log.info("metrics at http://%s:%d/metrics", host, port)
         _on_signals(stop)
         if one_shot:
-            once = OnceSettings(owner_id=args.owner_id, dry_run=args.dry_run, workers=args.workers)
+            once = OnceSettings(
+                owner_id=args.owner_id,
+                dry_run=args.dry_run,
+                workers=args.workers,
+                namespaces=args.namespaces,
+            )
             return _one_pass(kube, config, once, stop)
         daemon = DaemonSettings(
             resync_interval=args.resync_interval,
             workers=args.workers,
             stuck_after=args.stuck_after,
+            namespaces=args.namespaces,
         )
         elector = None
         if args.leader_elect:

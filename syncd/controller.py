@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from syncd import observability
 from syncd.cache import ClusterCache
@@ -447,6 +447,9 @@ class Controller:
                 decision.reason,
             )
         result = self._sink.apply(step.plan)
+        if result.outcome is Outcome.CONFLICT:  # found by the sink, before any write
+            self._blocked(state, replace(step, plan=None, result=result), reason)
+            return
         RECONCILES.labels(result.outcome.value, reason).inc()
         state.ready = sum(1 for b in decision.backends if b.ready)
         state.not_ready = len(decision.backends) - state.ready
@@ -498,10 +501,12 @@ class Controller:
             if not state.protected:
                 state.protected = True
                 self._report(result)
-                self._sink.record_event(state.target, "DrainProtected", result.message)
+                self._sink.record_event(state.target, "DrainProtected", result.message, once=True)
         elif state.reported != result.message:  # a conflict or a bad setup: the cache
             state.reported = result.message  # wakes the target when the object changes
             self._report(result)
+            if result.outcome is Outcome.CONFLICT:
+                self._sink.record_event(state.target, "SyncConflict", result.message, once=True)
 
     def _target_statuses(self) -> list[TargetStatus]:
         with self._lock:
@@ -626,6 +631,16 @@ class Controller:
             log.error("new config rejected, keeping the previous one:")
             for problem in exc.problems:
                 log.error("  %s", problem)
+            return
+        allowed = self._settings.namespaces
+        outside = [t.key for t in config.targets if allowed and t.namespace not in allowed]
+        if outside:
+            log.error(
+                "new config rejected, keeping the previous one: targets outside --namespaces "
+                "%s: %s",
+                ",".join(allowed or ()),
+                ", ".join(outside),
+            )
             return
         old = {t.key: t for t in self._config.targets}
         new = {t.key: t for t in config.targets}

@@ -100,9 +100,12 @@ def run_once(
     try:
         cache.load()
     except KubeError as exc:
-        return [
-            TargetResult("(cluster)", Outcome.FAILED, message=f"cannot read the cluster: {exc}")
-        ]
+        failed = TargetResult(
+            "(cluster)", Outcome.FAILED, message=f"cannot read the cluster: {exc}"
+        )
+        if report is not None:
+            report(failed)
+        return [failed]
     sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
 
     def reported(result: TargetResult) -> TargetResult:
@@ -162,10 +165,14 @@ def _one_target(
     for attempt in range(1, _WRITE_ATTEMPTS + 1):
         if step.plan is None:
             assert step.result is not None
-            if step.result.outcome is Outcome.PROTECTED:  # no memory here: every such run
-                sink.record_event(target, "DrainProtected", step.result.message)
+            if step.result.outcome is Outcome.PROTECTED:  # once while it lasts (named Event)
+                sink.record_event(target, "DrainProtected", step.result.message, once=True)
+            elif step.result.outcome is Outcome.CONFLICT:
+                sink.record_event(target, "SyncConflict", step.result.message, once=True)
             return step.result
         result = sink.apply(step.plan)
+        if result.outcome is Outcome.CONFLICT:
+            sink.record_event(target, "SyncConflict", result.message, once=True)
         if not (
             result.outcome is Outcome.FAILED and result.stale_read and attempt < _WRITE_ATTEMPTS
         ):

@@ -17,6 +17,7 @@ Rules enforced here, before and while writing:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import threading
 from collections import defaultdict
@@ -167,15 +168,30 @@ class Sink:
         )
 
     def record_event(
-        self, target: Target, reason: str, message: str, type_: str = "Warning"
+        self,
+        target: Target,
+        reason: str,
+        message: str,
+        type_: str = "Warning",
+        once: bool = False,
     ) -> None:
-        """An Event on the target's Service, as `kubectl describe service` shows it."""
+        """An Event on the target's Service, as `kubectl describe service` shows it.
+
+        With `once`, the Event is named after what it says: recording the same again is a
+        409 and nothing more, until the API server expires it (an hour), so a condition
+        that lasts is reported once, not on every pass, even by a one-shot run.
+        """
         if self._dry_run:
             return
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         service = self._cache.get(SERVICE.name, target.namespace, target.service) or {}
+        if once:
+            digest = hashlib.sha256(f"{self._owner_id}\0{reason}\0{message}".encode()).hexdigest()
+            name: dict[str, str] = {"name": f"{target.service}.syncd-{digest[:16]}"}
+        else:
+            name = {"generateName": f"{target.service}."}
         event = {
-            "metadata": {"generateName": f"{target.service}.", "namespace": target.namespace},
+            "metadata": {**name, "namespace": target.namespace},
             "involvedObject": {
                 "apiVersion": "v1",
                 "kind": "Service",
@@ -195,6 +211,8 @@ class Sink:
         }
         try:
             self._kube.create_event(target.namespace, event)
+        except KubeConflict:
+            pass  # recorded already (once)
         except KubeError as exc:
             log.warning("%s: could not record %s as an Event: %s", target.key, reason, exc)
 

@@ -74,6 +74,8 @@ def server_binaries() -> dict[str, str]:
             ("kube-proxy", "KUBE_PROXY"),
             ("etcd", "ETCD"),
             ("consul", "CONSUL"),
+            ("kustomize", "KUSTOMIZE"),
+            ("prometheus-crds", "PROMETHEUS_CRDS"),
         ):
             _BINARIES[name] = os.environ.get(variable) or paths[variable]
     return _BINARIES

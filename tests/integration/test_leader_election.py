@@ -78,8 +78,7 @@ def _takes_over(apiserver, admin, namespace, backends, standby, change_to) -> fl
     _backends(backends, *change_to)
     mark = apiserver.audit.mark()
     wait_for(
-        lambda: endpoint_pairs(slices_of(admin, namespace, "ha"))
-        == {(a, 8080) for a in change_to},
+        lambda: endpoint_pairs(slices_of(admin, namespace, "ha")) == {(a, 8080) for a in change_to},
         "the standby applying the pending change",
         timeout=30,
     )

@@ -1,0 +1,223 @@
+"""deploy/ as users apply it: rendered by kustomize, every object accepted by the API server
+(server-side dry run) in a namespace enforcing the "restricted" Pod Security Standard, the
+monitoring objects validated against the Prometheus Operator's own CRDs, and syncd run
+under the namespaced component's RBAC as well as the cluster-wide one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes import utils as k8s_utils
+from kubernetes.dynamic import DynamicClient
+
+from tests.harness.kube_apiserver import REPO, server_binaries
+from tests.helpers import run_once, slices_of, target, wait_for, write_config
+
+pytestmark = pytest.mark.apiserver
+
+DEPLOY = REPO / "deploy"
+VARIANTS = {
+    "base": [],
+    "monitoring": ["components/monitoring"],
+    "cronjob": ["components/cronjob"],
+    "namespaced": ["components/namespaced"],
+}
+
+
+def _render(tmp_path: Path, components: list[str]) -> list[dict]:
+    """`kustomize build` of deploy/ with these components, as a user's overlay would."""
+    overlay = tmp_path / f"overlay-{uuid.uuid4().hex[:6]}"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY, overlay)],
+                "components": [os.path.relpath(DEPLOY / c, overlay) for c in components],
+            }
+        )
+    )
+    result = subprocess.run(
+        [server_binaries()["kustomize"], "build", "--load-restrictor", "LoadRestrictionsNone",
+         str(overlay)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(apiserver):
+    """The Prometheus Operator's CRDs for ServiceMonitor and PrometheusRule."""
+    crds = Path(server_binaries()["prometheus-crds"])
+    api = apiserver.admin_client()
+    try:
+        for name in ("servicemonitors", "prometheusrules"):
+            document = yaml.safe_load((crds / f"monitoring.coreos.com_{name}.yaml").read_text())
+            try:
+                k8s_utils.create_from_dict(api, document)
+            except k8s_utils.FailToCreateError as exc:
+                if "AlreadyExists" not in str(exc):
+                    raise
+        wait_for(
+            lambda: _established(api, "servicemonitors") and _established(api, "prometheusrules"),
+            "the CRDs",
+        )
+    finally:
+        api.close()
+
+
+def _established(api, name: str) -> bool:
+    crd = k8s.ApiextensionsV1Api(api).read_custom_resource_definition(
+        f"{name}.monitoring.coreos.com"
+    )
+    return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or ())
+
+
+def _pod_templates(documents: list[dict]) -> list[dict]:
+    templates = []
+    for doc in documents:
+        spec = doc.get("spec") or {}
+        if doc["kind"] == "Deployment":
+            templates.append(spec["template"])
+        elif doc["kind"] == "CronJob":
+            templates.append(spec["jobTemplate"]["spec"]["template"])
+    return templates
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted(
+    variant, apiserver, admin_api, monitoring_crds, tmp_path
+):
+    documents = _render(tmp_path, VARIANTS[variant])
+    kinds = sorted({d["kind"] for d in documents})
+    core = k8s.CoreV1Api(admin_api)
+    for namespace in {d["metadata"].get("namespace") for d in documents} - {None}:
+        try:
+            core.read_namespace(namespace)
+        except k8s.ApiException:
+            core.create_namespace({"metadata": {"name": namespace}})
+    namespace_doc = next(d for d in documents if d["kind"] == "Namespace")
+    assert namespace_doc["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    dynamic = DynamicClient(admin_api)
+    for document in documents:  # `kubectl apply --dry-run=server`: validated, not stored
+        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        dynamic.server_side_apply(
+            resource,
+            body=document,
+            name=document["metadata"]["name"],
+            namespace=document["metadata"].get("namespace"),
+            field_manager="syncd-tests",
+            force_conflicts=True,
+            dry_run="All",
+        )
+    # The restricted standard is enforced on Pods: each template, as a Pod, in syncd's
+    # namespace (which enforces it) must be admitted.
+    for template in _pod_templates(documents):
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "check-"},
+            **template,
+        }
+        pod["metadata"] = {"generateName": "syncd-check-", "labels": template["metadata"]["labels"]}
+        core.create_namespaced_pod("syncd", pod, dry_run="All")
+    expected = {
+        "base": {"Deployment", "PodDisruptionBudget", "ClusterRole"},
+        "monitoring": {"ServiceMonitor", "PrometheusRule", "Deployment"},
+        "cronjob": {"CronJob"},
+        "namespaced": {"Role", "Deployment"},
+    }[variant]
+    assert expected <= set(kinds), kinds
+    if variant == "cronjob":
+        assert "Deployment" not in kinds and "PodDisruptionBudget" not in kinds
+    if variant == "namespaced":
+        assert "ClusterRole" not in kinds
+        (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+        assert (
+            "--namespaces=storage"
+            in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        )
+
+
+def test_the_deployment_asks_for_no_fixed_uid_and_two_replicas_with_probes(tmp_path):
+    (deployment,) = [d for d in _render(tmp_path, []) if d["kind"] == "Deployment"]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert (
+        "runAsUser" not in pod["securityContext"]
+        and "runAsUser" not in container["securityContext"]
+    )
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"livenessProbe", "readinessProbe", "startupProbe"} <= set(container)
+    assert "--leader-elect" in container["args"]
+    assert container["image"] == "registry.example.com/syncd:0.1.0"  # from images:
+
+
+def _namespaced_service_account(api, namespace: str) -> str:
+    """A service account bound only by the namespaced component's Role, in `namespace`,
+    with a token from the TokenRequest API; returns the token."""
+    name = f"ns-{namespace}"
+    core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
+    core.create_namespaced_service_account("syncd", {"metadata": {"name": name}})
+    role, binding = yaml.safe_load_all((DEPLOY / "components/namespaced/role.yaml").read_text())
+    role["metadata"]["namespace"] = namespace
+    binding["metadata"]["namespace"] = namespace
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": name, "namespace": "syncd"}]
+    rbac.create_namespaced_role(namespace, role)
+    rbac.create_namespaced_role_binding(namespace, binding)
+    request = core.create_namespaced_service_account_token(
+        name, "syncd", {"spec": {"expirationSeconds": 3600}}
+    )
+    return request.status.token
+
+
+def test_syncd_runs_under_the_namespaced_rbac_inside_its_namespaces_only(
+    apiserver, admin_api, admin, namespace, tmp_path
+):
+    token = _namespaced_service_account(admin_api, namespace)
+    kubeconfig = tmp_path / "kubeconfig"
+    ca = base64.b64encode((apiserver.workdir / "certs" / "apiserver.crt").read_bytes()).decode()
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": apiserver.url, "certificate-authority-data": ca},
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    config = write_config(tmp_path / "c.yaml", target(namespace, "scoped", ["198.51.100.1:8080"]))
+
+    result = run_once(config, kubeconfig, "--namespaces", namespace, check=0)
+    assert "converged: 1 targets, 2 writes" in result.stdout
+    assert slices_of(admin, namespace, "scoped")
+
+    # Without --namespaces it would list the whole cluster, which its Role does not allow.
+    denied = run_once(config, kubeconfig, check=1)
+    assert "403" in denied.stdout and "Traceback" not in denied.stderr
+
+    # A target outside its namespaces is refused before anything is sent.
+    elsewhere = write_config(tmp_path / "e.yaml", target("kube-system", "x", ["198.51.100.2:80"]))
+    refused = run_once(elsewhere, kubeconfig, "--namespaces", namespace, check=2)
+    assert "targets outside --namespaces" in refused.stderr and "kube-system/x" in refused.stderr
