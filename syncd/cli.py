@@ -34,7 +34,8 @@ from syncd.once import OnceSettings, ask_sources, run_once
 from syncd.ownership import derive_owner_id, valid_owner_id
 from syncd.pipeline import OFFLINE, Outcome, TargetResult, run
 from syncd.policy import PolicyState
-from syncd.sources.consul import resolve_endpoint
+from syncd.sources import ConsulClients
+from syncd.sources.consul_api import resolve_endpoint
 
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
@@ -394,8 +395,9 @@ def _render(config: Config, owner_id: str) -> int:
     """The objects of every target, from the same pipeline as `run`, with no cluster."""
     documents: list[dict[str, Any]] = []
     status = EXIT_OK
+    consul = ConsulClients(config.consul, 1)
     for target in config.targets:
-        answers, problems = ask_sources(target, config.consul)
+        answers, problems = ask_sources(target, consul)
         for problem in problems:
             print(f"{target.key}: {problem}", file=sys.stderr)
         # No probes here: render never connects to backends.

@@ -222,6 +222,7 @@ class Controller:
         self._threads += self._cache.start(self._stop)
         for target in self._config.targets:
             self._start_target(target)
+        self._runner.commit()
         waited = time.monotonic()
         while not self._cache.wait_synced(self._stop, timeout=10):
             if self._stop.is_set():
@@ -279,7 +280,8 @@ class Controller:
             states = list(self._targets.values())
         for state in states:
             if state.sources is not None:
-                SourceRunner.stop(state.sources)
+                self._runner.stop(state.sources)
+        self._runner.shutdown()
         self._scheduler.stop()
         self._probe_pool.shutdown()
         deadline = time.monotonic() + self._settings.stop_grace
@@ -559,7 +561,7 @@ class Controller:
         if state is None:
             return
         if state.sources is not None:
-            SourceRunner.stop(state.sources)
+            self._runner.stop(state.sources)
         self._failed.discard(key)
 
     # -- the cluster
@@ -652,11 +654,12 @@ class Controller:
         if not (removed or added or changed or policy_changed):
             return
         self._config = config
-        self._runner.consul = config.consul
         for key in removed + changed:
             self._stop_target(key)
+        self._runner.use_consul(config.consul)
         for key in added + changed:
             self._start_target(new[key])  # memory re-seeded from the cluster on first use
+        self._runner.commit()
         log.info(
             "config reloaded: %d targets (added %s, changed %s, removed %s)",
             len(new),

@@ -215,6 +215,17 @@ class ConsulConnection:
     timeout: float = 10.0  # seconds per request, on top of a blocking query's wait
     wait: float = 300.0  # how long a blocking query may hold (Consul's own default: 5 min)
     min_query_interval: float = 0.05  # a churning service cannot spin the CPU
+    max_connections: int = 32  # to Consul at once, whatever the number of targets
+    sweep_rate: float = 100.0  # feed-followed services re-read per second after a catalog change
+
+    @property
+    def readers(self) -> int:
+        """The budget's share for the shared readers (reads, prepared queries)."""
+        return max(1, min(4, self.max_connections // 8))
+
+    def least_connections(self, datacenters: int) -> int:
+        """The least budget that follows `datacenters`: the readers and two feeds each."""
+        return self.readers + 2 * datacenters
 
 
 # Never endpoints, whatever a registry says: metadata services, loopback, "this host",

@@ -75,6 +75,27 @@ HELD_REMOVALS = Counter(
 )
 
 
+CONSUL_CONNECTIONS = Gauge(
+    "syncd_consul_connections",
+    "Connections to Consul held now, or that the shared readers may open (<= max_connections)",
+    registry=REGISTRY,
+)
+CONSUL_SERVICES = Gauge(
+    "syncd_consul_services",
+    "Consul services followed, by how: watch (its own blocking query) or feed (the change "
+    "feeds and the shared readers)",
+    ["mode"],
+    registry=REGISTRY,
+)
+CONSUL_READS = Counter(
+    "syncd_consul_reads_total",
+    "Reads of feed-followed Consul services, by why: catch-up (first read, or the feeds "
+    "restarted), health (a check changed), confirm (a check left the non-passing list), "
+    "catalog (a service appeared or vanished), sweep (after a registration change), retry",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 LEADER = Gauge(
     "syncd_leader",
     "1 while this replica holds the lease and may write (always 1 without leader election)",

@@ -25,11 +25,11 @@ from syncd.cache import ClusterCache
 from syncd.errors import KubeError, SourceError
 from syncd.health import Prober
 from syncd.kube import Kube
-from syncd.model import Config, ConsulConnection, Snapshot, Target
+from syncd.model import Config, Snapshot, Target
 from syncd.pipeline import Answer, Outcome, Step, TargetResult, run, seed_memory
 from syncd.policy import PolicyState, ProbeKey, probe_key
 from syncd.sink import Sink
-from syncd.sources import build_source
+from syncd.sources import ConsulClients, build_source
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,11 @@ class OnceSettings:
 
 
 def ask_sources(
-    target: Target, consul: ConsulConnection | None = None
+    target: Target, consul: ConsulClients | None = None
 ) -> tuple[list[Answer], list[str]]:
     """One answer from every source of the target (a Snapshot or the SourceError), and a
-    line per failure. Dropped registry entries are logged here."""
+    line per failure. Dropped registry entries are logged here. Consul is asked through
+    the `consul` clients, shared by all targets."""
     answers: list[Answer] = []
     problems = []
     for index, source_config in enumerate(target.sources):
@@ -107,6 +108,7 @@ def run_once(
             report(failed)
         return [failed]
     sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
+    consul = ConsulClients(config.consul, min(settings.workers, config.consul.max_connections))
 
     def reported(result: TargetResult) -> TargetResult:
         if report is not None:
@@ -115,7 +117,7 @@ def run_once(
 
     def one(target: Target) -> TargetResult:
         try:
-            result = _one_target(target, config, cache, sink, settings, stop)
+            result = _one_target(target, config, consul, cache, sink, settings, stop)
         except KubeError as exc:
             result = TargetResult(target.key, Outcome.FAILED, message=str(exc))
         return reported(result)
@@ -129,13 +131,14 @@ def run_once(
 def _one_target(
     target: Target,
     config: Config,
+    consul: ConsulClients,
     cache: ClusterCache,
     sink: Sink,
     settings: OnceSettings,
     stop: threading.Event,
 ) -> TargetResult:
     def decide(memory: PolicyState | None = None) -> Step:
-        answers, problems = ask_sources(target, config.consul)
+        answers, problems = ask_sources(target, consul)
         live = cache.live_state(target)
         if memory is None:
             memory = seed_memory(target, live, settings.owner_id, one_shot=True)

@@ -5,10 +5,9 @@ scheduler: each asks its registry, hands on what changed, and schedules itself a
 the interval the answer asked for (a TTL, a poll interval) or, after a failure, a capped,
 jittered backoff. Threads therefore do not grow with targets.
 
-Consul service sources follow their registry with blocking queries, each holding one HTTP
-connection; they still run on a thread of their own here. Running them within a fixed
-connection budget is the job of a Consul watch pool (the catalog-scale issue); it plugs in
-where `_start_watched` is.
+Consul service sources are followed by one `ConsulWatch` for the whole daemon, within a
+budget of connections (see `syncd.sources.consul_watch`); targets asking the same question
+share the answer. After starting or stopping targets, `commit` places the new ones.
 """
 
 from __future__ import annotations
@@ -22,8 +21,10 @@ from dataclasses import dataclass, field
 from syncd.errors import SourceError
 from syncd.model import ConsulConnection, Target
 from syncd.scheduler import Scheduler
-from syncd.sources import build_source
-from syncd.sources.base import Answer, ChangeEmitter, PolledSource, Source, WatchedSource
+from syncd.sources import ConsulClients, build_source
+from syncd.sources.base import Answer, ChangeEmitter, PolledSource, Source
+from syncd.sources.consul import ConsulSource
+from syncd.sources.consul_watch import ConsulWatch, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class TargetSources:
     """The running sources of one target."""
 
     stop: threading.Event = field(default_factory=threading.Event)
-    threads: list[threading.Thread] = field(default_factory=list)
+    subscriptions: list[Subscription] = field(default_factory=list)
 
 
 class _PolledJob:
@@ -85,53 +86,49 @@ class SourceRunner:
 
     def __init__(self, scheduler: Scheduler, consul: ConsulConnection):
         self._scheduler = scheduler
-        self.consul = consul
+        self._consul = ConsulWatch(ConsulClients(consul, consul.readers))
+
+    @property
+    def consul(self) -> ConsulWatch:
+        return self._consul
+
+    def use_consul(self, connection: ConsulConnection) -> None:
+        """A new Consul connection (a reload): later targets use it; restart the others."""
+        if connection != self._consul.clients.connection:
+            self._consul.stop()
+            self._consul = ConsulWatch(ConsulClients(connection, connection.readers))
 
     def start(self, target: Target, on_answer: OnAnswer) -> TargetSources:
         running = TargetSources()
         for index, source_config in enumerate(target.sources):
-            source = build_source(source_config, target, self.consul)
+            source: Source = build_source(source_config, target, self._consul.clients)
 
             def emit(answer: Answer, index: int = index) -> None:
                 if not running.stop.is_set():  # a replaced source's late answer is dropped
                     on_answer(index, answer)
 
-            emitter = ChangeEmitter(emit, target.key)
-            if isinstance(source, WatchedSource):
-                running.threads.append(
-                    self._start_watched(source, emit, running.stop, target, index)
-                )
+            if isinstance(source, ConsulSource):
+                running.subscriptions.append(self._consul.subscribe(source, emit))
             elif isinstance(source, PolledSource):
-                job = _PolledJob(source, emitter, self._scheduler, running.stop)
+                job = _PolledJob(
+                    source, ChangeEmitter(emit, target.key), self._scheduler, running.stop
+                )
                 self._scheduler.call_later(0, job.run)
-            else:  # pragma: no cover - every source type is one of the two
-                raise TypeError(f"{source.describe()}: neither polled nor watched")
+            else:  # pragma: no cover - every source type is one of these
+                raise TypeError(f"{source.describe()}: neither polled nor a Consul service")
         return running
 
-    @staticmethod
-    def _start_watched(
-        source: WatchedSource,
-        emit: Callable[[Answer], None],
-        stop: threading.Event,
-        target: Target,
-        index: int,
-    ) -> threading.Thread:
-        def watch() -> None:
-            try:
-                source.watch(stop, emit)
-            except SourceError as exc:  # e.g. an unreadable token file: report, keep state
-                emit(exc)
-            except Exception:
-                log.exception("watcher of %s died", source.describe())
-                emit(SourceError(f"{source.describe()}: watcher failed"))
-
-        thread = threading.Thread(target=watch, name=f"source {target.key}[{index}]", daemon=True)
-        thread.start()
-        return thread
-
-    @staticmethod
-    def stop(running: TargetSources) -> None:
+    def stop(self, running: TargetSources) -> None:
         running.stop.set()
+        for subscription in running.subscriptions:
+            self._consul.unsubscribe(subscription)
+
+    def commit(self) -> None:
+        """Place the Consul sources started or stopped since the last commit."""
+        self._consul.commit()
+
+    def shutdown(self) -> None:
+        self._consul.stop()
 
 
 __all__ = ["OnAnswer", "Source", "SourceRunner", "TargetSources"]

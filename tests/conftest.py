@@ -130,6 +130,14 @@ def consul_persistent(tmp_path):
 
 
 @pytest.fixture
+def consul_tight(tmp_path):
+    """A private `consul agent -dev` that allows only 8 connections per client IP."""
+    agent = _start_consul(tmp_path / "consul-tight", limits={"http_max_conns_per_client": 8})
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
 def consul_dev(tmp_path):
     """A private `consul agent -dev`: restarting it loses everything and resets the index."""
     agent = _start_consul(tmp_path / "consul-dev")

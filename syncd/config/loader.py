@@ -23,7 +23,7 @@ from syncd.config.schema import (
 )
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
-from syncd.model import AddressPolicy, Config, ConsulConnection, Target
+from syncd.model import AddressPolicy, Config, ConsulConnection, ConsulSourceConfig, Target
 from syncd.ownership import valid_owner_id
 
 
@@ -99,6 +99,18 @@ def load_config_text(text: str, path: str | Path) -> Config:
     consul = ConsulConnection()
     if "consul" in data:
         consul = parse_consul_connection(data["consul"], root.at("consul"), path.parent) or consul
+    datacenters = {
+        (s.datacenter, s.namespace, s.partition)
+        for t in targets
+        for s in t.sources
+        if isinstance(s, ConsulSourceConfig)
+    }
+    needed = consul.least_connections(len(datacenters))
+    if consul.max_connections < needed:
+        root.at("consul", "max_connections").error(
+            f"{consul.max_connections} is too few for {len(datacenters)} Consul datacenters "
+            f"(or namespaces): at least {needed} (the shared readers and two change feeds each)"
+        )
 
     if checker.problems:
         raise ConfigError(checker.problems)

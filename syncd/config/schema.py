@@ -638,6 +638,8 @@ _CONSUL_CONNECTION_KEYS = {
     "timeout",
     "wait",
     "min_query_interval",
+    "max_connections",
+    "sweep_rate",
 }
 
 
@@ -668,7 +670,15 @@ def parse_consul_connection(raw: Any, scope: Scope, base_dir: Path) -> ConsulCon
         scope.error("cert_file and key_file go together")
     values.update(
         numbers(
-            data, scope, {"timeout": (0.1, 600), "wait": (1, 600), "min_query_interval": (0, 60)}
+            data,
+            scope,
+            {
+                "timeout": (0.1, 600),
+                "wait": (1, 600),
+                "min_query_interval": (0, 60),
+                "max_connections": (4, 10000, True),
+                "sweep_rate": (0.1, 100000),
+            },
         )
     )
     if len(scope.checker.problems) > before:

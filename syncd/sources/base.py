@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
-
-import tenacity
 
 from syncd.errors import SourceError
 from syncd.model import Snapshot
@@ -44,15 +41,6 @@ class PolledSource(Source, Protocol):
         ...
 
 
-@runtime_checkable
-class WatchedSource(Source, Protocol):
-    """A source that follows its registry itself (Consul blocking queries)."""
-
-    def watch(self, stop: threading.Event, emit: Emit) -> None:
-        """Until `stop` is set: emit the first answer, then every change and every new failure."""
-        ...
-
-
 class ChangeEmitter:
     """What a watcher passes on: answers that differ from the last, one error per streak.
 
@@ -83,40 +71,13 @@ class ChangeEmitter:
             self.last = snapshot
             self._emit(snapshot)
 
-    def failure(self, error: SourceError) -> None:
+    def failure(self, error: SourceError, quiet: bool = False) -> None:
+        """`quiet`: the caller has logged one line for many sources already."""
         if not isinstance(self.last, SourceError):
-            log.warning("%s: %s; keeping the last state, retrying", self._label, error)
+            if not quiet:
+                log.warning("%s: %s; keeping the last state, retrying", self._label, error)
             self.last = error
             self._emit(error)
-
-
-def retry_until_stopped(
-    stop: threading.Event,
-    on_failure: Callable[[SourceError], None],
-    max_backoff: float = 5.0,
-) -> tenacity.Retrying:
-    """Retry a failing registry read with capped, jittered backoff until `stop` is set.
-
-    `on_failure` sees every failure before the pause; sleeping is `stop.wait`, so shutdown
-    interrupts it. A stop while failing ends the retries with tenacity.RetryError.
-    """
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, SourceError):
-            on_failure(error)
-
-    def pause(seconds: float) -> None:
-        stop.wait(seconds)  # a shutdown cuts it short
-
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(SourceError),
-        wait=tenacity.wait_random_exponential(multiplier=0.5, max=max_backoff),
-        stop=tenacity.stop_when_event_set(stop),
-        sleep=pause,
-        before_sleep=before_sleep,
-        reraise=False,
-    )
 
 
 __all__ = [
@@ -126,6 +87,4 @@ __all__ = [
     "PolledSource",
     "Source",
     "SourceError",
-    "WatchedSource",
-    "retry_until_stopped",
 ]

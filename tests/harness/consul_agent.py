@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from tests.harness.certs import make_certs
@@ -31,8 +32,16 @@ from tests.harness.kube_apiserver import (
 class ConsulAgent:
     SERVER_NAME = "consul.test"
 
-    def __init__(self, workdir: Path, acl: bool = False, dev: bool = True, tls: bool = False):
+    def __init__(
+        self,
+        workdir: Path,
+        acl: bool = False,
+        dev: bool = True,
+        tls: bool = False,
+        limits: dict | None = None,
+    ):
         self.workdir = workdir
+        self.limits = limits
         self.acl = acl
         self.dev = dev
         self.tls = tls
@@ -71,6 +80,8 @@ class ConsulAgent:
             "log_level": "warn",
             "disable_update_check": True,
         }
+        if self.limits:
+            config["limits"] = self.limits
         if self.tls:
             if not (self.certs / "ca.pem").exists():
                 self._make_certs()
@@ -168,6 +179,54 @@ class ConsulAgent:
                 **extra,
             },
         )
+
+    def register_external(
+        self,
+        instances: Iterable[tuple[str, str, str, int]],
+        node: str = "external-1",
+        status: str = "passing",
+    ) -> None:
+        """Instances (id, service, address, port) on a catalog node no agent runs on, each
+        with a check syncd's tests set themselves (as an external service monitor would),
+        written in batches through /v1/txn: thousands register in seconds."""
+        ops: list[dict] = [
+            {"Node": {"Verb": "set", "Node": {"Node": node, "Address": "192.0.2.250"}}}
+        ]
+        for instance_id, service, address, port in instances:
+            ops.append(
+                {
+                    "Service": {
+                        "Verb": "set",
+                        "Node": node,
+                        "Service": {
+                            "ID": instance_id,
+                            "Service": service,
+                            "Address": address,
+                            "Port": port,
+                        },
+                    }
+                }
+            )
+            ops.append(
+                {"Check": {"Verb": "set", "Check": self._external_check(node, instance_id, status)}}
+            )
+        for start in range(0, len(ops), 64):
+            self.request("PUT", "/v1/txn", ops[start : start + 64])
+
+    @staticmethod
+    def _external_check(node: str, instance_id: str, status: str) -> dict:
+        return {
+            "Node": node,
+            "CheckID": f"external:{instance_id}",
+            "Name": f"external {instance_id}",
+            "Status": status,
+            "ServiceID": instance_id,
+            "Definition": {},
+        }
+
+    def set_external_status(self, instance_id: str, status: str, node: str = "external-1") -> None:
+        check = self._external_check(node, instance_id, status)
+        self.request("PUT", "/v1/txn", [{"Check": {"Verb": "set", "Check": check}}])
 
     def set_status(self, instance_id: str, status: str) -> None:
         verb = {"passing": "pass", "warning": "warn", "critical": "fail"}[status]

@@ -12,7 +12,7 @@ from syncd.model import (
     StaticSourceConfig,
     Target,
 )
-from syncd.sources.consul import _query_params, backends_from_health, instance_ready
+from syncd.sources.consul import backends_from_health, instance_ready, query_params
 
 TARGET = Target("ns", "svc", (ServicePort("http", 80),), (StaticSourceConfig(),))
 SOURCE = ConsulSourceConfig(service="rgw", port_name="http")
@@ -118,7 +118,7 @@ def test_query_parameters_carry_every_filter():
         partition="p1",
         consistency=ConsulConsistency.STALE,
     )
-    params = _query_params(source, index=42, wait=300)
+    params = query_params(source, index=42, wait=300)
     assert params == [
         ("index", 42),
         ("wait", "300s"),
@@ -131,4 +131,4 @@ def test_query_parameters_carry_every_filter():
         ("partition", "p1"),
         ("stale", ""),
     ]
-    assert _query_params(SOURCE, index=0, wait=300) == []  # first read never blocks
+    assert query_params(SOURCE, index=0, wait=300) == []  # first read never blocks

@@ -12,7 +12,7 @@ from syncd.errors import ConfigError
 from syncd.model import ConsulConnection, Snapshot
 from syncd.ownership import derive_owner_id, valid_owner_id
 from syncd.sources.base import ChangeEmitter
-from syncd.sources.consul import resolve_endpoint
+from syncd.sources.consul_api import resolve_endpoint
 
 
 @pytest.mark.parametrize(

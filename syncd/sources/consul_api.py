@@ -1,0 +1,341 @@
+"""How syncd talks to Consul: where it is (config and CONSUL_* variables), clients, and
+one GET that turns every failure into a counted SourceError.
+
+Connections are what Consul limits (`limits.http_max_conns_per_client`, 200 by default,
+per client IP), so a client here is one HTTP connection: it is used by one thread at a
+time, and `ConsulClients` hands out at most `size` of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import consul
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from syncd.addresses import parse_http_address
+from syncd.errors import ConfigError, SourceError
+from syncd.model import CONSUL_PORT, ConsulConnection
+from syncd.observability import SOURCE_REQUESTS
+
+
+class _Adapter(HTTPAdapter):
+    """Verify the server's certificate against `server_name` (a name other than the host
+    dialled), and/or remember every socket opened in `sockets` (so it can be cut short)."""
+
+    def __init__(self, server_name: str | None = None, sockets: weakref.WeakSet | None = None):
+        self._server_name = server_name
+        self._sockets = sockets
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        if self._server_name:
+            kwargs["server_hostname"] = self._server_name
+            kwargs["assert_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+        if self._sockets is not None:
+            self.poolmanager.pool_classes_by_scheme = _tracking_pools(self._sockets)
+
+
+def _tracking_pools(sockets: weakref.WeakSet) -> dict[str, type]:
+    """urllib3 connection pools whose connections add their socket to `sockets`."""
+
+    class Plain(urllib3.connection.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            sockets.add(self.sock)
+
+    class Secure(urllib3.connection.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            sockets.add(self.sock)
+
+    class PlainPool(urllib3.HTTPConnectionPool):
+        ConnectionCls = Plain
+
+    class SecurePool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = Secure
+
+    return {"http": PlainPool, "https": SecurePool}
+
+
+@dataclass(frozen=True)
+class ConsulEndpoint:
+    """Where and how to reach Consul: the config's `consul:` section, and the usual CONSUL_*
+    environment variables for what it leaves out. The token is never logged or printed."""
+
+    scheme: str
+    host: str
+    port: int
+    token: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def resolve_endpoint(
+    connection: ConsulConnection, environ: Mapping[str, str] | None = None
+) -> ConsulEndpoint:
+    """Check everything that decides how Consul is reached, once, before it is used.
+
+    Raises ConfigError with one line per problem, naming the config field or the
+    environment variable (`check` and `run` exit 2 on it).
+    """
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    ssl_text = env.get("CONSUL_HTTP_SSL", "").strip().lower()
+    if ssl_text not in _TRUE + _FALSE:
+        problems.append(f"CONSUL_HTTP_SSL: {env['CONSUL_HTTP_SSL']!r} is not true or false")
+    if connection.address:
+        address, where = connection.address, "consul.address"
+    elif env.get("CONSUL_HTTP_ADDR"):
+        address, where = env["CONSUL_HTTP_ADDR"], "CONSUL_HTTP_ADDR"
+    else:
+        address, where = f"127.0.0.1:{CONSUL_PORT}", "the default address"
+    if "://" not in address and ssl_text in _TRUE:
+        address = "https://" + address
+    scheme, host, port = "http", "127.0.0.1", CONSUL_PORT
+    try:
+        scheme, host, port = parse_http_address(address, CONSUL_PORT)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+
+    token = None
+    if connection.token_file is not None:
+        try:
+            token = connection.token_file.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            problems.append(f"consul.token_file: cannot read {connection.token_file}: {why}")
+        where = "consul.token_file"
+    else:
+        token = env.get("CONSUL_HTTP_TOKEN", "").strip() or None
+        where = "CONSUL_HTTP_TOKEN"
+    if token is not None and not token.isprintable():
+        problems.append(f"{where}: the token contains control characters (a second line?)")
+
+    files: dict[str, str | None] = {}
+    for name, variable in (
+        ("ca_file", "CONSUL_CACERT"),
+        ("cert_file", "CONSUL_CLIENT_CERT"),
+        ("key_file", "CONSUL_CLIENT_KEY"),
+    ):
+        configured = getattr(connection, name)
+        path = str(configured) if configured is not None else (env.get(variable) or None)
+        label = f"consul.{name}" if configured is not None else variable
+        if path is not None and not os.access(path, os.R_OK):
+            problems.append(f"{label}: cannot read {path}")
+        files[name] = path
+    if bool(files["cert_file"]) != bool(files["key_file"]):
+        problems.append(
+            "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY (or consul.cert_file and key_file) "
+            "go together"
+        )
+    server_name = connection.tls_server_name or env.get("CONSUL_TLS_SERVER_NAME") or None
+    if server_name is not None:
+        try:
+            parse_http_address(server_name, CONSUL_PORT)
+        except ValueError:
+            where = (
+                "consul.tls_server_name" if connection.tls_server_name else "CONSUL_TLS_SERVER_NAME"
+            )
+            problems.append(f"{where}: {server_name!r} is not a host name")
+    if problems:
+        raise ConfigError(problems)
+    return ConsulEndpoint(scheme, host, port, token, server_name=server_name, **files)
+
+
+def make_client(
+    connection: ConsulConnection, sockets: weakref.WeakSet | None = None
+) -> consul.Consul:
+    """A py-consul client for `connection` (see resolve_endpoint); with `sockets`, every
+    socket it opens is added there."""
+    try:
+        endpoint = resolve_endpoint(connection)
+    except ConfigError as exc:  # valid at start; a file since removed, say
+        raise SourceError("; ".join(exc.problems)) from None
+    client = consul.Consul(
+        host=endpoint.host.strip("[]"),
+        port=endpoint.port,
+        token=endpoint.token,
+        scheme=endpoint.scheme,
+        verify=endpoint.ca_file or True,
+        cert=(endpoint.cert_file, endpoint.key_file)
+        if endpoint.cert_file and endpoint.key_file
+        else None,
+        connections_timeout=connection.timeout,
+    )
+    server_name = endpoint.server_name if endpoint.scheme == "https" else None
+    if server_name or sockets is not None:
+        client.http.session.mount(f"{endpoint.scheme}://", _Adapter(server_name, sockets))
+    return client
+
+
+class HeldClient:
+    """A client one thread keeps for its blocking queries. Another thread can `interrupt`
+    it: its connection is shut down, so the query in flight fails at once and a stopped
+    watch lets go of its connection now, not when its wait runs out."""
+
+    def __init__(self, connection: ConsulConnection):
+        self._sockets: weakref.WeakSet = weakref.WeakSet()
+        self.client = make_client(connection, self._sockets)
+
+    def interrupt(self) -> None:
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.client.http.session.close()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer from Consul."""
+
+    index: int  # X-Consul-Index; 0 when absent
+    body: Any  # the parsed JSON; None when `unless_index` matched (not parsed)
+    filtered_by_acls: bool = False  # Consul hid what the token may not read
+
+
+def get(
+    client: consul.Consul,
+    path: str,
+    params: list[tuple[str, Any]] | None,
+    *,
+    kind: str,
+    name: str,
+    denied: str,
+    unless_index: int | None = None,
+) -> Reply:
+    """GET `path`; every failure becomes a SourceError naming `name`, counted by `kind`.
+
+    With `unless_index`, an answer whose index equals it is not parsed (the caller has
+    it already): a sweep over thousands of unchanged services then costs little CPU.
+    """
+
+    def parse(response) -> Reply:
+        if response.code == 429:
+            raise _TooMany()
+        headers = response.headers
+        try:
+            index = int(headers.get("X-Consul-Index", 0))
+        except ValueError:
+            index = 0
+        filtered = str(headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true"
+        if unless_index is not None and index == unless_index and response.code == 200:
+            return Reply(index, None, filtered)
+        body = consul.callback.CB.json(allow_404=False)(response)
+        return Reply(index, body, filtered)
+
+    try:
+        reply = client.http.get(parse, path, params=params, headers=client.prepare_headers())
+    except _TooMany:
+        SOURCE_REQUESTS.labels(kind, "throttled").inc()
+        raise SourceError(
+            f"{name}: Consul refused the request (429: too many requests or connections "
+            "from this client; see consul.max_connections)"
+        ) from None
+    except consul.ACLPermissionDenied:
+        SOURCE_REQUESTS.labels(kind, "denied").inc()
+        raise SourceError(f"{name}: {denied}") from None
+    except consul.NotFound:
+        SOURCE_REQUESTS.labels(kind, "error").inc()
+        raise SourceError(f"{name}: not found") from None
+    except consul.ConsulException as exc:
+        SOURCE_REQUESTS.labels(kind, "error").inc()
+        raise SourceError(f"{name}: {' '.join(str(exc).split())[:300]}") from None
+    except requests.RequestException as exc:
+        SOURCE_REQUESTS.labels(kind, "unreachable").inc()
+        raise SourceError(
+            f"{name}: cannot reach Consul at {client.http.base_uri}: {type(exc).__name__}"
+        ) from None
+    SOURCE_REQUESTS.labels(kind, "ok").inc()
+    return reply
+
+
+class _TooMany(Exception):
+    """Consul answered 429."""
+
+
+class ConsulClients:
+    """At most `size` clients (connections) to one Consul, lent to one thread at a time.
+
+    Clients are made when first needed, so an unused pool holds no connection. `held`
+    makes a client outside the pool for a thread that keeps it (a blocking watch); the
+    caller counts those against its own budget.
+    """
+
+    def __init__(self, connection: ConsulConnection, size: int = 4):
+        self.connection = connection
+        self.size = max(1, size)
+        self._idle: queue.LifoQueue[consul.Consul] = queue.LifoQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> int:
+        """Clients made by the pool so far (each holds at most one connection)."""
+        return self._made
+
+    @contextmanager
+    def borrow(self) -> Iterator[consul.Consul]:
+        """A client for one request (or a few); waits while all `size` are lent out."""
+        client = self._take()
+        try:
+            yield client
+        finally:
+            self._idle.put(client)
+
+    def _take(self) -> consul.Consul:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._made < self.size:
+                self._made += 1
+                make = True
+            else:
+                make = False
+        if make:
+            try:
+                return make_client(self.connection)
+            except SourceError:
+                with self._lock:
+                    self._made -= 1
+                raise
+        return self._idle.get()
+
+    def held(self) -> HeldClient:
+        """A client outside the pool, for a thread that keeps it (counted by the caller)."""
+        return HeldClient(self.connection)
+
+
+__all__ = [
+    "ConsulClients",
+    "ConsulEndpoint",
+    "Reply",
+    "get",
+    "make_client",
+    "resolve_endpoint",
+]
