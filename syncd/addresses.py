@@ -7,6 +7,7 @@ and filtered instead of making every write of the whole object fail.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -82,10 +83,10 @@ def _ip_int(address: str) -> tuple[int, int]:
     return version, int.from_bytes(packed, "big")
 
 
-def _in_network(version: int, number: int, network: IPNetwork) -> bool:
-    return version == network.version and (number & int(network.netmask)) == int(
-        network.network_address
-    )
+@functools.lru_cache(maxsize=4096)
+def _network_ints(network: IPNetwork) -> tuple[int, int, int]:
+    """(version, netmask, network address) as integers: computed once per network."""
+    return network.version, int(network.netmask), int(network.network_address)
 
 
 def address_refusal(
@@ -96,13 +97,40 @@ def address_refusal(
     `denied` is the global deny list (metadata service, loopback, the Service CIDR, ...);
     `allowed`, when not empty, is the only ranges a target's backends may be in.
     """
-    version, number = _ip_int(address)
-    for network in denied:
-        if _in_network(version, number, network):
-            return f"in the denied range {network} (address_policy)"
-    if allowed and not any(_in_network(version, number, n) for n in allowed):
-        return "outside the target's allowed_cidrs"
-    return None
+    return AddressFilter(denied, allowed).refusal(address)
+
+
+class AddressFilter:
+    """`address_refusal` for many addresses: the ranges are turned into integers once."""
+
+    PASSED_MAX = 1 << 18  # addresses remembered as allowed, at most
+
+    def __init__(self, denied: Sequence[IPNetwork], allowed: Sequence[IPNetwork]):
+        self._denied = [(n, *_network_ints(n)) for n in denied]
+        self._allowed = [_network_ints(n) for n in allowed]
+        self._passed: set[str] = set()
+
+    def refusal(self, address: str) -> str | None:
+        if address in self._passed:
+            return None
+        reason = self._refusal(address)
+        if reason is None:
+            if len(self._passed) >= self.PASSED_MAX:
+                self._passed.clear()
+            self._passed.add(address)
+        return reason
+
+    def _refusal(self, address: str) -> str | None:
+        version, number = _ip_int(address)
+        for network, net_version, mask, base in self._denied:
+            if version == net_version and number & mask == base:
+                return f"in the denied range {network} (address_policy)"
+        if self._allowed and not any(
+            version == net_version and number & mask == base
+            for net_version, mask, base in self._allowed
+        ):
+            return "outside the target's allowed_cidrs"
+        return None
 
 
 _HOSTNAME = re.compile(

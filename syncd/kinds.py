@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.addresses import ip_sort_key
+from syncd.memo import IdentityMemo
+
+_VIEWS: IdentityMemo[dict[str, Any]] = IdentityMemo(16384)  # managed views, per object
 
 APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
@@ -295,8 +298,13 @@ class Kind:
         return f"{self.collection_path(namespace)}/{name}"
 
     def view(self, obj: Obj, compare_owner_refs: bool = True) -> View:
-        """The fields syncd manages, normalised: equal views mean no write is needed."""
-        return {**_common_view(obj, compare_owner_refs), **self.fields(obj)}
+        """The fields syncd manages, normalised: equal views mean no write is needed.
+        Computed once per object (objects are replaced, never edited; do not edit it)."""
+        return _VIEWS.get_or(
+            obj,
+            compare_owner_refs,
+            lambda: {**_common_view(obj, compare_owner_refs), **self.fields(obj)},
+        )
 
     def watch_view(self, obj: Obj) -> View:
         """Managed fields plus identity: a watch event that leaves this equal is noise."""

@@ -53,13 +53,28 @@ class EndpointPort:
 
 PortSet = tuple[EndpointPort, ...]
 
+
+class _SharedPorts(tuple):
+    """An interned port set whose hash is computed once: every backend's hash includes it."""
+
+    _hash: int
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 _PORT_SETS: dict[PortSet, PortSet] = {}
 
 
 def port_set(*ports: EndpointPort) -> PortSet:
     """The sorted port set, shared: 100,000 backends on one port hold one tuple, not 100,000."""
     key = tuple(sorted(ports))
-    return _PORT_SETS.setdefault(key, key)
+    shared = _PORT_SETS.get(key)
+    if shared is None:
+        shared = _SharedPorts(key)
+        shared._hash = hash(key)
+        shared = _PORT_SETS.setdefault(key, shared)
+    return shared
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from syncd.addresses import address_refusal
+from syncd.addresses import AddressFilter
 from syncd.errors import SourceError
+from syncd.memo import Memo
 from syncd.model import AddressPolicy, Backend, GuardConfig, Snapshot, StaticSourceConfig, Target
 
 ProbeKey = tuple[str, int]  # (address, port)
@@ -41,8 +42,10 @@ def filter_addresses(
 ) -> tuple[Snapshot, list[str]]:
     """Drop backends the address policy refuses; one warning per dropped backend."""
     kept, warnings = [], []
+    key = (policy.denied, target.allowed_cidrs)
+    refusal = (_FILTERS.get(key) or _FILTERS.put(key, AddressFilter(*key))).refusal
     for backend in snapshot.backends:
-        reason = address_refusal(backend.address, policy.denied, target.allowed_cidrs)
+        reason = refusal(backend.address)
         if reason:
             warnings.append(f"{snapshot.source}: {backend.address} {reason}; dropped")
         else:
@@ -50,6 +53,10 @@ def filter_addresses(
     if not warnings:
         return snapshot, []
     return replace(snapshot, backends=frozenset(kept)), warnings
+
+
+_FILTERS: Memo[AddressFilter] = Memo(256)  # per (denied, allowed): each remembers the
+#                                               addresses it has let through
 
 
 # --------------------------------------------------------------------------- probes
@@ -242,13 +249,18 @@ def _guard(
     backends: frozenset[Backend], state: PolicyState, now: float, guards: GuardConfig
 ) -> Verdict | None:
     """Hold a large removal until it is seen again confirm_after later; None lets it pass."""
-    if not state.applied:
+    if not state.applied or backends is state.applied:
         return None
-    removed = _identities(state.applied) - _identities(backends)
-    fraction = len(removed) / len(_identities(state.applied))
+    # Backends that differ at all bound the removals from above (a readiness change counts
+    # here, not below): a small change passes without comparing identities.
+    if len(state.applied - backends) / len(state.applied) <= guards.max_removal_fraction:
+        return None
+    applied, wanted = _identities(state.applied), _identities(backends)
+    removed = applied - wanted
+    fraction = len(removed) / len(applied)
     if fraction <= guards.max_removal_fraction:
         return None
-    if state.pending is not None and _identities(state.pending) == _identities(backends):
+    if state.pending is not None and _identities(state.pending) == wanted:
         assert state.pending_since is not None
         if now - state.pending_since >= guards.confirm_after:
             return None  # confirmed
@@ -259,7 +271,7 @@ def _guard(
     return Verdict(
         None,
         new_state,
-        f"would remove {len(removed)} of {len(_identities(state.applied))} backends "
+        f"would remove {len(removed)} of {len(applied)} backends "
         f"({fraction:.0%} > max_removal_fraction {guards.max_removal_fraction:.0%}); "
         f"held until seen again {guards.confirm_after:g}s after first",
         hold_until=since + guards.confirm_after,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.addresses import ip_sort_key
+from syncd.memo import Memo
 from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target, port_set
 from syncd.ownership import SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
 
@@ -98,9 +99,13 @@ def pack_slices(
     placement: Sequence[PlacedSlice] = (),
 ) -> tuple[PlacedSlice, ...]:
     """Decide which slice holds which address, keeping existing assignments where possible."""
-    groups: dict[SliceKey, set[str]] = defaultdict(set)
-    for backend in backends:
-        groups[SliceKey(backend.family, backend.ports)].add(backend.address)
+    by_ports: dict[tuple[bool, PortSet], set[str]] = defaultdict(set)
+    for backend in backends:  # (is IPv6, ports): cheaper than a SliceKey per backend
+        by_ports[(":" in backend.address, backend.ports)].add(backend.address)
+    groups = {
+        SliceKey(AddressFamily.IPV6 if v6 else AddressFamily.IPV4, ports): addresses
+        for (v6, ports), addresses in by_ports.items()
+    }
 
     taken_names = {s.name for s in placement}
     if not groups:
@@ -110,10 +115,13 @@ def pack_slices(
         wanted = groups[key]
         placed: set[str] = set()
         slots: list[tuple[str, list[str], bool]] = []
+        unchanged: dict[str, PlacedSlice] = {}
         for live in sorted((s for s in placement if s.key == key), key=lambda s: s.name):
             keep = [a for a in live.addresses if a in wanted and a not in placed][:capacity]
             placed.update(keep)
             slots.append((live.name, keep, len(keep) != len(live.addresses)))
+            if len(keep) == len(live.addresses):
+                unchanged[live.name] = live
         pending = sorted(wanted - placed, key=ip_sort_key)
         # New addresses go first where a write happens anyway, then into any room left.
         for index in sorted(range(len(slots)), key=lambda i: (not slots[i][2], slots[i][0])):
@@ -132,8 +140,10 @@ def pack_slices(
             slots.append((name, pending[:capacity], True))
             pending = pending[capacity:]
         result.extend(
-            PlacedSlice(name, key, tuple(sorted(addresses, key=ip_sort_key)))
-            for name, addresses, _changed in slots
+            unchanged[name]  # as it is (and sorted already): no need to sort it again
+            if not changed and name in unchanged
+            else PlacedSlice(name, key, tuple(sorted(addresses, key=ip_sort_key)))
+            for name, addresses, changed in slots
             if addresses
         )
     return tuple(sorted(result, key=lambda s: s.name))
@@ -198,32 +208,50 @@ def render_endpoint_slices(
     hints: bool = False,
 ) -> list[dict[str, Any]]:
     backends = list(backends)
-    by_key = {(b.address, SliceKey(b.family, b.ports)): b for b in backends}
+    by_key = {(b.address, b.ports): b for b in backends}  # address + ports: the family too
     slices = []
     for placed in pack_slices(target.service, backends, target.max_endpoints_per_slice, placement):
-        metadata: dict[str, Any] = {
-            "name": placed.name,
-            "namespace": target.namespace,
-            "labels": {
-                SERVICE_NAME_LABEL: target.service,
-                **ownership_labels("EndpointSlice", owner_id),
-            },
-        }
-        if service_uid:
-            metadata["ownerReferences"] = _owner_references(target, service_uid)
-        slices.append(
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": metadata,
-                "addressType": placed.key.family.value,
-                "endpoints": [
-                    _endpoint(by_key[(address, placed.key)], hints) for address in placed.addresses
-                ],
-                "ports": _ports_list(placed.key.ports),
-            }
-        )
+        members = tuple(by_key[(address, placed.key.ports)] for address in placed.addresses)
+        content = (target.namespace, target.service, owner_id, service_uid, hints, placed, members)
+        rendered = _SLICES.get(content)
+        if rendered is None:  # unchanged slices of a large target are not built again
+            rendered = _SLICES.put(
+                content, _render_slice(target, placed, members, owner_id, service_uid, hints)
+            )
+        slices.append(rendered)
     return slices
+
+
+_SLICES: Memo[dict[str, Any]] = Memo(8192)  # rendered slices, by everything they depend on
+
+
+def _render_slice(
+    target: Target,
+    placed: PlacedSlice,
+    members: tuple[Backend, ...],
+    owner_id: str,
+    service_uid: str | None,
+    hints: bool,
+) -> dict[str, Any]:
+    """One EndpointSlice (shared through the memo: never edit it)."""
+    metadata: dict[str, Any] = {
+        "name": placed.name,
+        "namespace": target.namespace,
+        "labels": {
+            SERVICE_NAME_LABEL: target.service,
+            **ownership_labels("EndpointSlice", owner_id),
+        },
+    }
+    if service_uid:
+        metadata["ownerReferences"] = _owner_references(target, service_uid)
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": metadata,
+        "addressType": placed.key.family.value,
+        "endpoints": [_endpoint(backend, hints) for backend in members],
+        "ports": _ports_list(placed.key.ports),
+    }
 
 
 def _endpoint(backend: Backend, hints: bool) -> dict[str, Any]:

@@ -113,7 +113,8 @@ def map_entry(entry: Mapping[str, Any], source: ConsulSourceConfig) -> MappedEnt
     return MappedEntry((address, port), ready, zone, tuple(warnings))
 
 
-EntryMemo = dict[int, tuple[Mapping[str, Any], MappedEntry]]  # id(entry) -> (entry, mapped)
+EntryMemo = dict[int, tuple[Mapping[str, Any], MappedEntry, Backend | None]]
+"""id(entry) -> (entry, how it maps, its backend): what a source remembers between answers."""
 
 
 def backends_from_health(
@@ -124,45 +125,49 @@ def backends_from_health(
 ) -> tuple[frozenset[Backend], list[str]]:
     """Turn /v1/health/service entries into backends, plus a warning per dropped entry.
 
-    `memo` (kept by the caller between answers) maps entries already seen: when an answer
+    `memo` (kept by the caller between answers) holds entries already seen: when an answer
     is the last one with a few entries replaced, only those are mapped again. It is
     updated to hold exactly this answer's entries.
     """
     protocol = next(p.protocol for p in target.ports if p.name == source.port_name)
-    by_identity: dict[tuple[str, int], tuple[bool, str | None]] = {}
+    by_identity: dict[tuple[str, int], Backend] = {}
     warnings: list[str] = []
     seen: EntryMemo = {}
     for entry in entries:
         remembered = memo.get(id(entry)) if memo is not None else None
         if remembered is not None and remembered[0] is entry:
-            mapped = remembered[1]
+            _entry, mapped, backend = remembered
         else:
             mapped = map_entry(entry, source)
+            backend = None
+            if mapped.identity is not None:
+                address, port = mapped.identity
+                ports = port_set(EndpointPort(source.port_name, port, protocol))
+                backend = Backend(address, ports, mapped.ready, mapped.zone)
         if memo is not None:
-            seen[id(entry)] = (entry, mapped)
+            seen[id(entry)] = (entry, mapped, backend)
         warnings += mapped.warnings
-        if mapped.identity is None:
+        if mapped.identity is None or backend is None:
             DROPPED_ENTRIES.labels(target.key, mapped.dropped or "other").inc()
             continue
-        ready, zone = mapped.ready, mapped.zone
-        if mapped.identity in by_identity:
+        other = by_identity.get(mapped.identity)
+        if other is not None:
             address, port = mapped.identity
             service = entry.get("Service") or {}
             name = f"{(entry.get('Node') or {}).get('Node', '?')}/{service.get('ID', '?')}"
             warnings.append(f"{name}: duplicates {address} port {port}; merged")
             DROPPED_ENTRIES.labels(target.key, "duplicate").inc()
-            other_ready, other_zone = by_identity[mapped.identity]
-            ready = ready or other_ready  # one healthy registration is enough
-            zone = other_zone or zone
-        by_identity[mapped.identity] = (ready, zone)
+            backend = Backend(
+                address,
+                backend.ports,
+                backend.ready or other.ready,  # one healthy registration is enough
+                other.zone or backend.zone,
+            )
+        by_identity[mapped.identity] = backend
     if memo is not None:
         memo.clear()
         memo.update(seen)
-    backends = frozenset(
-        Backend(address, port_set(EndpointPort(source.port_name, port, protocol)), ready, zone)
-        for (address, port), (ready, zone) in by_identity.items()
-    )
-    return backends, warnings
+    return frozenset(by_identity.values()), warnings
 
 
 def _instance_zone(
