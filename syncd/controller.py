@@ -276,12 +276,12 @@ class Controller:
         self._queue.shut_down()
         if self._elector is not None:
             self._elector.release()
+        self._runner.shutdown()  # first: stopping targets one by one must not re-place queries
         with self._lock:
             states = list(self._targets.values())
         for state in states:
             if state.sources is not None:
                 self._runner.stop(state.sources)
-        self._runner.shutdown()
         self._scheduler.stop()
         self._probe_pool.shutdown()
         deadline = time.monotonic() + self._settings.stop_grace

@@ -318,6 +318,7 @@ class _Feeds:
 
 
 _SWEEP_END = "\0sweep-end"  # queue key prefix: a sweep of one scope is due to end
+_REBALANCE = "\0rebalance"  # queue key: watch slots were freed; place the queries again
 
 
 class ConsulWatch:
@@ -511,7 +512,8 @@ class ConsulWatch:
                 held.close()
             with self._lock:
                 self._watchers.pop(serial, None)
-            self.commit()  # its slot is free: another service may take it
+            if not self._stopped.is_set():  # its slot is free: another service may take it
+                self._queue.add(_REBALANCE, "rebalance")  # many ending at once: one commit
 
     # -- the change feeds
 
@@ -697,7 +699,9 @@ class ConsulWatch:
                 continue
             key, reason = item
             try:
-                if isinstance(key, tuple) and key and key[0] == _CONFIRM:
+                if key == _REBALANCE:
+                    self.commit()
+                elif isinstance(key, tuple) and key and key[0] == _CONFIRM:
                     self._confirm_read(key[1])
                 elif isinstance(key, tuple) and key and key[0] == _SWEEP_END:
                     self._sweep_ended(key[1])
