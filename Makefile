@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale bench-dataplane
+.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench: setup servers
 # 10,000 targets x 10 backends; about 25 minutes (a 10-minute idle phase included)
 bench-scale: setup servers
 	$(BIN)/python -m bench.static_scale
+
+# 1 to 10,000 Consul services against an agent with default limits, plus one service of
+# 5,000 instances; about 75 minutes (idle windows of 10 and 30 minutes included)
+bench-consul-scale: setup servers
+	$(BIN)/python -m bench.consul_scale
 
 # registry event -> first client request on the new backend, through a real kube-proxy
 bench-dataplane: setup servers

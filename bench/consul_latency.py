@@ -87,7 +87,12 @@ def _follow(kube, selector, version, namespace, events, stop) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flips", type=int, default=200)
-    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=330.0,
+        help="idle window (default: %(default)s, longer than one 5-minute blocking query)",
+    )
     parser.add_argument(
         "--gap",
         type=float,

@@ -28,7 +28,13 @@ from syncd.controller import Controller, DaemonSettings
 from syncd.errors import ConfigError, KubeConfigError, KubeError
 from syncd.kube import Kube, KubeSettings, load_client_configuration
 from syncd.leader import LeaderElector, LeaderSettings
-from syncd.model import Config, ConsulQuerySourceConfig, ConsulSourceConfig, StaticSourceConfig
+from syncd.model import (
+    Config,
+    ConsulQuerySourceConfig,
+    ConsulSourceConfig,
+    StaticSourceConfig,
+    ready_count,
+)
 from syncd.observability import parse_listen_address, serve_metrics, setup_logging
 from syncd.once import OnceSettings, ask_sources, run_once
 from syncd.ownership import derive_owner_id, valid_owner_id
@@ -557,7 +563,7 @@ def _result_lines(result: TargetResult, dry_run: bool) -> tuple[list[str], list[
     decision = result.decision
     size = ""
     if decision is not None:
-        ready = sum(1 for b in decision.backends if b.ready)
+        ready = ready_count(decision.backends)
         tier = f"tier {decision.tier}: " if decision.tier or decision.switched_from else ""
         size = f" ({tier}{decision.source}: {len(decision.backends)} backends, {ready} ready)"
         if decision.switched_from is not None:

@@ -43,7 +43,7 @@ from syncd.health import Prober
 from syncd.kinds import Kind, Obj, target_key_of
 from syncd.kube import Kube
 from syncd.leader import LeaderElector
-from syncd.model import Config, Snapshot, Target
+from syncd.model import Config, Snapshot, Target, ready_count
 from syncd.observability import (
     HELD_REMOVALS,
     PROBE_PANICS,
@@ -453,7 +453,7 @@ class Controller:
             self._blocked(state, replace(step, plan=None, result=result), reason)
             return
         RECONCILES.labels(result.outcome.value, reason).inc()
-        state.ready = sum(1 for b in decision.backends if b.ready)
+        state.ready = ready_count(decision.backends)
         state.not_ready = len(decision.backends) - state.ready
         state.tier = decision.tier if len(target.sources) > 1 else None
         if result.outcome is Outcome.FAILED:

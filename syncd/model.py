@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +91,14 @@ class Backend:
     ports: PortSet
     ready: bool = True
     zone: str | None = None  # where it runs: topology-aware routing prefers the client's zone
+    # Hashed once: sets of thousands of backends are built on every change of a large target.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.address, self.ports, self.ready, self.zone)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def family(self) -> AddressFamily:
@@ -105,6 +115,14 @@ class Backend:
         ports = ",".join(f"{p.name}={p.port}" if p.name else str(p.port) for p in self.ports)
         zone = f" in {self.zone}" if self.zone else ""
         return f"{host}:{ports}{zone}" + ("" if self.ready else " (not ready)")
+
+
+def ready_count(backends: Iterable[Backend]) -> int:
+    """How many are ready; counted without a Python-level loop (several times per change)."""
+    return sum(map(_READY, backends))
+
+
+_READY = operator.attrgetter("ready")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from syncd.kinds import KINDS, ObjectId, describe_object, kind_of, object_id, owner_refs
+from syncd.memo import Memo
 
 __all__ = ["Action", "Change", "ObjectId", "describe_object", "object_id", "plan_changes"]
 
@@ -31,6 +32,23 @@ class Action(enum.StrEnum):
 def managed_view(obj: Mapping[str, Any], compare_owner_refs: bool = True) -> dict[str, Any]:
     """The part of an object syncd decides, normalized so that equal means 'no write needed'."""
     return kind_of(obj).view(obj, compare_owner_refs)
+
+
+def _differs(want: Mapping[str, Any], have: Mapping[str, Any]) -> bool:
+    """Does `have` need a write to become `want`? Remembered per pair of objects: the
+    unchanged slices of a large target are compared once, not on every change."""
+    key = (id(want), id(have))
+    hit = _COMPARED.get(key)
+    if hit is not None and hit[0] is want and hit[1] is have:
+        return hit[2]
+    compare_refs = bool(owner_refs(want))
+    differs = managed_view(want, compare_refs) != managed_view(have, compare_refs)
+    _COMPARED.put(key, (want, have, differs))
+    return differs
+
+
+# Rendered and live objects are replaced, never edited: a pair compared once stays so.
+_COMPARED: Memo[tuple[Mapping[str, Any], Mapping[str, Any], bool]] = Memo(16384)
 
 
 class _IndentedDumper(yaml.SafeDumper):
@@ -96,8 +114,7 @@ def plan_changes(
         if have is None:
             creates.append(Change(Action.CREATE, kind, namespace, name, desired=want))
             continue
-        compare_refs = bool(owner_refs(want))
-        if managed_view(want, compare_refs) != managed_view(have, compare_refs):
+        if _differs(want, have):
             updates.append(Change(Action.UPDATE, kind, namespace, name, desired=want, live=have))
     for oid, have in live_by_id.items():
         if oid not in desired_by_id:

@@ -23,13 +23,22 @@ empty one.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from syncd.addresses import AddressFilter
 from syncd.errors import SourceError
 from syncd.memo import Memo
-from syncd.model import AddressPolicy, Backend, GuardConfig, Snapshot, StaticSourceConfig, Target
+from syncd.model import (
+    AddressPolicy,
+    Backend,
+    GuardConfig,
+    Snapshot,
+    StaticSourceConfig,
+    Target,
+    ready_count,
+)
 
 ProbeKey = tuple[str, int]  # (address, port)
 
@@ -43,7 +52,10 @@ def filter_addresses(
     """Drop backends the address policy refuses; one warning per dropped backend."""
     kept, warnings = [], []
     key = (policy.denied, target.allowed_cidrs)
-    refusal = (_FILTERS.get(key) or _FILTERS.put(key, AddressFilter(*key))).refusal
+    address_filter = _FILTERS.get(key) or _FILTERS.put(key, AddressFilter(*key))
+    if address_filter.all_passed(map(_ADDRESS, snapshot.backends)):
+        return snapshot, []  # the usual case: every address was checked before
+    refusal = address_filter.refusal
     for backend in snapshot.backends:
         reason = refusal(backend.address)
         if reason:
@@ -55,6 +67,7 @@ def filter_addresses(
     return replace(snapshot, backends=frozenset(kept)), warnings
 
 
+_ADDRESS = operator.attrgetter("address")
 _FILTERS: Memo[AddressFilter] = Memo(256)  # per (denied, allowed): each remembers the
 #                                               addresses it has let through
 
@@ -142,7 +155,7 @@ class Verdict:
 
 
 def _ready_count(answer: Snapshot | SourceError) -> int:
-    return sum(1 for b in answer.backends if b.ready) if isinstance(answer, Snapshot) else -1
+    return ready_count(answer.backends) if isinstance(answer, Snapshot) else -1
 
 
 def choose(
@@ -214,10 +227,6 @@ def choose(
     return Verdict(decision, new_state, recheck_at=recheck_at)
 
 
-def _ready(backends: frozenset[Backend]) -> int:
-    return sum(1 for b in backends if b.ready)
-
-
 def _drain_protection(decision: Decision, state: PolicyState, target: Target) -> Verdict | None:
     """A registry answer may not take a target below `drain_floor` ready backends while it
     has at least that many applied: a registry that lost its catalog must not take the
@@ -228,7 +237,7 @@ def _drain_protection(decision: Decision, state: PolicyState, target: Target) ->
         return None
     if isinstance(target.sources[decision.tier], StaticSourceConfig):
         return None
-    ready, applied = _ready(decision.backends), _ready(state.applied)
+    ready, applied = ready_count(decision.backends), ready_count(state.applied)
     if ready >= floor or applied < floor:
         return None
     return Verdict(

@@ -18,6 +18,7 @@ Rules this module encodes:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.addresses import ip_sort_key
-from syncd.memo import Memo
+from syncd.memo import IdentityMemo, Memo
 from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target, port_set
 from syncd.ownership import SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
 
@@ -66,18 +67,26 @@ def slice_key_of(obj: Mapping[str, Any]) -> SliceKey | None:
 
 def placement_of(live_slices: Iterable[Mapping[str, Any]]) -> tuple[PlacedSlice, ...]:
     """Read the current packing of live (owned) slices, the input to stable assignment."""
-    placed = []
-    for obj in live_slices:
-        key = slice_key_of(obj)
-        if key is None:
-            continue
-        addresses = tuple(
-            address
-            for endpoint in obj.get("endpoints") or ()
-            for address in (endpoint.get("addresses") or ())[:1]
-        )
-        placed.append(PlacedSlice(obj["metadata"]["name"], key, addresses))
-    return tuple(placed)
+    placed = (
+        _PLACED.get_or(obj, None, functools.partial(_placed_slice, obj)) for obj in live_slices
+    )
+    return tuple(p for p in placed if p is not None)
+
+
+def _placed_slice(obj: Mapping[str, Any]) -> PlacedSlice | None:
+    key = slice_key_of(obj)
+    if key is None:
+        return None
+    addresses = tuple(
+        address
+        for endpoint in obj.get("endpoints") or ()
+        for address in (endpoint.get("addresses") or ())[:1]
+    )
+    return PlacedSlice(obj["metadata"]["name"], key, addresses)
+
+
+# Live slices are replaced, never edited: each one's placement is read once.
+_PLACED: IdentityMemo[PlacedSlice | None] = IdentityMemo(16384)
 
 
 def _name_prefix(service: str, key: SliceKey) -> str:
@@ -92,6 +101,25 @@ def _name_prefix(service: str, key: SliceKey) -> str:
     return prefix
 
 
+def _by_ports(
+    backends: Iterable[Backend],
+) -> dict[PortSet, tuple[dict[str, Backend], dict[str, Backend]]]:
+    """Backends by port set, then (IPv4, IPv6), then address.
+
+    Backends in a row mostly share one interned port set: it is hashed once per run of
+    them, not once per backend (what makes a 5,000-backend target cheap to render).
+    """
+    groups: dict[PortSet, tuple[dict[str, Backend], dict[str, Backend]]] = {}
+    ports: PortSet | None = None
+    families: tuple[dict[str, Backend], dict[str, Backend]] = ({}, {})
+    for backend in backends:
+        if backend.ports is not ports:
+            ports = backend.ports
+            families = groups.setdefault(ports, ({}, {}))
+        families[":" in backend.address][backend.address] = backend
+    return groups
+
+
 def pack_slices(
     service: str,
     backends: Iterable[Backend],
@@ -99,12 +127,20 @@ def pack_slices(
     placement: Sequence[PlacedSlice] = (),
 ) -> tuple[PlacedSlice, ...]:
     """Decide which slice holds which address, keeping existing assignments where possible."""
-    by_ports: dict[tuple[bool, PortSet], set[str]] = defaultdict(set)
-    for backend in backends:  # (is IPv6, ports): cheaper than a SliceKey per backend
-        by_ports[(":" in backend.address, backend.ports)].add(backend.address)
+    return _pack(service, _by_ports(backends), capacity, placement)
+
+
+def _pack(
+    service: str,
+    by_ports: dict[PortSet, tuple[dict[str, Backend], dict[str, Backend]]],
+    capacity: int,
+    placement: Sequence[PlacedSlice],
+) -> tuple[PlacedSlice, ...]:
     groups = {
         SliceKey(AddressFamily.IPV6 if v6 else AddressFamily.IPV4, ports): addresses
-        for (v6, ports), addresses in by_ports.items()
+        for ports, by_family in by_ports.items()
+        for v6, addresses in ((False, set(by_family[0])), (True, set(by_family[1])))
+        if addresses
     }
 
     taken_names = {s.name for s in placement}
@@ -207,22 +243,30 @@ def render_endpoint_slices(
     service_uid: str | None = None,
     hints: bool = False,
 ) -> list[dict[str, Any]]:
-    backends = list(backends)
-    by_key = {(b.address, b.ports): b for b in backends}  # address + ports: the family too
+    groups = _by_ports(backends)
     slices = []
-    for placed in pack_slices(target.service, backends, target.max_endpoints_per_slice, placement):
-        members = tuple(by_key[(address, placed.key.ports)] for address in placed.addresses)
-        content = (target.namespace, target.service, owner_id, service_uid, hints, placed, members)
-        rendered = _SLICES.get(content)
-        if rendered is None:  # unchanged slices of a large target are not built again
-            rendered = _SLICES.put(
-                content, _render_slice(target, placed, members, owner_id, service_uid, hints)
-            )
+    for placed in _pack(target.service, groups, target.max_endpoints_per_slice, placement):
+        family = (
+            groups[placed.key.ports][placed.key.family is AddressFamily.IPV6]
+            if placed.addresses
+            else {}
+        )
+        members = tuple(map(family.__getitem__, placed.addresses))
+        # Keyed by the members' identities (cheap to hash), checked by equality on a hit
+        # (identical members compare at once): unchanged slices are not built again.
+        key: tuple[Any, ...] = (target.namespace, target.service, owner_id, service_uid, hints)
+        key += (placed, *map(id, members))
+        hit = _SLICES.get(key)
+        if hit is not None and hit[0] == members:
+            rendered = hit[1]
+        else:
+            rendered = _render_slice(target, placed, members, owner_id, service_uid, hints)
+            _SLICES.put(key, (members, rendered))
         slices.append(rendered)
     return slices
 
 
-_SLICES: Memo[dict[str, Any]] = Memo(8192)  # rendered slices, by everything they depend on
+_SLICES: Memo[tuple[tuple[Backend, ...], dict[str, Any]]] = Memo(8192)  # rendered slices
 
 
 def _render_slice(

@@ -133,20 +133,22 @@ def backends_from_health(
     by_identity: dict[tuple[str, int], Backend] = {}
     warnings: list[str] = []
     seen: EntryMemo = {}
+    known: EntryMemo = memo if memo is not None else {}
     for entry in entries:
-        remembered = memo.get(id(entry)) if memo is not None else None
-        if remembered is not None and remembered[0] is entry:
-            _entry, mapped, backend = remembered
-        else:
+        remembered = known.get(id(entry))
+        if remembered is None or remembered[0] is not entry:
             mapped = map_entry(entry, source)
             backend = None
             if mapped.identity is not None:
                 address, port = mapped.identity
                 ports = port_set(EndpointPort(source.port_name, port, protocol))
                 backend = Backend(address, ports, mapped.ready, mapped.zone)
-        if memo is not None:
-            seen[id(entry)] = (entry, mapped, backend)
-        warnings += mapped.warnings
+            remembered = (entry, mapped, backend)
+        else:
+            _entry, mapped, backend = remembered
+        seen[id(entry)] = remembered
+        if mapped.warnings:
+            warnings += mapped.warnings
         if mapped.identity is None or backend is None:
             DROPPED_ENTRIES.labels(target.key, mapped.dropped or "other").inc()
             continue

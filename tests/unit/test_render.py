@@ -206,3 +206,33 @@ def test_no_backends_at_all_gives_one_empty_placeholder_slice():
     assert placeholder["endpoints"] == [] and placeholder["ports"] == []
     after = render_endpoint_slices(_target(), _many(1), "o", placement_of([placeholder]))
     assert [s["metadata"]["name"] for s in after] == ["svc-v4-8080-0"]
+
+
+def test_remembered_slices_never_stand_in_for_changed_backends():
+    """Slices are memoized by their members' identities: new backend objects, even ones
+    that reuse the ids of freed ones, must render from their own content."""
+    target = _target()
+    first = render_endpoint_slices(target, _many(250), "o")
+    placement = placement_of(first)
+    for round_ in range(20):  # fresh objects each round: ids of freed ones get reused
+        backends = [replace(b, ready=(i + round_) % 7 != 0) for i, b in enumerate(_many(250))]
+        slices = render_endpoint_slices(target, backends, "o", placement)
+        want = {b.address: b.ready for b in backends}
+        got = {e["addresses"][0]: e["conditions"]["ready"] for s in slices for e in s["endpoints"]}
+        assert got == want
+
+
+def test_an_unchanged_slice_is_the_same_object_when_rendered_again():
+    backends = _many(250)
+    first = render_endpoint_slices(_target(), backends, "o")
+    backends[0] = replace(backends[0], ready=False)
+    second = render_endpoint_slices(_target(), backends, "o", placement_of(first))
+    same = [a is b for a, b in zip(first, second, strict=True)]
+    assert same == [False, True, True]
+
+
+def test_backends_that_compare_equal_hash_equal():
+    a = _backend("198.51.100.7")
+    b = replace(replace(a, ready=False), ready=True)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert hash(replace(a, ready=False)) != hash(a) or replace(a, ready=False) != a
