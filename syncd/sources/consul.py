@@ -113,6 +113,27 @@ def map_entry(entry: Mapping[str, Any], source: ConsulSourceConfig) -> MappedEnt
     return MappedEntry((address, port), ready, zone, tuple(warnings))
 
 
+def slim_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What syncd reads of a /v1/health/service entry, and nothing else: a daemon holds
+    every instance it follows, and check outputs, proxy settings and raft indexes would
+    be most of it (three times the memory at 10,000 services)."""
+    node = entry.get("Node") or {}
+    service = entry.get("Service") or {}
+    return {
+        "Node": {key: node[key] for key in _NODE_KEYS if key in node},
+        "Service": {key: service[key] for key in _SERVICE_KEYS if key in service},
+        "Checks": [
+            {key: check[key] for key in _CHECK_KEYS if key in check}
+            for check in entry.get("Checks") or ()
+        ],
+    }
+
+
+_NODE_KEYS = ("Node", "Address", "TaggedAddresses", "Meta")
+_SERVICE_KEYS = ("ID", "Service", "Address", "Port", "TaggedAddresses", "Meta")
+_CHECK_KEYS = ("Node", "CheckID", "ServiceID", "Status", "ModifyIndex")
+
+
 EntryMemo = dict[int, tuple[Mapping[str, Any], MappedEntry, Backend | None]]
 """id(entry) -> (entry, how it maps, its backend): what a source remembers between answers."""
 

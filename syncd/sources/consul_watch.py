@@ -62,7 +62,7 @@ from syncd.errors import SourceError
 from syncd.model import ConsulSourceConfig
 from syncd.observability import CONSUL_CONNECTIONS, CONSUL_READS, CONSUL_SERVICES
 from syncd.sources.base import ChangeEmitter, Emit
-from syncd.sources.consul import ConsulSource, EntryMemo, scope_params
+from syncd.sources.consul import ConsulSource, EntryMemo, scope_params, slim_entry
 from syncd.sources.consul_api import ConsulClients, HeldClient, get
 from syncd.workqueue import RetryLimiter, WorkQueue
 
@@ -211,7 +211,7 @@ class _Query:
         with self.lock:
             entries: dict[InstanceKey, dict[str, Any]] = {}
             homes: dict[CheckKey, list[InstanceKey]] = {}
-            for entry in body:
+            for entry in map(slim_entry, body):
                 node = str((entry.get("Node") or {}).get("Node", ""))
                 instance = (node, str((entry.get("Service") or {}).get("ID", "")))
                 entries[instance] = entry

@@ -132,3 +132,30 @@ def test_query_parameters_carry_every_filter():
         ("stale", ""),
     ]
     assert query_params(SOURCE, index=0, wait=300) == []  # first read never blocks
+
+
+def test_a_slimmed_entry_maps_like_the_full_one():
+    """The daemon keeps entries slimmed to what it reads; every address mode, zone and
+    health outcome must come out the same as from the entry Consul sent."""
+    from dataclasses import replace as with_
+
+    from syncd.sources.consul import map_entry, slim_entry
+
+    full = entry(
+        address="",
+        checks=("passing", "warning"),
+        service_tagged={"lan_ipv4": {"Address": "192.0.2.7", "Port": 9000}},
+        node_tagged={"lan": "192.0.2.8", "wan": "192.0.2.9"},
+    )
+    full["Node"].update(Meta={"zone": "z1"}, Datacenter="dc1", CreateIndex=5)
+    full["Service"].update(Meta={}, Proxy={"Mode": ""}, Weights={"Passing": 1}, Tags=["a"])
+    full["Checks"] = [
+        {**check, "Output": "x" * 1000, "Notes": "", "CheckID": f"c{n}", "ModifyIndex": n}
+        for n, check in enumerate(full["Checks"])
+    ]
+    slim = slim_entry(full)
+    assert len(repr(slim)) < len(repr(full)) / 2
+    for mode in ConsulAddress:
+        for warning_is_ready in (True, False):
+            source = with_(SOURCE, address=mode, warning_is_ready=warning_is_ready)
+            assert map_entry(slim, source) == map_entry(full, source)
