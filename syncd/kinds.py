@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.addresses import ip_sort_key
-from syncd.memo import IdentityMemo
+from syncd.memo import WORTH_REMEMBERING, IdentityMemo
 
 _VIEWS: IdentityMemo[dict[str, Any]] = IdentityMemo(16384)  # managed views, per object
 
@@ -299,7 +299,9 @@ class Kind:
 
     def view(self, obj: Obj, compare_owner_refs: bool = True) -> View:
         """The fields syncd manages, normalised: equal views mean no write is needed.
-        Computed once per object (objects are replaced, never edited; do not edit it)."""
+        Computed once per large object (objects are replaced, never edited; do not edit it)."""
+        if len(obj.get("endpoints") or ()) < WORTH_REMEMBERING:
+            return {**_common_view(obj, compare_owner_refs), **self.fields(obj)}
         return _VIEWS.get_or(
             obj,
             compare_owner_refs,

@@ -14,6 +14,10 @@ from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
+# Only objects at least this large (endpoints) are remembered: smaller ones cost less to
+# rebuild than to keep, and 10,000 small targets must not fill the memory with copies.
+WORTH_REMEMBERING = 32
+
 
 class Memo(Generic[V]):
     """At most `size` entries; when full, the oldest half goes. Safe across threads."""

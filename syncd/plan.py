@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from syncd.kinds import KINDS, ObjectId, describe_object, kind_of, object_id, owner_refs
-from syncd.memo import Memo
+from syncd.memo import WORTH_REMEMBERING, Memo
 
 __all__ = ["Action", "Change", "ObjectId", "describe_object", "object_id", "plan_changes"]
 
@@ -37,13 +37,15 @@ def managed_view(obj: Mapping[str, Any], compare_owner_refs: bool = True) -> dic
 def _differs(want: Mapping[str, Any], have: Mapping[str, Any]) -> bool:
     """Does `have` need a write to become `want`? Remembered per pair of objects: the
     unchanged slices of a large target are compared once, not on every change."""
+    remember = len(want.get("endpoints") or ()) >= WORTH_REMEMBERING
     key = (id(want), id(have))
-    hit = _COMPARED.get(key)
+    hit = _COMPARED.get(key) if remember else None
     if hit is not None and hit[0] is want and hit[1] is have:
         return hit[2]
     compare_refs = bool(owner_refs(want))
     differs = managed_view(want, compare_refs) != managed_view(have, compare_refs)
-    _COMPARED.put(key, (want, have, differs))
+    if remember:
+        _COMPARED.put(key, (want, have, differs))
     return differs
 
 

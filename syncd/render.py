@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.addresses import ip_sort_key
-from syncd.memo import IdentityMemo, Memo
+from syncd.memo import WORTH_REMEMBERING, IdentityMemo, Memo
 from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target, port_set
 from syncd.ownership import SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
 
@@ -68,7 +68,10 @@ def slice_key_of(obj: Mapping[str, Any]) -> SliceKey | None:
 def placement_of(live_slices: Iterable[Mapping[str, Any]]) -> tuple[PlacedSlice, ...]:
     """Read the current packing of live (owned) slices, the input to stable assignment."""
     placed = (
-        _PLACED.get_or(obj, None, functools.partial(_placed_slice, obj)) for obj in live_slices
+        _PLACED.get_or(obj, None, functools.partial(_placed_slice, obj))
+        if len(obj.get("endpoints") or ()) >= WORTH_REMEMBERING
+        else _placed_slice(obj)
+        for obj in live_slices
     )
     return tuple(p for p in placed if p is not None)
 
@@ -256,12 +259,13 @@ def render_endpoint_slices(
         # (identical members compare at once): unchanged slices are not built again.
         key: tuple[Any, ...] = (target.namespace, target.service, owner_id, service_uid, hints)
         key += (placed, *map(id, members))
-        hit = _SLICES.get(key)
+        hit = _SLICES.get(key) if len(members) >= WORTH_REMEMBERING else None
         if hit is not None and hit[0] == members:
             rendered = hit[1]
         else:
             rendered = _render_slice(target, placed, members, owner_id, service_uid, hints)
-            _SLICES.put(key, (members, rendered))
+            if len(members) >= WORTH_REMEMBERING:
+                _SLICES.put(key, (members, rendered))
         slices.append(rendered)
     return slices
 
