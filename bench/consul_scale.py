@@ -10,6 +10,9 @@ kube-apiserver + etcd, it starts `syncd run` and prints one row:
 - flips: a random instance's check turned critical or passing (>= 50 times), from the
   Consul write to the EndpointSlice change seen by a Kubernetes watch: p50 / p99, and
   syncd's API writes per flip (audit log); the 5,000-instance service gets its own row;
+- new instances (10, registered at once in random services, passing, on new nodes): the
+  delay from registration to slice of a change no check shows, which a feed-followed
+  service learns from the paced sweep (see README "Consul at scale");
 - idle for --idle seconds (default 600: two expiries of Consul's 5-minute blocking
   queries): Consul requests/min (syncd's own count), API requests/min and writes, CPU,
   RSS at start and end (the largest run idles --soak seconds, default 1,800);
@@ -135,6 +138,17 @@ class Catalog:
                 )
             )
 
+    def add_instance(self, service: str) -> str:
+        """One more passing instance of `service`, on a node of its own: a registration
+        that changes no check status (the change feeds cannot name its service)."""
+        ip = address(self.next_address)
+        self.next_address += 1
+        instance_id = f"{service}-{len(self.instances[service])}"
+        node = f"{self.prefix}-extra-{instance_id}"
+        self.agent.register_external([(instance_id, service, ip, 8080)], node=node)
+        self.instances[service].append((instance_id, node, ip))
+        return ip
+
     def set_status(self, service: str, k: int, status: str) -> str:
         instance_id, node, ip = self.instances[service][k]
         self.agent.set_external_status(instance_id, status, node=node)
@@ -177,6 +191,20 @@ class SliceWatch:
             if states.get(ip) is ready:
                 return seen
 
+    def wait_for_all(self, started: dict[str, float], timeout: float) -> list[float]:
+        """Seconds from each address's start to its first appearance as ready."""
+        deadline = time.monotonic() + timeout
+        arrived: dict[str, float] = {}
+        while len(arrived) < len(started):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"not seen: {sorted(set(started) - set(arrived))}")
+            seen, states = self.events.get(timeout=left)
+            for ip in started:
+                if ip not in arrived and states.get(ip) is True:
+                    arrived[ip] = seen - started[ip]
+        return list(arrived.values())
+
     def drain(self) -> None:
         with contextlib.suppress(queue.Empty):
             while True:
@@ -184,6 +212,32 @@ class SliceWatch:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def arrivals(
+    catalog: Catalog, watch: SliceWatch, services: list[str], count: int, rng: random.Random
+) -> list[float]:
+    """`count` new instances of random services registered at once, each timed to its
+    slice: the delay a feed-followed service has for a change no check shows (the sweep)."""
+    watch.drain()
+    started = {}
+    for service in rng.sample(services, min(count, len(services))):
+        begun = time.monotonic()
+        started[catalog.add_instance(service)] = begun
+    return watch.wait_for_all(started, timeout=60 + len(services) / 50)
+
+
+def settle(metrics_address: str, quiet: float = 6.0, limit: float = 600.0) -> None:
+    """Until syncd has made no Consul read for `quiet` seconds (a sweep has ended)."""
+    deadline = time.monotonic() + limit
+    last, since = -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        reads = metric(metrics_address, "syncd_source_requests_total")
+        if reads != last:
+            last, since = reads, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(1.0)
 
 
 def create_services(admin: Kube, namespace: str, names: list[str]) -> None:
@@ -227,6 +281,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,100,1000,10000", help="targets per run")
     parser.add_argument("--flips", type=int, default=60, help="flips per run (and big service)")
     parser.add_argument("--gap", type=float, default=0.2, help="seconds between flips")
+    parser.add_argument(
+        "--arrivals", type=int, default=10, help="new instances registered per run (at once)"
+    )
     parser.add_argument("--idle", type=float, default=600.0, help="idle seconds per run")
     parser.add_argument("--soak", type=float, default=1800.0, help="idle seconds, largest run")
     parser.add_argument(
@@ -360,7 +417,13 @@ def main() -> int:
                     f"{percentile(big, 0.5):.0f} / {percentile(big, 0.99):.0f} ms"
                 )
                 big_row.cells["writes per flip"] = f"{big_writes / len(big):.2f}"
+            print("new instances without a check change ...", flush=True)
+            waits = arrivals(catalog, watch, services, args.arrivals, rng)
+            row.cells["new instance, no check change: p50 / max"] = (
+                f"{percentile(waits, 0.5):.1f} / {max(waits):.1f} s"
+            )
             watch.stop()
+            settle(metrics_address)  # the sweep those registrations started: not idle
 
             idle = args.soak if largest else args.idle
             print(f"idle for {idle:.0f} s ...", flush=True)
