@@ -109,7 +109,7 @@ def load_config_text(text: str, path: str | Path) -> Config:
     if consul.max_connections < needed:
         root.at("consul", "max_connections").error(
             f"{consul.max_connections} is too few for {len(datacenters)} Consul datacenters "
-            f"(or namespaces): at least {needed} (the shared readers and two change feeds each)"
+            f"(or namespaces): at least {needed} (the shared readers and three change feeds each)"
         )
 
     if checker.problems:

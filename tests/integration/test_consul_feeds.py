@@ -69,7 +69,7 @@ def connections_to(pid: int, port: int) -> int:
 def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     daemon, consul, admin, namespace, tmp_path
 ):
-    # max_connections 4: one shared reader, two feeds, one watch; the last two services
+    # max_connections 5: one shared reader, three feeds, one watch; the last two services
     # have no watch of their own.
     services = [f"feed{n}-{namespace}" for n in range(3)]
     for service in services:
@@ -79,7 +79,7 @@ def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     config = write_config(
         tmp_path / "c.yaml",
         *consul_targets(namespace, services),
-        consul={"address": consul.address, "max_connections": 4},
+        consul={"address": consul.address, "max_connections": 5},
     )
     process = daemon(config, "--metrics-address", metrics)
     service = services[-1]
@@ -88,7 +88,7 @@ def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     text = scrape(metrics)
     assert sample(text, "syncd_consul_services", mode="feed") == 2
     assert sample(text, "syncd_consul_services", mode="watch") == 1
-    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 4
+    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 5
 
     def ready_of(address: str):
         return readiness(slices_of(admin, namespace, service)).get((address, 8080))
@@ -111,7 +111,7 @@ def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     consul.deregister(f"{service}-2")  # critical, then gone: never made ready again
     wait_for(lambda: ready_of("192.0.2.2") is None, "a critical instance removed", timeout=3.0)
     assert sample(scrape(metrics), "syncd_consul_reads_total", reason="confirm") >= 1
-    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 4
+    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 5
 
 
 def test_identical_sources_of_several_targets_share_one_query(
@@ -223,8 +223,8 @@ def test_400_targets_converge_within_the_default_connection_limit(
     wait_for(converged, "400 targets with 3 ready backends each", timeout=120, interval=0.5)
     assert len(admin.list("EndpointSlice", namespace)) == 400
     text = scrape(metrics)
-    assert sample(text, "syncd_consul_services", mode="watch") == 26  # 32 - 4 readers - 2 feeds
-    assert sample(text, "syncd_consul_services", mode="feed") == 374
+    assert sample(text, "syncd_consul_services", mode="watch") == 25  # 32 - 4 readers - 3 feeds
+    assert sample(text, "syncd_consul_services", mode="feed") == 375
     assert sample(text, "syncd_source_requests_total", result="throttled") == 0
     assert most <= 32 and connections_to(process.pid, port) <= 32
     # Consul 32, the probe pool 32, the scheduler 9, workers 4, caches, metrics: not per target
