@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import queue
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
 from tests.harness.consul_agent import ConsulAgent
 from tests.harness.kube_apiserver import REPO, KubeApiServer, free_port
+from tests.helpers import connections_to
 
 INSTANCES = 3  # per service
 BIG = 5_000  # instances of the big service in the largest run
@@ -79,16 +79,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def consul_connections(pid: int, port: int) -> int:
-    out = subprocess.run(
-        ["ss", "-Htnp", "state", "established", "dport", f"= :{port}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return sum(1 for line in out.splitlines() if re.search(rf"pid={pid},", line))
-
-
 def address(n: int) -> str:
     """The n-th instance address, in 100.64.0.0/10 (16 million)."""
     return f"100.{64 + n // 65536}.{n // 256 % 256}.{n % 256}"
@@ -102,20 +92,6 @@ class Catalog:
         self.prefix = prefix
         self.next_address = first_address
         self.instances: dict[str, list[tuple[str, str, str]]] = {}  # service -> (id, node, ip)
-
-    def add_service(self, service: str, count: int) -> None:
-        batch: dict[str, list[tuple[str, str, str, int]]] = {}
-        members = []
-        for k in range(count):
-            ip = address(self.next_address)
-            self.next_address += 1
-            node = f"{self.prefix}-n{self.next_address // PER_NODE}"
-            instance_id = f"{service}-{k}"
-            batch.setdefault(node, []).append((instance_id, service, ip, 8080))
-            members.append((instance_id, node, ip))
-        self.instances[service] = members
-        for node, instances in batch.items():
-            self.agent.register_external(instances, node=node)
 
     def add_services(self, services: list[str], count: int) -> None:
         """Many services in few, large transactions."""
@@ -321,7 +297,7 @@ def main() -> int:
             catalog.add_services(services, INSTANCES)
             names = list(services)
             if largest:
-                catalog.add_service(f"{prefix}-big", BIG)
+                catalog.add_services([f"{prefix}-big"], BIG)
                 names.append(f"{prefix}-big")
             next_address = catalog.next_address
             create_services(admin, namespace, names)
@@ -378,9 +354,7 @@ def main() -> int:
 
             while not synced():
                 assert daemon.poll() is None, f"syncd exited: see {log.name}"
-                most_connections = max(
-                    most_connections, consul_connections(daemon.pid, consul_port)
-                )
+                most_connections = max(most_connections, connections_to(daemon.pid, consul_port))
                 if time.monotonic() - started > 1800:
                     raise SystemExit("not synced after 30 minutes")
                 time.sleep(0.2 if size < 1000 else 1.0)
@@ -435,9 +409,7 @@ def main() -> int:
             while time.monotonic() - idle_started < idle:
                 time.sleep(min(60.0, idle))
                 rss_samples.append(rss_mib(daemon.pid))
-                most_connections = max(
-                    most_connections, consul_connections(daemon.pid, consul_port)
-                )
+                most_connections = max(most_connections, connections_to(daemon.pid, consul_port))
             elapsed = time.monotonic() - idle_started
             consul_requests = metric(metrics_address, "syncd_source_requests_total") - consul_before
             cpu = cpu_seconds(daemon.pid) - cpu_before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -108,3 +109,14 @@ def wait_for(condition, what: str, timeout: float = 10.0, interval: float = 0.05
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections of process `pid` to local port `port` (from `ss`)."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "dport", f"= :{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(1 for line in out.splitlines() if re.search(rf"pid={pid},", line))

@@ -6,8 +6,6 @@ small here so that a handful of services already needs the feeds.
 
 from __future__ import annotations
 
-import re
-import subprocess
 import time
 import urllib.request
 
@@ -15,6 +13,7 @@ import pytest
 
 from tests.harness.kube_apiserver import free_port
 from tests.helpers import (
+    connections_to,
     endpoint_pairs,
     readiness,
     slices_of,
@@ -53,17 +52,6 @@ def sample(text: str, name: str, **labels: str) -> float:
         ):
             total += float(value)
     return total
-
-
-def connections_to(pid: int, port: int) -> int:
-    """Established TCP connections of process `pid` to local port `port` (from `ss`)."""
-    out = subprocess.run(
-        ["ss", "-Htnp", "state", "established", "dport", f"= :{port}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return sum(1 for line in out.splitlines() if re.search(rf"pid={pid},", line))
 
 
 def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
