@@ -155,6 +155,9 @@ class ClusterCache:
         self._kinds = kinds
         self._stores = {kind.name: _Store(kind) for kind in kinds}
         self._expected: dict[ObjectId, View] = {}
+        # objects syncd deleted whose DELETED event has not come yet -> their uid: a late
+        # event of an earlier write must not bring them back (a second delete, a 404)
+        self._gone: dict[ObjectId, str] = {}
         self._lock = threading.RLock()
         self.statuses = [
             InformerStatus(kind.name, namespace) for kind in kinds for namespace in self._namespaces
@@ -177,6 +180,9 @@ class ClusterCache:
 
         with self._lock:
             changes = self._stores[kind.name].replace(pages(), status.namespace)
+            for oid in [o for o in self._gone if o[0] == kind.name]:
+                if status.namespace in (None, oid[1]):
+                    del self._gone[oid]  # the list is the truth now; its watch follows
         status.synced = True
         return changes, version
 
@@ -231,12 +237,12 @@ class ClusterCache:
                 for event, obj in events:
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
                     if event in ("ADDED", "MODIFIED"):
-                        with self._lock:
-                            old = self._stores[kind.name].put(obj)
-                            new = self._stores[kind.name].by_name[_Store._name(obj)]
-                        self._dispatch(kind, old, new)
+                        stored = self._stored_event(kind, obj)
+                        if stored is not None:
+                            self._dispatch(kind, *stored)
                     elif event == "DELETED":
                         with self._lock:
+                            self._gone.pop((kind.name, *_Store._name(obj)), None)
                             old = self._stores[kind.name].pop(_Store._name(obj))
                         self._dispatch(kind, old, None)
                     if stop.is_set():
@@ -263,6 +269,24 @@ class ClusterCache:
                 status.last_error = f"unexpected: {exc!r}"
                 version = ""
                 stop.wait(self._backoff(failures, False))
+
+    def _stored_event(self, kind: Kind, obj: Obj) -> tuple[Obj | None, Obj] | None:
+        """Store an ADDED/MODIFIED event; None when it is older than what syncd holds (its
+        own write's answer came first) or describes an object syncd has since deleted."""
+        name = _Store._name(obj)
+        oid = (kind.name, *name)
+        with self._lock:
+            store = self._stores[kind.name]
+            gone = self._gone.get(oid)
+            if gone is not None:
+                if gone == ((obj.get("metadata") or {}).get("uid") or ""):
+                    return None
+                del self._gone[oid]  # created again since: a new object
+            current = store.by_name.get(name)
+            if current is not None and not _newer(obj, current):
+                return None
+            old = store.put(obj)
+            return old, store.by_name[name]
 
     @staticmethod
     def _backoff(failures: int, soon: bool) -> float:
@@ -318,11 +342,15 @@ class ClusterCache:
                 store.put(obj)
             self._expected.pop((kind.name, *name), None)
 
-    def deleted(self, kind_name: str, namespace: str, name: str) -> None:
+    def deleted(self, kind_name: str, namespace: str, name: str, uid: str = "") -> None:
+        """syncd deleted this object: forget it, and ignore late events of it."""
         with self._lock:
             store = self._stores.get(kind_name)
             if store is not None:
-                store.pop((namespace, name))
+                old = store.pop((namespace, name))
+                uid = uid or ((old or {}).get("metadata") or {}).get("uid") or ""
+                if uid:
+                    self._gone[(kind_name, namespace, name)] = uid
             self._expected.pop((kind_name, namespace, name), None)
 
     def write_failed(self, oid: ObjectId) -> None:

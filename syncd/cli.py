@@ -557,12 +557,18 @@ def _one_pass(kube: Kube, config: Config, settings: OnceSettings, stop: threadin
     return EXIT_TARGET_FAILED if failed or stop.is_set() else EXIT_OK
 
 
+_OUTPUT_LOCK = threading.Lock()  # the daemon's workers report at once: never mix lines
+
+
 def _print_result(result: TargetResult, dry_run: bool) -> None:
+    """A result's lines, each stream written in one call (whole lines, never interleaved)."""
     out, err = _result_lines(result, dry_run)
-    for line in err:
-        print(line, file=sys.stderr)
-    for line in out:
-        print(line)
+    with _OUTPUT_LOCK:
+        if err:
+            sys.stderr.write("".join(line + "\n" for line in err))
+            sys.stderr.flush()
+        if out:
+            sys.stdout.write("".join(line + "\n" for line in out))
 
 
 def _result_lines(result: TargetResult, dry_run: bool) -> tuple[list[str], list[str]]:

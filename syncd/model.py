@@ -257,8 +257,8 @@ class ConsulConnection:
         return max(1, min(4, self.max_connections // 8))
 
     def least_connections(self, datacenters: int) -> int:
-        """The least budget that follows `datacenters`: the readers and three feeds each."""
-        return self.readers + 3 * datacenters
+        """The least budget that follows `datacenters`: the readers and four feeds each."""
+        return self.readers + 4 * datacenters
 
 
 # Never endpoints, whatever a registry says: metadata services, loopback, "this host",

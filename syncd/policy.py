@@ -177,13 +177,17 @@ def choose(
         if len(answers) == 1 and isinstance(answers[0], Snapshot):
             chosen, reason = 0, "the only source"
         else:
-            failed = all(isinstance(a, SourceError) for a in answers)
-            why = (
-                "no source answered"
-                if failed
-                else f"no tier has {failover.min_ready} ready backends"
+            if any(isinstance(a, SourceError) for a in answers):  # stale: one is unknown
+                failed = all(isinstance(a, SourceError) for a in answers)
+                why = "no source answered" if failed else "no answering tier qualifies"
+                return Verdict(None, state, f"{why}; keeping what is applied")
+            # Every source answered and none qualifies: not stale, a protection
+            return Verdict(
+                None,
+                state,
+                f"no tier has {failover.min_ready} ready backends; keeping what is applied",
+                protected=True,
             )
-            return Verdict(None, state, f"{why}; keeping what is applied")
     else:
         best, current = candidates[0], state.active
         if current is None:

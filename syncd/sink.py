@@ -134,7 +134,7 @@ class Sink:
             if change.action is Action.DELETE:
                 uid = ((change.live or {}).get("metadata") or {}).get("uid")
                 self._kube.delete(change.kind, change.namespace, change.name, uid)
-                self._cache.deleted(*oid)
+                self._cache.deleted(*oid, uid=uid or "")
                 return None
             if change.action is Action.CREATE:
                 written = self._kube.create(dict(change.desired or {}))

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,25 @@ def connections_to(pid: int, port: int) -> int:
         check=True,
     ).stdout
     return sum(1 for line in out.splitlines() if re.search(rf"pid={pid},", line))
+
+
+def scrape(address: str) -> str:
+    """syncd's /metrics; "" while it is not serving yet."""
+    try:
+        return urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    except OSError:
+        return ""
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` that carry all these labels."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        if metric == name and all(
+            w in label_text.split(",") or w + "}" in label_text.split(",") for w in wanted
+        ):
+            total += float(value)
+    return total

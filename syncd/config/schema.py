@@ -676,7 +676,7 @@ def parse_consul_connection(raw: Any, scope: Scope, base_dir: Path) -> ConsulCon
                 "timeout": (0.1, 600),
                 "wait": (1, 600),
                 "min_query_interval": (0, 60),
-                "max_connections": (4, 10000, True),
+                "max_connections": (5, 10000, True),
                 "sweep_rate": (0.1, 100000),
             },
         )

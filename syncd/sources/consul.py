@@ -259,13 +259,23 @@ class ConsulSource:
     def path(self) -> str:
         return f"/v1/health/service/{urllib.parse.quote(self.config.service, safe='')}"
 
-    def read(self, client: consul.Consul, index: int = 0, unless_index: int | None = None) -> Reply:
-        """One read with `client`; blocking when index > 0. Raises SourceError on any failure,
-        including an answer Consul filtered by ACLs."""
+    def read(
+        self,
+        client: consul.Consul,
+        index: int = 0,
+        unless_index: int | None = None,
+        selection: str | None = None,
+    ) -> Reply:
+        """One read with `client`; blocking when index > 0; with `selection` (a filter
+        expression; only for a source without a `filter` of its own) just those instances.
+        Raises SourceError on any failure, including an answer Consul filtered by ACLs."""
+        params = query_params(self.config, index, self.clients.connection.wait)
+        if selection:
+            params.append(("filter", selection))
         reply = get(
             client,
             self.path,
-            query_params(self.config, index, self.clients.connection.wait),
+            params,
             kind="consul",
             name=self.describe(),
             denied="ACL token lacks read access",

@@ -7,41 +7,44 @@ query per target therefore cannot pass ~200 targets. Here the connections are a 
 
 - **watches**: a service small enough (<= BIG_SERVICE instances) gets its own blocking query
   on /v1/health/service/<name>, one connection and one thread each, as long as slots are
-  free. Any change (a check, a new instance, a move) arrives within a round trip.
-- **three change feeds per datacenter** (started once a service there has no slot of its
-  own), each one blocking query:
-  - the *health feeds*, /v1/health/state/critical and /v1/health/state/warning: every
-    check in the datacenter that is not passing. (One filtered query on state/any would
-    do, but Consul evaluates a filter on every check: 37 ms at 35,000 checks against
-    1 ms for these, which its state index serves.) Their index moves on any check
-    change; the difference between two answers names the checks that changed (service
-    checks by service, node checks by node). A check that turned critical or warning is
-    applied to the entries syncd holds (no read at all); a check that left a list is
-    confirmed with a small filtered read of /v1/health/checks/<service> (it may have
-    passed, changed lists, or been deregistered); a check syncd has never seen (a new
-    instance) makes syncd read that service again.
-  - the *catalog feed*, /v1/catalog/services: its index moves on every registration
-    change in the datacenter. Services that appear or vanish are read at once; as the
-    catalog does not say which instance changed (a move keeps its checks as they were),
-    every feed-followed service of the datacenter is then read once more, paced at
-    `consul.sweep_rate` reads per second (a sweep; changes during a sweep are covered by
-    one more sweep after it). A read whose index has not moved is not even parsed.
+  free. Any change (a check, a new instance, a move, its node) arrives within a round trip.
+- **four change feeds per datacenter** (started once a service there has no slot of its
+  own), each one blocking query; which Consul write reaches syncd through which feed:
+  - /v1/health/state/critical and /v1/health/state/warning: every check that is not
+    passing, service and node checks (maintenance is a critical check) alike. (One
+    filtered query on state/any would do, but Consul evaluates a filter on every check:
+    37 ms at 35,000 checks against 1 ms for these, which its state index serves.) The
+    difference between two answers names the checks that changed, with their node and
+    instance. What can only make instances less ready is patched into the entries syncd
+    holds at once (no read); everything else (a check passing or leaving, critical
+    turning warning, a check of an instance syncd does not hold) is answered by a
+    *partial read*: the service filtered to that instance, or to every instance on that
+    node, which returns their address and port with their checks (see consul_state).
+  - /v1/catalog/nodes: node records. A node whose address, tagged addresses or meta
+    changed, or that was deregistered, has its instances read (one partial read per
+    service with instances there).
+  - /v1/catalog/services: its index moves on every registration in the datacenter.
+    Services that appear or vanish are read at once. As it does not say which instance
+    changed (a move keeps its checks as they were), it starts a paced **sweep**: every
+    feed-followed service whose last read started before the change is read once more,
+    at `consul.sweep_rate` reads per second. A change during a sweep extends it rather
+    than queueing another, so any change is read within one round (services / rate).
+    A read whose index has not moved is not even parsed.
 - **a shared pool of readers** (up to 4 connections and threads) for those reads,
   the first read of every feed-followed service, and prepared queries.
 
 So connections and threads stay at most `max_connections` whatever the number of targets;
-identical queries of several targets are asked once. The trade-off, measured in the README:
-a check change reaches a feed-followed service within two round trips like a watched one;
-a new, moved or deregistered instance that changes no check waits for the sweep (seconds
-at 1,000 services, about a minute and a half at 10,000 with the default rate). Services
-with their own `filter` expression are read again rather than patched, as the filter may
+identical queries of several targets are asked once. A patched or partially read answer
+that would take a target below its `drain_floor` is not handed out: the service is read in
+full first, so drain protection only ever holds on one consistent answer. Services with
+their own `filter` expression are read in full rather than patched, as the filter may
 depend on check status.
 
 Index rules as Consul documents them: an unchanged index on a watch's timeout means
 nothing changed; an index that goes backwards (an agent restarted, a snapshot restored)
 starts over from 0 and, for a feed, re-reads the datacenter's feed-followed services;
-after a failure a watch starts over from 0. Edits to checks syncd has applied itself are
-ordered by ModifyIndex, so a read that started before a feed's change cannot undo it.
+after a failure a watch starts over from 0. Edits learned from the feeds are ordered by
+their raft index, so a read that started before a feed's change cannot undo it.
 
 Failures back off with jitter per watch, per feed and per service read (reads retry
 through a rate-limited queue: a Consul outage cannot become a storm), and the targets
@@ -56,32 +59,39 @@ import logging
 import random
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.errors import SourceError
-from syncd.model import ConsulSourceConfig
+from syncd.model import ConsulSourceConfig, ready_count
 from syncd.observability import CONSUL_CONNECTIONS, CONSUL_READS, CONSUL_SERVICES
 from syncd.sources.base import ChangeEmitter, Emit
-from syncd.sources.consul import ConsulSource, EntryMemo, scope_params, slim_entry
+from syncd.sources.consul import ConsulSource, EntryMemo
 from syncd.sources.consul_api import ConsulClients, HeldClient, get
+from syncd.sources.consul_state import (
+    CheckChange,
+    NodeRecords,
+    NonPassing,
+    QueryState,
+    Selector,
+    changed_nodes,
+    check_changes,
+    node_records,
+    non_passing,
+    selector_filter,
+)
 from syncd.workqueue import RetryLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
 
-HEALTH_FEEDS = ("critical", "warning")  # the checks that are not passing, by status
-FEEDS = len(HEALTH_FEEDS) + 1  # and the catalog's: connections each datacenter keeps
 BIG_SERVICE = 256  # instances above which a service is followed by the feeds, not a watch
-CONFIRM_BATCH = 32  # checks confirmed in one filtered read; more: read the whole service
+CONFIRM_BATCH = 32  # instances read in one filtered read; more: read the whole service
 WATCH_RETRY_CAP = 5.0  # seconds between a failing watch's attempts, at most
 FEED_RETRY_CAP = 10.0  # ... a failing feed's
 
 QueryKey = tuple  # what makes two sources ask Consul the same question
 Scope = tuple[str | None, str | None, str | None]  # datacenter, namespace, partition
-InstanceKey = tuple[str, str]  # (node, service id)
-CheckKey = tuple[str, str]  # (node, check id)
 
 
 def query_key(config: ConsulSourceConfig) -> QueryKey:
@@ -107,62 +117,6 @@ class Mode(enum.Enum):
     FEED = "feed"  # the change feeds and the shared readers
 
 
-# --------------------------------------------------------------------------- pure pieces
-
-
-@dataclass(frozen=True)
-class CheckChange:
-    """A check the health feed saw change: its new status as of `index`."""
-
-    check: CheckKey
-    service: str  # "" for a node check
-    status: str  # "passing" when it left the non-passing list (to be confirmed)
-    index: int  # the check's ModifyIndex, or the feed's index when it left the list
-    left: bool = False  # left the non-passing list: passed, or was deregistered
-
-
-NonPassing = dict[CheckKey, tuple[str, str, int]]  # check -> (service, status, ModifyIndex)
-
-
-def non_passing(rows: Iterable[dict[str, Any]]) -> NonPassing:
-    """The health feed's answer, keyed by check."""
-    return {
-        (str(row.get("Node", "")), str(row.get("CheckID", ""))): (
-            str(row.get("ServiceName") or ""),
-            str(row.get("Status", "")),
-            int(row.get("ModifyIndex") or 0),
-        )
-        for row in rows
-        if isinstance(row, dict)
-    }
-
-
-def check_changes(before: NonPassing, after: NonPassing, index: int) -> list[CheckChange]:
-    """What changed between two answers of the health feed (pure)."""
-    changes = [
-        CheckChange(check, service, status, modify_index)
-        for check, (service, status, modify_index) in after.items()
-        if before.get(check) != (service, status, modify_index)
-    ]
-    changes += [
-        CheckChange(check, service, "passing", index, left=True)
-        for check, (service, _status, _index) in before.items()
-        if check not in after
-    ]
-    return changes
-
-
-def confirm_filter(checks: Iterable[CheckKey]) -> str:
-    """A filter expression selecting exactly these checks of a service."""
-
-    def quoted(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    return " or ".join(
-        f"(Node == {quoted(node)} and CheckID == {quoted(check)})" for node, check in checks
-    )
-
-
 # --------------------------------------------------------------------------- one query
 
 
@@ -173,23 +127,17 @@ class _Subscriber:
     memo: EntryMemo = field(default_factory=dict)
 
 
-class _Query:
-    """One question to Consul and what syncd knows of its answer, shared by the targets
-    asking it. Entries are replaced, never edited, so unchanged ones map from the memo."""
+class _Query(QueryState):
+    """One question to Consul, its answer (QueryState) and the targets asking it."""
 
     def __init__(self, key: QueryKey, source: ConsulSource):
+        super().__init__()
         self.key = key
         self.source = source  # the first subscriber's; all ask the same
         self.scope = scope_of(source.config)
         self.service = source.config.service
         self.subscribers: dict[int, _Subscriber] = {}
         self.mode = Mode.NEW
-        self.lock = threading.RLock()
-        self.index = 0  # of the last full read applied
-        self.entries: dict[InstanceKey, dict[str, Any]] | None = None  # None: never read
-        self.homes: dict[CheckKey, list[InstanceKey]] = {}  # check -> instances carrying it
-        self.applied: dict[CheckKey, tuple[str, int]] = {}  # feed edits: (status, as of)
-        self.read_started = 0.0  # monotonic start of the last full read applied
         self.failing = False
         self.failed_by_feed = False  # stale because its datacenter's feeds fail
         self.reset_next = False  # Consul's index went backwards: forget the feed edits
@@ -207,81 +155,29 @@ class _Query:
     def patchable(self) -> bool:
         return not self.source.config.filter
 
-    @property
-    def size(self) -> int:
-        return len(self.entries or ())
+    def publish(self, unless_draining: bool = False) -> bool:
+        """Hand the current answer to every subscriber (each maps it for its target).
 
-    def replace(self, index: int, body: list[dict[str, Any]], started: float, reset: bool) -> None:
-        """A full read: it becomes the entries, except feed edits newer than it."""
-        with self.lock:
-            entries: dict[InstanceKey, dict[str, Any]] = {}
-            homes: dict[CheckKey, list[InstanceKey]] = {}
-            for entry in map(slim_entry, body):
-                node = str((entry.get("Node") or {}).get("Node", ""))
-                instance = (node, str((entry.get("Service") or {}).get("ID", "")))
-                entries[instance] = entry
-                for check in entry.get("Checks") or ():
-                    homes.setdefault(
-                        (str(check.get("Node", node)), str(check.get("CheckID", ""))), []
-                    ).append(instance)
-            self.entries, self.homes, self.index = entries, homes, index
-            self.read_started = started
-            kept = {} if reset else self.applied
-            self.applied = {}
-            for check, (status, as_of) in kept.items():
-                self._apply(check, status, as_of)  # kept where newer than this read
-
-    def apply_changes(self, changes: Iterable[tuple[CheckKey, str, int]]) -> tuple[bool, bool]:
-        """Apply check statuses learned elsewhere; returns (anything changed, some check
-        is unknown here: read the service again)."""
-        changed = unknown = False
+        With `unless_draining` (a patched answer), nothing is handed out if it would leave
+        some target below its drain floor: the caller reads the service in full first, so
+        drain protection only ever holds on a consistent answer. Returns whether it did."""
         with self.lock:
             if self.entries is None:
-                return False, True
-            for check, status, as_of in changes:
-                if check not in self.homes:
-                    unknown = True
-                    continue
-                changed |= self._apply(check, status, as_of)
-        return changed, unknown
-
-    def _apply(self, check_key: CheckKey, status: str, as_of: int) -> bool:
-        """Set the check's status where what syncd holds is older than `as_of`; remember
-        the edit until a full read at least as new replaces it."""
-        assert self.entries is not None
-        changed = newer = False
-        for instance in self.homes.get(check_key, ()):
-            entry = self.entries.get(instance)
-            if entry is None:
-                continue
-            new_checks = []
-            edited = False
-            for check in entry.get("Checks") or ():
-                node = str(check.get("Node", instance[0]))
-                if (node, str(check.get("CheckID", ""))) == check_key and int(
-                    check.get("ModifyIndex") or 0
-                ) < as_of:
-                    newer = True
-                    edited |= check.get("Status") != status
-                    check = {**check, "Status": status, "ModifyIndex": as_of}
-                new_checks.append(check)
-            if edited:
-                changed = True
-                self.entries[instance] = {**entry, "Checks": new_checks}
-        if newer:
-            self.applied[check_key] = (status, as_of)
-        return changed
-
-    def publish(self) -> None:
-        """Hand the current answer to every subscriber (each maps it for its target)."""
-        with self.lock:
-            if self.entries is None:
-                return
-            self.failing = self.failed_by_feed = False
+                return False
             entries = list(self.entries.values())
-            for subscriber in list(self.subscribers.values()):
-                snapshot = subscriber.source.snapshot(entries, subscriber.memo)
+            snapshots = [
+                (subscriber, subscriber.source.snapshot(entries, subscriber.memo))
+                for subscriber in list(self.subscribers.values())
+            ]
+            if unless_draining and any(
+                ready_count(snapshot.backends) < subscriber.source.target.drain_floor
+                for subscriber, snapshot in snapshots
+            ):
+                return False
+            self.failing = self.failed_by_feed = False
+            for subscriber, snapshot in snapshots:
                 subscriber.emitter.answer(snapshot)
+            return True
 
     def fail(self, error: SourceError, quiet: bool = False, by_feed: bool = False) -> None:
         with self.lock:
@@ -302,25 +198,27 @@ class Subscription:
 
 @dataclass
 class _Feeds:
-    """The change feeds of one datacenter and what they last said."""
+    """The change feeds of one datacenter, what they last said, and its sweep."""
 
     scope: Scope
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
+    held: list[HeldClient] = field(default_factory=list)  # the feeds' connections
+    failing: set[str] = field(default_factory=set)  # feed kinds
+    indexes: dict[str, int] = field(default_factory=dict)  # per feed kind
     non_passing: dict[str, NonPassing] = field(default_factory=dict)  # per health feed
     names: set[str] | None = None  # the catalog feed's last answer
-    health_index: dict[str, int] = field(default_factory=dict)  # per health feed
-    catalog_index: int = 0
-    failing: set[str] = field(default_factory=set)  # feed kinds
+    nodes: NodeRecords | None = None  # the node feed's last answer
+    # the sweep: every feed-followed service read once after `changed_at`, in ring order
+    changed_at: float = 0.0
+    sweeping: bool = False
+    ring: list[QueryKey] = field(default_factory=list)
+    cursor: int = 0
 
     @property
     def answered(self) -> bool:
         """Have both health feeds answered (so a service placed now is read by them)?"""
         return all(kind in self.non_passing for kind in HEALTH_FEEDS)
-
-    sweeping: bool = False
-    sweep_again: bool = False
-    held: list[HeldClient] = field(default_factory=list)  # the feeds' connections
 
     def close(self) -> None:
         self.stop.set()
@@ -328,8 +226,12 @@ class _Feeds:
             held.interrupt()
 
 
-_SWEEP_END = "\0sweep-end"  # queue key prefix: a sweep of one scope is due to end
-_REBALANCE = "\0rebalance"  # queue key: watch slots were freed; place the queries again
+class _Job(enum.Enum):
+    """Queue keys of the readers' work that is not a full read of one query."""
+
+    CONFIRM = "confirm"  # (CONFIRM, query key): a partial read of the instances in _confirm
+    SWEEP = "sweep"  # (SWEEP, scope): the sweep's next step
+    REBALANCE = "rebalance"  # (REBALANCE,): watch slots were freed; place the queries again
 
 
 class ConsulWatch:
@@ -343,7 +245,7 @@ class ConsulWatch:
         self._queries: dict[QueryKey, _Query] = {}
         self._by_service: dict[tuple[Scope, str], set[QueryKey]] = {}
         self._feeds: dict[Scope, _Feeds] = {}
-        self._confirm: dict[QueryKey, set[CheckKey]] = {}
+        self._confirm: dict[QueryKey, set[Selector]] = {}
         self._watchers: dict[int, _Query] = {}  # live watch threads (a stopped one lingers
         #                                          until its blocking query returns)
         self._lock = threading.RLock()
@@ -397,15 +299,15 @@ class ConsulWatch:
         """Place new queries and rebalance after subscriptions changed: watches while
         slots are free, the feeds for the rest; start and stop feeds to match.
 
-        Two connections per datacenter stay reserved for its feeds even while every
-        service has a watch, so a service that grows big can move to the feeds at once.
+        The feeds' connections stay reserved for every datacenter even while every service
+        has a watch, so a service that grows big can move to the feeds at once.
         """
         with self._lock:
             if self._stopped.is_set():
                 return
             queries = list(self._queries.values())
             scopes = {q.scope for q in queries}
-            slots = max(0, self._budget - self.clients.size - FEEDS * len(scopes))
+            slots = max(0, self._budget - self.clients.size - len(FEEDS) * len(scopes))
             alive = len(self._watchers)
             watched = 0
             for query in queries:
@@ -524,13 +426,13 @@ class ConsulWatch:
             with self._lock:
                 self._watchers.pop(serial, None)
             if not self._stopped.is_set():  # its slot is free: another service may take it
-                self._queue.add(_REBALANCE, "rebalance")  # many ending at once: one commit
+                self._queue.add((_Job.REBALANCE,), "rebalance")  # many at once: one commit
 
     # -- the change feeds
 
     def _start_feeds(self, scope: Scope) -> None:
         feeds = self._feeds[scope] = _Feeds(scope)
-        for kind in (*HEALTH_FEEDS, "catalog"):
+        for kind in FEEDS:
             thread = threading.Thread(
                 target=self._feed_loop,
                 args=(feeds, kind),
@@ -548,7 +450,7 @@ class ConsulWatch:
             for key, value in zip(("dc", "ns", "partition"), feeds.scope, strict=True)
             if value
         ]
-        path = f"/v1/health/state/{kind}" if kind in HEALTH_FEEDS else "/v1/catalog/services"
+        path = FEED_PATHS[kind]
         wait = f"{int(self.clients.connection.wait)}s"
         held: HeldClient | None = None
         index = failures = 0
@@ -603,18 +505,24 @@ class ConsulWatch:
             return
         recovered = kind in feeds.failing
         feeds.failing.discard(kind)
+        last = feeds.indexes.get(kind, 0)
+        first = kind not in feeds.indexes
+        feeds.indexes[kind] = index
+        moved_on = not first and index >= last
+        rows = body if isinstance(body, list) else ()
         if kind in HEALTH_FEEDS:
-            last, before = feeds.health_index.get(kind, 0), feeds.non_passing.get(kind)
-            first = before is None
-            after = non_passing(body if isinstance(body, list) else ())
-            feeds.non_passing[kind], feeds.health_index[kind] = after, index
-            if before is not None and index >= last:
+            before = feeds.non_passing.get(kind)
+            after = feeds.non_passing[kind] = non_passing(rows)
+            if before is not None and moved_on:
                 self._route(feeds.scope, check_changes(before, after, index))
+        elif kind == "nodes":
+            old_nodes, feeds.nodes = feeds.nodes, node_records(rows)
+            if old_nodes is not None and moved_on:
+                self._nodes_changed(feeds.scope, changed_nodes(old_nodes, feeds.nodes))
         else:
-            last, first = feeds.catalog_index, feeds.names is None
             names = set(body) if isinstance(body, dict) else set()
-            old_names, feeds.names, feeds.catalog_index = feeds.names, names, index
-            if not first and index > last and old_names is not None:
+            old_names, feeds.names = feeds.names, names
+            if old_names is not None and moved_on and index > last:
                 for service in names ^ old_names:  # appeared or vanished: read them now
                     for key in self._by_service.get((feeds.scope, service), ()):
                         self._queue.add(key, "catalog")
@@ -648,13 +556,18 @@ class ConsulWatch:
             query.fail(error, quiet=True, by_feed=True)
 
     def _route(self, scope: Scope, changes: list[CheckChange]) -> None:
-        """Apply the health feed's changes to the services they concern (lock held)."""
+        """Take the health feeds' changes to the services they concern (lock held): a
+        service check to its service's queries, a node check to every query with an
+        instance on that node (a check syncd has never seen included)."""
         by_query: dict[QueryKey, list[CheckChange]] = {}
+        feed_queries: list[_Query] | None = None
         for change in changes:
             if change.service:
                 keys: Iterable[QueryKey] = self._by_service.get((scope, change.service), ())
-            else:  # a node check: every service with an instance on that node
-                keys = [q.key for q in self._feed_queries(scope) if change.check in q.homes]
+            else:
+                if feed_queries is None:
+                    feed_queries = self._feed_queries(scope)
+                keys = [q.key for q in feed_queries if change.node in q.on_node]
             for key in keys:
                 by_query.setdefault(key, []).append(change)
         for key, mine in by_query.items():
@@ -664,39 +577,62 @@ class ConsulWatch:
             if not query.patchable:
                 self._queue.add(key, "health")
                 continue
-            left = {change.check for change in mine if change.left}
-            if left:
-                self._confirm.setdefault(key, set()).update(left)
-                self._queue.add((_CONFIRM, key), "health")
-            changed, unknown = query.apply_changes(
-                (change.check, change.status, change.index) for change in mine if not change.left
-            )
-            if unknown:
-                self._queue.add(key, "health")
-            elif changed:
-                query.publish()
+            result = query.patch(mine)
+            if result.reads:
+                self._read_instances(key, result.reads)
+            if result.changed and not query.publish(unless_draining=True):
+                self._queue.add(key, "verify")  # read in full before drain protection holds
+
+    def _nodes_changed(self, scope: Scope, nodes: set[str]) -> None:
+        """Nodes whose address or meta changed, or that left: read their instances (lock
+        held)."""
+        if not nodes:
+            return
+        for query in self._feed_queries(scope):
+            mine = nodes & query.on_node.keys()
+            if not mine:
+                continue
+            if query.patchable:
+                self._read_instances(query.key, {(node, None) for node in mine})
+            else:
+                self._queue.add(query.key, "node")
+
+    def _read_instances(self, key: QueryKey, selectors: Iterable[Selector]) -> None:
+        self._confirm.setdefault(key, set()).update(selectors)
+        self._queue.add((_Job.CONFIRM, key), "instances")
 
     def _sweep(self, feeds: _Feeds) -> None:
-        """Read every feed-followed service of the scope once, paced (lock held)."""
-        if feeds.sweeping:
-            feeds.sweep_again = True  # one more after this one covers what comes meanwhile
-            return
-        keys = [q.key for q in self._feed_queries(feeds.scope)]
-        feeds.sweeping = True
-        spacing = 1.0 / self._sweep_rate
-        for position, key in enumerate(keys):
-            self._queue.add_after(key, position * spacing, "sweep")
-        self._queue.add_after((_SWEEP_END, feeds.scope), len(keys) * spacing + 0.001, "sweep")
+        """Read every feed-followed service of the scope whose last read started before
+        now, paced at sweep_rate (lock held). A sweep under way just extends: each service
+        is read once after the latest change, so a change waits at most one round."""
+        feeds.changed_at = time.monotonic()
+        if not feeds.sweeping:
+            feeds.sweeping = True
+            feeds.ring, feeds.cursor = [q.key for q in self._feed_queries(feeds.scope)], 0
+            self._queue.add((_Job.SWEEP, feeds.scope), "sweep")
 
-    def _sweep_ended(self, scope: Scope) -> None:
+    def _sweep_step(self, scope: Scope) -> None:
+        """Queue the next service the sweep must read; come back after one spacing."""
         with self._lock:
             feeds = self._feeds.get(scope)
-            if feeds is None:
+            if feeds is None or not feeds.sweeping:
                 return
+            for _lap in range(2):
+                while feeds.cursor < len(feeds.ring):
+                    key = feeds.ring[feeds.cursor]
+                    feeds.cursor += 1
+                    query = self._queries.get(key)
+                    if (
+                        query is not None
+                        and query.mode is Mode.FEED
+                        and query.read_started < feeds.changed_at
+                    ):
+                        self._queue.add(key, "sweep")
+                        self._queue.add_after((_Job.SWEEP, scope), 1.0 / self._sweep_rate, "sweep")
+                        return
+                # a round ended: go round again only for services not read since the change
+                feeds.ring, feeds.cursor = [q.key for q in self._feed_queries(scope)], 0
             feeds.sweeping = False
-            if feeds.sweep_again:
-                feeds.sweep_again = False
-                self._sweep(feeds)
 
     # -- the shared readers
 
@@ -707,12 +643,12 @@ class ConsulWatch:
                 continue
             key, reason = item
             try:
-                if key == _REBALANCE:
+                if key == (_Job.REBALANCE,):
                     self.commit()
-                elif isinstance(key, tuple) and key and key[0] == _CONFIRM:
-                    self._confirm_read(key[1])
-                elif isinstance(key, tuple) and key and key[0] == _SWEEP_END:
-                    self._sweep_ended(key[1])
+                elif isinstance(key, tuple) and key and key[0] is _Job.CONFIRM:
+                    self._partial_read(key[1])
+                elif isinstance(key, tuple) and key and key[0] is _Job.SWEEP:
+                    self._sweep_step(key[1])
                 else:
                     self._read(key, reason)  # type: ignore[arg-type]
             except Exception:  # a bug must not end a reader
@@ -739,56 +675,43 @@ class ConsulWatch:
             return
         self._queue.forget(key)
         if reply.body is None:  # its index has not moved: nothing changed
+            with query.lock:
+                query.read_started = max(query.read_started, started)
             return
         query.replace(reply.index, reply.body, started, reset or reply.index < query.index)
         query.publish()
 
-    def _confirm_read(self, key: QueryKey) -> None:
-        """Did these checks pass, or go away? One small filtered read of the service's checks."""
+    def _partial_read(self, key: QueryKey) -> None:
+        """Read just the instances a feed named (one filtered read of the service): they
+        may have moved, passed, or gone since syncd last read them."""
         with self._lock:
-            checks = self._confirm.pop(key, set())
+            selectors = frozenset(self._confirm.pop(key, ()))
             query = self._queries.get(key)
-        if not checks or query is None or query.mode is not Mode.FEED:
+        if not selectors or query is None or query.mode is not Mode.FEED:
             return
-        if len(checks) > CONFIRM_BATCH:
-            self._queue.add(key, "health")
+        if len(selectors) > CONFIRM_BATCH:
+            self._queue.add(key, "health")  # many at once: one full read is cheaper
             return
         CONSUL_READS.labels("confirm").inc()
-        config = query.source.config
-        path = f"/v1/health/checks/{urllib.parse.quote(config.service, safe='')}"
-        params = [*scope_params(config), ("filter", confirm_filter(sorted(checks)))]
         try:
             with self.clients.borrow() as client:
-                reply = get(
-                    client,
-                    path,
-                    params,
-                    kind="consul",
-                    name=query.source.describe(),
-                    denied="ACL token lacks read access",
-                )
+                reply = query.source.read(client, 0, selection=selector_filter(selectors))
         except SourceError:
             self._queue.add(key, "health")  # the full read retries with backoff
             return
-        found = {
-            (str(c.get("Node", "")), str(c.get("CheckID", ""))): (
-                str(c.get("Status", "")),
-                int(c.get("ModifyIndex") or 0),
-            )
-            for c in reply.body or ()
-            if isinstance(c, dict)
-        }
-        if reply.filtered_by_acls or any(check not in found for check in checks):
-            self._queue.add(key, "health")  # deregistered (or hidden): read it whole
-            return
-        changed, unknown = query.apply_changes((check, *found[check]) for check in checks)
-        if unknown:
-            self._queue.add(key, "health")
-        elif changed:
-            query.publish()
+        query.refresh(selectors, reply.index, reply.body or [])
+        if not query.publish(unless_draining=True):
+            self._queue.add(key, "verify")
 
 
-_CONFIRM = "\0confirm"  # queue key prefix: confirm checks that left the non-passing list
+HEALTH_FEEDS = ("critical", "warning")  # the checks that are not passing, by status
+FEED_PATHS = {
+    "critical": "/v1/health/state/critical",
+    "warning": "/v1/health/state/warning",
+    "nodes": "/v1/catalog/nodes",  # node addresses and meta; a node leaving
+    "catalog": "/v1/catalog/services",  # services appearing and vanishing; any registration
+}
+FEEDS = tuple(FEED_PATHS)  # one connection each, per datacenter
 
 
 def backoff(failures: int, cap: float) -> float:
@@ -801,4 +724,4 @@ def _scope_name(scope: Scope) -> str:
     return "consul change feeds" + (f"@{datacenter}" if datacenter else "")
 
 
-__all__ = ["ConsulWatch", "Mode", "Subscription", "check_changes", "confirm_filter", "non_passing"]
+__all__ = ["ConsulWatch", "Mode", "Subscription"]

@@ -7,7 +7,6 @@ small here so that a handful of services already needs the feeds.
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 
@@ -16,6 +15,8 @@ from tests.helpers import (
     connections_to,
     endpoint_pairs,
     readiness,
+    sample,
+    scrape,
     slices_of,
     target_with,
     wait_for,
@@ -32,32 +33,10 @@ def consul_targets(namespace: str, services: list[str]) -> list[dict]:
     ]
 
 
-def scrape(address: str) -> str:
-    """syncd's /metrics; "" while it is not serving yet."""
-    try:
-        return urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
-    except OSError:
-        return ""
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` that carry all these labels."""
-    wanted = [f'{k}="{v}"' for k, v in labels.items()]
-    total = 0.0
-    for line in text.splitlines():
-        series, _, value = line.rpartition(" ")
-        metric, _, label_text = series.partition("{")
-        if metric == name and all(
-            w in label_text.split(",") or w + "}" in label_text.split(",") for w in wanted
-        ):
-            total += float(value)
-    return total
-
-
 def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     daemon, consul, admin, namespace, tmp_path
 ):
-    # max_connections 5: one shared reader, three feeds, one watch; the last two services
+    # max_connections 6: one shared reader, four feeds, one watch; the last two services
     # have no watch of their own.
     services = [f"feed{n}-{namespace}" for n in range(3)]
     for service in services:
@@ -67,7 +46,7 @@ def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     config = write_config(
         tmp_path / "c.yaml",
         *consul_targets(namespace, services),
-        consul={"address": consul.address, "max_connections": 5},
+        consul={"address": consul.address, "max_connections": 6},
     )
     process = daemon(config, "--metrics-address", metrics)
     service = services[-1]
@@ -76,7 +55,7 @@ def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     text = scrape(metrics)
     assert sample(text, "syncd_consul_services", mode="feed") == 2
     assert sample(text, "syncd_consul_services", mode="watch") == 1
-    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 5
+    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 6
 
     def ready_of(address: str):
         return readiness(slices_of(admin, namespace, service)).get((address, 8080))
@@ -99,7 +78,7 @@ def test_a_feed_followed_service_follows_flips_registrations_moves_and_removals(
     consul.deregister(f"{service}-2")  # critical, then gone: never made ready again
     wait_for(lambda: ready_of("192.0.2.2") is None, "a critical instance removed", timeout=3.0)
     assert sample(scrape(metrics), "syncd_consul_reads_total", reason="confirm") >= 1
-    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 5
+    assert connections_to(process.pid, int(consul.address.rsplit(":", 1)[1])) <= 6
 
 
 def test_identical_sources_of_several_targets_share_one_query(
@@ -211,8 +190,8 @@ def test_400_targets_converge_within_the_default_connection_limit(
     wait_for(converged, "400 targets with 3 ready backends each", timeout=120, interval=0.5)
     assert len(admin.list("EndpointSlice", namespace)) == 400
     text = scrape(metrics)
-    assert sample(text, "syncd_consul_services", mode="watch") == 25  # 32 - 4 readers - 3 feeds
-    assert sample(text, "syncd_consul_services", mode="feed") == 375
+    assert sample(text, "syncd_consul_services", mode="watch") == 24  # 32 - 4 readers - 4 feeds
+    assert sample(text, "syncd_consul_services", mode="feed") == 376
     assert sample(text, "syncd_source_requests_total", result="throttled") == 0
     assert most <= 32 and connections_to(process.pid, port) <= 32
     # Consul 32, the probe pool 32, the scheduler 9, workers 4, caches, metrics: not per target
@@ -266,3 +245,172 @@ def test_throttled_by_consul_backs_off_reports_stale_and_recovers(
     )
     port = int(consul_tight.address.rsplit(":", 1)[1])
     assert connections_to(process.pid, port) <= 6
+
+
+def feed_followed_web(consul, namespace: str, tmp_path, daemon, admin, **target_extra):
+    """Service web: one instance on the agent's node, two on an external node without
+    addresses of their own (they use the node's); one target, max_connections 5 (one
+    reader, four feeds: no watch at all)."""
+    web = f"web-{namespace}"
+    node = f"ext-{namespace}"
+    consul.register(f"{web}-agent", web, "192.0.2.10", 8080)
+    consul.request(
+        "PUT",
+        "/v1/txn",
+        [
+            {"Node": {"Verb": "set", "Node": {"Node": node, "Address": "192.0.2.20"}}},
+            *(
+                {
+                    "Service": {
+                        "Verb": "set",
+                        "Node": node,
+                        "Service": {"ID": f"{web}-{n}", "Service": web, "Port": 9000 + n},
+                    }
+                }
+                for n in (1, 2)
+            ),
+        ],
+    )
+    config = write_config(
+        tmp_path / "c.yaml",
+        target_with(namespace, "web", {"type": "consul", "service": web}, **target_extra),
+        consul={"address": consul.address, "max_connections": 5},
+    )
+    metrics = f"127.0.0.1:{free_port()}"
+    process = daemon(config, "--metrics-address", metrics)
+    wait_for(
+        lambda: (
+            readiness(slices_of(admin, namespace, "web"))
+            == {("192.0.2.10", 8080): True, ("192.0.2.20", 9001): True, ("192.0.2.20", 9002): True}
+        ),
+        "first sync",
+    )
+    assert sample(scrape(metrics), "syncd_consul_services", mode="feed") == 1
+    return web, node, process, metrics
+
+
+def test_node_maintenance_reaches_a_feed_followed_service(
+    daemon, consul_dev, admin, namespace, tmp_path
+):
+    feed_followed_web(consul_dev, namespace, tmp_path, daemon, admin)
+    consul_dev.request("PUT", "/v1/agent/maintenance?enable=true&reason=drain")
+    wait_for(
+        lambda: readiness(slices_of(admin, namespace, "web"))[("192.0.2.10", 8080)] is False,
+        "maintenance on the agent's node applied",
+    )
+    consul_dev.request("PUT", "/v1/agent/maintenance?enable=false")
+    wait_for(
+        lambda: readiness(slices_of(admin, namespace, "web"))[("192.0.2.10", 8080)] is True,
+        "maintenance off applied",
+    )
+
+
+def test_a_node_address_change_and_deregistration_reach_a_feed_followed_service(
+    daemon, consul_dev, admin, namespace, tmp_path
+):
+    # The deregistration removes 2 of 3 backends: the removal guard holds it until seen
+    # again confirm_after (1 s here) later, then applies it.
+    _web, node, _process, _metrics = feed_followed_web(
+        consul_dev, namespace, tmp_path, daemon, admin, guards={"confirm_after": 1}
+    )
+    consul_dev.request(
+        "PUT", "/v1/catalog/register", {"Node": node, "Address": "192.0.2.21"}
+    )  # its instances move with it
+    wait_for(
+        lambda: (
+            endpoint_pairs(slices_of(admin, namespace, "web"))
+            == {("192.0.2.10", 8080), ("192.0.2.21", 9001), ("192.0.2.21", 9002)}
+        ),
+        "the node's new address applied",
+    )
+    consul_dev.request("PUT", "/v1/catalog/deregister", {"Node": node})
+    wait_for(
+        lambda: endpoint_pairs(slices_of(admin, namespace, "web")) == {("192.0.2.10", 8080)},
+        "the node's instances gone with it",
+    )
+
+
+def test_a_new_critical_node_check_reaches_a_feed_followed_service(
+    daemon, consul_dev, admin, namespace, tmp_path
+):
+    _web, node, _process, _metrics = feed_followed_web(
+        consul_dev, namespace, tmp_path, daemon, admin
+    )
+    check = {"Node": node, "CheckID": "disk", "Name": "disk", "Status": "critical"}
+    consul_dev.request("PUT", "/v1/txn", [{"Check": {"Verb": "set", "Check": check}}])
+    wait_for(
+        lambda: (
+            readiness(slices_of(admin, namespace, "web"))
+            == {
+                ("192.0.2.10", 8080): True,
+                ("192.0.2.20", 9001): False,
+                ("192.0.2.20", 9002): False,
+            }
+        ),
+        "the node check applied to both instances on the node",
+    )
+
+
+def test_a_check_passing_after_a_move_never_readies_the_old_port(
+    daemon, consul_dev, admin, apiserver, namespace, tmp_path
+):
+    """A critical, B passing; A moves to another port (no feed names it); A passes; B
+    fails; A fails: the slice must never show A ready on its old port, and drain
+    protection holds A on its new port, with the metric and an Event saying so."""
+    web, node, _process, metrics = feed_followed_web(consul_dev, namespace, tmp_path, daemon, admin)
+    consul_dev.deregister(f"{web}-agent")
+    wait_for(lambda: len(readiness(slices_of(admin, namespace, "web"))) == 2, "two left")
+
+    def set_status(n: int, status: str) -> None:
+        check = {
+            "Node": node,
+            "CheckID": f"check-{n}",
+            "Name": "c",
+            "Status": status,
+            "ServiceID": f"{web}-{n}",
+        }
+        consul_dev.request("PUT", "/v1/txn", [{"Check": {"Verb": "set", "Check": check}}])
+
+    set_status(1, "critical")
+    set_status(2, "passing")
+    wait_for(
+        lambda: (
+            readiness(slices_of(admin, namespace, "web"))
+            == {("192.0.2.20", 9001): False, ("192.0.2.20", 9002): True}
+        ),
+        "A critical, B passing",
+    )
+    seen: list[dict] = []
+    service = {"ID": f"{web}-1", "Service": web, "Port": 9101}
+    consul_dev.request(
+        "PUT", "/v1/txn", [{"Service": {"Verb": "set", "Node": node, "Service": service}}]
+    )  # A moves; then at once:
+    set_status(1, "passing")
+    seen.append(readiness(slices_of(admin, namespace, "web")))
+    set_status(2, "critical")
+    seen.append(readiness(slices_of(admin, namespace, "web")))
+    set_status(1, "critical")
+    for _ in range(40):
+        seen.append(readiness(slices_of(admin, namespace, "web")))
+        time.sleep(0.05)
+    assert all(shown.get(("192.0.2.20", 9001)) is not True for shown in seen), seen
+    # Both critical now: drain protection holds what was applied last (which one depends
+    # on how the reads interleaved), says so, and never shows A ready on its old port.
+    wait_for(
+        lambda: (
+            sample(scrape(metrics), "syncd_target_drain_protected", target=f"{namespace}/web") == 1
+        ),
+        "drain protection reported",
+    )
+    wait_for(
+        lambda: [
+            e
+            for e in admin.list("Event", namespace)
+            if e.get("reason") == "DrainProtected"
+            and (e.get("involvedObject") or {}).get("name") == "web"
+        ],
+        "a DrainProtected Event",
+    )
+    final = readiness(slices_of(admin, namespace, "web"))
+    assert final.get(("192.0.2.20", 9001)) is not True, final
+    assert sum(final.values()) >= 1, final

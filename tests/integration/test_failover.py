@@ -169,10 +169,11 @@ def test_every_tier_down_keeps_the_last_state(
     time.sleep(3)  # its TTL (2 s) runs out and syncd sees it gone
     consul.set_status(f"{service}-1", "critical")
     wait_for(
-        lambda: "no tier has 1 ready backends" in process.log_path.read_text(),
-        "stale report",
+        lambda: "PROTECTED: no tier has 1 ready backends" in process.log_path.read_text(),
+        "protection report (every source answered: not stale)",
         timeout=5,
     )
+    assert "STALE" not in process.log_path.read_text()
     mark = apiserver.audit.mark()
     time.sleep(1)
     assert apiserver.audit.writes_since(mark) == []
