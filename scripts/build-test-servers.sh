@@ -11,6 +11,10 @@
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.36.3}"
+# Older kube-apiservers for the version matrix (tests/integration/test_versions.py): the
+# oldest that builds here (v1.29.6 does not: one of its modules is not served) and one in
+# the middle. OpenShift 4.14-4.18 runs Kubernetes 1.27-1.31.
+KUBERNETES_MATRIX="${KUBERNETES_MATRIX:-v1.30.14 v1.33.13}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
 # The newest Consul that is MPL-2.0 licensed *and* buildable from served modules: 1.15+
 # needs consul/envoyextensions, which the module proxy does not serve; 1.16.4+ is BUSL.
@@ -65,25 +69,26 @@ build_from_module() {
   log "$name ready: $out"
 }
 
-# A binary of the k8s.io/kubernetes module: kube-apiserver, kube-proxy.  $1 name
+# A binary of the k8s.io/kubernetes module: kube-apiserver, kube-proxy.
+#   $1 name  $2 version (default $KUBERNETES_VERSION)
 build_kubernetes_command() {
-  local name="$1"
-  [[ -x "$(bin_path "$name" "$KUBERNETES_VERSION")" ]] && return 0
+  local name="$1" version="${2:-$KUBERNETES_VERSION}"
+  [[ -x "$(bin_path "$name" "$version")" ]] && return 0
   require_go
   # k8s.io/kubernetes points its staging modules at ./staging/...; as a dependency those
   # local paths do not exist, so pin each one to its published v0.X.Y twin.
   local mod staging_version minor ldflags="-s -w" pkg
-  mod="$(cd /tmp && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+  mod="$(cd /tmp && go mod download -json "k8s.io/kubernetes@$version" \
          | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
-  staging_version="v0.${KUBERNETES_VERSION#v1.}"
-  minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  staging_version="v0.${version#v1.}"
+  minor="${version#v1.}"; minor="${minor%%.*}"
   # Stamp the version: the API server derives its emulated version from it.
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  build_from_module "$name" "$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/$name" \
-    "$(echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+  build_from_module "$name" "$version" "k8s.io/kubernetes/cmd/$name" \
+    "$(echo "require k8s.io/kubernetes $version"
        grep -E '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging/' "$mod" \
          | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}')" \
     "$ldflags"
@@ -123,8 +128,10 @@ build_consul() {
 
 if [[ "${1:-}" == "--check" ]]; then
   missing=0
-  for b in "kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION" \
-           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION"; do
+  wanted=("kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION"
+          "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION")
+  for version in $KUBERNETES_MATRIX; do wanted+=("kube-apiserver $version"); done
+  for b in "${wanted[@]}"; do
     set -- $b
     [[ -x "$(bin_path "$1" "$2")" ]] || { log "missing: $1 $2"; missing=1; }
   done
@@ -134,11 +141,19 @@ fi
 build_etcd
 build_kubernetes_command kube-apiserver
 build_kubernetes_command kube-proxy
+for version in $KUBERNETES_MATRIX; do
+  build_kubernetes_command kube-apiserver "$version"
+done
 build_consul
 build_kustomize
 crds="$(prometheus_crds)"
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
+matrix="$KUBERNETES_VERSION=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
+for version in $KUBERNETES_MATRIX; do
+  matrix+=",$version=$(bin_path kube-apiserver "$version")"
+done
+echo "KUBE_APISERVER_MATRIX=$matrix"
 echo "ETCD=$(bin_path etcd "$ETCD_VERSION")"
 echo "CONSUL=$(bin_path consul "$CONSUL_VERSION")"
 echo "KUSTOMIZE=$(bin_path kustomize "$KUSTOMIZE_VERSION")"

@@ -48,6 +48,7 @@ from syncd.kube import Kube
 from syncd.model import Target
 from syncd.ownership import is_owned
 from syncd.pipeline import LiveState
+from syncd.served import ServedFields
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class ClusterCache:
         # objects syncd deleted whose DELETED event has not come yet -> their uid: a late
         # event of an earlier write must not bring them back (a second delete, a 404)
         self._gone: dict[ObjectId, str] = {}
+        self.served = ServedFields()  # what this API server does not keep
         self._lock = threading.RLock()
         self.statuses = [
             InformerStatus(kind.name, namespace) for kind in kinds for namespace in self._namespaces
@@ -373,6 +375,7 @@ class ClusterCache:
                     (target.namespace, target.service)
                 ),
                 slices=tuple(slices.by_name[name] for name in names),
+                unsupported=self.served.unsupported,
             )
 
     def owned(self, kind_name: str, owner_id: str) -> list[dict[str, Any]]:

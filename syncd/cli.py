@@ -38,9 +38,10 @@ from syncd.model import (
 )
 from syncd.observability import parse_listen_address, serve_metrics, setup_logging
 from syncd.once import OnceSettings, ask_sources, run_once
-from syncd.ownership import derive_owner_id, valid_owner_id
+from syncd.ownership import derive_owner_id, is_generic_config_name, valid_owner_id
 from syncd.pipeline import OFFLINE, Outcome, TargetResult, run
 from syncd.policy import PolicyState
+from syncd.served import probe_traffic_distribution
 from syncd.sources import ConsulClients
 from syncd.sources.consul_api import resolve_endpoint
 
@@ -348,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args.owner_id, origin = _identity(args.owner_id, config)
     log.info("owner id %r (%s)", args.owner_id, origin)
+    generic = _generic_identity_warning(config, args.owner_id, origin)
+    if generic is not None:
+        print(generic, file=sys.stderr)
     if args.command == "run" and isinstance(args.namespaces, str):  # from the environment
         try:
             args.namespaces = _namespace_list(args.namespaces)
@@ -365,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--retry-period"
         )
     if args.command == "check":
+        if args.kubeconfig:
+            for warning in _cluster_warnings(config, args):
+                print(warning, file=sys.stderr)
         return _check(config, args.owner_id, origin)
     if args.command == "render":
         return _render(config, args.owner_id)
@@ -394,6 +401,37 @@ def _environment_problems(config: Config, args: argparse.Namespace) -> list[str]
     return problems
 
 
+def _cluster_warnings(config: Config, args: argparse.Namespace) -> list[str]:
+    """`check --kubeconfig`: field values the cluster would not keep (see syncd.served).
+    A cluster that cannot be reached is no config problem: nothing is said then."""
+    values = {
+        t.traffic_distribution: t
+        for t in config.targets
+        if t.traffic_distribution and t.manage_service
+    }
+    if not values:
+        return []
+    try:
+        kube = Kube.connect(
+            KubeSettings(kubeconfig=args.kubeconfig, context=args.context, retry_attempts=1)
+        )
+    except KubeConfigError:
+        return []
+    warnings = []
+    try:
+        for value, target in values.items():
+            why = probe_traffic_distribution(kube, target.namespace, value)
+            if why is not None:
+                warnings.append(
+                    f"{config.path}: warning: target {target.key}: traffic_distribution "
+                    f"{value}: the cluster at {kube.host} does not keep it ({why}); syncd "
+                    "will leave it out"
+                )
+    finally:
+        kube.close()
+    return warnings
+
+
 def _identity(given: str | None, config: Config) -> tuple[str, str]:
     """This instance's owner id, and where it comes from (see syncd.ownership)."""
     if given is not None:
@@ -401,6 +439,17 @@ def _identity(given: str | None, config: Config) -> tuple[str, str]:
     if config.owner_id is not None:
         return config.owner_id, "from the config's owner_id"
     return derive_owner_id(config.path), "from the config file's name"
+
+
+def _generic_identity_warning(config: Config, owner_id: str, origin: str) -> str | None:
+    """A warning when the owner id comes from a file name every install might use."""
+    if origin != "from the config file's name" or not is_generic_config_name(config.path):
+        return None
+    return (
+        f"{config.path}: warning: owner id {owner_id!r} comes from a generic file name; "
+        "another install whose config has that name would share it and prune this one's "
+        "targets: set owner_id in the config (or --owner-id)"
+    )
 
 
 def _check(config: Config, owner_id: str, origin: str) -> int:

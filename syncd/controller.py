@@ -233,6 +233,7 @@ class Controller:
                 "; ".join(s.last_error for s in self._cache.statuses if s.last_error) or "listing",
             )
         log.info("cluster cache synced in %.1fs", time.monotonic() - waited)
+        self._sink.learn_served_fields(self._config.targets)
         self._ready.set()
         self._rebuild_resync_order()
         if self._elector is None:
@@ -337,12 +338,13 @@ class Controller:
 
     def readiness(self) -> tuple[bool, str]:
         """Ready when the cache has synced and, as the leader, every target has had its
-        first pass; a standby with a synced cache is ready as a standby."""
+        first pass; a standby with a synced cache is ready as a standby. A replica that
+        cannot read or write its Lease is not ready, whatever it is: it cannot take over."""
         if not self._ready.is_set():
             return False, "the cluster cache has not synced yet"
+        if self._elector is not None and self._elector.problem:  # leader or not
+            return False, f"cannot lead: {self._elector.problem}"
         if self._elector is not None and not self._leading.is_set():
-            if self._elector.problem:
-                return True, f"standby: {self._elector.problem}"
             holder = self._elector.holder() or "nobody"
             return True, f"standby (the lease is held by {holder})"
         if self._first_pass:
@@ -657,6 +659,7 @@ class Controller:
         for key in removed + changed:
             self._stop_target(key)
         self._runner.use_consul(config.consul)
+        self._sink.learn_served_fields(new[key] for key in added + changed)
         for key in added + changed:
             self._start_target(new[key])  # memory re-seeded from the cluster on first use
         self._runner.commit()

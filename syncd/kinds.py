@@ -131,6 +131,9 @@ def _endpoints_fields(obj: Obj) -> View:
     return {"subsets": sorted(subsets, key=lambda s: repr(s["ports"]))}
 
 
+TRAFFIC_DISTRIBUTION = "spec.trafficDistribution"  # alpha (dropped) on Kubernetes 1.30
+
+
 def _service_fields(obj: Obj) -> View:
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     return {

@@ -26,7 +26,7 @@ import os
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,22 @@ class Kube:
             raise HttpError(response.status, data, response.headers)
         return response
 
-    def _call(self, verb: str, what: str, method: str, path: str, **kwargs) -> Any:
+    def _call(
+        self,
+        verb: str,
+        what: str,
+        method: str,
+        path: str,
+        fence: Callable[[], bool] | None = None,
+        **kwargs,
+    ) -> Any:
+        """One request, retried while its failure is transient. `fence` (a leader's) is
+        checked before every attempt: a replica that lost the lease while a write was
+        being retried (frozen, partitioned) sends nothing more."""
+
         def attempt() -> Any:
+            if fence is not None and not fence():
+                raise KubeError(f"{verb} {what}: not sent: this replica is not the leader any more")
             self._bucket.wait()
             with self._calls_lock:
                 self.calls[verb] += 1
@@ -371,19 +385,29 @@ class Kube:
         finally:
             response.release_conn()
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def create(
+        self,
+        obj: dict[str, Any],
+        dry_run: bool = False,
+        fence: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """POST; with `dry_run` the server validates, defaults and answers, storing nothing."""
         row, metadata = KINDS[obj["kind"]], obj["metadata"]
         namespace = metadata["namespace"]
         result = self._call(
-            "create",
+            "dry-run create" if dry_run else "create",  # a dry run is not a write
             f"{row.name} {namespace}/{metadata.get('name') or metadata.get('generateName')}",
             "POST",
             row.collection_path(namespace),
             body=obj,
+            fence=fence,
+            **({"query": [("dryRun", "All")]} if dry_run else {}),
         )
         return _with_kind(result, row)
 
-    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def replace(
+        self, obj: dict[str, Any], fence: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         """PUT, guarded by metadata.resourceVersion: fails with KubeConflict if it changed."""
         row, metadata = KINDS[obj["kind"]], obj["metadata"]
         result = self._call(
@@ -392,10 +416,18 @@ class Kube:
             "PUT",
             row.item_path(metadata["namespace"], metadata["name"]),
             body=obj,
+            fence=fence,
         )
         return _with_kind(result, row)
 
-    def merge_patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict[str, Any]:
+    def merge_patch(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: dict,
+        fence: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
         """JSON merge patch: lists in `patch` replace the live lists whole."""
         row = KINDS[kind]
         result = self._call(
@@ -405,6 +437,7 @@ class Kube:
             row.item_path(namespace, name),
             body=patch,
             content_type="application/merge-patch+json",
+            fence=fence,
         )
         return _with_kind(result, row)
 
@@ -425,7 +458,14 @@ class Kube:
             query=[("labelSelector", label_selector)],
         )
 
-    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
+    def delete(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        uid: str | None = None,
+        fence: Callable[[], bool] | None = None,
+    ) -> bool:
         """Delete, only if it is still the object we read (same uid); False if already gone."""
         row = KINDS[kind]
         body = {"preconditions": {"uid": uid}} if uid else None
@@ -436,6 +476,7 @@ class Kube:
                 "DELETE",
                 row.item_path(namespace, name),
                 body=body,
+                fence=fence,
             )
         except KubeNotFound:
             return False

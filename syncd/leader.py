@@ -126,6 +126,8 @@ class LeaderElector:
         except KubeError as exc:
             self._trouble(f"cannot read the lease {s.namespace}/{s.name}: {exc}")
             return False
+        if held is None:
+            self._resolved()  # readable again: a standby with nothing to write is fine
         now_wall = time.time()
         record = {
             "holderIdentity": s.identity,
@@ -171,12 +173,19 @@ class LeaderElector:
         except KubeError as exc:
             self._trouble(f"cannot write the lease: {exc}")
             return False
-        self.problem = ""
+        self._resolved()
         with self._lock:
             self._renewed = started  # counted from before the request: never optimistic
             self._lease = lease
         self._observed, self._observed_at = dict(lease.get("spec") or {}), self._clock()
         return True
+
+    def _resolved(self) -> None:
+        if self.problem:
+            log.warning(
+                "the lease answers again; %s", "leading" if self.is_leader() else "standing by"
+            )
+        self.problem = ""
 
     def _trouble(self, problem: str) -> None:
         if problem != self.problem:  # once per streak

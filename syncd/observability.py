@@ -80,6 +80,12 @@ CONSUL_CONNECTIONS = Gauge(
     "Connections to Consul held now, or that the shared readers may open (<= max_connections)",
     registry=REGISTRY,
 )
+UNSUPPORTED_FIELDS = Gauge(
+    "syncd_unsupported_field",
+    "1 for a field value this cluster's API server does not keep; syncd leaves it out",
+    ["field", "value"],
+    registry=REGISTRY,
+)
 CONSUL_SERVICES = Gauge(
     "syncd_consul_services",
     "Consul services followed, by how: watch (its own blocking query) or feed (the change "
@@ -126,16 +132,17 @@ class TargetStatus:
 
 
 # The daemon sets these: the per-target gauges are read from its state at scrape time, and
-# /healthz and /readyz ask it. Without a daemon (--once), the process alive is healthy.
+# /healthz and /readyz ask it. Until it does (the process is starting, or it is a --once
+# run), the process alive is healthy but not ready: nothing would answer for it yet.
 target_statuses: Callable[[], Iterable[TargetStatus]] | None = None
 
 
-def _always_ready() -> tuple[bool, str]:
-    return True, "ok"
+def _starting() -> tuple[bool, str]:
+    return False, "starting"
 
 
 health: Callable[[], list[str]] = list
-readiness: Callable[[], tuple[bool, str]] = _always_ready
+readiness: Callable[[], tuple[bool, str]] = _starting
 
 _TARGET_HELP = """\
 # HELP syncd_target_stale 1 while no source of the target can answer (last state kept)

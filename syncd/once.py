@@ -108,6 +108,10 @@ def run_once(
             report(failed)
         return [failed]
     sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
+    try:
+        sink.learn_served_fields(config.targets)
+    except KubeError as exc:  # the writes will tell; a probe failing is no reason to stop
+        log.info("could not ask the API server which fields it keeps: %s", exc)
     consul = ConsulClients(config.consul, min(settings.workers, config.consul.max_connections))
 
     def reported(result: TargetResult) -> TargetResult:

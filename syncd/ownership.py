@@ -78,6 +78,20 @@ def derive_owner_id(config_path: Path) -> str:
     return stem or "syncd"
 
 
+GENERIC_CONFIG_NAMES = frozenset({"config", "syncd", "stdin", "values", "settings", "conf"})
+
+
+def is_generic_config_name(config_path: Path) -> bool:
+    """Would many installs' configs carry this file name (config.yaml, syncd.yaml, stdin,
+    a /dev/fd/N pipe)? Then the owner id derived from it tells nothing apart."""
+    stem = derive_owner_id(config_path).lower()
+    return (
+        stem in GENERIC_CONFIG_NAMES
+        or stem.isdigit()
+        or str(config_path).startswith(("/dev/", "/proc/"))
+    )
+
+
 def ownership_labels(kind: str, owner_id: str) -> dict[str, str]:
     return {KINDS[kind].managed_by_label: MANAGED_BY, OWNER_LABEL: owner_id}
 

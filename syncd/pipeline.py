@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd.errors import OwnershipConflict, SourceError, TargetError
-from syncd.kinds import Obj, describe_object
+from syncd.kinds import TRAFFIC_DISTRIBUTION, Obj, describe_object
 from syncd.model import AddressPolicy, Backend, EndpointPort, Snapshot, Target, port_set
 from syncd.ownership import (
     ACTIVE_SOURCE_ANNOTATION,
@@ -52,6 +52,7 @@ class LiveState:
     endpoints: Obj | None = None
     slices: tuple[Obj, ...] = ()
     offline: bool = False  # `render`: there is no cluster; objects get no ownerReferences
+    unsupported: frozenset[tuple[str, str]] = frozenset()  # (field, value) the server drops
 
     def owned_slices(self, owner_id: str) -> list[Obj]:
         return [obj for obj in self.slices if is_ours(obj, owner_id)]
@@ -293,6 +294,13 @@ def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: s
     """
     check_service(target, live, owner_id)
     warnings: list[str] = []
+    wanted = target.traffic_distribution
+    if wanted and (TRAFFIC_DISTRIBUTION, wanted) in live.unsupported:
+        warnings.append(
+            f"traffic_distribution {wanted}: this Kubernetes API server does not keep it; "
+            "left out of the Service (no zone hints written)"
+        )
+        target = replace(target, traffic_distribution=None)
     endpoints = live.endpoints
     endpoints_owned = endpoints is not None and is_ours(endpoints, owner_id)
     if endpoints is not None and not endpoints_owned:

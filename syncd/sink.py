@@ -133,22 +133,60 @@ class Sink:
         try:
             if change.action is Action.DELETE:
                 uid = ((change.live or {}).get("metadata") or {}).get("uid")
-                self._kube.delete(change.kind, change.namespace, change.name, uid)
+                self._kube.delete(
+                    change.kind, change.namespace, change.name, uid, fence=self._may_write
+                )
                 self._cache.deleted(*oid, uid=uid or "")
                 return None
             if change.action is Action.CREATE:
-                written = self._kube.create(dict(change.desired or {}))
+                written = self._kube.create(dict(change.desired or {}), fence=self._may_write)
             elif change.kind == SERVICE.name:
                 written = self._kube.merge_patch(
-                    change.kind, change.namespace, change.name, _service_patch(change)
+                    change.kind,
+                    change.namespace,
+                    change.name,
+                    _service_patch(change),
+                    fence=self._may_write,
                 )
             else:
-                written = self._kube.replace(_replacement(change))
+                written = self._kube.replace(_replacement(change), fence=self._may_write)
         except KubeError:
             self._cache.write_failed(oid)
             raise
+        if change.kind == SERVICE.name:
+            dropped = self._cache.served.check_answer(change.desired or {}, written)
+            if dropped is not None:
+                self._event(
+                    change.namespace, change.name, "FieldIgnored", self._dropped_message(dropped)
+                )
         self._cache.wrote(written)
         return written
+
+    def learn_served_fields(self, targets: Iterable[Target]) -> None:
+        """Before writing: does the API server keep the field values these targets ask
+        for, where their live Services say it may not? (see syncd.served)"""
+        targets = list(targets)
+
+        def live_service(target: Target) -> dict[str, Any] | None:
+            service = self._cache.get(SERVICE.name, target.namespace, target.service)
+            return service if service is not None and is_ours(service, self._owner_id) else None
+
+        for dropped in self._cache.served.probe(self._kube, targets, live_service):
+            self._report_dropped(dropped, targets)
+
+    def _report_dropped(self, dropped: tuple[str, str], targets: Iterable[Target]) -> None:
+        """An Event on every Service asking for a field value the server does not keep."""
+        for target in targets:
+            if target.traffic_distribution == dropped[1] and target.manage_service:
+                self.record_event(target, "FieldIgnored", self._dropped_message(dropped), once=True)
+
+    def _dropped_message(self, dropped: tuple[str, str]) -> str:
+        field, value = dropped
+        return (
+            f"traffic_distribution {value}: this Kubernetes API server does not keep "
+            f"Service {field}={value} ({self._cache.served.reason(dropped)}); "
+            "syncd leaves it out and writes no zone hints"
+        )
 
     # -- events
 
@@ -181,22 +219,34 @@ class Sink:
         409 and nothing more, until the API server expires it (an hour), so a condition
         that lasts is reported once, not on every pass, even by a one-shot run.
         """
+        self._event(target.namespace, target.service, reason, message, type_, once)
+
+    def _event(
+        self,
+        namespace: str,
+        service_name: str,
+        reason: str,
+        message: str,
+        type_: str = "Warning",
+        once: bool = True,
+    ) -> None:
         if self._dry_run:
             return
+        target_key = f"{namespace}/{service_name}"
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        service = self._cache.get(SERVICE.name, target.namespace, target.service) or {}
+        service = self._cache.get(SERVICE.name, namespace, service_name) or {}
         if once:
             digest = hashlib.sha256(f"{self._owner_id}\0{reason}\0{message}".encode()).hexdigest()
-            name: dict[str, str] = {"name": f"{target.service}.syncd-{digest[:16]}"}
+            name: dict[str, str] = {"name": f"{service_name}.syncd-{digest[:16]}"}
         else:
-            name = {"generateName": f"{target.service}."}
+            name = {"generateName": f"{service_name}."}
         event = {
-            "metadata": {**name, "namespace": target.namespace},
+            "metadata": {**name, "namespace": namespace},
             "involvedObject": {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "name": target.service,
-                "namespace": target.namespace,
+                "name": service_name,
+                "namespace": namespace,
                 "uid": (service.get("metadata") or {}).get("uid", ""),
             },
             "reason": reason,
@@ -210,11 +260,11 @@ class Sink:
             "count": 1,
         }
         try:
-            self._kube.create_event(target.namespace, event)
+            self._kube.create_event(namespace, event)
         except KubeConflict:
             pass  # recorded already (once)
         except KubeError as exc:
-            log.warning("%s: could not record %s as an Event: %s", target.key, reason, exc)
+            log.warning("%s: could not record %s as an Event: %s", target_key, reason, exc)
 
     # -- removed targets
 

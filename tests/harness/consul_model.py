@@ -209,21 +209,58 @@ class ConsulModel:
 
     # -- the operations
 
-    def step(self) -> Operation:
-        """One random operation, applied to Consul and to the model."""
-        choices: list[tuple[int, Callable[[], Operation | None]]] = [
-            (10, self.register),
-            (4, self.deregister),
-            (8, self.move),
-            (20, self.flip_check),
-            (3, self.add_check),
-            (5, self.node_check),
-            (2, self.node_maintenance),
-            (3, self.service_maintenance),
-            (2, self.node_address),
-            (1, self.node_deregister),
-            (3, self.retag),
-        ]
+    def populate(self, per_service: int) -> None:
+        """`per_service` passing instances of every service on the external nodes, written
+        in batches (thousands of services register in seconds)."""
+        ops: list[dict] = []
+        for service in self.services:
+            for _ in range(per_service):
+                number = next(self._ids)
+                instance = Instance(
+                    self.random.choice(self._external_names),
+                    service,
+                    f"{service}-e{number}",
+                    self._new_address(),
+                    next(self._ports),
+                    {f"check:{service}-e{number}": "passing"},
+                )
+                self.instances[(instance.node, instance.id)] = instance
+                ops.append(
+                    {
+                        "Service": {
+                            "Verb": "set",
+                            "Node": instance.node,
+                            "Service": self._service_body(instance),
+                        }
+                    }
+                )
+                check = self._check(instance, *next(iter(instance.checks.items())))
+                ops.append({"Check": {"Verb": "set", "Check": check}})
+        for start in range(0, len(ops), 64):
+            self._txn(ops[start : start + 64])
+        self.note_listed()
+
+    def operations(self) -> dict[str, tuple[int, Callable[[], Operation | None]]]:
+        """Every kind of operation, by name, with its weight in the random stream."""
+        return {
+            "register": (10, self.register),
+            "deregister": (4, self.deregister),
+            "move": (8, self.move),
+            "check": (20, self.flip_check),
+            "new-check": (3, self.add_check),
+            "node-check": (5, self.node_check),
+            "node-maintenance": (2, self.node_maintenance),
+            "service-maintenance": (3, self.service_maintenance),
+            "node-address": (2, self.node_address),
+            "node-deregister": (1, self.node_deregister),
+            "meta": (3, self.retag),
+        }
+
+    def step(self, only: Iterable[str] | None = None) -> Operation:
+        """One random operation (of the kinds named in `only`, default all), applied to
+        Consul and to the model."""
+        table = self.operations()
+        choices = [table[name] for name in (only or table)]
         while True:
             (action,) = self.random.choices(
                 [a for _, a in choices], weights=[w for w, _ in choices]
@@ -414,14 +451,16 @@ class ConsulModel:
         pause: float,
         on_step: Callable[[Operation, float], None] | None = None,
         burst_chance: float = 0.02,
+        only: Iterable[str] | None = None,
     ) -> list[Operation]:
         """`operations` random operations, `pause` seconds apart on average; now and then
         a burst of 10-50 with no pause at all."""
         done: list[Operation] = []
+        kinds = list(only) if only else None
         while len(done) < operations:
             count = self.random.randint(10, 50) if self.random.random() < burst_chance else 1
             for _ in range(min(count, operations - len(done))):
-                operation = self.step()
+                operation = self.step(kinds)
                 done.append(operation)
                 if on_step is not None:
                     on_step(operation, time.monotonic())

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -49,10 +51,41 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
         process.wait()
 
 
+_HANDED_OUT: set[int] = set()
+_PORT_LOCK = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now that this process has never handed out before.
+
+    Picked below the kernel's ephemeral range, where bind(0) and every outgoing connection
+    take theirs: a port picked there can be taken by a client between the pick and the
+    server's bind (two Consul ports once collided so). Here only another test server could
+    take it, and this process hands each port out once.
+    """
+    low, _high = _ephemeral_range()
+    first, last = (10000, low - 1) if low > 12000 else (low // 2, low - 1)
+    with _PORT_LOCK:
+        for _ in range(1000):
+            port = random.randint(first, last)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    raise ServerStartError("no free loopback port found below the ephemeral range")
 
 
 _BINARIES: dict[str, str] = {}
@@ -76,9 +109,16 @@ def server_binaries() -> dict[str, str]:
             ("consul", "CONSUL"),
             ("kustomize", "KUSTOMIZE"),
             ("prometheus-crds", "PROMETHEUS_CRDS"),
+            ("kube-apiserver-matrix", "KUBE_APISERVER_MATRIX"),
         ):
             _BINARIES[name] = os.environ.get(variable) or paths[variable]
     return _BINARIES
+
+
+def apiserver_versions() -> dict[str, str]:
+    """Every kube-apiserver the version matrix runs (newest first): version -> binary."""
+    pairs = [item.split("=", 1) for item in server_binaries()["kube-apiserver-matrix"].split(",")]
+    return dict(sorted(pairs, key=lambda p: [int(n) for n in p[0][1:].split(".")], reverse=True))
 
 
 def _wait(check, timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
@@ -171,13 +211,20 @@ class AuditLog:
         return result
 
     def writes_since(self, start: int, user: str = SYNCD_USER) -> list[AuditEvent]:
-        return [e for e in self.since(start, user) if e.verb in WRITE_VERBS]
+        """Requests that changed something: a server-side dry run stores nothing."""
+        return [
+            e
+            for e in self.since(start, user)
+            if e.verb in WRITE_VERBS and "dryRun=All" not in e.uri
+        ]
 
 
 class KubeApiServer:
     """Start/stop etcd + kube-apiserver in a private directory."""
 
-    def __init__(self, workdir: Path, service_cidr: str = "10.96.0.0/16"):
+    def __init__(
+        self, workdir: Path, service_cidr: str = "10.96.0.0/16", version: str | None = None
+    ):
         self.workdir = workdir
         self.service_cidr = service_cidr  # a ClusterIP for every Service syncd creates
         self.processes: list[subprocess.Popen] = []
@@ -185,6 +232,7 @@ class KubeApiServer:
         self.admin_token = uuid.uuid4().hex
         self.syncd_token = uuid.uuid4().hex
         self.audit_log_path = workdir / "audit.log"
+        self.version = version  # None: the newest (the one the whole suite runs on)
 
     @property
     def url(self) -> str:
@@ -195,7 +243,7 @@ class KubeApiServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.etcd_url = self._start_etcd(binaries["etcd"])
         self.port = free_port()
-        self._start_apiserver(binaries["kube-apiserver"], self.etcd_url)
+        self._start_apiserver(self._binary(), self.etcd_url)
         self.admin_kubeconfig = self._write_kubeconfig("admin", self.admin_token)
         self.syncd_kubeconfig = self._write_kubeconfig("syncd", self.syncd_token)
         self.audit = AuditLog(self.audit_log_path, self.admin_get)
@@ -247,7 +295,12 @@ class KubeApiServer:
 
     def start_apiserver(self) -> None:
         """Start kube-apiserver again on the same port, certificates and tokens."""
-        self._start_apiserver(server_binaries()["kube-apiserver"], self.etcd_url)
+        self._start_apiserver(self._binary(), self.etcd_url)
+
+    def _binary(self) -> str:
+        if self.version is None:
+            return server_binaries()["kube-apiserver"]
+        return apiserver_versions()[self.version]
 
     def _start_apiserver(self, apiserver: str, etcd_url: str) -> None:
         certs = self.workdir / "certs"

@@ -221,3 +221,74 @@ def test_syncd_runs_under_the_namespaced_rbac_inside_its_namespaces_only(
     elsewhere = write_config(tmp_path / "e.yaml", target("kube-system", "x", ["198.51.100.2:80"]))
     refused = run_once(elsewhere, kubeconfig, "--namespaces", namespace, check=2)
     assert "targets outside --namespaces" in refused.stderr and "kube-system/x" in refused.stderr
+
+
+def _overlay_config(tmp_path: Path, name: str, namespace: str, service: str) -> Path:
+    """A second install's overlay of deploy/: its own namespace, owner id and target; the
+    config.yaml its ConfigMap carries, as the pod would read it."""
+    overlay = tmp_path / name
+    overlay.mkdir()
+    config = {
+        "version": 1,
+        "owner_id": name,
+        "targets": [target(namespace, service, ["198.51.100.40:8080"])],
+    }
+    (overlay / "config.yaml").write_text(yaml.safe_dump(config))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": f"syncd-{name}",
+                "resources": [os.path.relpath(DEPLOY, overlay)],
+                "configMapGenerator": [
+                    {
+                        "name": "syncd-config",
+                        "behavior": "replace",
+                        "files": ["config.yaml"],
+                    }
+                ],
+            }
+        )
+    )
+    result = subprocess.run(
+        [server_binaries()["kustomize"], "build", "--load-restrictor", "LoadRestrictionsNone",
+         str(overlay)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (configmap,) = [
+        d
+        for d in yaml.safe_load_all(result.stdout)
+        if d and d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("syncd-config")
+    ]
+    rendered = tmp_path / f"{name}.yaml"
+    rendered.write_text(configmap["data"]["config.yaml"])
+    return rendered
+
+
+def test_two_installs_of_deploy_in_one_cluster_never_prune_each_other(
+    apiserver, admin, namespace, tmp_path
+):
+    first = _overlay_config(tmp_path, "team-a", namespace, "first")
+    second = _overlay_config(tmp_path, "team-b", namespace, "second")
+    for config in (first, second, first, second):
+        result = run_once(config, apiserver.syncd_kubeconfig, check=0)
+        assert "deleted" not in result.stdout, result.stdout
+    assert slices_of(admin, namespace, "first") and slices_of(admin, namespace, "second")
+
+
+def test_the_readme_order_once_then_deploy_takes_over_without_conflict(
+    apiserver, admin, namespace, tmp_path
+):
+    """`run --once` of config/ceph-rgw.yaml, then the Deployment's deploy/config.yaml: the
+    same identity (owner_id ceph-rgw in both), so the second finds its own objects."""
+    for source in (REPO / "config" / "ceph-rgw.yaml", DEPLOY / "config.yaml"):
+        data = yaml.safe_load(source.read_text())
+        data["targets"][0]["namespace"] = namespace
+        config = tmp_path / source.parent.name / "config.yaml"  # the name deploy/ gives it
+        config.parent.mkdir(exist_ok=True)
+        config.write_text(yaml.safe_dump(data))
+        result = run_once(config, apiserver.syncd_kubeconfig, check=0)
+        assert "CONFLICT" not in result.stdout and "warning: owner id" not in result.stderr
+    assert "converged: 1 targets, 0 writes" in result.stdout

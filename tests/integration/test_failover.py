@@ -59,15 +59,15 @@ def test_primary_down_fails_over_then_fails_back_only_after_failback_after(
     wait_for(
         lambda: readiness(slices_of(admin, namespace, "rgw")) == {(C, port): True},
         "failover to tier 1",
-        timeout=3,
+        timeout=10,
     )
-    assert time.monotonic() - started < 1.5  # one probe cycle plus the write
+    assert time.monotonic() - started < 5  # a few probe cycles, not failback_after (30 s)
     service = admin.get("Service", namespace, "rgw")
     assert service["metadata"]["annotations"]["syncd.io/active-tier"] == "1"
     wait_for(  # recorded right after the slices are written
         lambda: "Failover" in [e["reason"] for e in admin.list("Event", namespace)],
         "a Failover event",
-        timeout=2,
+        timeout=10,
     )
 
     test_hosts.serve(A, port)
@@ -110,7 +110,7 @@ def test_an_unhealthy_backend_stays_in_its_slice_as_not_ready(
             readiness(slices_of(admin, namespace, "probe")) == {(A, port): True, (B, port): False}
         ),
         "B not ready",
-        timeout=3,
+        timeout=10,
     )
     test_hosts.serve(B, port)
     wait_for(
@@ -118,7 +118,7 @@ def test_an_unhealthy_backend_stays_in_its_slice_as_not_ready(
             readiness(slices_of(admin, namespace, "probe")) == {(A, port): True, (B, port): True}
         ),
         "B back",
-        timeout=3,
+        timeout=10,
     )
 
 

@@ -9,8 +9,9 @@ import urllib.request
 
 import pytest
 import yaml
+from kubernetes import utils as k8s_utils
 
-from tests.harness.kube_apiserver import free_port
+from tests.harness.kube_apiserver import REPO, free_port
 from tests.helpers import slices_of, wait_for, write_config
 
 pytestmark = pytest.mark.apiserver
@@ -82,3 +83,41 @@ def test_a_standby_is_ready_as_a_standby(daemon, namespace, tmp_path):
     assert body.startswith("standby (the lease is held by ")
     assert "syncd_leader 0.0" in _get(standby_address, "/metrics")[1]
     assert "syncd_leader 1.0" in _get(leader_address, "/metrics")[1]
+
+
+def test_a_replica_that_cannot_read_its_lease_is_not_ready_until_it_can(
+    daemon, admin_api, namespace, tmp_path
+):
+    """Leases in a namespace where syncd has no RBAC: /readyz says 503 and why (two such
+    replicas must not show 2/2 Ready while nothing syncs); once RBAC is granted, ready within
+    a retry period, and the old reason is gone."""
+    lease_namespace = f"{namespace}-lease"
+    k8s_utils.create_from_dict(
+        admin_api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": lease_namespace}}
+    )
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "namespace": namespace,
+            "service": "fenced",
+            "ports": [{"name": "http", "port": 80}],
+            "sources": [{"type": "static", "backends": ["198.51.100.1:8080"]}],
+        },
+    )
+    address = f"127.0.0.1:{free_port()}"
+    lease = ("--leader-elect", "--lease-namespace", lease_namespace)
+    daemon(config, *lease, "--metrics-address", address)
+    _status, body = wait_for(
+        lambda: (r := _get(address, "/readyz"))[0] == 503 and "lease" in r[1] and r,
+        "not ready, saying why",
+    )
+    assert "cannot lead: cannot read the lease" in body and "403" in body, body
+    rbac = yaml.safe_load_all((REPO / "deploy" / "rbac.yaml").read_text())
+    for doc in rbac:
+        if doc["metadata"].get("name") == "syncd-leader-election":
+            doc["metadata"]["namespace"] = lease_namespace
+            k8s_utils.create_from_dict(admin_api, doc)
+    _status, body = wait_for(
+        lambda: (r := _get(address, "/readyz"))[0] == 200 and r, "ready once RBAC allows it"
+    )
+    assert body == "leader\n"

@@ -115,7 +115,7 @@ def test_a_change_during_an_api_outage_is_applied_right_after_it_is_back(
     )
     took = time.monotonic() - back
     print(f"applied {took:.2f}s after the API server was ready again")
-    assert took < 3  # not after a backoff of minutes, nor the 5-minute resync
+    assert took < 15  # not after a backoff of minutes, nor the 5-minute resync
     log = process.log_path.read_text()
     assert "watching Services again" in log
     assert process.poll() is None
