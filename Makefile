@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale
+.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale soak bench-takeover
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,13 @@ bench-consul-scale: setup servers
 # registry event -> first client request on the new backend, through a real kube-proxy
 bench-dataplane: setup servers
 	$(BIN)/python -m bench.dataplane_latency
+
+# random Consul operations against real servers: three runs of 300 services and 6,000
+# operations (about 7 minutes each); every target must equal the model afterwards, and
+# staleness per kind of change is reported
+soak: setup servers
+	$(BIN)/python -m bench.consul_model
+
+# leader takeover after SIGKILL, 10 times: min / median / max (about 5 minutes)
+bench-takeover: setup servers
+	$(BIN)/python -m bench.takeover

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the real servers the integration tests run (kube-apiserver, kube-proxy, etcd, consul)
+# Build the real servers the integration tests run (kube-apiserver, kube-proxy, etcd, consul,
+# and the tools kustomize and promtool)
 # from their published Go modules, and cache the binaries outside the repository, keyed by
 # version.
 #
@@ -23,6 +24,9 @@ CONSUL_VERSION="${CONSUL_VERSION:-v1.14.11}"
 # come from the Prometheus Operator's module, so those manifests are validated too.
 KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.8.1}"  # v5.8.2+ need Go 1.27
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+# promtool, to unit-test deploy/'s alert rules (`promtool test rules`); Prometheus' Go
+# module is versioned v0.3xx.y for Prometheus 3.xx.y.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
 
 log() { printf '[build-test-servers] %s\n' "$*" >&2; }
@@ -103,6 +107,11 @@ build_kustomize() {
     "require sigs.k8s.io/kustomize/kustomize/v5 $KUSTOMIZE_VERSION" "-s -w"
 }
 
+build_promtool() {
+  build_from_module promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool \
+    "require github.com/prometheus/prometheus $PROMETHEUS_VERSION" "-s -w"
+}
+
 prometheus_crds() { # prints the directory holding the CRDs (downloaded once, cached by Go)
   require_go
   local dir
@@ -129,7 +138,8 @@ build_consul() {
 if [[ "${1:-}" == "--check" ]]; then
   missing=0
   wanted=("kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION"
-          "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION")
+          "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION"
+          "promtool $PROMETHEUS_VERSION")
   for version in $KUBERNETES_MATRIX; do wanted+=("kube-apiserver $version"); done
   for b in "${wanted[@]}"; do
     set -- $b
@@ -146,6 +156,7 @@ for version in $KUBERNETES_MATRIX; do
 done
 build_consul
 build_kustomize
+build_promtool
 crds="$(prometheus_crds)"
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
@@ -157,4 +168,5 @@ echo "KUBE_APISERVER_MATRIX=$matrix"
 echo "ETCD=$(bin_path etcd "$ETCD_VERSION")"
 echo "CONSUL=$(bin_path consul "$CONSUL_VERSION")"
 echo "KUSTOMIZE=$(bin_path kustomize "$KUSTOMIZE_VERSION")"
+echo "PROMTOOL=$(bin_path promtool "$PROMETHEUS_VERSION")"
 echo "PROMETHEUS_CRDS=$crds"

@@ -159,7 +159,12 @@ def parse_http_address(text: str, default_port: int) -> tuple[str, str, int]:
     if scheme not in ("http", "https"):
         raise ValueError(f"{raw!r}: the scheme must be http or https, not {scheme!r}")
     rest = rest.rstrip("/")
-    if not rest or any(c in rest for c in "/?#@ \t"):
+    if "@" in rest:
+        raise ValueError(
+            "credentials in the address are neither used nor allowed (they would be shown "
+            "wherever the address is); give the ACL token in token_file"
+        )
+    if not rest or any(c in rest for c in "/?# \t"):
         raise ValueError(f"{raw!r} is not host:port or http(s)://host:port")
     try:
         parsed = urllib.parse.urlsplit(f"{scheme}://{rest}")

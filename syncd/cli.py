@@ -41,6 +41,7 @@ from syncd.once import OnceSettings, ask_sources, run_once
 from syncd.ownership import derive_owner_id, is_generic_config_name, valid_owner_id
 from syncd.pipeline import OFFLINE, Outcome, TargetResult, run
 from syncd.policy import PolicyState
+from syncd.protected import valid_entry
 from syncd.served import probe_traffic_distribution
 from syncd.sources import ConsulClients
 from syncd.sources.consul_api import resolve_endpoint
@@ -150,6 +151,16 @@ def _parser() -> argparse.ArgumentParser:
         help="this instance's identity, a label value on every object it writes: it updates "
         "and prunes only objects of its own identity (default: $SYNCD_OWNER_ID, else the "
         "config's owner_id, else the config file's name, e.g. ceph-rgw)",
+    )
+    common.add_argument(
+        "--allow-protected",
+        metavar="NS/NAME",
+        action="append",
+        default=[e for e in os.environ.get("SYNCD_ALLOW_PROTECTED", "").split(",") if e],
+        help="let this config write a protected Service (in kube-system, kube-public, "
+        "kube-node-lease, openshift, openshift-*, or default/kubernetes), by name: "
+        "namespace/service or namespace/*; repeatable (default: $SYNCD_ALLOW_PROTECTED, "
+        "comma-separated; see README: protected Services)",
     )
     common.add_argument(
         "--log-level",
@@ -335,8 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--config FILE is required (or set SYNCD_CONFIG)")
     if args.owner_id is not None and not valid_owner_id(args.owner_id):  # from the environment
         parser.error(f"SYNCD_OWNER_ID: {args.owner_id!r} is not a valid label value")
+    bad = [e for e in args.allow_protected if not valid_entry(e)]
+    if bad:
+        parser.error(f"--allow-protected: {bad[0]!r} is not 'namespace/service' or 'namespace/*'")
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, args.allow_protected)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -547,6 +561,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             workers=args.workers,
             stuck_after=args.stuck_after,
             namespaces=args.namespaces,
+            allow_protected=tuple(args.allow_protected),
         )
         elector = None
         if args.leader_elect:

@@ -46,6 +46,7 @@ from syncd.leader import LeaderElector
 from syncd.model import Config, Snapshot, Target, ready_count
 from syncd.observability import (
     HELD_REMOVALS,
+    LEADER,
     PROBE_PANICS,
     RECONCILES,
     TIER_SWITCHES,
@@ -77,6 +78,7 @@ class DaemonSettings:
     probe_threads: int = 32  # threads shared by every target's health probes
     stop_grace: float = 1.5  # seconds workers get to finish after SIGTERM
     namespaces: tuple[str, ...] | None = None  # None: the whole cluster
+    allow_protected: tuple[str, ...] = ()  # --allow-protected, kept across reloads
     stuck_after: float = 120.0  # a worker busy with one target longer than this is wedged
 
 
@@ -178,6 +180,7 @@ class Controller:
             stop=self._stop,
             may_write=elector.is_leader if elector else None,
         )
+        self._sink.allow_protected = config.allow_protected
         self._leading = threading.Event()  # workers run only while set
         self._first_pass: set[str] = set()  # targets not yet reconciled since leading
         self._busy: dict[str, tuple[Hashable, float]] = {}  # worker -> (key, since)
@@ -237,6 +240,7 @@ class Controller:
         self._ready.set()
         self._rebuild_resync_order()
         if self._elector is None:
+            LEADER.set(1)  # the only replica: it writes, as its help says
             self._start_leading("start")
         else:
             log.info("standing by until this replica holds the lease (%s)", self._elector.identity)
@@ -451,7 +455,7 @@ class Controller:
                 decision.reason,
             )
         result = self._sink.apply(step.plan)
-        if result.outcome is Outcome.CONFLICT:  # found by the sink, before any write
+        if result.outcome in (Outcome.CONFLICT, Outcome.REFUSED):  # found before any write
             self._blocked(state, replace(step, plan=None, result=result), reason)
             return
         RECONCILES.labels(result.outcome.value, reason).inc()
@@ -630,7 +634,7 @@ class Controller:
     def _reload(self) -> None:
         self._config_mtime = self._mtime()
         try:
-            config = load_config(self._config.path)
+            config = load_config(self._config.path, self._settings.allow_protected)
         except ConfigError as exc:
             log.error("new config rejected, keeping the previous one:")
             for problem in exc.problems:
@@ -656,6 +660,7 @@ class Controller:
         if not (removed or added or changed or policy_changed):
             return
         self._config = config
+        self._sink.allow_protected = config.allow_protected
         for key in removed + changed:
             self._stop_target(key)
         self._runner.use_consul(config.consul)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from syncd.redact import without_userinfo
+
 
 class SyncdError(Exception):
-    """Base of every error syncd raises on purpose."""
+    """Base of every error syncd raises on purpose. Its message never carries a URL's
+    user and password (see syncd.redact)."""
+
+    def __init__(self, message: str = "", *args: object):
+        super().__init__(without_userinfo(str(message)), *args)
 
 
 class ConfigError(SyncdError):
     """The configuration is unusable. Carries every problem found, one line each."""
 
     def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        listed = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [without_userinfo(problem) for problem in listed]
         super().__init__("\n".join(self.problems))
 
 

@@ -354,6 +354,7 @@ class Config:
     consul: ConsulConnection = field(default_factory=ConsulConnection)
     address_policy: AddressPolicy = field(default_factory=AddressPolicy)
     owner_id: str | None = None  # the instance's identity, when the config names it
+    allow_protected: tuple[str, ...] = ()  # protected Services it may write (syncd.protected)
 
 
 @dataclass(frozen=True)

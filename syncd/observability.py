@@ -6,11 +6,16 @@ Counters live in one registry so tests and the benchmark can read them in-proces
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
+import selectors
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -20,6 +25,8 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
+
+from syncd.redact import without_userinfo
 
 REGISTRY = CollectorRegistry()
 
@@ -182,17 +189,19 @@ def render_metrics() -> bytes:
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
-    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError says what is wrong."""
+    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError says what is wrong.
+    No host ('':PORT) means every address, IPv4 and IPv6."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT (port 0-65535)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host or "0.0.0.0", int(port)
+    return host, int(port)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "syncd"
+    timeout = 5.0  # seconds a connection may take to send its request (a slow client)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -219,15 +228,114 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # scrapes are not news
 
 
+class _BoundedServer:
+    """/metrics, /healthz and /readyz with bounded threads and connections.
+
+    One thread waits on every open connection at once (selectors); a connection is handed
+    to one of `workers` threads only when it has sent something, so idle or slow clients
+    cost a file descriptor, not a thread. At most `max_connections` are open (the oldest
+    idle one is closed for a new one), and an idle one is closed after `idle_timeout`."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        workers: int = 4,
+        max_connections: int = 64,
+        idle_timeout: float = 10.0,
+    ):
+        self._listener = listener
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metrics-worker")
+        self._max = max_connections
+        self._idle_timeout = idle_timeout
+        self._selector = selectors.DefaultSelector()
+        self._open: dict[socket.socket, float] = {}  # waiting connection -> since
+
+    def serve_forever(self) -> None:
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        while True:
+            for key, _events in self._selector.select(timeout=1.0):
+                if key.fileobj is self._listener:
+                    self._accept()
+                else:
+                    connection = key.fileobj
+                    assert isinstance(connection, socket.socket)
+                    self._selector.unregister(connection)
+                    del self._open[connection]
+                    self._pool.submit(self._handle, connection)
+            now = time.monotonic()
+            for connection, since in list(self._open.items()):
+                if now - since > self._idle_timeout:
+                    self._close(connection)
+
+    def _accept(self) -> None:
+        try:
+            connection, _address = self._listener.accept()
+        except OSError:
+            return
+        if len(self._open) >= self._max:
+            self._close(min(self._open, key=self._open.__getitem__))  # the oldest waiting
+        self._open[connection] = time.monotonic()
+        self._selector.register(connection, selectors.EVENT_READ)
+
+    def _close(self, connection: socket.socket) -> None:
+        self._open.pop(connection, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(connection)
+        connection.close()
+
+    def _handle(self, connection: socket.socket) -> None:
+        try:
+            connection.setblocking(True)
+            _Handler(connection, connection.getpeername(), self)  # type: ignore[arg-type]
+        except OSError:
+            pass  # the client went away
+        finally:
+            connection.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket: no host means every address, IPv6 and IPv4 on one socket
+    (falling back to IPv4 where the kernel has no IPv6)."""
+    if not host or host == "::":
+        try:
+            listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except OSError:
+            host = host or "0.0.0.0"
+        else:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("::", port))
+            listener.listen(128)
+            return listener
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    return listener
+
+
 def serve_metrics(address: str) -> tuple[str, int]:
-    """Serve /metrics, /healthz and /readyz on host:port (port 0 picks one); returns where
-    it listens."""
+    """Serve /metrics, /healthz and /readyz on host:port (port 0 picks one; no host: every
+    address, IPv4 and IPv6); returns where it listens."""
     host, port = parse_listen_address(address)
-    server = http.server.ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
+    listener = _listen(host, port)
+    server = _BoundedServer(listener)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = listener.getsockname()[:2]
     return str(bound_host), int(bound_port)
+
+
+class _Redacting(logging.Filter):
+    """No log line carries a URL's user and password (see syncd.redact)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = without_userinfo(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
 
 
 def setup_logging(level: str) -> None:
@@ -236,3 +344,5 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redacting())

@@ -108,6 +108,7 @@ def run_once(
             report(failed)
         return [failed]
     sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
+    sink.allow_protected = config.allow_protected
     try:
         sink.learn_served_fields(config.targets)
     except KubeError as exc:  # the writes will tell; a probe failing is no reason to stop

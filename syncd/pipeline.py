@@ -137,6 +137,7 @@ class Outcome(enum.StrEnum):
     HELD = "held"  # a large removal waits for confirmation; last applied state kept
     FAILED = "failed"  # the API or the target's setup failed
     PROTECTED = "protected"  # a registry answer would drain the target; last state kept
+    REFUSED = "refused"  # a protected Service nobody opted in (syncd.protected): untouched
 
     @property
     def ok(self) -> bool:

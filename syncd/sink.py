@@ -44,6 +44,7 @@ from syncd.pipeline import (
 )
 from syncd.plan import Action, Change, plan_changes
 from syncd.policy import Decision
+from syncd.protected import refusal
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,15 @@ class Sink:
         self._dry_run = dry_run
         self._stop = stop or threading.Event()
         self._component = component
+        # protected Services this config may write, by name (syncd.protected)
+        self.allow_protected: tuple[str, ...] = ()
 
     def apply(self, plan: TargetPlan) -> TargetResult:
         """Apply one target's plan; the result says what was written and what went wrong."""
         target, decision = plan.target, plan.decision
+        refused = self._refused(plan)
+        if refused is not None:
+            return TargetResult(target.key, Outcome.REFUSED, message=refused, decision=decision)
         conflict = self._conflicting_create(plan.changes)
         if conflict is not None:
             return TargetResult(target.key, Outcome.CONFLICT, message=conflict, decision=decision)
@@ -108,6 +114,19 @@ class Sink:
         return TargetResult(
             target.key, Outcome.CHANGED, tuple(applied), decision=decision, warnings=plan.warnings
         )
+
+    def _refused(self, plan: TargetPlan) -> str | None:
+        """The last line of defence: a plan that would write a protected Service (its
+        Endpoints or slices) nobody opted in is refused whole, however it got here (the
+        config loader refuses such targets first). Logged, counted, and an Event."""
+        for change in plan.changes:
+            service = plan.target.service if change.kind != SERVICE.name else change.name
+            message = refusal(change.namespace, service, self.allow_protected)
+            if message is not None:
+                log.error("%s: REFUSED: %s; nothing written", plan.target.key, message)
+                self._event(change.namespace, service, "SyncRefused", message)
+                return f"{message}; nothing written"
+        return None
 
     def _conflicting_create(self, changes: Iterable[Change]) -> str | None:
         """An object we would create that exists and is not ours (checked before writing)."""

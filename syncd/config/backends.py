@@ -9,6 +9,7 @@ from typing import Any
 
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.config.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
+from syncd.config.files import read_text_file
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
 from syncd.kinds import is_label_value
@@ -17,14 +18,8 @@ from syncd.model import Backend, EndpointPort, ServicePort, port_set
 
 def read_backends_file(file: Path, ports: tuple[ServicePort, ...]) -> tuple[Backend, ...]:
     """Parse a static backends file: a YAML list of backends, or a mapping with `backends:`."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    doc = parse_yaml(text, str(file))
-    checker = Checker(str(file), doc)
+    doc = parse_yaml(read_text_file(file), str(file))
+    checker = Checker(str(file), doc, redact=True)  # it may hold anything: show no values
     scope = Scope(checker, ())
     raw = doc.data
     if isinstance(raw, dict):

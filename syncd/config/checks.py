@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd.config.yamldoc import Document, YamlPath
+from syncd.redact import without_userinfo, without_values
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -24,8 +25,10 @@ class Checker:
     file: str
     doc: Document
     problems: list[str] = field(default_factory=list)
+    redact: bool = False  # a file that may hold anything: name where, never the value
 
     def error(self, path: YamlPath, message: str, scope: YamlPath = (), label: str | None = None):
+        message = without_userinfo(without_values(message) if self.redact else message)
         line = self.doc.line(path)
         where = f"{self.file}:{line}" if line else self.file
         relative = path[len(scope) :] if scope and path[: len(scope)] == scope else path

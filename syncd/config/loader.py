@@ -11,9 +11,11 @@ or raises `ConfigError`, whatever the input.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from syncd.config.checks import Checker, Scope, expect_mapping, is_int, kind_name, string
+from syncd.config.files import read_text_file
 from syncd.config.schema import (
     SUPPORTED_VERSIONS,
     parse_address_policy,
@@ -25,21 +27,33 @@ from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
 from syncd.model import AddressPolicy, Config, ConsulConnection, ConsulSourceConfig, Target
 from syncd.ownership import valid_owner_id
+from syncd.protected import refusal, valid_entry
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, parse and validate a config file. Raises ConfigError listing every problem."""
+def parse_allow_protected(raw: object, scope: Scope) -> tuple[str, ...]:
+    """`allow_protected`: the protected Services this config may write, by name."""
+    if not isinstance(raw, list):
+        scope.error(
+            f"must be a list of 'namespace/service' (or 'namespace/*'), got {kind_name(raw)}"
+        )
+        return ()
+    entries = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, str) or not valid_entry(entry):
+            scope.at(index).error(f"{entry!r} is not 'namespace/service' or 'namespace/*'")
+            continue
+        entries.append(entry)
+    return tuple(entries)
+
+
+def load_config(path: str | Path, allow_protected: Iterable[str] = ()) -> Config:
+    """Read, parse and validate a config file. Raises ConfigError listing every problem.
+    `allow_protected` adds opt-ins to the config's own (--allow-protected)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    return load_config_text(text, path)
+    return load_config_text(read_text_file(path), path, allow_protected)
 
 
-def load_config_text(text: str, path: str | Path) -> Config:
+def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str] = ()) -> Config:
     """Validate config text as if read from `path` (relative static files resolve beside it)."""
     path = Path(path)
     file = str(path)
@@ -49,7 +63,7 @@ def load_config_text(text: str, path: str | Path) -> Config:
     data = expect_mapping(
         doc.data,
         root,
-        {"version", "owner_id", "targets", "consul", "address_policy"},
+        {"version", "owner_id", "targets", "consul", "address_policy", "allow_protected"},
         {"version", "targets"},
     )
     if data is None:
@@ -86,6 +100,17 @@ def load_config_text(text: str, path: str | Path) -> Config:
                 if target is not None:
                     targets.append(target)
 
+    allowed = tuple(allow_protected)
+    if "allow_protected" in data:
+        allowed += parse_allow_protected(data["allow_protected"], root.at("allow_protected"))
+    for index, raw in enumerate(raw_targets if isinstance(raw_targets, list) else ()):
+        key = raw_target_key(raw)
+        if key is None or not all(isinstance(part, str) for part in key):
+            continue
+        refused = refusal(key[0], key[1], allowed)
+        if refused is not None:
+            root.at("targets", index, "namespace").error(f"target {key[0]}/{key[1]}: {refused}")
+
     owner_id = None
     if "owner_id" in data:
         owner_id = string(data["owner_id"], root.at("owner_id"))
@@ -109,7 +134,7 @@ def load_config_text(text: str, path: str | Path) -> Config:
     if consul.max_connections < needed:
         root.at("consul", "max_connections").error(
             f"{consul.max_connections} is too few for {len(datacenters)} Consul datacenters "
-            f"(or namespaces): at least {needed} (the shared readers and three change feeds each)"
+            f"(or namespaces): at least {needed} (the shared readers and four change feeds each)"
         )
 
     if checker.problems:
@@ -121,4 +146,5 @@ def load_config_text(text: str, path: str | Path) -> Config:
         consul=consul,
         address_policy=policy,
         owner_id=owner_id,
+        allow_protected=allowed,
     )

@@ -9,14 +9,17 @@ time, and `ConsulClients` hands out at most `size` of them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
+import re
 import socket
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import consul
@@ -28,6 +31,8 @@ from syncd.addresses import parse_http_address
 from syncd.errors import ConfigError, SourceError
 from syncd.model import CONSUL_PORT, ConsulConnection
 from syncd.observability import SOURCE_REQUESTS
+
+log = logging.getLogger(__name__)
 
 
 class _Adapter(HTTPAdapter):
@@ -70,15 +75,94 @@ def _tracking_pools(sockets: weakref.WeakSet) -> dict[str, type]:
     return {"http": PlainPool, "https": SecurePool}
 
 
+class TokenSource:
+    """Where the ACL token comes from: a file, re-read whenever it changes (a rotated
+    Secret takes effect without a restart), or a fixed value; never printed.
+
+    A file that turns empty or unreadable (a rotation caught half-way) keeps the last
+    token it held: syncd never falls back to an anonymous request, which a default-deny
+    Consul would answer with nothing (and that would drain every Service)."""
+
+    def __init__(self, value: str | None = None, path: Path | None = None, where: str = ""):
+        self.where = where  # the config field or variable it came from, for messages
+        self._path = path
+        self._value = value
+        self._seen: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenSource({self.where or 'none'})"
+
+    @property
+    def rereadable(self) -> bool:
+        """From a file (it may be rotated), not a fixed value."""
+        return self._path is not None
+
+    def changed(self) -> bool:
+        """Read the file again if it changed; True when the token it holds is new."""
+        before = self._value
+        return self.current() != before
+
+    def current(self) -> str | None:
+        if self._path is None:
+            return self._value
+        with self._lock:
+            try:
+                stat = self._path.stat()
+                seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+                if seen != self._seen:
+                    token, _problem = read_token(self._path, self.where)
+                    if token:
+                        if self._seen is not None and token != self._value:
+                            log.info("%s: the token file changed; using the new token", self.where)
+                        self._value, self._seen = token, seen
+                    elif self._value is not None:
+                        log.warning(
+                            "%s: %s is empty or not one line of text now; keeping the last token",
+                            self.where,
+                            self._path,
+                        )
+            except (OSError, UnicodeDecodeError) as exc:
+                if self._value is not None:
+                    log.warning(
+                        "%s: cannot read %s (%s); keeping the last token",
+                        self.where,
+                        self._path,
+                        getattr(exc, "strerror", None) or exc,
+                    )
+            return self._value
+
+
+_MAX_TOKEN_BYTES = 64 * 1024
+
+
+def read_token(path: Path, where: str) -> tuple[str | None, str | None]:
+    """A token file's token, or the problem with it (one line naming `where`)."""
+    try:
+        if not os.path.isfile(path):  # a device or pipe would never end, or never answer
+            return None, f"{where}: {path} is not a regular file"
+        with open(path, "rb") as handle:
+            token = handle.read(_MAX_TOKEN_BYTES).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        return None, f"{where}: cannot read {path}: {why}"
+    if not token:
+        return None, f"{where}: {path} is empty (an empty token would be an anonymous request)"
+    if not token.isprintable():
+        return None, f"{where}: the token in {path} is not one line of text"
+    return token, None
+
+
 @dataclass(frozen=True)
 class ConsulEndpoint:
     """Where and how to reach Consul: the config's `consul:` section, and the usual CONSUL_*
-    environment variables for what it leaves out. The token is never logged or printed."""
+    environment variables for what it leaves out (a config value always wins). The token
+    is never logged or printed."""
 
     scheme: str
     host: str
     port: int
-    token: str | None = field(default=None, repr=False)
+    token: TokenSource = field(default_factory=TokenSource, repr=False)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -87,6 +171,15 @@ class ConsulEndpoint:
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
+
+
+_VARIABLE = re.compile(r"\$\((\w+)\)|\$\{(\w+)\}")
+
+
+def _expand(text: str, env: Mapping[str, str]) -> str:
+    """$(NAME) and ${NAME} from the environment, as Kubernetes does for `env` values but
+    not for `envFrom` (deploy/components/consul: CONSUL_HTTP_ADDR=http://$(HOST_IP):8500)."""
+    return _VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
@@ -108,7 +201,7 @@ def resolve_endpoint(
     if connection.address:
         address, where = connection.address, "consul.address"
     elif env.get("CONSUL_HTTP_ADDR"):
-        address, where = env["CONSUL_HTTP_ADDR"], "CONSUL_HTTP_ADDR"
+        address, where = _expand(env["CONSUL_HTTP_ADDR"], env), "CONSUL_HTTP_ADDR"
     else:
         address, where = f"127.0.0.1:{CONSUL_PORT}", "the default address"
     if "://" not in address and ssl_text in _TRUE:
@@ -119,19 +212,27 @@ def resolve_endpoint(
     except ValueError as exc:
         problems.append(f"{where}: {exc}")
 
-    token = None
-    if connection.token_file is not None:
-        try:
-            token = connection.token_file.read_text(encoding="utf-8").strip() or None
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or "not UTF-8 text"
-            problems.append(f"consul.token_file: cannot read {connection.token_file}: {why}")
-        where = "consul.token_file"
-    else:
-        token = env.get("CONSUL_HTTP_TOKEN", "").strip() or None
-        where = "CONSUL_HTTP_TOKEN"
-    if token is not None and not token.isprintable():
-        problems.append(f"{where}: the token contains control characters (a second line?)")
+    token = TokenSource()
+    variable_token = env.get("CONSUL_HTTP_TOKEN")
+    variable_file = env.get("CONSUL_HTTP_TOKEN_FILE")
+    if connection.token_file is not None:  # the config beats the environment
+        value, problem = read_token(connection.token_file, "consul.token_file")
+        problems += [problem] if problem else []
+        token = TokenSource(value, connection.token_file, "consul.token_file")
+    elif variable_token is not None:  # as Consul's own CLI: the token before the file
+        value = variable_token.strip()
+        if not value:
+            problems.append(
+                "CONSUL_HTTP_TOKEN is set but empty (an empty token would be an anonymous "
+                "request); unset it or give the token"
+            )
+        elif not value.isprintable():
+            problems.append("CONSUL_HTTP_TOKEN: the token contains control characters")
+        token = TokenSource(value or None, None, "CONSUL_HTTP_TOKEN")
+    elif variable_file is not None:
+        value, problem = read_token(Path(variable_file), "CONSUL_HTTP_TOKEN_FILE")
+        problems += [problem] if problem else []
+        token = TokenSource(value, Path(variable_file), "CONSUL_HTTP_TOKEN_FILE")
 
     files: dict[str, str | None] = {}
     for name, variable in (
@@ -165,18 +266,20 @@ def resolve_endpoint(
 
 
 def make_client(
-    connection: ConsulConnection, sockets: weakref.WeakSet | None = None
+    connection: ConsulConnection,
+    sockets: weakref.WeakSet | None = None,
+    token: TokenSource | None = None,
 ) -> consul.Consul:
     """A py-consul client for `connection` (see resolve_endpoint); with `sockets`, every
-    socket it opens is added there."""
+    socket it opens is added there; with `token`, that source of the token (shared)."""
     try:
         endpoint = resolve_endpoint(connection)
     except ConfigError as exc:  # valid at start; a file since removed, say
         raise SourceError("; ".join(exc.problems)) from None
-    client = consul.Consul(
+    client = _Client(
+        token or endpoint.token,
         host=endpoint.host.strip("[]"),
         port=endpoint.port,
-        token=endpoint.token,
         scheme=endpoint.scheme,
         verify=endpoint.ca_file or True,
         cert=(endpoint.cert_file, endpoint.key_file)
@@ -190,14 +293,29 @@ def make_client(
     return client
 
 
+class _Client(consul.Consul):
+    """py-consul's client with the token syncd resolved, read again on every request:
+    py-consul's own constructor lets $CONSUL_HTTP_TOKEN override the token it is given,
+    and a rotated token file must take effect without a restart."""
+
+    def __init__(self, token: TokenSource, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._token_source = token
+        self.token = None
+
+    def prepare_headers(self, token: str | None = None) -> dict[str, str]:
+        current = token or self._token_source.current()
+        return {"X-Consul-Token": current} if current else {}
+
+
 class HeldClient:
     """A client one thread keeps for its blocking queries. Another thread can `interrupt`
     it: its connection is shut down, so the query in flight fails at once and a stopped
     watch lets go of its connection now, not when its wait runs out."""
 
-    def __init__(self, connection: ConsulConnection):
+    def __init__(self, connection: ConsulConnection, token: TokenSource | None = None):
         self._sockets: weakref.WeakSet = weakref.WeakSet()
-        self.client = make_client(connection, self._sockets)
+        self.client = make_client(connection, self._sockets, token)
 
     def interrupt(self) -> None:
         for sock in list(self._sockets):
@@ -288,6 +406,10 @@ class ConsulClients:
     def __init__(self, connection: ConsulConnection, size: int = 4):
         self.connection = connection
         self.size = max(1, size)
+        try:  # one source of the token for every client: a rotation is seen once
+            self.token: TokenSource | None = resolve_endpoint(connection).token
+        except ConfigError:
+            self.token = None  # make_client reports it when a client is needed
         self._idle: queue.LifoQueue[consul.Consul] = queue.LifoQueue()
         self._made = 0
         self._lock = threading.Lock()
@@ -319,7 +441,7 @@ class ConsulClients:
                 make = False
         if make:
             try:
-                return make_client(self.connection)
+                return make_client(self.connection, token=self.token)
             except SourceError:
                 with self._lock:
                     self._made -= 1
@@ -328,7 +450,7 @@ class ConsulClients:
 
     def held(self) -> HeldClient:
         """A client outside the pool, for a thread that keeps it (counted by the caller)."""
-        return HeldClient(self.connection)
+        return HeldClient(self.connection, self.token)
 
 
 __all__ = [

@@ -89,6 +89,7 @@ BIG_SERVICE = 256  # instances above which a service is followed by the feeds, n
 CONFIRM_BATCH = 32  # instances read in one filtered read; more: read the whole service
 WATCH_RETRY_CAP = 5.0  # seconds between a failing watch's attempts, at most
 FEED_RETRY_CAP = 10.0  # ... a failing feed's
+TOKEN_CHECK = 1.0  # seconds between looks at a token file (a stat; read when it changed)
 
 QueryKey = tuple  # what makes two sources ask Consul the same question
 Scope = tuple[str | None, str | None, str | None]  # datacenter, namespace, partition
@@ -143,6 +144,7 @@ class _Query(QueryState):
         self.reset_next = False  # Consul's index went backwards: forget the feed edits
         self.stop = threading.Event()  # ends its watch
         self.held: HeldClient | None = None  # its watch's connection
+        self.restart = False  # its query in flight was cut short on purpose: ask again
 
     def stop_watch(self) -> None:
         """End its watch now: the blocking query in flight is cut short."""
@@ -204,6 +206,7 @@ class _Feeds:
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     held: list[HeldClient] = field(default_factory=list)  # the feeds' connections
+    restart: set[str] = field(default_factory=set)  # feeds cut short on purpose: ask again
     failing: set[str] = field(default_factory=set)  # feed kinds
     indexes: dict[str, int] = field(default_factory=dict)  # per feed kind
     non_passing: dict[str, NonPassing] = field(default_factory=dict)  # per health feed
@@ -232,6 +235,7 @@ class _Job(enum.Enum):
     CONFIRM = "confirm"  # (CONFIRM, query key): a partial read of the instances in _confirm
     SWEEP = "sweep"  # (SWEEP, scope): the sweep's next step
     REBALANCE = "rebalance"  # (REBALANCE,): watch slots were freed; place the queries again
+    TOKEN = "token"  # (TOKEN,): has the token file changed? (every TOKEN_CHECK seconds)
 
 
 class ConsulWatch:
@@ -258,6 +262,8 @@ class ConsulWatch:
         ]
         for reader in self._readers:
             reader.start()
+        if clients.token is not None and clients.token.rereadable:
+            self._queue.add_after((_Job.TOKEN,), TOKEN_CHECK, "token")
         CONSUL_CONNECTIONS.set_function(self.connections)
 
     # -- subscriptions
@@ -385,6 +391,9 @@ class ConsulWatch:
                 except SourceError as error:
                     if stop.is_set():
                         break
+                    if query.restart:  # cut short for a new token: ask again, at once
+                        query.restart = False
+                        continue
                     failures += 1
                     index = 0  # the agent may have restarted with a lower index: start over
                     query.fail(error)
@@ -475,6 +484,9 @@ class ConsulWatch:
                 except SourceError as error:
                     if feeds.stop.is_set():
                         break
+                    if kind in feeds.restart:  # cut short for a new token: ask again
+                        feeds.restart.discard(kind)
+                        continue
                     failures += 1
                     index = 0
                     self._feed_failed(feeds, kind, error)
@@ -645,6 +657,8 @@ class ConsulWatch:
             try:
                 if key == (_Job.REBALANCE,):
                     self.commit()
+                elif key == (_Job.TOKEN,):
+                    self._check_token()
                 elif isinstance(key, tuple) and key and key[0] is _Job.CONFIRM:
                     self._partial_read(key[1])
                 elif isinstance(key, tuple) and key and key[0] is _Job.SWEEP:
@@ -655,6 +669,27 @@ class ConsulWatch:
                 log.exception("reading %s from Consul failed unexpectedly", key)
             finally:
                 self._queue.done(key)
+
+    def _check_token(self) -> None:
+        """A rotated token file: blocking queries in flight carry the old token for up to
+        their wait, and the old token may be revoked any moment now. Cut them short so
+        they ask again with the new one (not a failure: nothing is reported stale)."""
+        token = self.clients.token
+        assert token is not None
+        if token.changed():
+            with self._lock:
+                held: list[HeldClient] = []
+                for query in self._queries.values():
+                    if query.mode is Mode.WATCH and query.held is not None:
+                        query.restart = True
+                        held.append(query.held)
+                for feeds in self._feeds.values():
+                    feeds.restart.update(FEEDS)
+                    held += feeds.held
+            log.info("the Consul token changed; %d blocking queries ask again with it", len(held))
+            for client in held:
+                client.interrupt()
+        self._queue.add_after((_Job.TOKEN,), TOKEN_CHECK, "token")
 
     def _read(self, key: QueryKey, reason: str) -> None:
         query = self._queries.get(key)

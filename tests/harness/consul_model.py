@@ -61,15 +61,19 @@ class TargetSpec:
     service: str
     tiers: tuple[str, ...]
     drain_floor: int = 0
+    guard: bool = True  # the removal guard on (large removals held GUARD_CONFIRM_AFTER)
 
     def config(self, namespace: str) -> dict:
+        guards = (
+            {"confirm_after": GUARD_CONFIRM_AFTER} if self.guard else {"max_removal_fraction": 1}
+        )
         target: dict = {
             "namespace": namespace,
             "service": self.service,
             "ports": [{"name": "http", "port": 80}],
             "sources": [{"type": "consul", "service": tier} for tier in self.tiers],
             "drain_floor": self.drain_floor,
-            "guards": {"confirm_after": GUARD_CONFIRM_AFTER},  # large removals: held this long
+            "guards": guards,
         }
         if len(self.tiers) > 1:
             target["failover"] = {"min_ready": 1, "failback_after": 0}

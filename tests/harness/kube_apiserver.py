@@ -110,6 +110,7 @@ def server_binaries() -> dict[str, str]:
             ("kustomize", "KUSTOMIZE"),
             ("prometheus-crds", "PROMETHEUS_CRDS"),
             ("kube-apiserver-matrix", "KUBE_APISERVER_MATRIX"),
+            ("promtool", "PROMTOOL"),
         ):
             _BINARIES[name] = os.environ.get(variable) or paths[variable]
     return _BINARIES
@@ -377,15 +378,19 @@ class KubeApiServer:
         )
         return k8s.ApiClient(configuration)
 
-    def apply_deploy_rbac(self, *namespaces: str) -> None:
-        """deploy/namespace.yaml and deploy/rbac.yaml (what binds syncd's user), plus
+    def apply_deploy_rbac(self, *namespaces: str, endpoints: bool = True) -> None:
+        """deploy/namespace.yaml and deploy/rbac.yaml (what binds syncd's user), with the
+        endpoints component's RBAC (Endpoints writes) unless `endpoints` is False, plus
         any namespaces asked for."""
         from kubernetes import client as k8s
         from kubernetes import utils as k8s_utils
 
+        manifests = ["namespace.yaml", "rbac.yaml"]
+        if endpoints:
+            manifests.append("components/endpoints/rbac.yaml")
         api_client = self.admin_client()
         try:
-            for manifest in ("namespace.yaml", "rbac.yaml"):
+            for manifest in manifests:
                 for doc in yaml.safe_load_all((REPO / "deploy" / manifest).read_text()):
                     k8s_utils.create_from_dict(api_client, doc)
             for namespace in namespaces:

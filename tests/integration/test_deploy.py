@@ -6,9 +6,11 @@ under the namespaced component's RBAC as well as the cluster-wide one."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -24,11 +26,16 @@ from tests.helpers import run_once, slices_of, target, wait_for, write_config
 pytestmark = pytest.mark.apiserver
 
 DEPLOY = REPO / "deploy"
+COMPONENTS = ("monitoring", "cronjob", "namespaced", "endpoints", "consul")
+# Every subset of the components, listed in both orders a user may list them in. The
+# namespaced Roles include Endpoints writes in their namespaces already: "endpoints" (a
+# cluster-wide grant) is not combined with "namespaced".
 VARIANTS = {
-    "base": [],
-    "monitoring": ["components/monitoring"],
-    "cronjob": ["components/cronjob"],
-    "namespaced": ["components/namespaced"],
+    "+".join(order) or "base": [f"components/{name}" for name in order]
+    for size in range(len(COMPONENTS) + 1)
+    for subset in itertools.combinations(COMPONENTS, size)
+    if not {"namespaced", "endpoints"} <= set(subset)
+    for order in {subset, subset[::-1]}
 }
 
 
@@ -131,22 +138,33 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
         }
         pod["metadata"] = {"generateName": "syncd-check-", "labels": template["metadata"]["labels"]}
         core.create_namespaced_pod("syncd", pod, dry_run="All")
-    expected = {
-        "base": {"Deployment", "PodDisruptionBudget", "ClusterRole"},
-        "monitoring": {"ServiceMonitor", "PrometheusRule", "Deployment"},
-        "cronjob": {"CronJob"},
-        "namespaced": {"Role", "Deployment"},
-    }[variant]
+    chosen = set(variant.split("+")) - {"base"}
+    workload = "CronJob" if "cronjob" in chosen else "Deployment"
+    expected = {workload, "ServiceAccount", "ConfigMap"}
+    expected |= {"ServiceMonitor", "PrometheusRule"} if "monitoring" in chosen else set()
+    expected |= {"Role"} if "namespaced" in chosen else {"ClusterRole"}
     assert expected <= set(kinds), kinds
-    if variant == "cronjob":
+    if "cronjob" in chosen:
         assert "Deployment" not in kinds and "PodDisruptionBudget" not in kinds
-    if variant == "namespaced":
+    writes_endpoints = [
+        rule
+        for d in documents
+        if d["kind"] == "ClusterRole"
+        for rule in d["rules"]
+        if "endpoints" in rule["resources"] and "create" in rule["verbs"]
+    ]
+    assert bool(writes_endpoints) == ("endpoints" in chosen)
+    if "namespaced" in chosen:
         assert "ClusterRole" not in kinds
-        (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
-        assert (
-            "--namespaces=storage"
-            in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        )
+        (settings,) = [d for d in documents if d["metadata"]["name"] == "syncd-settings"]
+        assert settings["data"]["SYNCD_NAMESPACES"] == "storage"
+    if "consul" in chosen:
+        (consul,) = [d for d in documents if d["metadata"]["name"] == "syncd-consul"]
+        assert consul["data"]["CONSUL_HTTP_TOKEN_FILE"] == "/etc/consul/token"
+    assert any(d["kind"] == "NetworkPolicy" for d in documents)
+    (workload_doc,) = [d for d in documents if d["kind"] == workload]
+    container = _pod_templates([workload_doc])[0]["spec"]["containers"][0]
+    assert {"configMapRef": {"name": "syncd-settings", "optional": True}} in container["envFrom"]
 
 
 def test_the_deployment_asks_for_no_fixed_uid_and_two_replicas_with_probes(tmp_path):
@@ -212,6 +230,22 @@ def test_syncd_runs_under_the_namespaced_rbac_inside_its_namespaces_only(
     result = run_once(config, kubeconfig, "--namespaces", namespace, check=0)
     assert "converged: 1 targets, 2 writes" in result.stdout
     assert slices_of(admin, namespace, "scoped")
+
+    # The CronJob of cronjob + namespaced (either order): its arguments, and the namespaces
+    # from the syncd-settings ConfigMap its container reads (edited as a user would).
+    for order in (["cronjob", "namespaced"], ["namespaced", "cronjob"]):
+        documents = _render(tmp_path, [f"components/{name}" for name in order])
+        (cronjob,) = [d for d in documents if d["kind"] == "CronJob"]
+        container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        args = [a for a in container["args"] if not a.startswith("--config=")]
+        (settings,) = [d for d in documents if d["metadata"]["name"] == "syncd-settings"]
+        env = {**os.environ, **settings["data"], "SYNCD_NAMESPACES": namespace}
+        command = [sys.executable, "-m", "syncd", *args, f"--config={config}"]
+        job = subprocess.run(
+            [*command, f"--kubeconfig={kubeconfig}"],
+            capture_output=True, text=True, cwd=REPO, env=env, check=False, timeout=120,
+        )  # fmt: skip
+        assert job.returncode == 0, job.stdout + job.stderr
 
     # Without --namespaces it would list the whole cluster, which its Role does not allow.
     denied = run_once(config, kubeconfig, check=1)
@@ -292,3 +326,51 @@ def test_the_readme_order_once_then_deploy_takes_over_without_conflict(
         result = run_once(config, apiserver.syncd_kubeconfig, check=0)
         assert "CONFLICT" not in result.stdout and "warning: owner id" not in result.stderr
     assert "converged: 1 targets, 0 writes" in result.stdout
+
+
+def _granted() -> set[tuple[str, str]]:
+    """(resource, verb) pairs deploy/ grants syncd in cluster-wide mode with Endpoints."""
+    documents = [
+        *yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()),
+        *yaml.safe_load_all((DEPLOY / "components/endpoints/rbac.yaml").read_text()),
+    ]
+    return {
+        (resource, verb)
+        for d in documents
+        if d["kind"] in ("ClusterRole", "Role")
+        for rule in d["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_every_verb_deploy_grants_is_one_syncd_uses(
+    apiserver, admin_api, admin, namespace, daemon, tmp_path
+):
+    """A full run (create, update, patch, conflict, prune, the daemon's cache and lease),
+    and the audit log's (resource, verb) pairs of syncd's user: nothing granted unused."""
+    core = k8s.CoreV1Api(admin_api)
+    core.create_namespaced_service(
+        namespace,
+        {"metadata": {"name": "theirs"}, "spec": {"selector": {"a": "b"}, "ports": [{"port": 80}]}},
+    )
+    mark = apiserver.audit.mark()
+    backends = tmp_path / "b.yaml"
+    backends.write_text(yaml.safe_dump(["198.51.100.1:8080", "198.51.100.2:8080"]))
+    both = {**target(namespace, "both", []), "output": "both"}
+    both["sources"] = [{"type": "static", "file": str(backends)}]
+    config = write_config(
+        tmp_path / "c.yaml", both, target(namespace, "theirs", ["198.51.100.3:80"])
+    )
+    run_once(config, apiserver.syncd_kubeconfig, "--owner-id", namespace, check=1)  # a conflict
+    backends.write_text(yaml.safe_dump(["198.51.100.1:8080"]))
+    changed = {**both, "ports": [{"name": "http", "port": 81}]}  # the Service is patched
+    write_config(tmp_path / "c.yaml", changed)
+    run_once(config, apiserver.syncd_kubeconfig, "--owner-id", namespace, check=0)
+    write_config(tmp_path / "c.yaml", target(namespace, "other", ["198.51.100.4:80"]))
+    run_once(config, apiserver.syncd_kubeconfig, "--owner-id", namespace, check=0)  # prunes
+    process = daemon(config, "--leader-elect", "--lease-namespace", "syncd")
+    wait_for(lambda: "became the leader" in process.log_path.read_text(), "the lease")
+    used = {(e.resource, e.verb) for e in apiserver.audit.since(mark) if e.code < 400}
+    unused = _granted() - used
+    assert not unused, f"granted but never used: {sorted(unused)}"

@@ -50,7 +50,7 @@ def test_consul_addresses_parse(text, parsed):
         ("http://127.0.0.1:99999", "is not host:port"),
         ("127.0.0.1:0", "port 0 is out of range"),
         ("ftp://host", "the scheme must be http or https"),
-        ("http://user@host", "is not host:port"),
+        ("http://user@host", "credentials in the address are neither used nor allowed"),
         ("http://host/v1", "is not host:port"),
         ("bad_host!:1", "is not a host name or IP address"),
         ("", "an address is required"),
@@ -105,3 +105,72 @@ def test_a_dropped_registry_entry_is_logged_once_when_it_appears(caplog):
     ) == 1
     assert len(caplog.records) == 1
     assert len(answers) == 5
+
+
+def test_every_consul_setting_in_the_config_beats_the_environment(tmp_path):
+    token_file, ca = tmp_path / "token", tmp_path / "ca.pem"
+    token_file.write_text("  from-the-config-file \n")
+    ca.write_text("x")
+    env = {
+        "CONSUL_HTTP_ADDR": "http://env-host:1",
+        "CONSUL_HTTP_TOKEN": "from-the-environment",
+        "CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "missing"),
+        "CONSUL_CACERT": str(tmp_path / "missing-ca.pem"),
+        "CONSUL_TLS_SERVER_NAME": "env.name",
+    }
+    endpoint = resolve_endpoint(
+        ConsulConnection(
+            address="https://config-host:8501",
+            token_file=token_file,
+            ca_file=ca,
+            tls_server_name="config.name",
+        ),
+        env,
+    )
+    assert endpoint.url == "https://config-host:8501"
+    assert endpoint.token.current() == "from-the-config-file"  # and stripped
+    assert endpoint.ca_file == str(ca)
+    assert endpoint.server_name == "config.name"
+
+
+def test_the_token_comes_from_the_variable_then_the_variable_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file\n")
+    both = {"CONSUL_HTTP_TOKEN": "from-the-variable", "CONSUL_HTTP_TOKEN_FILE": str(token_file)}
+    assert resolve_endpoint(ConsulConnection(), both).token.current() == "from-the-variable"
+    only_file = {"CONSUL_HTTP_TOKEN_FILE": str(token_file)}
+    assert resolve_endpoint(ConsulConnection(), only_file).token.current() == "from-the-file"
+    assert resolve_endpoint(ConsulConnection(), {}).token.current() is None  # no ACLs: fine
+
+
+@pytest.mark.parametrize("where", ["variable", "variable file", "config file"])
+def test_an_empty_token_from_anywhere_is_an_error_never_an_anonymous_request(where, tmp_path):
+    empty = tmp_path / "token"
+    empty.write_text("\n  \n")
+    connection, env = ConsulConnection(), {}
+    if where == "variable":
+        env = {"CONSUL_HTTP_TOKEN": " "}
+    elif where == "variable file":
+        env = {"CONSUL_HTTP_TOKEN_FILE": str(empty)}
+    else:
+        connection = ConsulConnection(token_file=empty)
+    with pytest.raises(ConfigError) as caught:
+        resolve_endpoint(connection, env)
+    assert any("empty" in p for p in caught.value.problems), caught.value.problems
+
+
+def test_a_rotated_token_file_is_read_again_and_a_blank_moment_keeps_the_last(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    source = resolve_endpoint(ConsulConnection(token_file=path), {}).token
+    assert source.current() == "first"
+    path.write_text("")  # a rotation caught half-way
+    assert source.current() == "first"
+    path.write_text("second\n")
+    assert source.current() == "second"
+    assert "second" not in repr(source)
+
+
+def test_the_node_agent_address_expands_the_host_ip_from_the_environment():
+    env = {"CONSUL_HTTP_ADDR": "http://$(HOST_IP):8500", "HOST_IP": "10.0.0.7"}
+    assert resolve_endpoint(ConsulConnection(), env).url == "http://10.0.0.7:8500"
