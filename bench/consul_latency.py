@@ -19,7 +19,6 @@ import os
 import queue
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +32,8 @@ import yaml
 from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
 from tests.harness.consul_agent import ConsulAgent
-from tests.harness.kube_apiserver import REPO, KubeApiServer, free_port
+from tests.harness.kube_apiserver import KubeApiServer, free_port
+from tests.harness.syncd_process import start_syncd
 
 SERVICE = "rgw"
 FLIPPED = "192.0.2.55"
@@ -136,23 +136,12 @@ def main() -> int:
             )
         )
         metrics_address = f"127.0.0.1:{free_port()}"
-        daemon_log = (workdir / "daemon.log").open("w")  # kept open for the daemon
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "syncd",
-                "run",
-                "--config",
-                str(config),
-                "--kubeconfig",
-                str(apiserver.syncd_kubeconfig),
-                "--metrics-address",
-                metrics_address,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=daemon_log,
-            cwd=REPO,
+        daemon = start_syncd(
+            config,
+            apiserver.syncd_kubeconfig,
+            workdir / "daemon.log",
+            "--metrics-address",
+            metrics_address,
         )
         events: queue.Queue = queue.Queue()
         watcher = threading.Thread(

@@ -21,9 +21,10 @@ the default settings: `--services 10000 --max-connections 32 --operations 300 --
 from __future__ import annotations
 
 import argparse
+import builtins
+import functools
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +46,8 @@ from tests.harness.consul_model import (
     TargetSpec,
     mismatch,
 )
-from tests.harness.kube_apiserver import REPO, KubeApiServer, free_port
+from tests.harness.kube_apiserver import KubeApiServer, free_port
+from tests.harness.syncd_process import start_syncd
 
 Readiness = dict[tuple[str, int], bool]
 
@@ -189,24 +191,14 @@ def one_run(args: argparse.Namespace, seed: int) -> dict:
             )
         )
         metrics = f"127.0.0.1:{free_port()}"
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "syncd",
-                "run",
-                "--config",
-                str(config),
-                "--kubeconfig",
-                str(apiserver.syncd_kubeconfig),
-                "--metrics-address",
-                metrics,
-                "--kube-qps",
-                "0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(workdir / "daemon.log").open("w"),
-            cwd=REPO,
+        daemon = start_syncd(
+            config,
+            apiserver.syncd_kubeconfig,
+            workdir / "daemon.log",
+            "--metrics-address",
+            metrics,
+            "--kube-qps",
+            "0",
         )
         tracker = Tracker(targets, watched)
         threading.Thread(
@@ -275,6 +267,7 @@ def one_run(args: argparse.Namespace, seed: int) -> dict:
 
 
 def report(result: dict) -> bool:
+    print = functools.partial(builtins.print, flush=True)
     samples: dict[tuple[str, str], list[float]] = result["samples"]
     applied = sum(len(v) for v in samples.values())
     print(

@@ -34,7 +34,6 @@ import contextlib
 import queue
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,7 +57,8 @@ from bench.common import (
 from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
 from tests.harness.consul_agent import ConsulAgent
-from tests.harness.kube_apiserver import REPO, KubeApiServer, free_port
+from tests.harness.kube_apiserver import KubeApiServer, free_port
+from tests.harness.syncd_process import start_syncd
 from tests.helpers import connections_to
 
 INSTANCES = 3  # per service
@@ -322,26 +322,16 @@ def main() -> int:
             )
             expected = size * INSTANCES + (BIG if largest else 0)
             metrics_address = f"127.0.0.1:{free_port()}"
-            log = (workdir / f"daemon-{size}.log").open("w")
             print("starting syncd ...", flush=True)
             started = time.monotonic()
-            daemon = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "syncd",
-                    "run",
-                    "--config",
-                    str(config),
-                    "--kubeconfig",
-                    str(apiserver.syncd_kubeconfig),
-                    "--metrics-address",
-                    metrics_address,
-                    *extra,
-                ],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            log = workdir / f"daemon-{size}.log"
+            daemon = start_syncd(
+                config,
+                apiserver.syncd_kubeconfig,
+                log,
+                "--metrics-address",
+                metrics_address,
+                *extra,
             )
             most_connections = 0
 

@@ -28,34 +28,25 @@ from kubernetes import client as k8s
 
 from bench.common import percentile
 from syncd.kube import Kube, KubeSettings
-from tests.harness.kube_apiserver import REPO, KubeApiServer
+from tests.harness.kube_apiserver import KubeApiServer
+from tests.harness.syncd_process import start_syncd
 from tests.helpers import endpoint_pairs, slices_of, wait_for
 
 
 def replica(apiserver: KubeApiServer, config: Path, log: Path, owner: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncd",
-            "run",
-            "--config",
-            str(config),
-            "--kubeconfig",
-            str(apiserver.syncd_kubeconfig),
-            "--owner-id",
-            owner,
-            "--leader-elect",
-            "--lease-namespace",
-            "syncd",
-            "--lease-name",
-            f"takeover-{owner}",
-            "--log-level",
-            "info",
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
+    return start_syncd(
+        config,
+        apiserver.syncd_kubeconfig,
+        log,
+        "--owner-id",
+        owner,
+        "--leader-elect",
+        "--lease-namespace",
+        "syncd",
+        "--lease-name",
+        f"takeover-{owner}",
+        "--log-level",
+        "info",
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ from hypothesis import settings
 from kubernetes import client as k8s
 
 from syncd.kube import Kube, KubeSettings
-from tests.harness.kube_apiserver import REPO, KubeApiServer, ServerStartError
+from tests.harness.kube_apiserver import KubeApiServer, ServerStartError
+from tests.harness.syncd_process import start_syncd
 
 settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None)
 settings.register_profile("dev", max_examples=100, deadline=None)
@@ -181,29 +181,18 @@ def daemon(apiserver, namespace, tmp_path):
     started = []
 
     def start(config, *extra: str):
-        log = open(tmp_path / f"daemon-{len(started)}.log", "w")  # noqa: SIM115
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "syncd",
-                "run",
-                "--config",
-                str(config),
-                "--log-level",
-                "info",
-                "--kubeconfig",
-                str(apiserver.syncd_kubeconfig),
-                "--owner-id",
-                namespace,
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        log = tmp_path / f"daemon-{len(started)}.log"
+        process = start_syncd(
+            config,
+            apiserver.syncd_kubeconfig,
+            log,
+            "--log-level",
+            "info",
+            "--owner-id",
+            namespace,
+            *extra,
         )
-        process.log_path = tmp_path / f"daemon-{len(started)}.log"
+        process.log_path = log
         started.append(process)
         return process
 

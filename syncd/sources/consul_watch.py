@@ -586,8 +586,8 @@ class ConsulWatch:
             query = self._queries.get(key)
             if query is None or query.mode is not Mode.FEED:
                 continue
-            if not query.patchable:
-                self._queue.add(key, "health")
+            if not query.patchable or any(c.service and not c.service_id for c in mine):
+                self._queue.add(key, "health")  # a filter, or a check naming no instance
                 continue
             result = query.patch(mine)
             if result.reads:

@@ -104,6 +104,7 @@ class ConsulModel:
         self.random = random.Random(seed)
         self.nodes: dict[str, Node] = {AGENT_NODE: Node(AGENT_NODE, "127.0.0.1")}
         self.instances: dict[tuple[str, str], Instance] = {}
+        self.by_service: dict[str, set[tuple[str, str]]] = {}  # an index: 10,000 services
         self.listed: dict[str, set[Pair]] = {s: set() for s in services}  # ever, per service
         self._addresses = itertools.count(1)
         self._ports = itertools.count(20000)
@@ -132,7 +133,8 @@ class ConsulModel:
 
     def answer(self, service: str) -> dict[Pair, bool]:
         return {
-            self.pair(i): self.ready(i) for i in self.instances.values() if i.service == service
+            self.pair(self.instances[key]): self.ready(self.instances[key])
+            for key in self.by_service.get(service, ())
         }
 
     def expect(self, target: TargetSpec) -> Expectation:
@@ -149,9 +151,19 @@ class ConsulModel:
                 return Expectation(answer)
         return Expectation({}, held=True, floor=target.drain_floor)
 
-    def note_listed(self) -> None:
-        for service in self.services:
+    def note_listed(self, services: Iterable[str] | None = None) -> None:
+        """Remember every (address, port) Consul lists now (for held targets' checks)."""
+        for service in self.services if services is None else services:
             self.listed[service].update(self.answer(service))
+
+    def _add(self, instance: Instance) -> None:
+        key = (instance.node, instance.id)
+        self.instances[key] = instance
+        self.by_service.setdefault(instance.service, set()).add(key)
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        instance = self.instances.pop(key)
+        self.by_service[instance.service].discard(key)
 
     # -- writing to Consul
 
@@ -228,7 +240,7 @@ class ConsulModel:
                     next(self._ports),
                     {f"check:{service}-e{number}": "passing"},
                 )
-                self.instances[(instance.node, instance.id)] = instance
+                self._add(instance)
                 ops.append(
                     {
                         "Service": {
@@ -271,7 +283,7 @@ class ConsulModel:
             )
             operation = action()
             if operation is not None:
-                self.note_listed()
+                self.note_listed(operation.services)
                 return operation
 
     def _some_instance(self, agent: bool | None = None, steady: bool = False) -> Instance | None:
@@ -297,7 +309,7 @@ class ConsulModel:
                 next(self._ports),
                 {f"service:{service}-a{number}": status},
             )
-            self.instances[(instance.node, instance.id)] = instance
+            self._add(instance)
             self._put_agent(instance)
         else:
             node = self.random.choice(self._external_names)
@@ -312,7 +324,7 @@ class ConsulModel:
                 next(self._ports),
                 {f"check:{service}-e{number}": status},
             )
-            self.instances[(instance.node, instance.id)] = instance
+            self._add(instance)
             self._put_external(instance)
         return Operation("register", (service,))
 
@@ -320,7 +332,7 @@ class ConsulModel:
         instance = self._some_instance()
         if instance is None:
             return None
-        del self.instances[(instance.node, instance.id)]
+        self._remove((instance.node, instance.id))
         if instance.node == AGENT_NODE:
             self.consul.deregister(instance.id)
         else:
@@ -433,7 +445,7 @@ class ConsulModel:
             return None
         services = self._services_on(name)
         for key in [k for k in self.instances if k[0] == name]:
-            del self.instances[key]
+            self._remove(key)
         del self.nodes[name]
         self._txn([{"Node": {"Verb": "delete", "Node": {"Node": name}}}])
         return Operation("node-deregister", services)

@@ -53,6 +53,10 @@ def _render(tmp_path: Path, components: list[str]) -> list[dict]:
             }
         )
     )
+    return _kustomize(overlay)
+
+
+def _kustomize(overlay: Path) -> list[dict]:
     result = subprocess.run(
         [server_binaries()["kustomize"], "build", "--load-restrictor", "LoadRestrictionsNone",
          str(overlay)],
@@ -227,9 +231,15 @@ def test_syncd_runs_under_the_namespaced_rbac_inside_its_namespaces_only(
     )
     config = write_config(tmp_path / "c.yaml", target(namespace, "scoped", ["198.51.100.1:8080"]))
 
+    mark = apiserver.audit.mark()
     result = run_once(config, kubeconfig, "--namespaces", namespace, check=0)
     assert "converged: 1 targets, 2 writes" in result.stdout
     assert slices_of(admin, namespace, "scoped")
+    user = f"system:serviceaccount:syncd:ns-{namespace}"
+    outside = [
+        e for e in apiserver.audit.since(mark, user=user) if e.resource and e.namespace != namespace
+    ]
+    assert outside == [], f"read or wrote outside its namespace: {outside}"
 
     # The CronJob of cronjob + namespaced (either order): its arguments, and the namespaces
     # from the syncd-settings ConfigMap its container reads (edited as a user would).
@@ -285,16 +295,10 @@ def _overlay_config(tmp_path: Path, name: str, namespace: str, service: str) -> 
             }
         )
     )
-    result = subprocess.run(
-        [server_binaries()["kustomize"], "build", "--load-restrictor", "LoadRestrictionsNone",
-         str(overlay)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
     (configmap,) = [
         d
-        for d in yaml.safe_load_all(result.stdout)
-        if d and d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("syncd-config")
+        for d in _kustomize(overlay)
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("syncd-config")
     ]
     rendered = tmp_path / f"{name}.yaml"
     rendered.write_text(configmap["data"]["config.yaml"])

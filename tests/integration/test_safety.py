@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -181,3 +182,70 @@ def test_objects_of_the_old_shared_identity_are_adopted_not_pruned(
     )
     assert admin.get("Service", namespace, "left") is not None  # never pruned by "storage"
     assert "left" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "namespace, service",
+    [
+        ("default", "kubernetes"),
+        ("kube-system", "kube-dns"),
+        ("kube-system", "new-one"),
+        ("kube-public", "x"),
+        ("kube-node-lease", "x"),
+        ("openshift", "x"),
+        ("openshift-ingress", "router"),
+    ],
+)
+def test_a_protected_service_is_refused_by_check_render_and_run(namespace, service, tmp_path):
+    manage = not (namespace == "default" and service == "kubernetes")
+    config = write_config(
+        tmp_path / "c.yaml",
+        target(namespace, service, ["198.51.100.1:8080"], manage_service=manage),
+    )
+    for command in (["check"], ["render"], ["run", "--once"]):
+        result = syncd(*command, "--config", config, check=2)
+        (line,) = result.stderr.strip().splitlines()
+        assert f"target {namespace}/{service}: " in line and "allow_protected" in line
+    allowed = syncd(
+        "check", "--config", config, "--allow-protected", f"{namespace}/{service}", check=0
+    )
+    assert "OK" in allowed.stdout
+
+
+def test_the_sink_refuses_a_protected_service_however_it_got_there(apiserver, admin):
+    """The loader refuses protected targets first; should one reach the sink any other way
+    (a reload, a future source of targets), nothing is written and an Event says why."""
+    from syncd.cache import ClusterCache
+    from syncd.kube import Kube, KubeSettings
+    from syncd.model import (
+        Backend,
+        EndpointPort,
+        ServicePort,
+        StaticSourceConfig,
+        Target,
+        port_set,
+    )
+    from syncd.pipeline import LiveState, Outcome, plan_target
+    from syncd.policy import Decision
+    from syncd.sink import Sink
+
+    kube = Kube.connect(KubeSettings(kubeconfig=str(apiserver.syncd_kubeconfig)))
+    try:
+        target = Target(
+            "kube-system",
+            f"hijack-{uuid.uuid4().hex[:6]}",
+            (ServicePort("http", 80),),
+            (StaticSourceConfig(backends=()),),
+        )
+        backends = frozenset({Backend("198.51.100.9", port_set(EndpointPort("http", 8080, "TCP")))})
+        plan = plan_target(target, Decision(backends, 0, "static", "test"), LiveState(), "t")
+        mark = apiserver.audit.mark()
+        result = Sink(kube, ClusterCache(kube), "t").apply(plan)
+        assert result.outcome is Outcome.REFUSED, result
+        writes = apiserver.audit.writes_since(mark)
+        assert [(w.resource, w.namespace) for w in writes] == [("events", "kube-system")]
+        events = [e for e in admin.list("Event", "kube-system") if e["reason"] == "SyncRefused"]
+        assert any(e["involvedObject"]["name"] == target.service for e in events)
+        assert admin.get("Service", "kube-system", target.service) is None
+    finally:
+        kube.close()

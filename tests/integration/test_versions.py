@@ -10,8 +10,6 @@ ClusterRole bound to syncd's user) and the audit log counts syncd's writes.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from kubernetes import client as k8s
 from syncd.kube import Kube, KubeSettings
 from tests.conftest import _started
 from tests.harness.kube_apiserver import KubeApiServer
+from tests.harness.syncd_process import start_syncd
 from tests.helpers import (
     CEPH_PAIRS,
     REPO,
@@ -147,23 +146,8 @@ def test_the_daemon_writes_once_per_change_and_nothing_when_idle(cluster, tmp_pa
             "sources": [{"type": "static", "file": str(backends_file)}],
         },
     )
-    log = (tmp_path / "daemon.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncd",
-            "run",
-            "--config",
-            str(config),
-            "--kubeconfig",
-            str(server.syncd_kubeconfig),
-            "--owner-id",
-            namespace,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
+    process = start_syncd(
+        config, server.syncd_kubeconfig, tmp_path / "daemon.log", "--owner-id", namespace
     )
     try:
         wait_for(lambda: len(endpoint_pairs(slices_of(admin, namespace, "files"))) == 2, "2")
