@@ -88,6 +88,7 @@ class TokenSource:
         self._path = path
         self._value = value
         self._seen: tuple[int, int, int] | None = None
+        self._generation = 0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -98,10 +99,10 @@ class TokenSource:
         """From a file (it may be rotated), not a fixed value."""
         return self._path is not None
 
-    def changed(self) -> bool:
-        """Read the file again if it changed; True when the token it holds is new."""
-        before = self._value
-        return self.current() != before
+    @property
+    def generation(self) -> int:
+        """How many times the token has changed (read the file first: `current()`)."""
+        return self._generation
 
     def current(self) -> str | None:
         if self._path is None:
@@ -115,6 +116,7 @@ class TokenSource:
                     if token:
                         if self._seen is not None and token != self._value:
                             log.info("%s: the token file changed; using the new token", self.where)
+                            self._generation += 1
                         self._value, self._seen = token, seen
                     elif self._value is not None:
                         log.warning(
@@ -365,8 +367,17 @@ def get(
         body = consul.callback.CB.json(allow_404=False)(response)
         return Reply(index, body, filtered)
 
+    headers = client.prepare_headers()
     try:
-        reply = client.http.get(parse, path, params=params, headers=client.prepare_headers())
+        try:
+            reply = client.http.get(parse, path, params=params, headers=headers)
+        except consul.ACLPermissionDenied:
+            # Refused with a token that a rotation just replaced (the old one revoked before
+            # syncd looked at the file again): ask once more with the new one.
+            fresh = client.prepare_headers()
+            if fresh == headers:
+                raise
+            reply = client.http.get(parse, path, params=params, headers=fresh)
     except _TooMany:
         SOURCE_REQUESTS.labels(kind, "throttled").inc()
         raise SourceError(

@@ -262,6 +262,7 @@ class ConsulWatch:
         ]
         for reader in self._readers:
             reader.start()
+        self._token_generation = clients.token.generation if clients.token else 0
         if clients.token is not None and clients.token.rereadable:
             self._queue.add_after((_Job.TOKEN,), TOKEN_CHECK, "token")
         CONSUL_CONNECTIONS.set_function(self.connections)
@@ -676,7 +677,9 @@ class ConsulWatch:
         they ask again with the new one (not a failure: nothing is reported stale)."""
         token = self.clients.token
         assert token is not None
-        if token.changed():
+        token.current()  # reads the file again if it changed
+        if token.generation != self._token_generation:
+            self._token_generation = token.generation
             with self._lock:
                 held: list[HeldClient] = []
                 for query in self._queries.values():

@@ -33,8 +33,18 @@ def test_check_accepts_the_example():
     result = syncd("check", "--config", CEPH_EXAMPLE, check=0)
     assert result.stdout.strip() == (
         f"{CEPH_EXAMPLE}: OK (1 targets, 12 static backends; "
-        "owner id 'ceph-rgw' from the config file's name)"
+        "owner id 'ceph-rgw' from the config's owner_id)"
     )
+
+
+def test_an_owner_id_from_a_generic_file_name_is_warned_about(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(CEPH_EXAMPLE.read_text().replace("owner_id: ceph-rgw", "# no owner_id"))
+    result = syncd("check", "--config", config, check=0)
+    assert "owner id 'config' comes from a generic file name" in result.stderr
+    named = tmp_path / "gateways.yaml"
+    named.write_text(config.read_text())
+    assert "generic" not in syncd("check", "--config", named, check=0).stderr
 
 
 def test_check_prints_every_problem_on_stderr_and_exits_2(tmp_path):

@@ -108,11 +108,13 @@ CASES = [
         _silent("SyncdJobMissing", "55m"),
     ),
     # Runs keep failing after the first success: the latest run never succeeds.
+    # (the success at time 0 is 30 minutes old at 30m; 30 more pending before it fires)
     _case(
-        {CRONJOB: "1x60", SCHEDULED: "0+60x60", SUCCEEDED: "0x60"},
+        {CRONJOB: "1x90", SCHEDULED: "0+60x90", SUCCEEDED: "0x90"},
         _silent("SyncdJobFailing", "5m"),
         _fires("SyncdJobFailing", "15m", "warning"),
-        _fires("SyncdJobMissing", "60m", "critical"),
+        _silent("SyncdJobMissing", "45m"),
+        _fires("SyncdJobMissing", "75m", "critical"),
     ),
     # A CronJob that never completed a run at all.
     _case({CRONJOB: "1x60"}, _fires("SyncdJobMissing", "31m", "critical")),

@@ -9,7 +9,17 @@ import threading
 import urllib.error
 import urllib.request
 
+import pytest
+
+from syncd import observability
 from syncd.observability import serve_metrics
+
+
+@pytest.fixture(autouse=True)
+def _healthy(monkeypatch):
+    """What the daemon would answer (another test may have left its own hooks here)."""
+    monkeypatch.setattr(observability, "health", list)
+    monkeypatch.setattr(observability, "readiness", lambda: (True, "ok"))
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -167,7 +167,7 @@ def test_a_rotated_token_file_is_read_again_and_a_blank_moment_keeps_the_last(tm
     path.write_text("")  # a rotation caught half-way
     assert source.current() == "first"
     path.write_text("second\n")
-    assert source.current() == "second"
+    assert source.current() == "second" and source.generation == 1
     assert "second" not in repr(source)
 
 
