@@ -311,8 +311,9 @@ def _overlay_config(tmp_path: Path, name: str, namespace: str, service: str) -> 
 def test_two_installs_of_deploy_in_one_cluster_never_prune_each_other(
     apiserver, admin, namespace, tmp_path
 ):
-    first = _overlay_config(tmp_path, "team-a", namespace, "first")
-    second = _overlay_config(tmp_path, "team-b", namespace, "second")
+    # owner ids of this test's own: the cluster is shared with the other tests
+    first = _overlay_config(tmp_path, f"{namespace}-a", namespace, "first")
+    second = _overlay_config(tmp_path, f"{namespace}-b", namespace, "second")
     for config in (first, second, first, second):
         result = run_once(config, apiserver.syncd_kubeconfig, check=0)
         assert "deleted" not in result.stdout, result.stdout
@@ -324,9 +325,13 @@ def test_the_readme_order_once_then_deploy_takes_over_without_conflict(
 ):
     """`run --once` of config/ceph-rgw.yaml, then the Deployment's deploy/config.yaml: the
     same identity (owner_id ceph-rgw in both), so the second finds its own objects."""
-    for source in (REPO / "config" / "ceph-rgw.yaml", DEPLOY / "config.yaml"):
+    sources = (REPO / "config" / "ceph-rgw.yaml", DEPLOY / "config.yaml")
+    identities = {yaml.safe_load(source.read_text())["owner_id"] for source in sources}
+    assert identities == {"ceph-rgw"}, identities  # one identity: the Deployment takes over
+    for source in sources:
         data = yaml.safe_load(source.read_text())
         data["targets"][0]["namespace"] = namespace
+        data["owner_id"] = namespace  # still one identity, and this test's own in a shared cluster
         config = tmp_path / source.parent.name / "config.yaml"  # the name deploy/ gives it
         config.parent.mkdir(exist_ok=True)
         config.write_text(yaml.safe_dump(data))
