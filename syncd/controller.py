@@ -99,6 +99,7 @@ class _TargetState:
     ready: int = 0  # backends applied, for the gauges
     not_ready: int = 0
     tier: int | None = None
+    last_success: float | None = None  # unix time it was last found or made in sync
 
 
 def _same_inputs(a: tuple | None, b: tuple) -> bool:
@@ -402,6 +403,7 @@ class Controller:
         )
         if reason == "resync" and _same_inputs(state.converged_on, inputs):
             RECONCILES.labels(Outcome.CONVERGED.value, reason).inc()
+            state.last_success = time.time()
             return  # nothing it depends on has changed since it last converged
         state.converged_on = None
         now = time.monotonic()
@@ -469,6 +471,7 @@ class Controller:
             return
         self._queue.forget(target.key)
         self._failed.discard(target.key)
+        state.last_success = time.time()  # converged or changed: in sync now
         state.reported = None
         if result.outcome is Outcome.CONVERGED and verdict.recheck_at is None:
             state.converged_on = (*inputs[:-3], state.memory.memory, *inputs[-2:])
@@ -520,7 +523,9 @@ class Controller:
         with self._lock:
             states = list(self._targets.values())
         return [
-            TargetStatus(s.target.key, s.stale, s.protected, s.ready, s.not_ready, s.tier)
+            TargetStatus(
+                s.target.key, s.stale, s.protected, s.ready, s.not_ready, s.tier, s.last_success
+            )
             for s in states
         ]
 

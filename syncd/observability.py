@@ -20,15 +20,31 @@ from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     generate_latest,
 )
 
+from syncd import __version__
 from syncd.redact import without_userinfo
 
 REGISTRY = CollectorRegistry()
+# The standard process_* (memory, CPU, file descriptors: what pods are sized by) and
+# python_* (version, garbage collection) series, beside syncd's own.
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+BUILD_INFO = Gauge(
+    "syncd_build_info",
+    "Always 1; the labels say which syncd is running",
+    ["version", "python"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(__version__, ".".join(map(str, sys.version_info[:3]))).set(1)
 
 SOURCE_REQUESTS = Counter(
     "syncd_source_requests_total",
@@ -136,6 +152,7 @@ class TargetStatus:
     ready: int
     not_ready: int
     tier: int | None  # only for targets with several tiers
+    last_success: float | None = None  # unix time the target was last in sync (converged)
 
 
 # The daemon sets these: the per-target gauges are read from its state at scrape time, and
@@ -160,7 +177,10 @@ _TARGET_HELP = """\
 # TYPE syncd_target_backends gauge
 {backends}# HELP syncd_active_tier Index of the source tier in use (targets with several tiers)
 # TYPE syncd_active_tier gauge
-{tier}"""
+{tier}# HELP syncd_target_last_success_timestamp_seconds When the target was last found or made \
+equal to its sources' answer (unix time)
+# TYPE syncd_target_last_success_timestamp_seconds gauge
+{success}"""
 
 
 def render_metrics() -> bytes:
@@ -170,7 +190,7 @@ def render_metrics() -> bytes:
     (lowercase letters, digits, '-' and one '/'), so nothing needs escaping, and 30,000
     series render in milliseconds rather than the library's third of a second.
     """
-    stale, protected, backends, tier = [], [], [], []
+    stale, protected, backends, tier, success = [], [], [], [], []
     for status in target_statuses() if target_statuses else ():
         label = f'target="{status.key}"'
         stale.append(f"syncd_target_stale{{{label}}} {int(status.stale)}\n")
@@ -179,11 +199,15 @@ def render_metrics() -> bytes:
         backends.append(f'syncd_target_backends{{{label},ready="false"}} {status.not_ready}\n')
         if status.tier is not None:
             tier.append(f"syncd_active_tier{{{label}}} {status.tier}\n")
+        if status.last_success is not None:
+            name = "syncd_target_last_success_timestamp_seconds"
+            success.append(f"{name}{{{label}}} {status.last_success:.3f}\n")
     targets = _TARGET_HELP.format(
         stale="".join(stale),
         protected="".join(protected),
         backends="".join(backends),
         tier="".join(tier),
+        success="".join(success),
     )
     return generate_latest(REGISTRY) + targets.encode()
 

@@ -3,7 +3,9 @@ red (kube-apiserver is frozen with SIGSTOP while a write is due), and it recover
 
 from __future__ import annotations
 
+import platform
 import signal
+import time
 import urllib.error
 import urllib.request
 
@@ -121,3 +123,39 @@ def test_a_replica_that_cannot_read_its_lease_is_not_ready_until_it_can(
         lambda: (r := _get(address, "/readyz"))[0] == 200 and r, "ready once RBAC allows it"
     )
     assert body == "leader\n"
+
+
+def test_the_metrics_people_graph_and_size_by_are_served(daemon, admin, namespace, tmp_path):
+    """syncd_build_info, the standard process_* and python_* series, and per target the
+    time it was last in sync, from a running daemon."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "namespace": namespace,
+            "service": "graphed",
+            "ports": [{"name": "http", "port": 80}],
+            "sources": [{"type": "static", "backends": ["198.51.100.1:8080"]}],
+        },
+    )
+    address = f"127.0.0.1:{free_port()}"
+    daemon(config, "--metrics-address", address)
+    wait_for(lambda: slices_of(admin, namespace, "graphed"), "the slice")
+    before = time.time()
+    _status, text = wait_for(
+        lambda: (
+            (r := _get(address, "/metrics"))[0] == 200
+            and "syncd_target_last_success_timestamp_seconds" in r[1]
+            and r
+        ),
+        "the metrics",
+    )
+    series = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    build = f'syncd_build_info{{python="{platform.python_version()}",version="0.1.0"}}'
+    assert float(series[build]) == 1
+    assert float(series["process_resident_memory_bytes"]) > 10 * 2**20
+    assert any(key.startswith("python_info{") for key in series)
+    target = f'{{target="{namespace}/graphed"}}'
+    success = float(series[f"syncd_target_last_success_timestamp_seconds{target}"])
+    assert before - 60 < success <= time.time()
