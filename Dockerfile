@@ -13,7 +13,7 @@ ARG BASE=docker.io/library/python:3.11-slim
 FROM ${BASE} AS build
 # A virtual environment: Debian's python3 refuses system-wide pip installs (PEP 668).
 RUN python3 -m venv /opt/syncd
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY syncd /src/syncd
 # The Kubernetes client ships an asyncio copy of itself (kubernetes.aio, 68 MB, with
 # aiohttp); syncd uses the synchronous client only, so the copy and aiohttp are left out.
