@@ -126,8 +126,6 @@ class LeaderElector:
         except KubeError as exc:
             self._trouble(f"cannot read the lease {s.namespace}/{s.name}: {exc}")
             return False
-        if held is None:
-            self._resolved()  # readable again: a standby with nothing to write is fine
         now_wall = time.time()
         record = {
             "holderIdentity": s.identity,
@@ -149,6 +147,7 @@ class LeaderElector:
         duration = float(spec.get("leaseDurationSeconds") or s.lease_duration)
         expired = self._clock() > self._observed_at + duration
         if holder and holder != s.identity and not expired:
+            self._resolved()  # readable, and someone else leads: a standby with nothing to write
             return False
         ours = holder == s.identity
         body = {
