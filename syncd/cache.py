@@ -151,8 +151,8 @@ class ClusterCache:
     ):
         self._kube = kube
         self._namespaces: tuple[str | None, ...] = namespaces or (None,)
-        self._on_change = on_change
-        self._on_recovered = on_recovered
+        self.on_change = on_change
+        self.on_recovered = on_recovered
         self._kinds = kinds
         self._stores = {kind.name: _Store(kind) for kind in kinds}
         self._expected: dict[ObjectId, View] = {}
@@ -301,8 +301,8 @@ class ClusterCache:
         log.info("watching %ss again", status.kind)
         status.failing_since = None
         status.last_error = ""
-        if self._on_recovered is not None:
-            self._on_recovered()
+        if self.on_recovered is not None:
+            self.on_recovered()
 
     # -- what changed, and was it us?
 
@@ -323,8 +323,8 @@ class ClusterCache:
                 return  # the echo of syncd's own write
         if old is not None and new is not None and kind.watch_view(old) == kind.watch_view(new):
             return
-        if self._on_change is not None:
-            self._on_change(kind, old, new)
+        if self.on_change is not None:
+            self.on_change(kind, old, new)
 
     def expect(self, oid: ObjectId, desired: Obj | None) -> None:
         """syncd is about to write `desired` (None: delete): its echo is not news."""

@@ -42,6 +42,7 @@ from syncd.ownership import derive_owner_id, is_generic_config_name, valid_owner
 from syncd.pipeline import OFFLINE, Outcome, TargetResult, run
 from syncd.policy import PolicyState
 from syncd.protected import valid_entry
+from syncd.reconcile import source_problems
 from syncd.served import probe_traffic_distribution
 from syncd.sources import ConsulClients
 from syncd.sources.consul_api import resolve_endpoint
@@ -484,8 +485,8 @@ def _render(config: Config, owner_id: str) -> int:
     status = EXIT_OK
     consul = ConsulClients(config.consul, 1)
     for target in config.targets:
-        answers, problems = ask_sources(target, consul)
-        for problem in problems:
+        answers = ask_sources(target, consul)
+        for problem in source_problems(target, answers):
             print(f"{target.key}: {problem}", file=sys.stderr)
         # No probes here: render never connects to backends.
         step = run(
@@ -651,12 +652,9 @@ def _result_lines(result: TargetResult, dry_run: bool) -> tuple[list[str], list[
         ready = ready_count(decision.backends)
         tier = f"tier {decision.tier}: " if decision.tier or decision.switched_from else ""
         size = f" ({tier}{decision.source}: {len(decision.backends)} backends, {ready} ready)"
-        if decision.switched_from is not None:
-            kind = "failback" if decision.tier < decision.switched_from else "failover"
-            out.append(
-                f"{result.target}: {kind} from tier {decision.switched_from} to tier "
-                f"{decision.tier} ({decision.source}): {decision.reason}"
-            )
+        switch = decision.switch_sentence()
+        if switch is not None:
+            out.append(f"{result.target}: {switch}")
     if result.outcome is Outcome.CONVERGED:
         out.append(f"{result.target}: no changes{size}")
     elif result.outcome is Outcome.CHANGED:

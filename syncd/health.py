@@ -18,13 +18,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from syncd.model import HealthCheckConfig
+from syncd.model import HealthCheckConfig, ProbeKey
 from syncd.observability import PROBES
 from syncd.scheduler import DaemonPool
 
 log = logging.getLogger(__name__)
-
-ProbeKey = tuple[str, int]
 
 
 def probe_once(key: ProbeKey, check: HealthCheckConfig) -> bool:

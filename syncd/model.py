@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.addresses import IPNetwork, ip_version
+from syncd.errors import SourceError
 
 
 class Output(enum.StrEnum):
@@ -364,3 +365,7 @@ class Snapshot:
     backends: frozenset[Backend]
     source: str
     warnings: tuple[str, ...] = field(default=())
+
+
+Answer = Snapshot | SourceError  # what asking a source gives: its snapshot, or why not
+ProbeKey = tuple[str, int]  # what a health probe checks: (address, port)

@@ -25,9 +25,10 @@ from syncd.cache import ClusterCache
 from syncd.errors import KubeError, SourceError
 from syncd.health import Prober
 from syncd.kube import Kube
-from syncd.model import Config, Snapshot, Target
-from syncd.pipeline import Answer, Outcome, Step, TargetResult, run, seed_memory
-from syncd.policy import PolicyState, ProbeKey, probe_key
+from syncd.model import Answer, Config, ProbeKey, Target
+from syncd.pipeline import Outcome, TargetResult, seed_memory
+from syncd.policy import PolicyState, probe_keys
+from syncd.reconcile import reconcile, record_blocked
 from syncd.sink import Sink
 from syncd.sources import ConsulClients, build_source
 
@@ -44,26 +45,22 @@ class OnceSettings:
     namespaces: tuple[str, ...] | None = None
 
 
-def ask_sources(
-    target: Target, consul: ConsulClients | None = None
-) -> tuple[list[Answer], list[str]]:
-    """One answer from every source of the target (a Snapshot or the SourceError), and a
-    line per failure. Dropped registry entries are logged here. Consul is asked through
-    the `consul` clients, shared by all targets."""
+def ask_sources(target: Target, consul: ConsulClients | None = None) -> list[Answer]:
+    """One answer from every source of the target (a Snapshot or the SourceError).
+    Dropped registry entries are logged here. Consul is asked through the `consul`
+    clients, shared by all targets."""
     answers: list[Answer] = []
-    problems = []
-    for index, source_config in enumerate(target.sources):
+    for source_config in target.sources:
         source = build_source(source_config, target, consul)
         try:
             snapshot = source.fetch()
         except SourceError as exc:
-            problems.append(f"sources[{index}] ({source.describe()}): {exc}")
             answers.append(exc)
             continue
         for warning in snapshot.warnings:
             log.warning("%s: %s: %s", target.key, snapshot.source, warning)
         answers.append(snapshot)
-    return answers, problems
+    return answers
 
 
 def probe_round(target: Target, answers: list[Answer]) -> Mapping[ProbeKey, bool] | None:
@@ -72,14 +69,7 @@ def probe_round(target: Target, answers: list[Answer]) -> Mapping[ProbeKey, bool
         return None
     check = replace(target.health_check, rise=1, fall=1)
     prober = Prober(check, target.key)
-    keys = {
-        probe_key(b, check.port)
-        for a in answers
-        if isinstance(a, Snapshot)
-        for b in a.backends
-        if b.ready
-    }
-    prober.run_round(keys)
+    prober.run_round(probe_keys(answers, check.port))
     return prober.health()
 
 
@@ -142,50 +132,39 @@ def _one_target(
     settings: OnceSettings,
     stop: threading.Event,
 ) -> TargetResult:
-    def decide(memory: PolicyState | None = None) -> Step:
-        answers, problems = ask_sources(target, consul)
+    """Reconcile one target; wait once for a held removal, re-read after a 409."""
+    memory: PolicyState | None = None  # None: seed from the cluster
+    held_once = False
+    attempts = 0
+    while True:
+        answers = ask_sources(target, consul)
         live = cache.live_state(target)
-        if memory is None:
-            memory = seed_memory(target, live, settings.owner_id, one_shot=True)
-        step = run(
+        done = reconcile(
             target,
             answers,
-            memory,
+            memory or seed_memory(target, live, settings.owner_id, one_shot=True),
             live,
+            sink,
             now=time.monotonic(),
             address_policy=config.address_policy,
             owner_id=settings.owner_id,
             health=probe_round(target, answers),
-            problems=problems,
         )
-        for warning in step.evaluation.warnings:
+        for warning in done.step.evaluation.warnings:
             log.warning("%s: %s", target.key, warning)
-        return step
-
-    step = decide()
-    hold_until = step.evaluation.verdict.hold_until
-    if step.plan is None and hold_until is not None:
-        log.warning("%s: %s", target.key, step.evaluation.verdict.reason)
-        if stop.wait(max(0.0, hold_until - time.monotonic())):
-            return step.result or TargetResult(target.key, Outcome.FAILED, message="stopped")
-        cache.refresh_target(target)  # the cluster may have changed while we waited
-        step = decide(step.memory)
-    for attempt in range(1, _WRITE_ATTEMPTS + 1):
-        if step.plan is None:
-            assert step.result is not None
-            if step.result.outcome is Outcome.PROTECTED:  # once while it lasts (named Event)
-                sink.record_event(target, "DrainProtected", step.result.message, once=True)
-            elif step.result.outcome is Outcome.CONFLICT:
-                sink.record_event(target, "SyncConflict", step.result.message, once=True)
-            return step.result
-        result = sink.apply(step.plan)
-        if result.outcome is Outcome.CONFLICT:
-            sink.record_event(target, "SyncConflict", result.message, once=True)
-        if not (
-            result.outcome is Outcome.FAILED and result.stale_read and attempt < _WRITE_ATTEMPTS
-        ):
+        result = done.result
+        if result.outcome is Outcome.HELD and done.hold_until is not None and not held_once:
+            held_once = True
+            log.warning("%s: %s", target.key, done.step.evaluation.verdict.reason)
+            if stop.wait(max(0.0, done.hold_until - time.monotonic())):
+                return result
+            cache.refresh_target(target)  # the cluster may have changed while we waited
+            memory = done.memory
+            continue
+        record_blocked(sink, target, result)
+        attempts += 1
+        if not (result.stale_read and attempts < _WRITE_ATTEMPTS):
             return result
         log.info("%s: an object changed while syncing (%s); re-reading", target.key, result.message)
         cache.refresh_target(target)
-        step = decide()
-    raise AssertionError("unreachable")
+        memory = None

@@ -20,9 +20,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from syncd.errors import OwnershipConflict, SourceError, TargetError
+from syncd.errors import OwnershipConflict, TargetError
 from syncd.kinds import TRAFFIC_DISTRIBUTION, Obj, describe_object
-from syncd.model import AddressPolicy, Backend, EndpointPort, Snapshot, Target, port_set
+from syncd.model import (
+    AddressPolicy,
+    Answer,
+    Backend,
+    EndpointPort,
+    ProbeKey,
+    Target,
+    port_set,
+)
 from syncd.ownership import (
     ACTIVE_SOURCE_ANNOTATION,
     ACTIVE_TIER_ANNOTATION,
@@ -30,14 +38,12 @@ from syncd.ownership import (
     owner_description,
 )
 from syncd.plan import Action, Change, plan_changes
-from syncd.policy import Decision, Evaluation, PolicyState, ProbeKey, evaluate
+from syncd.policy import Decision, Evaluation, PolicyState, evaluate
 from syncd.render import placement_of, render_target, slice_key_of
 
 # The uid a new Service will get is only known once it is created: objects planned in the
 # same pass carry this until the sink fills in the real one (see `with_service_uid`).
 PENDING_UID = "(uid of the Service created in this pass)"
-
-Answer = Snapshot | SourceError
 
 
 # --------------------------------------------------------------------------- live state
@@ -370,7 +376,7 @@ def creates_of(plan: TargetPlan) -> list[Change]:
 class TargetMemory:
     """A driver's running state for one target between steps (the daemon keeps one each)."""
 
-    memory: PolicyState | None = None  # None: seed from the cluster before the next step
+    policy: PolicyState | None = None  # None: seed from the cluster before the next step
     warned: set[str] = field(default_factory=set)
 
     def new_warnings(self, warnings: Iterable[str]) -> list[str]:

@@ -24,7 +24,7 @@ empty one.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from syncd.addresses import AddressFilter
@@ -32,16 +32,15 @@ from syncd.errors import SourceError
 from syncd.memo import Memo
 from syncd.model import (
     AddressPolicy,
+    Answer,
     Backend,
     GuardConfig,
+    ProbeKey,
     Snapshot,
     StaticSourceConfig,
     Target,
     ready_count,
 )
-
-ProbeKey = tuple[str, int]  # (address, port)
-
 
 # --------------------------------------------------------------------------- address policy
 
@@ -81,6 +80,17 @@ def probe_key(backend: Backend, port_name: str | None) -> ProbeKey:
     return (backend.address, port.port)
 
 
+def probe_keys(answers: Iterable[Answer | None], port_name: str | None) -> set[ProbeKey]:
+    """What to probe: every backend a registry calls ready, in every answer (every tier)."""
+    return {
+        probe_key(b, port_name)
+        for a in answers
+        if isinstance(a, Snapshot)
+        for b in a.backends
+        if b.ready
+    }
+
+
 @dataclass(frozen=True)
 class ProbeVerdict:
     answers: tuple[Snapshot | SourceError, ...]
@@ -99,13 +109,7 @@ def apply_probes(
 
     Backends not probed yet count as healthy (as a registry's word is all there is).
     """
-    registry_ready = {
-        probe_key(b, port_name)
-        for a in answers
-        if isinstance(a, Snapshot)
-        for b in a.backends
-        if b.ready
-    }
+    registry_ready = probe_keys(answers, port_name)
     failing = {key for key in registry_ready if health.get(key) is False}
     if registry_ready and len(failing) / len(registry_ready) >= panic_threshold and failing:
         return ProbeVerdict(tuple(answers), True, len(failing), len(registry_ready))
@@ -131,6 +135,20 @@ class Decision:
     source: str
     reason: str
     switched_from: int | None = None  # set when this decision changes the active tier
+
+    @property
+    def failback(self) -> bool:
+        """Back to a higher tier (a lower index) than the one active until now."""
+        return self.switched_from is not None and self.tier < self.switched_from
+
+    def switch_sentence(self) -> str | None:
+        """How a tier switch is told everywhere (log, Event): None when there is none."""
+        if self.switched_from is None:
+            return None
+        return (
+            f"{'failback' if self.failback else 'failover'} from tier {self.switched_from} "
+            f"to tier {self.tier} ({self.source}): {self.reason}"
+        )
 
 
 @dataclass(frozen=True)

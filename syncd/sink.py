@@ -211,12 +211,9 @@ class Sink:
 
     def record_switch(self, target: Target, decision: Decision) -> None:
         """A tier switch is an Event on the Service (best effort: never fails the target)."""
-        assert decision.switched_from is not None
-        failback = decision.tier < decision.switched_from
-        message = (
-            f"{'failback' if failback else 'failover'} from tier {decision.switched_from} "
-            f"to tier {decision.tier} ({decision.source}): {decision.reason}"
-        )
+        message = decision.switch_sentence()
+        assert message is not None
+        failback = decision.failback
         self.record_event(
             target,
             "Failback" if failback else "Failover",

@@ -23,7 +23,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 from syncd.ratelimit import TokenBucket
 
@@ -205,7 +205,7 @@ class ResyncPacer:
         self._cursor = 0
         self._credit = 0.0
 
-    def reset(self, keys: list[Hashable]) -> None:
+    def reset(self, keys: Iterable[Hashable]) -> None:
         self._order = list(keys)
         random.shuffle(self._order)
         self._cursor = 0

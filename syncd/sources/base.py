@@ -7,11 +7,10 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from syncd.errors import SourceError
-from syncd.model import Snapshot
+from syncd.model import Answer, Snapshot
 
 log = logging.getLogger(__name__)
 
-Answer = Snapshot | SourceError
 Emit = Callable[[Answer], None]
 
 

@@ -80,7 +80,7 @@ def test_primary_down_fails_over_then_fails_back_only_after_failback_after(
         timeout=5,
     )
     log = process.log_path.read_text()
-    assert "switching from tier 0 to tier 1" in log and "switching from tier 1 to tier 0" in log
+    assert "failover from tier 0 to tier 1" in log and "failback from tier 1 to tier 0" in log
 
 
 def test_an_unhealthy_backend_stays_in_its_slice_as_not_ready(
