@@ -1,11 +1,14 @@
-# make run    set up .venv and render the Ceph RGW example (no cluster needed)
-# make test   set up, build the real test servers if not cached, lint, run every test
+# make run          set up .venv and render the Ceph RGW example (no cluster needed)
+# make test         set up, build the real test servers if not cached, lint, run every test
+# make unit         the fast tier: no servers, no root (the daemon against an in-memory API)
+# make integration  the real servers: kube-apiserver + etcd, Consul, BIND (some need root)
+# make system       the image (podman) and the data path (kube-proxy, network namespaces)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run check test unit lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale soak bench-takeover
+.PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale soak bench-takeover
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +31,19 @@ servers: system-deps
 	bash scripts/build-test-servers.sh
 
 lint: setup
-	$(BIN)/ruff check syncd tests bench
-	$(BIN)/ruff format --check syncd tests bench
+	$(BIN)/ruff check syncd tests bench harness
+	$(BIN)/ruff format --check syncd tests bench harness
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 unit: setup
 	$(BIN)/pytest tests/unit
+
+integration: setup servers
+	$(BIN)/pytest tests/integration tests/e2e
+
+system: setup servers
+	$(BIN)/pytest tests/image tests/dataplane
 
 test: setup servers lint
 	$(BIN)/pytest

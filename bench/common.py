@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.kube_apiserver import SYNCD_USER, WRITE_VERBS, KubeApiServer
+from harness.kube_apiserver import SYNCD_USER, WRITE_VERBS, KubeApiServer
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

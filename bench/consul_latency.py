@@ -29,11 +29,11 @@ from pathlib import Path
 
 import yaml
 
+from harness.consul_agent import ConsulAgent
+from harness.kube_apiserver import KubeApiServer, free_port
+from harness.syncd_process import start_syncd
 from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
-from tests.harness.consul_agent import ConsulAgent
-from tests.harness.kube_apiserver import KubeApiServer, free_port
-from tests.harness.syncd_process import start_syncd
 
 SERVICE = "rgw"
 FLIPPED = "192.0.2.55"

@@ -5,7 +5,7 @@ The long version of the suite's randomized model test (tests/integration/test_co
 a real kube-apiserver + etcd and a real `consul agent -dev`, `syncd run` following one target
 per Consul service (plus failover and drain-protected targets) within a small connection
 budget, so a few services are watched and the rest feed-followed. A seeded stream of random
-operations (tests/harness/consul_model.py) changes Consul; a Kubernetes watch sees every
+operations (harness/consul_model.py) changes Consul; a Kubernetes watch sees every
 EndpointSlice change. For every operation that changes what a target must show, the time
 from the Consul write until the target shows exactly that is one staleness sample, by kind
 of operation and by mode; a sample superseded by a later operation on the same target
@@ -36,18 +36,18 @@ from pathlib import Path
 import yaml
 
 from bench.common import metric, percentile, rss_mib
-from syncd.errors import KubeError
-from syncd.kube import Kube, KubeSettings
-from tests.harness.consul_agent import ConsulAgent
-from tests.harness.consul_model import (
+from harness.consul_agent import ConsulAgent
+from harness.consul_model import (
     GUARD_CONFIRM_AFTER,
     ConsulModel,
     Operation,
     TargetSpec,
     mismatch,
 )
-from tests.harness.kube_apiserver import KubeApiServer, free_port
-from tests.harness.syncd_process import start_syncd
+from harness.kube_apiserver import KubeApiServer, free_port
+from harness.syncd_process import start_syncd
+from syncd.errors import KubeError
+from syncd.kube import Kube, KubeSettings
 
 Readiness = dict[tuple[str, int], bool]
 

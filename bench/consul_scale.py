@@ -54,12 +54,12 @@ from bench.common import (
     scrape,
     thread_count,
 )
+from harness.consul_agent import ConsulAgent
+from harness.helpers import connections_to
+from harness.kube_apiserver import KubeApiServer, free_port
+from harness.syncd_process import start_syncd
 from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
-from tests.harness.consul_agent import ConsulAgent
-from tests.harness.kube_apiserver import KubeApiServer, free_port
-from tests.harness.syncd_process import start_syncd
-from tests.helpers import connections_to
 
 INSTANCES = 3  # per service
 BIG = 5_000  # instances of the big service in the largest run

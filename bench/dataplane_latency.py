@@ -2,7 +2,7 @@
 
 Real servers end to end: Consul (the registry), kube-apiserver + etcd, syncd as a daemon,
 and a real kube-proxy (nftables mode) in a node namespace, with HTTP backends and a client
-in namespaces of their own (tests/harness/dataplane.py). A client in its namespace sends
+in namespaces of their own (harness/dataplane.py). A client in its namespace sends
 a new request every few milliseconds and timestamps each answer (CLOCK_MONOTONIC is the
 same clock in every namespace), so the latency is measured where users see it:
 
@@ -31,10 +31,10 @@ from pathlib import Path
 import yaml
 
 from bench.common import percentile
+from harness.consul_agent import ConsulAgent
+from harness.dataplane import DataPlane, cluster_ip
+from harness.kube_apiserver import REPO, KubeApiServer
 from syncd.kube import Kube, KubeSettings
-from tests.harness.consul_agent import ConsulAgent
-from tests.harness.dataplane import DataPlane, cluster_ip
-from tests.harness.kube_apiserver import REPO, KubeApiServer
 
 # Runs in the client namespace: one request every `gap` seconds, forever; prints
 # "<monotonic time> <answer>" per request.

@@ -41,8 +41,8 @@ from bench.common import (
     scrape,
     thread_count,
 )
+from harness.kube_apiserver import REPO, KubeApiServer, free_port
 from syncd.kube import Kube, KubeSettings
-from tests.harness.kube_apiserver import REPO, KubeApiServer, free_port
 
 FIRST = ipaddress.ip_address("172.16.0.0")
 SAMPLE_SECONDS = 30  # how often the idle phase reads /metrics (as a Prometheus would)

@@ -27,10 +27,10 @@ import yaml
 from kubernetes import client as k8s
 
 from bench.common import percentile
+from harness.helpers import endpoint_pairs, slices_of, wait_for
+from harness.kube_apiserver import KubeApiServer
+from harness.syncd_process import start_syncd
 from syncd.kube import Kube, KubeSettings
-from tests.harness.kube_apiserver import KubeApiServer
-from tests.harness.syncd_process import start_syncd
-from tests.helpers import endpoint_pairs, slices_of, wait_for
 
 
 def replica(apiserver: KubeApiServer, config: Path, log: Path, owner: str) -> subprocess.Popen:

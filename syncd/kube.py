@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tenacity
 import urllib3
@@ -121,22 +121,74 @@ def _status_message(exc: HttpError) -> tuple[str, str]:
         return (exc.body or b"").decode(errors="replace")[:200] or str(exc.status), ""
 
 
+class Transport(Protocol):
+    """Where requests go: HTTP to an API server, or (tests) an in-memory API."""
+
+    host: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]],
+        body: bytes | None,
+        content_type: str,
+        timeout: urllib3.Timeout,
+    ) -> Any:  # a urllib3 response, or what reads like one (status, data, stream())
+        ...
+
+
+class HttpTransport:
+    """Requests over HTTP with the kubeconfig's credentials (the official client's)."""
+
+    def __init__(self, api_client: k8s.ApiClient, user_agent: str):
+        self._api_client = api_client
+        self._pool = api_client.rest_client.pool_manager
+        api_client.user_agent = user_agent
+        self.host: str = api_client.configuration.host
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]],
+        body: bytes | None,
+        content_type: str,
+        timeout: urllib3.Timeout,
+    ) -> urllib3.BaseHTTPResponse:
+        _method, url, headers, _body, _post = self._api_client.param_serialize(
+            method, path, query_params=query, auth_settings=["BearerToken"]
+        )
+        headers["Accept"] = "application/json"
+        if body is not None:
+            headers["Content-Type"] = content_type
+        return self._pool.request(
+            method,
+            url,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            preload_content=False,
+            retries=False,
+        )
+
+    def close(self) -> None:
+        self._api_client.close()
+
+
 class Kube:
     """Reads and writes the objects syncd works with; counts every call by verb."""
 
     def __init__(
         self,
-        api_client: k8s.ApiClient,
+        transport: Transport,
         settings: KubeSettings | None = None,
         stop: threading.Event | None = None,
     ):
-        self._api_client = api_client
+        self._transport = transport
         self._settings = settings or KubeSettings()
         self._stop = stop or threading.Event()
         self._bucket = TokenBucket(self._settings.qps, self._settings.burst)
-        self._pool = api_client.rest_client.pool_manager
-        identity = f" ({self._settings.identity})" if self._settings.identity else ""
-        api_client.user_agent = f"syncd/{__version__}{identity}"
         self.calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
 
@@ -146,18 +198,22 @@ class Kube:
         if not configuration.verify_ssl:  # said once here, not by urllib3 on every request
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
             log.warning("the kubeconfig turns off TLS verification of %s", configuration.host)
-        return cls(k8s.ApiClient(configuration), settings, stop)
+        identity = f" ({settings.identity})" if settings.identity else ""
+        transport = HttpTransport(k8s.ApiClient(configuration), f"syncd/{__version__}{identity}")
+        return cls(transport, settings, stop)
 
     @property
     def host(self) -> str:
-        return self._api_client.configuration.host
+        return self._transport.host
 
     @property
     def writes(self) -> int:
         return sum(n for verb, n in self.calls.items() if verb in WRITE_VERBS)
 
     def close(self) -> None:
-        self._api_client.close()
+        close = getattr(self._transport, "close", None)
+        if close is not None:
+            close()
 
     # -- the one place every request goes through
 
@@ -169,24 +225,13 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         timeout: urllib3.Timeout | float | None = None,
-    ) -> urllib3.BaseHTTPResponse:
-        """One HTTP request with syncd's authentication; raises HttpError on non-2xx."""
-        _method, url, headers, _body, _post = self._api_client.param_serialize(
-            method, path, query_params=query or [], auth_settings=["BearerToken"]
-        )
-        headers["Accept"] = "application/json"
-        payload = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            payload = json.dumps(body, separators=(",", ":")).encode()
-        response = self._pool.request(
-            method,
-            url,
-            body=payload,
-            headers=headers,
-            timeout=timeout or urllib3.Timeout(total=self._settings.request_timeout),
-            preload_content=False,
-            retries=False,
+    ) -> Any:
+        """One request; raises HttpError on non-2xx."""
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        if not isinstance(timeout, urllib3.Timeout):
+            timeout = urllib3.Timeout(total=timeout or self._settings.request_timeout)
+        response = self._transport.request(
+            method, path, query or [], payload, content_type, timeout
         )
         if not 200 <= response.status <= 299:
             data = response.data
@@ -366,9 +411,7 @@ class Kube:
             raise self._error("watch", kind, exc) from None
         return self._events(response, row)
 
-    def _events(
-        self, response: urllib3.BaseHTTPResponse, row: Kind
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _events(self, response: Any, row: Kind) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             for line in iter_resp_lines(response):
                 event = json.loads(line)

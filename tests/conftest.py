@@ -13,9 +13,9 @@ import pytest
 from hypothesis import settings
 from kubernetes import client as k8s
 
+from harness.kube_apiserver import KubeApiServer, ServerStartError
+from harness.syncd_process import start_syncd
 from syncd.kube import Kube, KubeSettings
-from tests.harness.kube_apiserver import KubeApiServer, ServerStartError
-from tests.harness.syncd_process import start_syncd
 
 settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None)
 settings.register_profile("dev", max_examples=100, deadline=None)
@@ -23,6 +23,34 @@ settings.register_profile("thorough", max_examples=5000, deadline=None)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )
+
+
+# What a test needs beyond Python, by the fixtures it uses or the tier it is in; `-m` selects
+# (e.g. `pytest -m "not podman"`). tests/unit needs none of them: a unit test asking for a
+# server is an error, so `make unit` stays fast and runs without root.
+_SERVER_FIXTURES = {
+    "apiserver", "private_apiserver", "admin", "admin_api", "namespace", "run_syncd", "daemon",
+    "consul", "consul_acl", "consul_persistent", "consul_tight", "consul_dev", "consul_tls",
+    "bind", "bind_private", "test_hosts",
+}  # fmt: skip
+_TIER_MARKS = {"dataplane": ("root", "netns"), "image": ("root", "podman")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = item.path.parent.name
+        used = set(getattr(item, "fixturenames", ()))
+        if tier == "unit" and used & _SERVER_FIXTURES:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a unit test may not use {used & _SERVER_FIXTURES}"
+            )
+        marks = set(_TIER_MARKS.get(tier, ()))
+        if used & _SERVER_FIXTURES:
+            marks.add("servers")
+        if "test_hosts" in used:
+            marks |= {"root", "netns"}
+        for mark in sorted(marks):
+            item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +107,7 @@ def run_syncd(apiserver, namespace):
     Every test is a separate syncd instance: pruning is per owner id, so tests sharing the
     API server never prune each other's objects.
     """
-    from tests.helpers import run_once
+    from harness.helpers import run_once
 
     def run(config, *extra: str, check: int | None = 0, owner: str | None = ""):
         """owner: "" for the test's own (the namespace), None for syncd's default."""
@@ -100,7 +128,7 @@ def _started(server, what: str):
 
 
 def _start_consul(workdir: Path, **options):
-    from tests.harness.consul_agent import ConsulAgent
+    from harness.consul_agent import ConsulAgent
 
     return _started(ConsulAgent(workdir, **options), "Consul agent")
 
@@ -154,7 +182,7 @@ def consul_tls(tmp_path_factory):
 
 
 def _start_bind(workdir: Path):
-    from tests.harness.bind_server import BindServer
+    from harness.bind_server import BindServer
 
     return _started(BindServer(workdir), "DNS server (BIND)")
 
@@ -209,7 +237,7 @@ def daemon(apiserver, namespace, tmp_path):
 @pytest.fixture(scope="session")
 def test_hosts():
     """Real listeners on test hosts in a network namespace (198.51.100.10-29)."""
-    from tests.harness.netns_hosts import NetnsHosts
+    from harness.netns_hosts import NetnsHosts
 
     hosts = NetnsHosts()
     try:

@@ -13,8 +13,8 @@ import time
 import pytest
 import yaml
 
-from tests.harness.dataplane import DataPlane, cluster_ip
-from tests.helpers import target_with, write_config
+from harness.dataplane import DataPlane, cluster_ip
+from harness.helpers import target_with, write_config
 
 pytestmark = pytest.mark.apiserver
 

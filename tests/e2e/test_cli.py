@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.helpers import CEPH_EXAMPLE, REPO, syncd, target, target_with, write_config
+from harness.kube_apiserver import free_port
 from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
-from tests.harness.kube_apiserver import free_port
-from tests.helpers import CEPH_EXAMPLE, REPO, syncd, target, target_with, write_config
 
 
 def test_help_explains_commands_and_exit_codes():
@@ -131,7 +131,7 @@ def test_daemon_keeps_the_old_config_on_a_bad_edit_and_stops_within_2s_of_sigter
     import signal
     import time
 
-    from tests.helpers import slices_of, wait_for
+    from harness.helpers import slices_of, wait_for
 
     config = write_config(tmp_path / "c.yaml", target(namespace, "loop", ["192.0.2.1:80"]))
     process = daemon(config)
@@ -153,7 +153,7 @@ def test_daemon_keeps_the_old_config_on_a_bad_edit_and_stops_within_2s_of_sigter
 
 @pytest.mark.apiserver
 def test_a_missing_namespace_fails_that_target_with_a_clear_message(apiserver, tmp_path):
-    from tests.helpers import run_once
+    from harness.helpers import run_once
 
     config = write_config(tmp_path / "c.yaml", target("no-such-namespace", "svc", ["192.0.2.1:80"]))
     result = run_once(config, apiserver.syncd_kubeconfig, "--owner-id", "nsless", check=1)

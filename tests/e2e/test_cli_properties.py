@@ -21,8 +21,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.helpers import CEPH_EXAMPLE, REPO
 from syncd.cli import main
-from tests.helpers import CEPH_EXAMPLE, REPO
 
 CONSUL_EXAMPLE = REPO / "config" / "consul-rgw.yaml"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness.kube_apiserver import free_port
-from tests.helpers import REPO
+from harness.helpers import REPO
+from harness.kube_apiserver import free_port
 
 MARKERS = {
     "password": "Pw-4f1c9e-marker",

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from tests.harness.kube_apiserver import REPO, ServerStartError, free_port, stop_process
-from tests.helpers import slices_of, target, write_config
+from harness.helpers import slices_of, target, write_config
+from harness.kube_apiserver import REPO, ServerStartError, free_port, stop_process
 
 pytestmark = pytest.mark.apiserver
 

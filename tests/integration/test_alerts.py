@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness.kube_apiserver import REPO, server_binaries
+from harness.kube_apiserver import REPO, server_binaries
 
 RULES = REPO / "deploy" / "components" / "monitoring" / "prometheusrule.yaml"
 

@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
 
-from tests.helpers import (
+from harness.helpers import (
     CEPH_EXAMPLE,
     CEPH_PAIRS,
     ceph_target,

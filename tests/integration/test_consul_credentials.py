@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import REPO, endpoint_pairs, readiness, slices_of, target_with, wait_for
+from harness.helpers import REPO, endpoint_pairs, readiness, slices_of, target_with, wait_for
 
 pytestmark = pytest.mark.apiserver
 

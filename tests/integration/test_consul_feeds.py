@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from tests.harness.kube_apiserver import free_port
-from tests.helpers import (
+from harness.helpers import (
     connections_to,
     endpoint_pairs,
     readiness,
@@ -22,6 +21,7 @@ from tests.helpers import (
     wait_for,
     write_config,
 )
+from harness.kube_apiserver import free_port
 
 pytestmark = pytest.mark.apiserver
 

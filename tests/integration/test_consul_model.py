@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from tests.harness.consul_model import GUARD_CONFIRM_AFTER, ConsulModel, TargetSpec, mismatch
-from tests.harness.kube_apiserver import free_port
-from tests.helpers import readiness, sample, scrape, slices_of, wait_for, write_config
+from harness.consul_model import GUARD_CONFIRM_AFTER, ConsulModel, TargetSpec, mismatch
+from harness.helpers import readiness, sample, scrape, slices_of, wait_for, write_config
+from harness.kube_apiserver import free_port
 
 pytestmark = pytest.mark.apiserver
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import endpoint_pairs, readiness, slices_of, target_with, write_config
+from harness.helpers import endpoint_pairs, readiness, slices_of, target_with, write_config
 
 pytestmark = pytest.mark.apiserver
 
@@ -152,7 +152,7 @@ def test_acl_filtered_answer_is_an_error_not_an_empty_service(
 def test_unreachable_consul_in_once_mode_keeps_what_is_applied(
     run_syncd, consul, admin, apiserver, namespace, tmp_path
 ):
-    from tests.harness.kube_apiserver import free_port
+    from harness.kube_apiserver import free_port
 
     service = f"down-{namespace}"
     consul.register(f"{service}-1", service, "192.0.2.1", 8080)

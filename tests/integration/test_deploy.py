@@ -21,8 +21,8 @@ from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
 from kubernetes.dynamic import DynamicClient
 
-from tests.harness.kube_apiserver import REPO, server_binaries
-from tests.helpers import run_once, slices_of, target, wait_for, write_config
+from harness.helpers import run_once, slices_of, target, wait_for, write_config
+from harness.kube_apiserver import REPO, server_binaries
 
 pytestmark = pytest.mark.apiserver
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import (
+from harness.helpers import (
     endpoint_pairs,
     readiness,
     slices_of,

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from kubernetes import utils as k8s_utils
 
-from tests.harness.kube_apiserver import REPO, free_port
-from tests.helpers import slices_of, wait_for, write_config
+from harness.helpers import slices_of, wait_for, write_config
+from harness.kube_apiserver import REPO, free_port
 
 pytestmark = pytest.mark.apiserver
 

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
+from harness.certs import make_certs
+from harness.kube_apiserver import free_port
 from syncd.health import Prober, probe_once
 from syncd.model import HealthCheckConfig
-from tests.harness.certs import make_certs
-from tests.harness.kube_apiserver import free_port
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

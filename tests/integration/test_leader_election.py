@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from tests.helpers import endpoint_pairs, slices_of, wait_for, write_config
+from harness.helpers import endpoint_pairs, slices_of, wait_for, write_config
 
 pytestmark = pytest.mark.apiserver
 

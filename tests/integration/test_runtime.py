@@ -15,8 +15,8 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.harness.kube_apiserver import free_port
-from tests.helpers import endpoint_pairs, slices_of, target, wait_for, write_config
+from harness.helpers import endpoint_pairs, slices_of, target, wait_for, write_config
+from harness.kube_apiserver import free_port
 
 pytestmark = pytest.mark.apiserver
 

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import (
+from harness.helpers import (
     endpoint_pairs,
     readiness,
     slices_of,

@@ -11,9 +11,9 @@ import time
 import pytest
 from kubernetes import client as k8s
 
+from harness.helpers import target, write_config
+from harness.kube_apiserver import REPO
 from syncd.kube import Kube, KubeSettings
-from tests.harness.kube_apiserver import REPO
-from tests.helpers import target, write_config
 
 pytestmark = pytest.mark.apiserver
 

@@ -18,11 +18,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from syncd.kube import Kube, KubeSettings
-from tests.conftest import _started
-from tests.harness.kube_apiserver import KubeApiServer
-from tests.harness.syncd_process import start_syncd
-from tests.helpers import (
+from harness.helpers import (
     CEPH_PAIRS,
     REPO,
     ceph_target,
@@ -34,6 +30,10 @@ from tests.helpers import (
     wait_for,
     write_config,
 )
+from harness.kube_apiserver import KubeApiServer
+from harness.syncd_process import start_syncd
+from syncd.kube import Kube, KubeSettings
+from tests.conftest import _started
 
 pytestmark = pytest.mark.apiserver
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.helpers import CEPH_EXAMPLE, CEPH_PAIRS, REPO
 from syncd.cli import EXIT_USAGE, main
 from syncd.config import load_config, load_config_text
 from syncd.errors import ConfigError
 from syncd.model import Output
-from tests.helpers import CEPH_EXAMPLE, CEPH_PAIRS, REPO
 
 GOOD = """\
 version: 1

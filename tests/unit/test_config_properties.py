@@ -9,10 +9,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.helpers import CEPH_EXAMPLE
 from syncd.config import load_config_text
 from syncd.errors import ConfigError
 from syncd.model import Config
-from tests.helpers import CEPH_EXAMPLE
 
 EXAMPLE = yaml.safe_load(CEPH_EXAMPLE.read_text())
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from harness.helpers import CEPH_EXAMPLE, REPO
 from syncd.cli import main
 from syncd.config import load_config
 from syncd.model import Backend, EndpointPort, Output, ServicePort, StaticSourceConfig, Target
@@ -18,7 +19,6 @@ from syncd.render import (
     render_endpoints,
     render_target,
 )
-from tests.helpers import CEPH_EXAMPLE, REPO
 
 GOLDEN = REPO / "tests" / "golden" / "ceph-rgw.yaml"
 HTTP = ServicePort("http", 80)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness.kube_apiserver import REPO
+from harness.kube_apiserver import REPO
 
 
 def start_syncd(config: Path, kubeconfig: Path, log: Path, *extra: str) -> subprocess.Popen:

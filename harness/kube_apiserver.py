@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "build-test-servers.sh"
 SYNCD_USER = "system:serviceaccount:syncd:syncd"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness.kube_apiserver import (
+from harness.kube_apiserver import (
     KubeApiServer,
     ServerStartError,
     server_binaries,

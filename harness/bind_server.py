@@ -16,7 +16,7 @@ import dns.query
 import dns.rcode
 import dns.update
 
-from tests.harness.kube_apiserver import ServerStartError, _tail, free_port, stop_process
+from harness.kube_apiserver import ServerStartError, _tail, free_port, stop_process
 
 ZONE = "example.test."
 

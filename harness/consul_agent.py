@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.harness.certs import make_certs
-from tests.harness.kube_apiserver import (
+from harness.certs import make_certs
+from harness.kube_apiserver import (
     ServerStartError,
     _tail,
     free_port,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tests.harness.consul_agent import ConsulAgent
+from harness.consul_agent import ConsulAgent
 
 AGENT_NODE = "syncd-test"  # the dev agent's node name (see ConsulAgent)
 STATUSES = ("passing", "warning", "critical")

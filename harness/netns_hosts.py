@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from tests.harness.kube_apiserver import ServerStartError
+from harness.kube_apiserver import ServerStartError
 
 HOST_ADDRESS = "198.51.100.1"
 ADDRESSES = [f"198.51.100.{n}" for n in range(10, 30)]
