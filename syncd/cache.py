@@ -48,6 +48,7 @@ from syncd.kube import Kube
 from syncd.model import Target
 from syncd.ownership import is_owned
 from syncd.pipeline import LiveState
+from syncd.ratelimit import backoff
 from syncd.served import ServedFields
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ class ClusterCache:
         """Seconds before the next attempt: at most a second while the server is down or
         coming back (so a restarted API server is noticed at once), up to 10 s otherwise."""
         cap = 1.0 if soon else 10.0
-        return random.uniform(0.5, 1.0) * min(cap, 0.2 * 2 ** min(failures, 10))
+        return backoff(failures + 1, 0.2, cap)
 
     def _recovered(self, status: InformerStatus) -> None:
         log.info("watching %ss again", status.kind)

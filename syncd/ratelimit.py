@@ -1,13 +1,25 @@
-"""A token bucket: at most `rate` events per second on average, `burst` at once.
+"""How fast to go, and how long to wait after failing: the one backoff and a token bucket.
 
-Used for client-side API request limits (like client-go's `qps`/`burst`) and for the work
-queue's overall retry limit."""
+`backoff` is what every retry loop waits (polled sources, Consul watches and feeds, the
+cluster cache's watches, the work queue's per-key retries): capped exponential with
+jitter, so clients that failed together spread out. The token bucket (at most `rate` events
+per second on average, `burst` at once) is the client-side API request limit (like
+client-go's `qps`/`burst`) and the work queue's overall retry limit."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
+
+
+def backoff(
+    failures: int, base: float, cap: float, jitter: tuple[float, float] = (0.5, 1.0)
+) -> float:
+    """Seconds to wait after the `failures`-th failure in a row (1: the first): `base`
+    doubling each time up to `cap`, times a random factor in `jitter`."""
+    return random.uniform(*jitter) * min(cap, base * 2 ** min(max(failures, 1) - 1, 30))
 
 
 class TokenBucket:

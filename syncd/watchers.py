@@ -13,13 +13,13 @@ share the answer. After starting or stopping targets, `commit` places the new on
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from syncd.errors import SourceError
 from syncd.model import ConsulConnection, Target
+from syncd.ratelimit import backoff
 from syncd.scheduler import Scheduler
 from syncd.sources import ConsulClients, build_source
 from syncd.sources.base import Answer, ChangeEmitter, PolledSource, Source
@@ -78,7 +78,7 @@ class _PolledJob:
 
     def _backoff(self) -> float:
         self._failures += 1
-        return random.uniform(0.5, 1.0) * min(RETRY_CAP, RETRY_BASE * 2 ** (self._failures - 1))
+        return backoff(self._failures, RETRY_BASE, RETRY_CAP)
 
 
 class SourceRunner:

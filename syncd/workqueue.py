@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
 
-from syncd.ratelimit import TokenBucket
+from syncd.ratelimit import TokenBucket, backoff
 
 
 class RetryLimiter:
@@ -49,8 +49,7 @@ class RetryLimiter:
         with self._lock:
             failures = self._failures.get(key, 0)
             self._failures[key] = failures + 1
-        own = min(self._cap, self._base * 2 ** min(failures, 30))
-        own *= random.uniform(0.8, 1.2)  # jitter: targets that failed together spread out
+        own = backoff(failures + 1, self._base, self._cap, jitter=(0.8, 1.2))
         return max(own, self._bucket.reserve())
 
     def failures(self, key: Hashable) -> int:
