@@ -264,53 +264,11 @@ class Kube:
             response.release_conn()
             return json.loads(data) if data else None
 
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "%s %s failed (%s); retrying in %.1fs",
-                verb,
-                what,
-                self._describe(exc),
-                state.upcoming_sleep,
-            )
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_is_transient),
-            wait=tenacity.wait_random_exponential(
-                multiplier=0.2, max=self._settings.retry_max_backoff
-            ),
-            stop=(
-                tenacity.stop_after_attempt(self._settings.retry_attempts)
-                | tenacity.stop_when_event_set(self._stop)
-            ),
-            sleep=self._pause,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        retrying = _retrying(self._settings, self._stop, f"{verb} {what}")
         try:
             return retrying(attempt)
         except (HttpError, *_NETWORK_ERRORS) as exc:
-            raise self._error(verb, what, exc) from None
-
-    def _pause(self, seconds: float) -> None:
-        """Sleep between retries; a shutdown cuts it short."""
-        self._stop.wait(seconds)
-
-    def _error(self, verb: str, what: str, exc: BaseException) -> KubeError:
-        """The KubeError (or subclass) a failed call becomes."""
-        if isinstance(exc, HttpError):
-            message, reason = _status_message(exc)
-            error = {404: KubeNotFound, 409: KubeConflict}.get(exc.status, KubeError)
-            return error(f"{verb} {what}: {exc.status} {message}", exc.status, reason)
-        return KubeError(f"{verb} {what}: cannot reach {self.host}: {self._describe(exc)}")
-
-    def _describe(self, exc: BaseException | None) -> str:
-        if isinstance(exc, HttpError):
-            message, _ = _status_message(exc)
-            return f"{exc.status} {message}".strip()
-        if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-            return _one_line(exc.reason)
-        return _one_line(exc) if exc else "unknown error"
+            raise _error(verb, what, exc, self.host) from None
 
     # -- verbs
 
@@ -408,25 +366,8 @@ class Kube:
                 ),
             )
         except (HttpError, *_NETWORK_ERRORS) as exc:
-            raise self._error("watch", kind, exc) from None
-        return self._events(response, row)
-
-    def _events(self, response: Any, row: Kind) -> Iterator[tuple[str, dict[str, Any]]]:
-        try:
-            for line in iter_resp_lines(response):
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    raise KubeError(
-                        f"watch {row.name}: {obj.get('message', 'error')}",
-                        obj.get("code"),
-                        obj.get("reason", ""),
-                    )
-                yield event.get("type", ""), _with_kind(obj, row)
-        except (*_NETWORK_ERRORS, ValueError) as exc:
-            raise KubeError(f"watch {row.name}: interrupted: {self._describe(exc)}") from None
-        finally:
-            response.release_conn()
+            raise _error("watch", kind, exc, self.host) from None
+        return _watch_events(response, row)
 
     def create(
         self,
@@ -524,6 +465,65 @@ class Kube:
         except KubeNotFound:
             return False
         return True
+
+
+def _retrying(settings: KubeSettings, stop: threading.Event, what: str) -> tenacity.Retrying:
+    """Retry while the failure is transient: capped, jittered backoff; a shutdown ends it."""
+
+    def pause(seconds: float) -> None:
+        stop.wait(seconds)  # a shutdown cuts a pause short
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s failed (%s); retrying in %.1fs", what, _describe(exc), state.upcoming_sleep)
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_is_transient),
+        wait=tenacity.wait_random_exponential(multiplier=0.2, max=settings.retry_max_backoff),
+        stop=(
+            tenacity.stop_after_attempt(settings.retry_attempts)
+            | tenacity.stop_when_event_set(stop)
+        ),
+        sleep=pause,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _error(verb: str, what: str, exc: BaseException, host: str) -> KubeError:
+    """The KubeError (or subclass) a failed call becomes."""
+    if isinstance(exc, HttpError):
+        message, reason = _status_message(exc)
+        error = {404: KubeNotFound, 409: KubeConflict}.get(exc.status, KubeError)
+        return error(f"{verb} {what}: {exc.status} {message}", exc.status, reason)
+    return KubeError(f"{verb} {what}: cannot reach {host}: {_describe(exc)}")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, HttpError):
+        message, _ = _status_message(exc)
+        return f"{exc.status} {message}".strip()
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        return _one_line(exc.reason)
+    return _one_line(exc) if exc else "unknown error"
+
+
+def _watch_events(response: Any, row: Kind) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        for line in iter_resp_lines(response):
+            event = json.loads(line)
+            obj = event.get("object") or {}
+            if event.get("type") == "ERROR":
+                raise KubeError(
+                    f"watch {row.name}: {obj.get('message', 'error')}",
+                    obj.get("code"),
+                    obj.get("reason", ""),
+                )
+            yield event.get("type", ""), _with_kind(obj, row)
+    except (*_NETWORK_ERRORS, ValueError) as exc:
+        raise KubeError(f"watch {row.name}: interrupted: {_describe(exc)}") from None
+    finally:
+        response.release_conn()
 
 
 def _with_kind(obj: Any, row: Kind) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from syncd.model import (
     AddressPolicy,
     Answer,
     Backend,
+    FailoverConfig,
     GuardConfig,
     ProbeKey,
     Snapshot,
@@ -180,7 +181,7 @@ def choose(
     answers: Sequence[Snapshot | SourceError], state: PolicyState, now: float, target: Target
 ) -> Verdict:
     """The tier and backends to apply now, and the policy's memory for next time."""
-    failover, guards = target.failover, target.guards
+    failover = target.failover
     qualifies = [_ready_count(a) >= failover.min_ready for a in answers]
     previous = state.qualified_since or (None,) * len(answers)
     since = tuple(
@@ -190,48 +191,12 @@ def choose(
     state = replace(state, qualified_since=since)
     candidates = [i for i, ok in enumerate(qualifies) if ok]
     recheck_at: float | None = None
-
-    if not candidates:
-        if len(answers) == 1 and isinstance(answers[0], Snapshot):
-            chosen, reason = 0, "the only source"
-        else:
-            if any(isinstance(a, SourceError) for a in answers):  # stale: one is unknown
-                failed = all(isinstance(a, SourceError) for a in answers)
-                why = "no source answered" if failed else "no answering tier qualifies"
-                return Verdict(None, state, f"{why}; keeping what is applied")
-            # Every source answered and none qualifies: not stale, a protection
-            return Verdict(
-                None,
-                state,
-                f"no tier has {failover.min_ready} ready backends; keeping what is applied",
-                protected=True,
-            )
+    if candidates:
+        chosen, reason, recheck_at = _tier(candidates, state, since, now, failover)
+    elif len(answers) == 1 and isinstance(answers[0], Snapshot):
+        chosen, reason = 0, "the only source"
     else:
-        best, current = candidates[0], state.active
-        if current is None:
-            chosen, reason = best, f"first tier with {failover.min_ready}+ ready backends"
-        elif current not in candidates:
-            chosen, reason = best, f"tier {current} has fewer than {failover.min_ready} ready"
-        elif best < current:
-            waited = now - (since[best] or now)
-            if waited >= failover.failback_after:
-                chosen, reason = (
-                    best,
-                    (
-                        f"tier {best} has qualified for {waited:.0f}s "
-                        f"(failback_after {failover.failback_after:g}s)"
-                    ),
-                )
-            else:
-                chosen, reason = (
-                    current,
-                    f"tier {best} qualifies, failback after "
-                    f"{failover.failback_after - waited:.0f}s more",
-                )
-                recheck_at = (since[best] or now) + failover.failback_after
-        else:
-            chosen, reason = current, "active tier"
-
+        return _nothing_qualifies(answers, state, failover)
     answer = answers[chosen]
     assert isinstance(answer, Snapshot)
     switched = state.active if state.active is not None and chosen != state.active else None
@@ -240,13 +205,56 @@ def choose(
     if protected is not None:
         return protected
     if switched is None:  # a failover replaces everything by design; not a "removal"
-        held = _guard(answer.backends, state, now, guards)
+        held = _guard(answer.backends, state, now, target.guards)
         if held is not None:
             return held
     new_state = replace(
         state, active=chosen, applied=answer.backends, pending=None, pending_since=None
     )
     return Verdict(decision, new_state, recheck_at=recheck_at)
+
+
+def _tier(
+    candidates: list[int],
+    state: PolicyState,
+    since: tuple[float | None, ...],
+    now: float,
+    failover: FailoverConfig,
+) -> tuple[int, str, float | None]:
+    """Among qualifying tiers: (the one to use, why, when to look again for a failback)."""
+    best, current = candidates[0], state.active
+    if current is None:
+        return best, f"first tier with {failover.min_ready}+ ready backends", None
+    if current not in candidates:
+        return best, f"tier {current} has fewer than {failover.min_ready} ready", None
+    if best >= current:
+        return current, "active tier", None
+    waited = now - (since[best] or now)
+    if waited >= failover.failback_after:
+        why = (
+            f"tier {best} has qualified for {waited:.0f}s "
+            f"(failback_after {failover.failback_after:g}s)"
+        )
+        return best, why, None
+    why = f"tier {best} qualifies, failback after {failover.failback_after - waited:.0f}s more"
+    return current, why, (since[best] or now) + failover.failback_after
+
+
+def _nothing_qualifies(
+    answers: Sequence[Snapshot | SourceError], state: PolicyState, failover: FailoverConfig
+) -> Verdict:
+    """No tier qualifies: stale while a source cannot answer, else protection."""
+    if any(isinstance(a, SourceError) for a in answers):  # stale: one is unknown
+        failed = all(isinstance(a, SourceError) for a in answers)
+        why = "no source answered" if failed else "no answering tier qualifies"
+        return Verdict(None, state, f"{why}; keeping what is applied")
+    # Every source answered and none qualifies: not stale, a protection
+    return Verdict(
+        None,
+        state,
+        f"no tier has {failover.min_ready} ready backends; keeping what is applied",
+        protected=True,
+    )
 
 
 def _drain_protection(decision: Decision, state: PolicyState, target: Target) -> Verdict | None:

@@ -68,41 +68,63 @@ def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str]
     )
     if data is None:
         raise ConfigError(checker.problems)
-
     if "version" in data:
         version = data["version"]
         if not is_int(version) or version not in SUPPORTED_VERSIONS:
             root.at("version").error(f"unsupported version {version!r}; supported: 1")
-
-    targets: list[Target] = []
-    raw_targets = data.get("targets")
     policy = AddressPolicy()
     if "address_policy" in data:
         policy = parse_address_policy(data["address_policy"], root.at("address_policy")) or policy
+    targets = _targets(data, root, path.parent, policy)
+    allowed = _protected_refused(data, root, tuple(allow_protected))
+    owner_id = _owner_id(data, root)
+    consul = _consul(data, root, path.parent, targets)
+    if checker.problems:
+        raise ConfigError(checker.problems)
+    return Config(
+        path=path,
+        targets=tuple(targets),
+        version=data["version"],
+        consul=consul,
+        address_policy=policy,
+        owner_id=owner_id,
+        allow_protected=allowed,
+    )
 
-    if "targets" in data:
-        if not isinstance(raw_targets, list):
-            root.at("targets").error(f"must be a list of targets, got {kind_name(raw_targets)}")
-        elif not raw_targets:
-            root.at("targets").error("at least one target is required")
-        else:
-            seen: dict[tuple, int] = {}
-            for index, raw in enumerate(raw_targets):
-                target = parse_target(raw, root.at("targets", index), path.parent, policy)
-                key = raw_target_key(raw)
-                if key is not None and key in seen:
-                    root.at("targets", index).error(
-                        f"duplicate target {key[0]}/{key[1]} (also targets[{seen[key]}])"
-                    )
-                    continue
-                if key is not None:
-                    seen[key] = index
-                if target is not None:
-                    targets.append(target)
 
-    allowed = tuple(allow_protected)
+def _targets(data: dict, root: Scope, base: Path, policy: AddressPolicy) -> list[Target]:
+    """Every valid target; each invalid or duplicate one is a problem of its own."""
+    raw_targets = data.get("targets")
+    targets: list[Target] = []
+    if "targets" not in data:
+        return targets
+    if not isinstance(raw_targets, list):
+        root.at("targets").error(f"must be a list of targets, got {kind_name(raw_targets)}")
+        return targets
+    if not raw_targets:
+        root.at("targets").error("at least one target is required")
+        return targets
+    seen: dict[tuple, int] = {}
+    for index, raw in enumerate(raw_targets):
+        target = parse_target(raw, root.at("targets", index), base, policy)
+        key = raw_target_key(raw)
+        if key is not None and key in seen:
+            root.at("targets", index).error(
+                f"duplicate target {key[0]}/{key[1]} (also targets[{seen[key]}])"
+            )
+            continue
+        if key is not None:
+            seen[key] = index
+        if target is not None:
+            targets.append(target)
+    return targets
+
+
+def _protected_refused(data: dict, root: Scope, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The protected Services this config may write; a target naming another is refused."""
     if "allow_protected" in data:
         allowed += parse_allow_protected(data["allow_protected"], root.at("allow_protected"))
+    raw_targets = data.get("targets")
     for index, raw in enumerate(raw_targets if isinstance(raw_targets, list) else ()):
         key = raw_target_key(raw)
         if key is None or not all(isinstance(part, str) for part in key):
@@ -110,20 +132,27 @@ def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str]
         refused = refusal(key[0], key[1], allowed)
         if refused is not None:
             root.at("targets", index, "namespace").error(f"target {key[0]}/{key[1]}: {refused}")
+    return allowed
 
-    owner_id = None
-    if "owner_id" in data:
-        owner_id = string(data["owner_id"], root.at("owner_id"))
-        if owner_id is not None and not valid_owner_id(owner_id):
-            root.at("owner_id").error(
-                f"{owner_id!r} is not a valid label value (letters, digits, '-', '_', '.', "
-                "at most 63, starting and ending with a letter or digit)"
-            )
-            owner_id = None
 
+def _owner_id(data: dict, root: Scope) -> str | None:
+    if "owner_id" not in data:
+        return None
+    owner_id = string(data["owner_id"], root.at("owner_id"))
+    if owner_id is not None and not valid_owner_id(owner_id):
+        root.at("owner_id").error(
+            f"{owner_id!r} is not a valid label value (letters, digits, '-', '_', '.', "
+            "at most 63, starting and ending with a letter or digit)"
+        )
+        return None
+    return owner_id
+
+
+def _consul(data: dict, root: Scope, base: Path, targets: list[Target]) -> ConsulConnection:
+    """The connection, with enough connections for every datacenter the targets use."""
     consul = ConsulConnection()
     if "consul" in data:
-        consul = parse_consul_connection(data["consul"], root.at("consul"), path.parent) or consul
+        consul = parse_consul_connection(data["consul"], root.at("consul"), base) or consul
     datacenters = {
         (s.datacenter, s.namespace, s.partition)
         for t in targets
@@ -136,15 +165,4 @@ def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str]
             f"{consul.max_connections} is too few for {len(datacenters)} Consul datacenters "
             f"(or namespaces): at least {needed} (the shared readers and four change feeds each)"
         )
-
-    if checker.problems:
-        raise ConfigError(checker.problems)
-    return Config(
-        path=path,
-        targets=tuple(targets),
-        version=data["version"],
-        consul=consul,
-        address_policy=policy,
-        owner_id=owner_id,
-        allow_protected=allowed,
-    )
+    return consul

@@ -105,39 +105,14 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
 
     ports = _service_ports(data.get("ports"), scope.at("ports")) if "ports" in data else None
 
-    output = Output.ENDPOINTSLICES
-    if "output" in data:
-        try:
-            output = Output(data["output"])
-        except ValueError:
-            choices = ", ".join(o.value for o in Output)
-            scope.at("output").error(f"{data['output']!r} is not one of: {choices}")
+    output = _output(data, scope)
 
     manage_service = flag(data, "manage_service", scope)
     manage_service = True if manage_service is None else manage_service
 
-    capacity = DEFAULT_SLICE_CAPACITY
-    if "max_endpoints_per_slice" in data:
-        value = data["max_endpoints_per_slice"]
-        if is_int(value) and 1 <= value <= MAX_SLICE_CAPACITY:
-            capacity = value
-        else:
-            scope.at("max_endpoints_per_slice").error(
-                f"must be a whole number from 1 to {MAX_SLICE_CAPACITY}, got {value!r}"
-            )
+    capacity = _slice_capacity(data, scope)
 
-    sources: list[SourceConfig] = []
-    raw_sources = data.get("sources")
-    if "sources" in data:
-        if not isinstance(raw_sources, list):
-            scope.at("sources").error(f"must be a list of sources, got {kind_name(raw_sources)}")
-        elif not raw_sources:
-            scope.at("sources").error("at least one source is required")
-        elif ports is not None:
-            for index, raw in enumerate(raw_sources):
-                source = _source(raw, scope.at("sources", index), ports, base_dir)
-                if source is not None:
-                    sources.append(source)
+    sources = _sources(data, scope, ports, base_dir)
 
     extras: dict[str, Any] = {}
     if "failover" in data:
@@ -152,18 +127,7 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
         extras["allowed_cidrs"] = cidrs(data["allowed_cidrs"], scope.at("allowed_cidrs"))
     extras.update(numbers(data, scope, {"drain_floor": (0, 100_000, True)}))
     if "traffic_distribution" in data:
-        value = data["traffic_distribution"]
-        if value not in TRAFFIC_DISTRIBUTIONS:
-            scope.at("traffic_distribution").error(
-                f"{value!r} is not one of: {', '.join(TRAFFIC_DISTRIBUTIONS)}"
-            )
-        elif not manage_service:
-            scope.at("traffic_distribution").error(
-                "syncd does not change a Service it does not manage; set "
-                "spec.trafficDistribution on the Service itself (syncd follows it)"
-            )
-        else:
-            extras["traffic_distribution"] = value
+        extras.update(_traffic_distribution(data, scope, manage_service))
     for index, source in enumerate(sources):
         if isinstance(source, StaticSourceConfig):
             _check_static_policy(
@@ -183,6 +147,65 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
         manage_service=manage_service,
         max_endpoints_per_slice=capacity,
     )
+
+
+def _output(data: dict, scope: Scope) -> Output:
+    if "output" not in data:
+        return Output.ENDPOINTSLICES
+    try:
+        return Output(data["output"])
+    except ValueError:
+        choices = ", ".join(o.value for o in Output)
+        scope.at("output").error(f"{data['output']!r} is not one of: {choices}")
+        return Output.ENDPOINTSLICES
+
+
+def _slice_capacity(data: dict, scope: Scope) -> int:
+    if "max_endpoints_per_slice" not in data:
+        return DEFAULT_SLICE_CAPACITY
+    value = data["max_endpoints_per_slice"]
+    if is_int(value) and 1 <= value <= MAX_SLICE_CAPACITY:
+        return int(value)
+    scope.at("max_endpoints_per_slice").error(
+        f"must be a whole number from 1 to {MAX_SLICE_CAPACITY}, got {value!r}"
+    )
+    return DEFAULT_SLICE_CAPACITY
+
+
+def _sources(
+    data: dict, scope: Scope, ports: tuple[ServicePort, ...] | None, base_dir: Path
+) -> list[SourceConfig]:
+    """The target's sources (its tiers, in order); checked only once its ports are valid."""
+    sources: list[SourceConfig] = []
+    raw_sources = data.get("sources")
+    if "sources" not in data:
+        return sources
+    if not isinstance(raw_sources, list):
+        scope.at("sources").error(f"must be a list of sources, got {kind_name(raw_sources)}")
+    elif not raw_sources:
+        scope.at("sources").error("at least one source is required")
+    elif ports is not None:
+        for index, raw in enumerate(raw_sources):
+            source = _source(raw, scope.at("sources", index), ports, base_dir)
+            if source is not None:
+                sources.append(source)
+    return sources
+
+
+def _traffic_distribution(data: dict, scope: Scope, manage_service: bool) -> dict[str, Any]:
+    value = data["traffic_distribution"]
+    if value not in TRAFFIC_DISTRIBUTIONS:
+        scope.at("traffic_distribution").error(
+            f"{value!r} is not one of: {', '.join(TRAFFIC_DISTRIBUTIONS)}"
+        )
+    elif not manage_service:
+        scope.at("traffic_distribution").error(
+            "syncd does not change a Service it does not manage; set "
+            "spec.trafficDistribution on the Service itself (syncd follows it)"
+        )
+    else:
+        return {"traffic_distribution": value}
+    return {}
 
 
 def raw_target_key(raw: Any) -> tuple | None:
@@ -490,15 +513,31 @@ def _health_check(raw: Any, scope: Scope, ports, base_dir: Path) -> HealthCheckC
             values["port"] = data["port"]
         else:
             scope.at("port").error(f"{data['port']!r} is not a port of the Service")
+    values.update(_http_options(data, scope, base_dir))
+    values.update(
+        numbers(
+            data,
+            scope,
+            {
+                "interval": (0.1, 3600),
+                "timeout": (0.05, 600),
+                "rise": (1, 100, True),
+                "fall": (1, 100, True),
+                "concurrency": (1, 1000, True),
+                "panic_threshold": (0, 1),
+            },
+        )
+    )
+    if values.get("timeout", 2.0) > values.get("interval", 5.0):
+        scope.error("timeout must not be longer than interval")
+    return HealthCheckConfig(**values)
+
+
+def _http_options(data: dict, scope: Scope, base_dir: Path) -> dict[str, Any]:
+    """What only an http or https check takes: path, expected status, host, TLS."""
+    values: dict[str, Any] = {}
     if data.get("type") == "tcp":
-        for key in (
-            "path",
-            "expected_status",
-            "host",
-            "tls_server_name",
-            "ca_file",
-            "insecure_skip_verify",
-        ):
+        for key in _HTTP_ONLY_KEYS:
             if key in data:
                 scope.at(key).error("only for http and https checks")
     if "path" in data:
@@ -519,23 +558,17 @@ def _health_check(raw: Any, scope: Scope, ports, base_dir: Path) -> HealthCheckC
             values["ca_file"] = beside(base_dir, name)
     if flag(data, "insecure_skip_verify", scope) is not None:
         values["insecure_skip_verify"] = data["insecure_skip_verify"]
-    values.update(
-        numbers(
-            data,
-            scope,
-            {
-                "interval": (0.1, 3600),
-                "timeout": (0.05, 600),
-                "rise": (1, 100, True),
-                "fall": (1, 100, True),
-                "concurrency": (1, 1000, True),
-                "panic_threshold": (0, 1),
-            },
-        )
-    )
-    if values.get("timeout", 2.0) > values.get("interval", 5.0):
-        scope.error("timeout must not be longer than interval")
-    return HealthCheckConfig(**values)
+    return values
+
+
+_HTTP_ONLY_KEYS = (
+    "path",
+    "expected_status",
+    "host",
+    "tls_server_name",
+    "ca_file",
+    "insecure_skip_verify",
+)
 
 
 def _status_ranges(raw: Any, scope: Scope) -> tuple[tuple[int, int], ...]:

@@ -197,6 +197,27 @@ def resolve_endpoint(
     """
     env = os.environ if environ is None else environ
     problems: list[str] = []
+    scheme, host, port = _address(connection, env, problems)
+    token = _token(connection, env, problems)
+    files = _tls_files(connection, env, problems)
+    server_name = connection.tls_server_name or env.get("CONSUL_TLS_SERVER_NAME") or None
+    if server_name is not None:
+        try:
+            parse_http_address(server_name, CONSUL_PORT)
+        except ValueError:
+            where = (
+                "consul.tls_server_name" if connection.tls_server_name else "CONSUL_TLS_SERVER_NAME"
+            )
+            problems.append(f"{where}: {server_name!r} is not a host name")
+    if problems:
+        raise ConfigError(problems)
+    return ConsulEndpoint(scheme, host, port, token, server_name=server_name, **files)
+
+
+def _address(
+    connection: ConsulConnection, env: Mapping[str, str], problems: list[str]
+) -> tuple[str, str, int]:
+    """consul.address, else CONSUL_HTTP_ADDR (with CONSUL_HTTP_SSL), else the local agent."""
     ssl_text = env.get("CONSUL_HTTP_SSL", "").strip().lower()
     if ssl_text not in _TRUE + _FALSE:
         problems.append(f"CONSUL_HTTP_SSL: {env['CONSUL_HTTP_SSL']!r} is not true or false")
@@ -208,20 +229,25 @@ def resolve_endpoint(
         address, where = f"127.0.0.1:{CONSUL_PORT}", "the default address"
     if "://" not in address and ssl_text in _TRUE:
         address = "https://" + address
-    scheme, host, port = "http", "127.0.0.1", CONSUL_PORT
     try:
-        scheme, host, port = parse_http_address(address, CONSUL_PORT)
+        return parse_http_address(address, CONSUL_PORT)
     except ValueError as exc:
         problems.append(f"{where}: {exc}")
+        return "http", "127.0.0.1", CONSUL_PORT
 
-    token = TokenSource()
+
+def _token(
+    connection: ConsulConnection, env: Mapping[str, str], problems: list[str]
+) -> TokenSource:
+    """consul.token_file beats the environment; there, as Consul's own CLI, the token
+    before the token file."""
     variable_token = env.get("CONSUL_HTTP_TOKEN")
     variable_file = env.get("CONSUL_HTTP_TOKEN_FILE")
-    if connection.token_file is not None:  # the config beats the environment
+    if connection.token_file is not None:
         value, problem = read_token(connection.token_file, "consul.token_file")
         problems += [problem] if problem else []
-        token = TokenSource(value, connection.token_file, "consul.token_file")
-    elif variable_token is not None:  # as Consul's own CLI: the token before the file
+        return TokenSource(value, connection.token_file, "consul.token_file")
+    if variable_token is not None:
         value = variable_token.strip()
         if not value:
             problems.append(
@@ -230,12 +256,18 @@ def resolve_endpoint(
             )
         elif not value.isprintable():
             problems.append("CONSUL_HTTP_TOKEN: the token contains control characters")
-        token = TokenSource(value or None, None, "CONSUL_HTTP_TOKEN")
-    elif variable_file is not None:
+        return TokenSource(value or None, None, "CONSUL_HTTP_TOKEN")
+    if variable_file is not None:
         value, problem = read_token(Path(variable_file), "CONSUL_HTTP_TOKEN_FILE")
         problems += [problem] if problem else []
-        token = TokenSource(value, Path(variable_file), "CONSUL_HTTP_TOKEN_FILE")
+        return TokenSource(value, Path(variable_file), "CONSUL_HTTP_TOKEN_FILE")
+    return TokenSource()
 
+
+def _tls_files(
+    connection: ConsulConnection, env: Mapping[str, str], problems: list[str]
+) -> dict[str, str | None]:
+    """The CA, client certificate and key: from the config, else CONSUL_* variables."""
     files: dict[str, str | None] = {}
     for name, variable in (
         ("ca_file", "CONSUL_CACERT"),
@@ -253,18 +285,7 @@ def resolve_endpoint(
             "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY (or consul.cert_file and key_file) "
             "go together"
         )
-    server_name = connection.tls_server_name or env.get("CONSUL_TLS_SERVER_NAME") or None
-    if server_name is not None:
-        try:
-            parse_http_address(server_name, CONSUL_PORT)
-        except ValueError:
-            where = (
-                "consul.tls_server_name" if connection.tls_server_name else "CONSUL_TLS_SERVER_NAME"
-            )
-            problems.append(f"{where}: {server_name!r} is not a host name")
-    if problems:
-        raise ConfigError(problems)
-    return ConsulEndpoint(scheme, host, port, token, server_name=server_name, **files)
+    return files
 
 
 def make_client(
@@ -353,19 +374,8 @@ def get(
     it already): a sweep over thousands of unchanged services then costs little CPU.
     """
 
-    def parse(response) -> Reply:
-        if response.code == 429:
-            raise _TooMany()
-        headers = response.headers
-        try:
-            index = int(headers.get("X-Consul-Index", 0))
-        except ValueError:
-            index = 0
-        filtered = str(headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true"
-        if unless_index is not None and index == unless_index and response.code == 200:
-            return Reply(index, None, filtered)
-        body = consul.callback.CB.json(allow_404=False)(response)
-        return Reply(index, body, filtered)
+    def parse(response: Any) -> Reply:
+        return _parse_reply(response, unless_index)
 
     headers = client.prepare_headers()
     try:
@@ -400,6 +410,22 @@ def get(
         ) from None
     SOURCE_REQUESTS.labels(kind, "ok").inc()
     return reply
+
+
+def _parse_reply(response: Any, unless_index: int | None) -> Reply:
+    """Consul's answer: its index, and its body unless the index is `unless_index`."""
+    if response.code == 429:
+        raise _TooMany()
+    headers = response.headers
+    try:
+        index = int(headers.get("X-Consul-Index", 0))
+    except ValueError:
+        index = 0
+    filtered = str(headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true"
+    if unless_index is not None and index == unless_index and response.code == 200:
+        return Reply(index, None, filtered)
+    body = consul.callback.CB.json(allow_404=False)(response)
+    return Reply(index, body, filtered)
 
 
 class _TooMany(Exception):
