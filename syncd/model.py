@@ -57,7 +57,7 @@ class EndpointPort:
 PortSet = tuple[EndpointPort, ...]
 
 
-class _SharedPorts(tuple):
+class _SharedPorts(tuple[EndpointPort, ...]):
     """An interned port set whose hash is computed once: every backend's hash includes it."""
 
     _hash: int

@@ -56,7 +56,7 @@ _COMPARED: Memo[tuple[Mapping[str, Any], Mapping[str, Any], bool]] = Memo(16384)
 class _IndentedDumper(yaml.SafeDumper):
     """Indents list items under their key, which reads better in a diff."""
 
-    def increase_indent(self, flow: bool = False, indentless: bool = False):
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
         return super().increase_indent(flow, False)
 
 

@@ -35,6 +35,7 @@ from syncd.model import (
     Answer,
     Backend,
     FailoverConfig,
+    PortSet,
     GuardConfig,
     ProbeKey,
     Snapshot,
@@ -280,7 +281,7 @@ def _drain_protection(decision: Decision, state: PolicyState, target: Target) ->
     )
 
 
-def _identities(backends: frozenset[Backend]) -> set:
+def _identities(backends: frozenset[Backend]) -> set[tuple[str, PortSet]]:
     return {b.identity for b in backends}
 
 
