@@ -367,17 +367,14 @@ class ClusterCache:
             return self._stores[kind_name].by_name.get((namespace, name))
 
     def live_state(self, target: Target) -> LiveState:
+        """The target's objects of every cached kind (a Service and Endpoints by its name,
+        slices by their service-name label: `kinds.target_key_of`)."""
         with self._lock:
-            slices = self._stores[ENDPOINT_SLICE.name]
-            names = sorted(slices.by_target.get(target.key, ()))
-            return LiveState(
-                service=self._stores[SERVICE.name].by_name.get((target.namespace, target.service)),
-                endpoints=self._stores[ENDPOINTS.name].by_name.get(
-                    (target.namespace, target.service)
-                ),
-                slices=tuple(slices.by_name[name] for name in names),
-                unsupported=self.served.unsupported,
-            )
+            objects = {
+                kind: tuple(store.by_name[n] for n in sorted(store.by_target.get(target.key, ())))
+                for kind, store in self._stores.items()
+            }
+            return LiveState(objects, unsupported=self.served.unsupported)
 
     def owned(self, kind_name: str, owner_id: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -272,6 +272,50 @@ def _trim_whole(kind: str, api_version: str) -> Callable[[Obj], dict[str, Any]]:
     return trim
 
 
+def guarded_replacement(desired_obj: Obj, live: Obj) -> dict[str, Any]:
+    """The desired object, keeping the live object's identity and other people's metadata."""
+    desired = dict(desired_obj)
+    live_metadata = dict(live.get("metadata") or {})
+    metadata = dict(desired["metadata"])
+    foreign_labels = {
+        k: v for k, v in (live_metadata.get("labels") or {}).items() if k not in MANAGED_LABEL_KEYS
+    }
+    metadata["labels"] = {**foreign_labels, **metadata.get("labels", {})}
+    for key in ("resourceVersion", "annotations"):
+        if live_metadata.get(key) is not None:
+            metadata[key] = live_metadata[key]
+    if "ownerReferences" not in metadata and live_metadata.get("ownerReferences"):
+        metadata["ownerReferences"] = live_metadata["ownerReferences"]
+    desired["metadata"] = metadata
+    return desired
+
+
+def _service_patch(desired: Obj, live: Obj) -> dict[str, Any]:
+    """A Service is shared with its owner and the API server (clusterIP, selector ...):
+    syncd patches only its own labels and annotations, the ports and trafficDistribution."""
+    desired_labels = desired.get("metadata", {}).get("labels", {})
+    live_labels = live.get("metadata", {}).get("labels") or {}
+    labels: dict[str, Any] = {k: None for k in live_labels if k in MANAGED_LABEL_KEYS}
+    labels.update(desired_labels)
+    desired_annotations = desired.get("metadata", {}).get("annotations") or {}
+    live_annotations = live.get("metadata", {}).get("annotations") or {}
+    annotations: dict[str, Any] = {
+        k: None for k in live_annotations if k.startswith(ANNOTATION_PREFIX)
+    }
+    annotations.update(desired_annotations)
+    metadata: dict[str, Any] = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
+    desired_spec = desired.get("spec", {})
+    return {
+        "metadata": metadata,
+        "spec": {
+            "ports": desired_spec.get("ports", []),
+            "trafficDistribution": desired_spec.get("trafficDistribution"),  # None removes it
+        },
+    }
+
+
 @dataclass(frozen=True)
 class Kind:
     """One row of the table: everything syncd needs to know about an object kind."""
@@ -281,7 +325,9 @@ class Kind:
     plural: str
     managed_by_label: str  # set to "syncd" on the objects syncd owns
     cache_selector: str | None  # what the cache lists and watches (None: not cached)
-    merge_patch: bool  # update with a JSON merge patch (True) or a guarded PUT (False)
+    # how an update is sent: a JSON merge patch built by this (desired, live), or (None) the
+    # whole object with a guarded PUT (guarded_replacement)
+    merge_patch: Callable[[Obj, Obj], dict[str, Any]] | None
     apply_order: int  # creates/updates in ascending order, deletes in descending order
     fields: Callable[[Obj], View]  # the managed fields beyond labels and ownerReferences
     identity: Callable[[Obj], View]  # what else a watch event must change to matter
@@ -322,7 +368,7 @@ SERVICE = Kind(
     plural="services",
     managed_by_label=APP_MANAGED_BY_LABEL,
     cache_selector="",
-    merge_patch=True,
+    merge_patch=_service_patch,
     apply_order=0,
     fields=_service_fields,
     identity=_service_identity,
@@ -334,7 +380,7 @@ ENDPOINTS = Kind(
     plural="endpoints",
     managed_by_label=APP_MANAGED_BY_LABEL,
     cache_selector="endpoints.kubernetes.io/managed-by!=endpoint-controller",
-    merge_patch=False,
+    merge_patch=None,
     apply_order=1,
     fields=_endpoints_fields,
     identity=_identity,
@@ -347,7 +393,7 @@ ENDPOINT_SLICE = Kind(
     plural="endpointslices",
     managed_by_label=SLICE_MANAGED_BY_LABEL,
     cache_selector="endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io",
-    merge_patch=False,
+    merge_patch=None,
     apply_order=2,
     fields=_slice_fields,
     identity=_identity,
@@ -360,7 +406,7 @@ EVENT = Kind(
     plural="events",
     managed_by_label=APP_MANAGED_BY_LABEL,
     cache_selector=None,
-    merge_patch=False,
+    merge_patch=None,
     apply_order=9,
     fields=lambda obj: {},
     identity=_identity,
@@ -373,7 +419,7 @@ LEASE = Kind(
     plural="leases",
     managed_by_label=APP_MANAGED_BY_LABEL,
     cache_selector=None,
-    merge_patch=False,
+    merge_patch=None,
     apply_order=9,
     fields=lambda obj: {},
     identity=_identity,

@@ -13,20 +13,44 @@ from syncd.addresses import IPNetwork, ip_version
 from syncd.errors import SourceError
 
 
-class Output(enum.StrEnum):
-    """Which endpoint objects syncd writes for a target."""
+class Output(frozenset[str]):
+    """Which endpoint objects syncd writes for a target: a set of kind names (rows of
+    `syncd.kinds`), named in the config as `endpointslices`, `endpoints` or `both`."""
 
-    ENDPOINTSLICES = "endpointslices"
-    ENDPOINTS = "endpoints"
-    BOTH = "both"
+    ENDPOINTSLICES: Output
+    ENDPOINTS: Output
+    BOTH: Output
+    BY_NAME: dict[str, Output]
+
+    @classmethod
+    def parse(cls, name: str) -> Output:
+        """The output a config names; ValueError for any other name."""
+        try:
+            return cls.BY_NAME[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"{name!r} is not one of: {', '.join(cls.BY_NAME)}") from None
+
+    @property
+    def value(self) -> str:
+        return next(name for name, output in Output.BY_NAME.items() if output == self)
 
     @property
     def slices(self) -> bool:
-        return self in (Output.ENDPOINTSLICES, Output.BOTH)
+        return "EndpointSlice" in self
 
     @property
     def endpoints(self) -> bool:
-        return self in (Output.ENDPOINTS, Output.BOTH)
+        return "Endpoints" in self
+
+
+Output.ENDPOINTSLICES = Output({"EndpointSlice"})
+Output.ENDPOINTS = Output({"Endpoints"})
+Output.BOTH = Output({"EndpointSlice", "Endpoints"})
+Output.BY_NAME = {
+    "endpointslices": Output.ENDPOINTSLICES,
+    "endpoints": Output.ENDPOINTS,
+    "both": Output.BOTH,
+}
 
 
 class AddressFamily(enum.StrEnum):

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd.errors import OwnershipConflict, TargetError
-from syncd.kinds import TRAFFIC_DISTRIBUTION, Obj, describe_object
+from syncd.kinds import (
+    ENDPOINT_SLICE,
+    ENDPOINTS,
+    SERVICE,
+    TRAFFIC_DISTRIBUTION,
+    Obj,
+    describe_object,
+)
 from syncd.model import (
     AddressPolicy,
     Answer,
@@ -51,14 +58,36 @@ PENDING_UID = "(uid of the Service created in this pass)"
 
 @dataclass(frozen=True)
 class LiveState:
-    """What the cluster holds for one target: its Service, Endpoints and every slice
-    labelled for the Service (syncd's and anybody else's)."""
+    """What the cluster holds for one target, by kind: its Service, Endpoints and every
+    slice labelled for the Service (syncd's and anybody else's)."""
 
-    service: Obj | None = None
-    endpoints: Obj | None = None
-    slices: tuple[Obj, ...] = ()
+    objects: Mapping[str, tuple[Obj, ...]] = field(default_factory=dict)  # kind -> objects
     offline: bool = False  # `render`: there is no cluster; objects get no ownerReferences
     unsupported: frozenset[tuple[str, str]] = frozenset()  # (field, value) the server drops
+
+    @classmethod
+    def of(
+        cls, service: Obj | None = None, endpoints: Obj | None = None, slices: Sequence[Obj] = ()
+    ) -> LiveState:
+        return cls(
+            {
+                SERVICE.name: (service,) if service is not None else (),
+                ENDPOINTS.name: (endpoints,) if endpoints is not None else (),
+                ENDPOINT_SLICE.name: tuple(slices),
+            }
+        )
+
+    @property
+    def service(self) -> Obj | None:
+        return next(iter(self.objects.get(SERVICE.name, ())), None)
+
+    @property
+    def endpoints(self) -> Obj | None:
+        return next(iter(self.objects.get(ENDPOINTS.name, ())), None)
+
+    @property
+    def slices(self) -> tuple[Obj, ...]:
+        return self.objects.get(ENDPOINT_SLICE.name, ())
 
     def owned_slices(self, owner_id: str) -> list[Obj]:
         return [obj for obj in self.slices if is_ours(obj, owner_id)]

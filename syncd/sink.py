@@ -27,10 +27,10 @@ from typing import Any
 from syncd.cache import ClusterCache
 from syncd.errors import KubeConflict, KubeError
 from syncd.kinds import (
-    ANNOTATION_PREFIX,
     CACHED_KINDS,
-    MANAGED_LABEL_KEYS,
+    KINDS,
     SERVICE,
+    guarded_replacement,
     target_key_of,
 )
 from syncd.kube import Kube
@@ -157,18 +157,17 @@ class Sink:
                 )
                 self._cache.deleted(*oid, uid=uid or "")
                 return None
+            kind, desired = KINDS[change.kind], change.desired or {}
             if change.action is Action.CREATE:
-                written = self._kube.create(dict(change.desired or {}), fence=self._may_write)
-            elif change.kind == SERVICE.name:
+                written = self._kube.create(dict(desired), fence=self._may_write)
+            elif kind.merge_patch is not None:  # only the fields syncd manages
+                patch = kind.merge_patch(desired, change.live or {})
                 written = self._kube.merge_patch(
-                    change.kind,
-                    change.namespace,
-                    change.name,
-                    _service_patch(change),
-                    fence=self._may_write,
+                    change.kind, change.namespace, change.name, patch, fence=self._may_write
                 )
-            else:
-                written = self._kube.replace(_replacement(change), fence=self._may_write)
+            else:  # the whole object, guarded by the live resourceVersion
+                body = guarded_replacement(desired, change.live or {})
+                written = self._kube.replace(body, fence=self._may_write)
         except KubeError:
             self._cache.write_failed(oid)
             raise
@@ -312,45 +311,3 @@ class Sink:
                 )
             )
         return results
-
-
-def _replacement(change: Change) -> dict[str, Any]:
-    """The desired object, keeping the live object's identity and other people's metadata."""
-    desired = dict(change.desired or {})
-    live_metadata = dict((change.live or {}).get("metadata") or {})
-    metadata = dict(desired["metadata"])
-    foreign_labels = {
-        k: v for k, v in (live_metadata.get("labels") or {}).items() if k not in MANAGED_LABEL_KEYS
-    }
-    metadata["labels"] = {**foreign_labels, **metadata.get("labels", {})}
-    for key in ("resourceVersion", "annotations"):
-        if live_metadata.get(key) is not None:
-            metadata[key] = live_metadata[key]
-    if "ownerReferences" not in metadata and live_metadata.get("ownerReferences"):
-        metadata["ownerReferences"] = live_metadata["ownerReferences"]
-    desired["metadata"] = metadata
-    return desired
-
-
-def _service_patch(change: Change) -> dict[str, Any]:
-    desired_labels = (change.desired or {}).get("metadata", {}).get("labels", {})
-    live_labels = (change.live or {}).get("metadata", {}).get("labels") or {}
-    labels: dict[str, Any] = {k: None for k in live_labels if k in MANAGED_LABEL_KEYS}
-    labels.update(desired_labels)
-    desired_annotations = (change.desired or {}).get("metadata", {}).get("annotations") or {}
-    live_annotations = (change.live or {}).get("metadata", {}).get("annotations") or {}
-    annotations: dict[str, Any] = {
-        k: None for k in live_annotations if k.startswith(ANNOTATION_PREFIX)
-    }
-    annotations.update(desired_annotations)
-    metadata: dict[str, Any] = {"labels": labels}
-    if annotations:
-        metadata["annotations"] = annotations
-    desired_spec = (change.desired or {}).get("spec", {})
-    return {
-        "metadata": metadata,
-        "spec": {
-            "ports": desired_spec.get("ports", []),
-            "trafficDistribution": desired_spec.get("trafficDistribution"),  # None removes it
-        },
-    }

@@ -153,10 +153,9 @@ def _output(data: dict, scope: Scope) -> Output:
     if "output" not in data:
         return Output.ENDPOINTSLICES
     try:
-        return Output(data["output"])
-    except ValueError:
-        choices = ", ".join(o.value for o in Output)
-        scope.at("output").error(f"{data['output']!r} is not one of: {choices}")
+        return Output.parse(data["output"])
+    except ValueError as exc:
+        scope.at("output").error(str(exc))
         return Output.ENDPOINTSLICES
 
 

@@ -34,7 +34,7 @@ def _cluster_holding(backends, owner="me") -> LiveState:
     objects = render_target(TARGET, backends, owner, (), "uid-1")
     for obj in objects:
         obj["metadata"].update(uid="uid-1", resourceVersion="7")
-    return LiveState(service=objects[0], slices=tuple(objects[1:]))
+    return LiveState.of(service=objects[0], slices=tuple(objects[1:]))
 
 
 def _step(memory, live, answer=TWO):

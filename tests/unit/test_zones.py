@@ -89,7 +89,7 @@ def test_a_service_syncd_does_not_manage_is_followed():
         "metadata": {"name": "rgw", "namespace": "ns", "uid": "u1"},
         "spec": {"ports": [{"name": "http", "port": 80}], "trafficDistribution": "PreferSameZone"},
     }
-    objects, _ = _objects(theirs, [A, B], LiveState(service=service))
+    objects, _ = _objects(theirs, [A, B], LiveState.of(service=service))
     assert _endpoints(objects)[B.address]["hints"] == {"forZones": [{"name": "zone-b"}]}
 
 
