@@ -23,6 +23,7 @@ from syncd.app import few_malloc_arenas
 from syncd.cli_parser import build_parser, namespace_list
 from syncd.config import load_config
 from syncd.errors import ConfigError, KubeConfigError
+from syncd.frozen import plain
 from syncd.kube import Kube, KubeSettings, load_client_configuration
 from syncd.model import (
     Config,
@@ -229,7 +230,7 @@ def _render(config: Config, owner_id: str) -> int:
             print(f"{target.key}: {reason}; nothing rendered", file=sys.stderr)
             status = EXIT_TARGET_FAILED
             continue
-        documents.extend(dict(change.desired or {}) for change in step.plan.changes)
+        documents.extend(plain(change.desired or {}) for change in step.plan.changes)
     print(f"# Rendered by syncd {__version__} from {config.path}")
     print(yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True), end="")
     return status

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.addresses import ip_sort_key
+from syncd.frozen import freeze
 from syncd.memo import WORTH_REMEMBERING, IdentityMemo
 
 _VIEWS: IdentityMemo[dict[str, Any]] = IdentityMemo(16384)  # managed views, per object
@@ -354,7 +355,7 @@ class Kind:
         return _VIEWS.get_or(
             obj,
             compare_owner_refs,
-            lambda: {**_common_view(obj, compare_owner_refs), **self.fields(obj)},
+            lambda: freeze({**_common_view(obj, compare_owner_refs), **self.fields(obj)}),
         )
 
     def watch_view(self, obj: Obj) -> View:

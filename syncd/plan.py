@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from syncd.frozen import plain
 from syncd.kinds import KINDS, ObjectId, describe_object, kind_of, object_id, owner_refs
 from syncd.memo import WORTH_REMEMBERING, Memo
 
@@ -61,7 +62,7 @@ class _IndentedDumper(yaml.SafeDumper):
 
 
 def _yaml(data: Any) -> list[str]:
-    return yaml.dump(data, Dumper=_IndentedDumper, sort_keys=False).splitlines()
+    return yaml.dump(plain(data), Dumper=_IndentedDumper, sort_keys=False).splitlines()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.addresses import ip_sort_key
+from syncd.frozen import freeze
 from syncd.memo import WORTH_REMEMBERING, IdentityMemo, Memo
 from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target, port_set
 from syncd.ownership import SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
@@ -264,8 +265,8 @@ def render_endpoint_slices(
             rendered = hit[1]
         else:
             rendered = _render_slice(target, placed, members, owner_id, service_uid, hints)
-            if len(members) >= WORTH_REMEMBERING:
-                _SLICES.put(key, (members, rendered))
+            if len(members) >= WORTH_REMEMBERING:  # shared from now on: read-only
+                rendered = _SLICES.put(key, (members, freeze(rendered)))[1]
         slices.append(rendered)
     return slices
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 from dataclasses import replace
@@ -229,6 +230,19 @@ def test_an_unchanged_slice_is_the_same_object_when_rendered_again():
     second = render_endpoint_slices(_target(), backends, "o", placement_of(first))
     same = [a is b for a, b in zip(first, second, strict=True)]
     assert same == [False, True, True]
+
+
+def test_a_remembered_slice_cannot_be_edited_by_whoever_shares_it():
+    """The memo hands the same object to every caller: an edit in place fails where it
+    is made instead of changing what the next reconcile gets."""
+    shared = render_endpoint_slices(_target(), _many(250), "o")[1]
+    with pytest.raises(TypeError, match="shared"):
+        shared["endpoints"].append({"addresses": ["198.51.100.99"]})
+    with pytest.raises(TypeError, match="shared"):
+        shared["metadata"]["labels"]["x"] = "y"
+    copied = copy.deepcopy(shared)  # a copy is the caller's own, plain and editable
+    copied["metadata"]["labels"]["x"] = "y"
+    assert type(copied) is dict and copied != shared
 
 
 def test_backends_that_compare_equal_hash_equal():
