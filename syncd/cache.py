@@ -46,7 +46,7 @@ from syncd.kinds import (
 )
 from syncd.kube import Kube
 from syncd.model import Target
-from syncd.ownership import is_owned
+from syncd.ownership import prunable_by
 from syncd.pipeline import LiveState
 from syncd.ratelimit import backoff
 from syncd.served import ServedFields
@@ -379,7 +379,9 @@ class ClusterCache:
     def owned(self, kind_name: str, owner_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                obj for obj in self._stores[kind_name].by_name.values() if is_owned(obj, owner_id)
+                obj
+                for obj in self._stores[kind_name].by_name.values()
+                if prunable_by(obj, owner_id)
             ]
 
     def refresh_target(self, target: Target) -> None:

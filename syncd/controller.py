@@ -54,7 +54,7 @@ from syncd.leader import LeaderElector
 from syncd.leadership import Leadership
 from syncd.model import Config
 from syncd.observability import LEADER, RECONCILES, WORKQUEUE_DEPTH
-from syncd.ownership import is_owned
+from syncd.ownership import prunable_by
 from syncd.pipeline import Outcome
 from syncd.scheduler import DaemonPool, Scheduler
 from syncd.sink import Sink
@@ -279,7 +279,7 @@ class Controller:
         if key in self._targets:
             log.debug("%s: %s %s changed; checking", key, kind.name, obj["metadata"].get("name"))
             self._queue.add(key, "cluster")
-        elif new is not None and is_owned(new, self._owner_id):
+        elif new is not None and prunable_by(new, self._owner_id):
             self._queue.add(Job.PRUNE, "cluster")
 
     def _on_api_recovered(self) -> None:

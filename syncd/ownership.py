@@ -54,10 +54,10 @@ __all__ = [
     "SERVICE_NAME_LABEL",
     "SKIP_MIRROR_LABEL",
     "derive_owner_id",
-    "is_ours",
-    "is_owned",
     "owner_description",
     "ownership_labels",
+    "prunable_by",
+    "updatable_by",
     "valid_owner_id",
 ]
 
@@ -102,12 +102,12 @@ def is_managed_by_syncd(obj: Obj) -> bool:
     return kind is not None and labels_of(obj).get(kind.managed_by_label) == MANAGED_BY
 
 
-def is_owned(obj: Obj, owner_id: str) -> bool:
+def prunable_by(obj: Obj, owner_id: str) -> bool:
     """Written by this syncd instance: the only objects it may prune."""
     return is_managed_by_syncd(obj) and labels_of(obj).get(OWNER_LABEL) == owner_id
 
 
-def is_ours(obj: Obj, owner_id: str) -> bool:
+def updatable_by(obj: Obj, owner_id: str) -> bool:
     """May this instance update it, for a target in its config? Its own objects, and those
     written under the old shared identity (adopted: relabelled on the next write)."""
     return is_managed_by_syncd(obj) and labels_of(obj).get(OWNER_LABEL) in (

@@ -41,8 +41,8 @@ from syncd.model import (
 from syncd.ownership import (
     ACTIVE_SOURCE_ANNOTATION,
     ACTIVE_TIER_ANNOTATION,
-    is_ours,
     owner_description,
+    updatable_by,
 )
 from syncd.plan import Action, Change, plan_changes
 from syncd.policy import Decision, Evaluation, PolicyState, evaluate
@@ -90,10 +90,10 @@ class LiveState:
         return self.objects.get(ENDPOINT_SLICE.name, ())
 
     def owned_slices(self, owner_id: str) -> list[Obj]:
-        return [obj for obj in self.slices if is_ours(obj, owner_id)]
+        return [obj for obj in self.slices if updatable_by(obj, owner_id)]
 
     def foreign_slices(self, owner_id: str) -> list[Obj]:
-        return [obj for obj in self.slices if not is_ours(obj, owner_id)]
+        return [obj for obj in self.slices if not updatable_by(obj, owner_id)]
 
 
 OFFLINE = LiveState(offline=True)
@@ -141,7 +141,9 @@ def seed_memory(target: Target, live: LiveState, owner_id: str, *, one_shot: boo
     memory of how long a higher tier has qualified, so it fails back as soon as it finds one
     qualifying; the daemon starts counting `failback_after` from its own start.
     """
-    service = live.service if live.service is not None and is_ours(live.service, owner_id) else None
+    service = (
+        live.service if live.service is not None and updatable_by(live.service, owner_id) else None
+    )
     annotations = ((service or {}).get("metadata") or {}).get("annotations") or {}
     tier = annotations.get(ACTIVE_TIER_ANNOTATION) or ""
     if target.output.slices:
@@ -149,7 +151,7 @@ def seed_memory(target: Target, live: LiveState, owner_id: str, *, one_shot: boo
     else:
         owned = (
             live.endpoints
-            if live.endpoints is not None and is_ours(live.endpoints, owner_id)
+            if live.endpoints is not None and updatable_by(live.endpoints, owner_id)
             else None
         )
         applied = backends_of_endpoints(owned)
@@ -271,7 +273,7 @@ def check_service(target: Target, live: LiveState, owner_id: str) -> None:
         )
     if spec.get("type") == "ExternalName":
         raise OwnershipConflict(f"{name} is of type ExternalName and cannot have endpoints")
-    owned = is_ours(service, owner_id)
+    owned = updatable_by(service, owner_id)
     if target.manage_service and not owned:
         raise OwnershipConflict(
             f"{name} exists and is {owner_description(service)}; "
@@ -338,7 +340,7 @@ def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: s
         )
         target = replace(target, traffic_distribution=None)
     endpoints = live.endpoints
-    endpoints_owned = endpoints is not None and is_ours(endpoints, owner_id)
+    endpoints_owned = endpoints is not None and updatable_by(endpoints, owner_id)
     if endpoints is not None and not endpoints_owned:
         if target.output.endpoints:
             raise OwnershipConflict(

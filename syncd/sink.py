@@ -35,7 +35,7 @@ from syncd.kinds import (
 )
 from syncd.kube import Kube
 from syncd.model import Target
-from syncd.ownership import is_ours, owner_description
+from syncd.ownership import owner_description, updatable_by
 from syncd.pipeline import (
     Outcome,
     TargetPlan,
@@ -134,7 +134,7 @@ class Sink:
             if change.action is not Action.CREATE:
                 continue
             existing = self._cache.get(change.kind, change.namespace, change.name)
-            if existing is not None and not is_ours(existing, self._owner_id):
+            if existing is not None and not updatable_by(existing, self._owner_id):
                 return (
                     f"{change.ref} exists and is {owner_description(existing)}; "
                     "left untouched, nothing written for this target"
@@ -187,7 +187,9 @@ class Sink:
 
         def live_service(target: Target) -> dict[str, Any] | None:
             service = self._cache.get(SERVICE.name, target.namespace, target.service)
-            return service if service is not None and is_ours(service, self._owner_id) else None
+            return (
+                service if service is not None and updatable_by(service, self._owner_id) else None
+            )
 
         for dropped in self._cache.served.probe(self._kube, targets, live_service):
             self._report_dropped(dropped, targets)

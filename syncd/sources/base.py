@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import SourceError
 from syncd.model import Answer, Snapshot
 
@@ -87,3 +89,25 @@ __all__ = [
     "Source",
     "SourceError",
 ]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A registry entry syncd will not write: the warning, and the metric's reason."""
+
+    warning: str
+    reason: str  # "address" or "port"
+
+
+def checked_entry(label: str, address: str, ports: Iterable[object]) -> str | Dropped:
+    """A registry's address and ports as an endpoint may carry them, for every registry
+    alike: the canonical address, or why the entry is dropped. Registries are untrusted:
+    whoever can register may not point a Service at an address the cluster refuses."""
+    try:
+        address = canonical_endpoint_ip(address)
+    except AddressRejected as exc:
+        return Dropped(f"{label}{exc}; dropped", "address")
+    for port in ports:
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            return Dropped(f"{label}port {port!r} is out of range 1-65535; dropped", "port")
+    return address

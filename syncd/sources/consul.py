@@ -24,7 +24,6 @@ from typing import Any
 
 import consul
 
-from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import SourceError
 from syncd.kinds import is_label_value
 from syncd.model import (
@@ -39,6 +38,7 @@ from syncd.model import (
     port_set,
 )
 from syncd.observability import DROPPED_ENTRIES
+from syncd.sources.base import Dropped, checked_entry
 from syncd.sources.consul_api import ConsulClients, Reply, get
 
 # --------------------------------------------------------------------------- pure mapping
@@ -91,22 +91,17 @@ def map_entry(entry: Mapping[str, Any], source: ConsulSourceConfig) -> MappedEnt
             warnings=(f"{name}: no {source.address.value} address; dropped",),
             dropped="no_address",
         )
-    try:
-        address = canonical_endpoint_ip(address)
-    except AddressRejected as exc:
-        return MappedEntry(None, warnings=(f"{name}: {exc}; dropped",), dropped="address")
     if port is None or port == 0:  # Consul leaves out a port of 0
-        return MappedEntry(
-            None,
-            warnings=(f"{name}: {address} is registered without a port (port 0); dropped",),
-            dropped="port",
-        )
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        return MappedEntry(
-            None,
-            warnings=(f"{name}: port {port!r} is out of range 1-65535; dropped",),
-            dropped="port",
-        )
+        checked = checked_entry(f"{name}: ", address, ())
+        if isinstance(checked, str):
+            checked = Dropped(
+                f"{name}: {checked} is registered without a port (port 0); dropped", "port"
+            )
+    else:
+        checked = checked_entry(f"{name}: ", address, (port,))
+    if isinstance(checked, Dropped):
+        return MappedEntry(None, warnings=(checked.warning,), dropped=checked.reason)
+    address = checked
     warnings: list[str] = []
     zone = _instance_zone(entry, source.zone_meta, name, warnings)
     ready = instance_ready(entry.get("Checks") or (), source.warning_is_ready)

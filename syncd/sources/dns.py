@@ -27,7 +27,6 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import SourceError
 from syncd.model import (
     AddressFamily,
@@ -39,6 +38,7 @@ from syncd.model import (
     port_set,
 )
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
+from syncd.sources.base import Dropped, checked_entry
 
 _RDTYPE = {AddressFamily.IPV4: dns.rdatatype.A, AddressFamily.IPV6: dns.rdatatype.AAAA}
 
@@ -203,17 +203,12 @@ class DnsSource:
         warnings: list[str] = []
         ready_by_identity: dict[tuple[str, tuple[EndpointPort, ...]], bool] = {}
         for address, ports, ready in entries:
-            try:
-                address = canonical_endpoint_ip(address)
-            except AddressRejected as exc:
-                warnings.append(f"{exc}; dropped")
-                DROPPED_ENTRIES.labels(self._target.key, "address").inc()
+            checked = checked_entry("", address, (p.port for p in ports))
+            if isinstance(checked, Dropped):
+                warnings.append(checked.warning)
+                DROPPED_ENTRIES.labels(self._target.key, checked.reason).inc()
                 continue
-            if not _ports_in_range(ports):
-                warnings.append(f"{address}: port out of range 1-65535; dropped")
-                DROPPED_ENTRIES.labels(self._target.key, "port").inc()
-                continue
-            key = (address, ports)
+            key = (checked, ports)
             ready_by_identity[key] = ready_by_identity.get(key, False) or ready
         backends = frozenset(
             Backend(address, ports, ready, self._config.zone)
@@ -244,17 +239,9 @@ def _answer_lookup(answer: dns.resolver.Answer, default_ttl: float) -> _Lookup:
     return _Lookup(addresses, remaining)
 
 
-def _ports_in_range(ports: Iterable[EndpointPort]) -> bool:
-    return all(1 <= p.port <= 65535 for p in ports)
-
-
 def _usable(address: str, ports: Iterable[EndpointPort]) -> bool:
     """Would this record become a backend? (decides which SRV priority is active)"""
-    try:
-        canonical_endpoint_ip(address)
-    except AddressRejected:
-        return False
-    return _ports_in_range(ports)
+    return isinstance(checked_entry("", address, (p.port for p in ports)), str)
 
 
 def _first_line(exc: Exception) -> str:
