@@ -79,8 +79,14 @@ def test_primary_down_fails_over_then_fails_back_only_after_failback_after(
         "failback",
         timeout=5,
     )
-    log = process.log_path.read_text()
-    assert "failover from tier 0 to tier 1" in log and "failback from tier 1 to tier 0" in log
+    wait_for(  # reported once the writes are done, a moment after the slices change
+        lambda: all(
+            line in process.log_path.read_text()
+            for line in ("failover from tier 0 to tier 1", "failback from tier 1 to tier 0")
+        ),
+        "both switches in the log",
+        timeout=10,
+    )
 
 
 def test_an_unhealthy_backend_stays_in_its_slice_as_not_ready(

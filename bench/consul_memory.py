@@ -1,0 +1,139 @@
+"""Benchmark: what a feed-followed Consul service costs in memory, and where it goes.
+
+Against a real Consul agent and a real kube-apiserver + etcd, N Consul services of 3
+instances each (default 2,000: every one beyond the watch budget is followed by the change
+feeds) are synced by the daemon *in this process*, with `tracemalloc` on. Once every
+target is in sync and the garbage is collected, the memory allocated since the daemon
+started is grouped by the module that allocated it, and divided by N: the cost of one
+feed-followed service, broken down (the Consul query state, the sources' snapshots, the
+cluster cache's objects, the policy memory ...). RSS before and after says how that
+compares with what the process holds.
+
+It stops by itself and removes what it started. Run: `make bench-consul-memory`, or
+`.venv/bin/python -m bench.consul_memory --services 500` for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from bench.common import rss_mib
+from bench.consul_scale import INSTANCES, Catalog, create_services
+from harness.consul_agent import ConsulAgent
+from harness.kube_apiserver import KubeApiServer
+from syncd.config import load_config
+from syncd.controller import Controller, DaemonSettings
+from syncd.kube import Kube, KubeSettings
+
+NAMESPACE = "cmemory"
+
+
+def group(path: str) -> str:
+    """Which part of syncd (or which library) allocated it."""
+    if "/syncd/" in path:
+        return "syncd/" + path.rsplit("/syncd/", 1)[1]
+    for library in ("consul", "requests", "urllib3", "json", "kubernetes", "prometheus_client"):
+        if f"/{library}/" in path:
+            return library
+    return path.rsplit("/", 1)[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", type=int, default=2000, help="Consul services (targets)")
+    parser.add_argument("--top", type=int, default=14, help="rows of the breakdown")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    workdir = Path(tempfile.mkdtemp(prefix="syncd-consul-memory-"))
+    apiserver = KubeApiServer(workdir / "kube", service_cidr="10.96.0.0/12")
+    agent = ConsulAgent(workdir / "consul")
+    stop = threading.Event()
+    try:
+        print("starting kube-apiserver, etcd and consul ...", flush=True)
+        apiserver.start()
+        agent.start()
+        apiserver.apply_deploy_rbac(NAMESPACE)
+        admin = Kube.connect(KubeSettings(kubeconfig=str(apiserver.admin_kubeconfig), qps=0))
+        services = [f"m-s{n}" for n in range(args.services)]
+        print(f"registering {len(services):,} services and creating their Services ...")
+        Catalog(agent, "m", 0).add_services(services, INSTANCES)
+        create_services(admin, NAMESPACE, services)
+        config_path = workdir / "syncd.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "version": 1,
+                    "owner_id": "memory",
+                    "consul": {"address": agent.address},
+                    "targets": [
+                        {
+                            "namespace": NAMESPACE,
+                            "service": name,
+                            "manage_service": False,
+                            "ports": [{"name": "http", "port": 80}],
+                            "sources": [{"type": "consul", "service": name}],
+                        }
+                        for name in services
+                    ],
+                }
+            )
+        )
+        config = load_config(config_path)
+        kube = Kube.connect(KubeSettings(kubeconfig=str(apiserver.syncd_kubeconfig), qps=0), stop)
+        gc.collect()
+        rss_before = rss_mib_self()
+        tracemalloc.start(1)
+        baseline = tracemalloc.take_snapshot()
+        controller = Controller(config, kube, "memory", DaemonSettings(), stop=stop)
+        runner = threading.Thread(target=controller.run, daemon=True)
+        started = time.monotonic()
+        runner.start()
+        print("syncing ...", flush=True)
+        while controller.readiness() != (True, "ok"):
+            if time.monotonic() - started > 1800:
+                raise SystemExit("not in sync after 30 minutes")
+            time.sleep(1.0)
+        time.sleep(10.0)  # the feeds' first answers and their catch-up reads
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+        rss_after = rss_mib_self()
+        by_group: Counter[str] = Counter()
+        for stat in snapshot.compare_to(baseline, "filename"):
+            by_group[group(stat.traceback[0].filename)] += stat.size_diff
+        total = sum(by_group.values())
+        n = len(services)
+        print(f"\nin sync after {time.monotonic() - started:.0f} s (tracemalloc slows it)")
+        print("\n| allocated by | KiB per service | share |\n|---|---|---|")
+        for name, size in by_group.most_common(args.top):
+            print(f"| {name} | {size / n / 1024:.2f} | {100 * size / total:.0f} % |")
+        rest = total - sum(size for _name, size in by_group.most_common(args.top))
+        print(f"| everything else | {rest / n / 1024:.2f} | {100 * rest / total:.0f} % |")
+        print(f"| **total (Python objects)** | **{total / n / 1024:.2f}** | |")
+        print(
+            f"\nRSS {rss_before:.0f} -> {rss_after:.0f} MiB: "
+            f"{(rss_after - rss_before) * 1024 / n:.1f} KiB per service, tracemalloc's own "
+            "bookkeeping included"
+        )
+    finally:
+        stop.set()
+        agent.stop()
+        apiserver.stop()
+
+
+def rss_mib_self() -> float:
+    return rss_mib(os.getpid())
+
+
+if __name__ == "__main__":
+    main()
