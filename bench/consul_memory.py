@@ -53,12 +53,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=2000, help="Consul services (targets)")
     parser.add_argument("--top", type=int, default=14, help="rows of the breakdown")
+    parser.add_argument("--lines", type=int, default=0, help="also the N largest source lines")
+    parser.add_argument("--frames", type=int, default=1, help="frames kept per allocation")
+    parser.add_argument(
+        "--tracebacks", type=int, default=6, help="with --frames > 1: the N largest, in full"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="syncd-consul-memory-"))
     apiserver = KubeApiServer(workdir / "kube", service_cidr="10.96.0.0/12")
     agent = ConsulAgent(workdir / "consul")
     stop = threading.Event()
+    runner: threading.Thread | None = None
     try:
         print("starting kube-apiserver, etcd and consul ...", flush=True)
         apiserver.start()
@@ -93,7 +99,7 @@ def main() -> None:
         kube = Kube.connect(KubeSettings(kubeconfig=str(apiserver.syncd_kubeconfig), qps=0), stop)
         gc.collect()
         rss_before = rss_mib_self()
-        tracemalloc.start(1)
+        tracemalloc.start(args.frames)
         baseline = tracemalloc.take_snapshot()
         controller = Controller(config, kube, "memory", DaemonSettings(), stop=stop)
         runner = threading.Thread(target=controller.run, daemon=True)
@@ -120,6 +126,17 @@ def main() -> None:
         rest = total - sum(size for _name, size in by_group.most_common(args.top))
         print(f"| everything else | {rest / n / 1024:.2f} | {100 * rest / total:.0f} % |")
         print(f"| **total (Python objects)** | **{total / n / 1024:.2f}** | |")
+        if args.lines:
+            print("\n| line | KiB per service |\n|---|---|")
+            for stat in snapshot.compare_to(baseline, "lineno")[: args.lines]:
+                frame = stat.traceback[0]
+                where = f"{group(frame.filename)}:{frame.lineno}"
+                print(f"| {where} | {stat.size_diff / n / 1024:.2f} |")
+        if args.frames > 1:
+            for stat in snapshot.compare_to(baseline, "traceback")[: args.tracebacks]:
+                print(f"\n{stat.size_diff / n / 1024:.2f} KiB per service allocated at:")
+                for frame in stat.traceback.format()[-2 * args.frames :]:
+                    print("   ", frame.strip())
         print(
             f"\nRSS {rss_before:.0f} -> {rss_after:.0f} MiB: "
             f"{(rss_after - rss_before) * 1024 / n:.1f} KiB per service, tracemalloc's own "
@@ -127,6 +144,8 @@ def main() -> None:
         )
     finally:
         stop.set()
+        if runner is not None:
+            runner.join(10)  # the daemon first: Consul going away is no news then
         agent.stop()
         apiserver.stop()
 

@@ -13,7 +13,6 @@ share the answer. After starting or stopping targets, `commit` places the new on
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,11 +33,27 @@ RETRY_BASE = 0.5  # seconds before asking a failing registry again, doubling ...
 RETRY_CAP = 5.0  # ... up to this
 
 
+class Stopped:
+    """A flag that is only ever looked at, never waited on: a threading.Event costs a
+    condition, a lock and a deque (about 0.7 KiB), and the daemon keeps one per target."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 @dataclass
 class TargetSources:
     """The running sources of one target."""
 
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: Stopped = field(default_factory=Stopped)
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
@@ -50,7 +65,7 @@ class _PolledJob:
         source: PolledSource,
         emitter: ChangeEmitter,
         scheduler: Scheduler,
-        stop: threading.Event,
+        stop: Stopped,
     ):
         self._source = source
         self._emitter = emitter

@@ -17,6 +17,7 @@ The ACL token is sent as a header and never logged or printed.
 
 from __future__ import annotations
 
+import sys
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -108,24 +109,49 @@ def map_entry(entry: Mapping[str, Any], source: ConsulSourceConfig) -> MappedEnt
     return MappedEntry((address, port), ready, zone, tuple(warnings))
 
 
-def slim_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+def slim_entry(
+    entry: Mapping[str, Any],
+    address: ConsulAddress = ConsulAddress.SERVICE,
+    zone_meta: str = "zone",
+) -> dict[str, Any]:
     """What syncd reads of a /v1/health/service entry, and nothing else: a daemon holds
-    every instance it follows, and check outputs, proxy settings and raft indexes would
-    be most of it (three times the memory at 10,000 services)."""
+    every instance it follows, and check outputs, proxy settings, raft indexes, the tagged
+    addresses and meta it does not use would be most of it. Of the tagged addresses only
+    the `address` chosen is kept, of the meta only the `zone_meta` key; the strings many
+    entries repeat (node and service names, check statuses) are shared."""
     node = entry.get("Node") or {}
     service = entry.get("Service") or {}
     return {
-        "Node": {key: node[key] for key in _NODE_KEYS if key in node},
-        "Service": {key: service[key] for key in _SERVICE_KEYS if key in service},
+        "Node": _slim_record(node, _NODE_KEYS, address, zone_meta),
+        "Service": _slim_record(service, _SERVICE_KEYS, address, zone_meta),
         "Checks": [
-            {key: check[key] for key in _CHECK_KEYS if key in check}
+            {key: _shared(check[key]) for key in _CHECK_KEYS if key in check}
             for check in entry.get("Checks") or ()
         ],
     }
 
 
-_NODE_KEYS = ("Node", "Address", "TaggedAddresses", "Meta")
-_SERVICE_KEYS = ("ID", "Service", "Address", "Port", "TaggedAddresses", "Meta")
+def _slim_record(
+    record: Mapping[str, Any], keys: tuple[str, ...], address: ConsulAddress, zone_meta: str
+) -> dict[str, Any]:
+    kept = {key: _shared(record[key]) for key in keys if key in record}
+    tagged = record.get("TaggedAddresses")
+    chosen = address is not ConsulAddress.SERVICE
+    if chosen and isinstance(tagged, Mapping) and address.value in tagged:
+        kept["TaggedAddresses"] = {address.value: tagged[address.value]}
+    meta = record.get("Meta")
+    if isinstance(meta, Mapping) and zone_meta in meta:
+        kept["Meta"] = {zone_meta: meta[zone_meta]}
+    return kept
+
+
+def _shared(value: Any) -> Any:
+    """One copy of a string many entries hold (names, statuses); others as they are."""
+    return sys.intern(value) if isinstance(value, str) and len(value) <= 128 else value
+
+
+_NODE_KEYS = ("Node", "Address")
+_SERVICE_KEYS = ("ID", "Service", "Address", "Port")
 _CHECK_KEYS = ("Node", "CheckID", "ServiceID", "Status", "ModifyIndex")
 
 

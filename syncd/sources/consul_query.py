@@ -9,6 +9,7 @@ feeds and the shared readers (see `syncd.sources.consul_watch`).
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from syncd.errors import SourceError
 from syncd.model import ConsulSourceConfig, ready_count
 from syncd.sources.base import ChangeEmitter
-from syncd.sources.consul import ConsulSource, EntryMemo
+from syncd.sources.consul import ConsulSource, EntryMemo, slim_entry
 from syncd.sources.consul_api import HeldClient
 from syncd.sources.consul_state import QueryState
 
@@ -70,6 +71,10 @@ class Query(QueryState):
 
     def __init__(self, key: QueryKey, source: ConsulSource):
         super().__init__()
+        config = source.config
+        self.slim = functools.partial(
+            slim_entry, address=config.address, zone_meta=config.zone_meta
+        )
         self.key = key
         self.source = source  # the first subscriber's; all ask the same
         self.scope = scope_of(source.config)
@@ -79,13 +84,14 @@ class Query(QueryState):
         self.failing = False
         self.failed_by_feed = False  # stale because its datacenter's feeds fail
         self.reset_next = False  # Consul's index went backwards: forget the feed edits
-        self.stop = threading.Event()  # ends its watch
+        self.stop: threading.Event | None = None  # ends its watch (made when it has one)
         self.held: HeldClient | None = None  # its watch's connection
         self.restart = False  # its query in flight was cut short on purpose: ask again
 
     def stop_watch(self) -> None:
         """End its watch now: the blocking query in flight is cut short."""
-        self.stop.set()
+        if self.stop is not None:
+            self.stop.set()
         held = self.held
         if held is not None:
             held.interrupt()

@@ -22,7 +22,7 @@ started before them cannot undo them, and a read at least as new replaces them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +180,7 @@ class QueryState:
         # feed edits not yet covered by a read: check -> (status, as of, service id or "")
         self.applied: dict[CheckKey, tuple[str, int, str]] = {}
         self.read_started = 0.0  # monotonic start of the last full read applied
+        self.slim: Callable[[Mapping[str, Any]], dict[str, Any]] = slim_entry  # what is kept
 
     @property
     def size(self) -> int:
@@ -195,7 +196,7 @@ class QueryState:
         with self.lock:
             self.entries = {}
             self.homes, self.on_node = {}, {}
-            for entry in map(slim_entry, body):
+            for entry in map(self.slim, body):
                 self._put(entry)
             self.index, self.read_started = index, started
             kept = {} if reset else self.applied
@@ -211,7 +212,7 @@ class QueryState:
                 return
             for instance in [i for i in self.entries if selected(i, selectors)]:
                 self._drop(instance)
-            for entry in map(slim_entry, body):
+            for entry in map(self.slim, body):
                 if selected(_instance_of(entry), selectors):
                     self._put(entry)
             for check, (status, as_of, service_id) in list(self.applied.items()):

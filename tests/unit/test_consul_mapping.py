@@ -153,9 +153,9 @@ def test_a_slimmed_entry_maps_like_the_full_one():
         {**check, "Output": "x" * 1000, "Notes": "", "CheckID": f"c{n}", "ModifyIndex": n}
         for n, check in enumerate(full["Checks"])
     ]
-    slim = slim_entry(full)
-    assert len(repr(slim)) < len(repr(full)) / 2
+    assert len(repr(slim_entry(full))) < len(repr(full)) / 2
     for mode in ConsulAddress:
+        slim = slim_entry(full, address=mode, zone_meta=SOURCE.zone_meta)
         for warning_is_ready in (True, False):
             source = with_(SOURCE, address=mode, warning_is_ready=warning_is_ready)
             assert map_entry(slim, source) == map_entry(full, source)
