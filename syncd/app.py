@@ -26,7 +26,7 @@ from syncd.leader import LeaderElector, LeaderSettings
 from syncd.model import Config
 from syncd.observability import serve_metrics
 from syncd.once import OnceSettings, run_once
-from syncd.output import print_result, result_lines
+from syncd.output import ResultPrinter
 from syncd.pipeline import TargetResult
 
 EXIT_OK = 0
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 workers=args.workers,
                 namespaces=args.namespaces,
             )
-            return _one_pass(kube, config, once, stop)
+            printer = ResultPrinter(args.dry_run, json=args.log_format == "json")
+            return _one_pass(kube, config, once, stop, printer)
         daemon = DaemonSettings(
             resync_interval=args.resync_interval,
             workers=args.workers,
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             allow_protected=tuple(args.allow_protected),
         )
         elector = _elector(args, kube, replica) if args.leader_elect else None
-        return _daemon(kube, config, args.owner_id, daemon, stop, elector)
+        printer = ResultPrinter(stamped=True, json=args.log_format == "json")
+        return _daemon(kube, config, args.owner_id, daemon, stop, printer, elector)
     finally:
         kube.close()
 
@@ -144,35 +146,40 @@ def _on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
 
-def _one_pass(kube: Kube, config: Config, settings: OnceSettings, stop: threading.Event) -> int:
+def _one_pass(
+    kube: Kube,
+    config: Config,
+    settings: OnceSettings,
+    stop: threading.Event,
+    printer: ResultPrinter,
+) -> int:
     """Apply every target once; print one block per target, in config order."""
     writes_before = kube.writes
-    lines: dict[str, tuple[list[str], list[str]]] = {}
+    texts: dict[str, tuple[str, str]] = {}
     planned = 0
     lock = threading.Lock()
 
     def report(result: TargetResult) -> None:
         nonlocal planned
-        text = result_lines(result, settings.dry_run)  # now: the result is not kept
+        text = printer.render(result)  # now: the result is not kept
         with lock:
-            lines[result.target] = text
+            texts[result.target] = text
             planned += len(result.changes)
 
     results = run_once(kube, config, settings, stop, report)
     for result in results:
-        out, err = lines.get(result.target, ([], []))
-        for line in err:
-            print(line, file=sys.stderr)
-        for line in out:
-            print(line)
+        printer.write(*texts.get(result.target, ("", "")))
     failed = [r for r in results if not r.outcome.ok]
     writes = kube.writes - writes_before
     if settings.dry_run:
-        print(f"dry run: {planned} changes planned, nothing written")
+        printer.summary(f"dry run: {planned} changes planned, nothing written", True)
     elif failed:
-        print(f"not converged: {len(failed)} of {len(results)} targets failed; {writes} writes")
+        printer.summary(
+            f"not converged: {len(failed)} of {len(results)} targets failed; {writes} writes",
+            False,
+        )
     else:
-        print(f"converged: {len(config.targets)} targets, {writes} writes")
+        printer.summary(f"converged: {len(config.targets)} targets, {writes} writes", True)
     return EXIT_TARGET_FAILED if failed or stop.is_set() else EXIT_OK
 
 
@@ -196,13 +203,10 @@ def _daemon(
     owner_id: str,
     settings: DaemonSettings,
     stop: threading.Event,
+    report: ResultPrinter,
     elector: LeaderElector | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
-
-    def report(result: TargetResult) -> None:
-        print_result(result, dry_run=False)
-        sys.stdout.flush()
 
     # A daemon's caches (views, slices, backends) keep the young generation busy: collecting
     # it less often halves the cost of a change to a large target. Not for --once, whose

@@ -67,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     few_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    if args.log_format not in ("text", "json"):  # from the environment
+        parser.error(f"SYNCD_LOG_FORMAT: {args.log_format!r} is not text or json")
+    setup_logging(args.log_level, args.log_format)
     if not args.config:
         parser.error("--config FILE is required (or set SYNCD_CONFIG)")
     if args.owner_id is not None and not valid_owner_id(args.owner_id):  # from the environment

@@ -174,6 +174,13 @@ def _common_options() -> _Parser:
         choices=["debug", "info", "warning", "error"],
         help="log detail on stderr (default: %(default)s)",
     )
+    common.add_argument(
+        "--log-format",
+        default=os.environ.get("SYNCD_LOG_FORMAT") or "text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line on stdout and stderr (for log "
+        "collectors) (default: $SYNCD_LOG_FORMAT, else %(default)s)",
+    )
     return common
 
 

@@ -7,7 +7,9 @@ Counters live in one registry so tests and the benchmark can read them in-proces
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
+import json
 import logging
 import selectors
 import socket
@@ -362,7 +364,8 @@ class _Redacting(logging.Filter):
         return True
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Logs on stderr, one line each: text, or one JSON object per line (`json`)."""
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
@@ -370,3 +373,21 @@ def setup_logging(level: str) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Redacting())
+        if log_format == "json":
+            handler.setFormatter(_JsonFormatter())
+
+
+class _JsonFormatter(logging.Formatter):
+    """{"time", "level", "logger", "message"} (and the exception, when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        line: dict[str, str] = {
+            "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)

@@ -6,6 +6,7 @@ Write counts come from the API server's audit log, not from syncd itself.
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 import yaml
@@ -395,3 +396,34 @@ def test_two_syncd_instances_never_prune_each_other(run_syncd, admin, namespace,
     clash = write_config(tmp_path / "c.yaml", target(namespace, "team-a", ["192.0.2.3:80"]))
     result = run_syncd(clash, owner="team-b", check=1)
     assert "another syncd instance (owner 'team-a'" in result.stdout
+
+
+def test_each_line_goes_to_one_stream_and_json_logs_are_one_object_per_line(
+    run_syncd, admin, namespace, tmp_path
+):
+    """A conflict is reported once (stdout, not both streams); with --log-format json every
+    line on stdout and stderr is one JSON object, for a log collector."""
+    admin.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "theirs", "namespace": namespace},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }
+    )
+    config = write_config(
+        tmp_path / "c.yaml",
+        target(namespace, "theirs", ["192.0.2.1:80"]),
+        target(namespace, "mine", ["192.0.2.2:80"]),
+    )
+    text = run_syncd(config, "--log-level", "info", check=1)
+    assert text.stdout.count("CONFLICT") == 1 and "CONFLICT" not in text.stderr
+
+    result = run_syncd(config, "--log-level", "info", "--log-format", "json", check=1)
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    err = [json.loads(line) for line in result.stderr.splitlines()]
+    assert err and all({"time", "level", "logger", "message"} <= set(e) for e in err)
+    conflict = next(line for line in out if line.get("outcome") == "conflict")
+    assert conflict["target"] == f"{namespace}/theirs" and conflict["level"] == "warning"
+    assert "CONFLICT: Service" in conflict["message"]
+    assert out[-1]["message"].startswith("not converged: 1 of 2 targets failed")
