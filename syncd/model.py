@@ -382,7 +382,7 @@ class Config:
     allow_protected: tuple[str, ...] = ()  # protected Services it may write (syncd.protected)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one source listed for one target at one moment. Empty is a real answer."""
 

@@ -403,7 +403,7 @@ def creates_of(plan: TargetPlan) -> list[Change]:
     return [change for change in plan.changes if change.action is Action.CREATE]
 
 
-@dataclass
+@dataclass(slots=True)
 class TargetMemory:
     """A driver's running state for one target between steps (the daemon keeps one each)."""
 

@@ -153,7 +153,7 @@ class Decision:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyState:
     """What a target's policy remembers between decisions."""
 

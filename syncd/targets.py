@@ -25,7 +25,7 @@ from syncd.watchers import SourceRunner, TargetSources
 Wake = Callable[[str, str], None]  # (target key, reason): queue the target
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecisionInputs:
     """Everything one decision depends on. The sources and the cache replace objects
     when something changes, never edit them, so identity says "unchanged"."""
@@ -46,7 +46,7 @@ class DecisionInputs:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class TargetState:
     """Everything the daemon keeps for one target."""
 

@@ -49,7 +49,7 @@ class Stopped:
         return self._set
 
 
-@dataclass
+@dataclass(slots=True)
 class TargetSources:
     """The running sources of one target."""
 

@@ -51,6 +51,8 @@ class ChangeEmitter:
     appear, not again with every answer that still carries them.
     """
 
+    __slots__ = ("_emit", "_label", "_warned", "last")
+
     def __init__(self, emit: Emit, label: str):
         self._emit = emit
         self._label = label

@@ -70,7 +70,7 @@ def _instance_address(entry: Mapping[str, Any], choice: ConsulAddress) -> tuple[
     return (node_tagged or ""), port
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MappedEntry:
     """One registry entry as syncd reads it: an (address, port) and its health, or dropped."""
 
@@ -125,7 +125,7 @@ def slim_entry(
         "Node": _slim_record(node, _NODE_KEYS, address, zone_meta),
         "Service": _slim_record(service, _SERVICE_KEYS, address, zone_meta),
         "Checks": [
-            {key: _shared(check[key]) for key in _CHECK_KEYS if key in check}
+            {key: _shared(key, check[key]) for key in _CHECK_KEYS if key in check}
             for check in entry.get("Checks") or ()
         ],
     }
@@ -134,7 +134,7 @@ def slim_entry(
 def _slim_record(
     record: Mapping[str, Any], keys: tuple[str, ...], address: ConsulAddress, zone_meta: str
 ) -> dict[str, Any]:
-    kept = {key: _shared(record[key]) for key in keys if key in record}
+    kept = {key: _shared(key, record[key]) for key in keys if key in record}
     tagged = record.get("TaggedAddresses")
     chosen = address is not ConsulAddress.SERVICE
     if chosen and isinstance(tagged, Mapping) and address.value in tagged:
@@ -145,9 +145,15 @@ def _slim_record(
     return kept
 
 
-def _shared(value: Any) -> Any:
-    """One copy of a string many entries hold (names, statuses); others as they are."""
-    return sys.intern(value) if isinstance(value, str) and len(value) <= 128 else value
+def _shared(key: str, value: Any) -> Any:
+    """One copy of a string many entries hold (node and service names, check statuses);
+    unique ones (IDs, addresses) as they are: interning them would only cost."""
+    if key in _REPEATED and isinstance(value, str) and len(value) <= 128:
+        return sys.intern(value)
+    return value
+
+
+_REPEATED = frozenset(("Node", "Service", "Status"))
 
 
 _NODE_KEYS = ("Node", "Address")
@@ -267,6 +273,8 @@ def scope_params(source: ConsulSourceConfig) -> list[tuple[str, Any]]:
 
 class ConsulSource:
     """One Consul service as the backends of one target."""
+
+    __slots__ = ("clients", "config", "target")
 
     def __init__(self, config: ConsulSourceConfig, target: Target, clients: ConsulClients):
         self.config = config

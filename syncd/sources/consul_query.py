@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import functools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from syncd.errors import SourceError
-from syncd.model import ConsulSourceConfig, ready_count
+from syncd.model import ConsulAddress, ConsulSourceConfig, ready_count
 from syncd.sources.base import ChangeEmitter
 from syncd.sources.consul import ConsulSource, EntryMemo, slim_entry
 from syncd.sources.consul_api import HeldClient
@@ -53,7 +54,7 @@ class Mode(enum.Enum):
     FEED = "feed"  # the change feeds and the shared readers
 
 
-@dataclass
+@dataclass(slots=True)
 class Subscriber:
     source: ConsulSource
     emitter: ChangeEmitter
@@ -69,12 +70,24 @@ class Subscription:
 class Query(QueryState):
     """One question to Consul, its answer (QueryState) and the targets asking it."""
 
+    __slots__ = (
+        "failed_by_feed",
+        "failing",
+        "held",
+        "key",
+        "mode",
+        "reset_next",
+        "restart",
+        "scope",
+        "service",
+        "source",
+        "stop",
+        "subscribers",
+    )
+
     def __init__(self, key: QueryKey, source: ConsulSource):
         super().__init__()
-        config = source.config
-        self.slim = functools.partial(
-            slim_entry, address=config.address, zone_meta=config.zone_meta
-        )
+        self.slim = _slimmer(source.config.address, source.config.zone_meta)
         self.key = key
         self.source = source  # the first subscriber's; all ask the same
         self.scope = scope_of(source.config)
@@ -138,6 +151,14 @@ class Query(QueryState):
             self.failed_by_feed = by_feed
             for subscriber in list(self.subscribers.values()):
                 subscriber.emitter.failure(error, quiet=quiet)
+
+
+@functools.cache
+def _slimmer(
+    address: ConsulAddress, zone_meta: str
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """One slimming function per (address, zone key), shared by the queries using it."""
+    return functools.partial(slim_entry, address=address, zone_meta=zone_meta)
 
 
 class Queries:

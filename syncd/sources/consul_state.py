@@ -171,6 +171,8 @@ class QueryState:
     """The entries of one query as syncd knows them. Entries are replaced, never edited, so
     a subscriber's memo maps an unchanged entry once (identity is the memo's key)."""
 
+    __slots__ = ("applied", "entries", "homes", "index", "lock", "on_node", "read_started", "slim")
+
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.index = 0  # of the last full read applied
