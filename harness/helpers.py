@@ -143,3 +143,15 @@ def sample(text: str, name: str, **labels: str) -> float:
         ):
             total += float(value)
     return total
+
+
+def pod_templates(documents: list[dict]) -> list[dict]:
+    """The pod templates of the Deployments and CronJobs among rendered manifests."""
+    templates = []
+    for doc in documents:
+        spec = doc.get("spec") or {}
+        if doc["kind"] == "Deployment":
+            templates.append(spec["template"])
+        elif doc["kind"] == "CronJob":
+            templates.append(spec["jobTemplate"]["spec"]["template"])
+    return templates

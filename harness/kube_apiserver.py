@@ -111,6 +111,7 @@ def server_binaries() -> dict[str, str]:
             ("prometheus-crds", "PROMETHEUS_CRDS"),
             ("kube-apiserver-matrix", "KUBE_APISERVER_MATRIX"),
             ("promtool", "PROMTOOL"),
+            ("helm", "HELM"),
         ):
             _BINARIES[name] = os.environ.get(variable) or paths[variable]
     return _BINARIES

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real servers the integration tests run (kube-apiserver, kube-proxy, etcd, consul,
-# and the tools kustomize and promtool)
+# and the tools kustomize, promtool and helm)
 # from their published Go modules, and cache the binaries outside the repository, keyed by
 # version.
 #
@@ -27,6 +27,8 @@ PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 # promtool, to unit-test deploy/'s alert rules (`promtool test rules`); Prometheus' Go
 # module is versioned v0.3xx.y for Prometheus 3.xx.y.
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
+# helm, to lint and render charts/syncd for the chart tests (tests/integration/test_helm.py)
+HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
 
 log() { printf '[build-test-servers] %s\n' "$*" >&2; }
@@ -112,6 +114,12 @@ build_promtool() {
     "require github.com/prometheus/prometheus $PROMETHEUS_VERSION" "-s -w"
 }
 
+build_helm() {
+  build_from_module helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+    "require helm.sh/helm/v3 $HELM_VERSION" \
+    "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+
 prometheus_crds() { # prints the directory holding the CRDs (downloaded once, cached by Go)
   require_go
   local dir
@@ -139,7 +147,7 @@ if [[ "${1:-}" == "--check" ]]; then
   missing=0
   wanted=("kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION"
           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION"
-          "promtool $PROMETHEUS_VERSION")
+          "promtool $PROMETHEUS_VERSION" "helm $HELM_VERSION")
   for version in $KUBERNETES_MATRIX; do wanted+=("kube-apiserver $version"); done
   for b in "${wanted[@]}"; do
     set -- $b
@@ -157,6 +165,7 @@ done
 build_consul
 build_kustomize
 build_promtool
+build_helm
 crds="$(prometheus_crds)"
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
@@ -169,4 +178,5 @@ echo "ETCD=$(bin_path etcd "$ETCD_VERSION")"
 echo "CONSUL=$(bin_path consul "$CONSUL_VERSION")"
 echo "KUSTOMIZE=$(bin_path kustomize "$KUSTOMIZE_VERSION")"
 echo "PROMTOOL=$(bin_path promtool "$PROMETHEUS_VERSION")"
+echo "HELM=$(bin_path helm "$HELM_VERSION")"
 echo "PROMETHEUS_CRDS=$crds"

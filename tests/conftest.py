@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import settings
 from kubernetes import client as k8s
+from kubernetes import utils as k8s_utils
 
-from harness.kube_apiserver import KubeApiServer, ServerStartError
+from harness.helpers import wait_for
+from harness.kube_apiserver import KubeApiServer, ServerStartError, server_binaries
 from harness.syncd_process import start_syncd
 from syncd.kube import Kube, KubeSettings
 
@@ -246,3 +249,31 @@ def test_hosts():
         pytest.fail(f"the test hosts could not be created: {exc}", pytrace=False)
     yield hosts
     hosts.remove()
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(apiserver):
+    """The Prometheus Operator's CRDs for ServiceMonitor and PrometheusRule."""
+    crds = Path(server_binaries()["prometheus-crds"])
+    api = apiserver.admin_client()
+    try:
+        for name in ("servicemonitors", "prometheusrules"):
+            document = yaml.safe_load((crds / f"monitoring.coreos.com_{name}.yaml").read_text())
+            try:
+                k8s_utils.create_from_dict(api, document)
+            except k8s_utils.FailToCreateError as exc:
+                if "AlreadyExists" not in str(exc):
+                    raise
+        wait_for(
+            lambda: _established(api, "servicemonitors") and _established(api, "prometheusrules"),
+            "the CRDs",
+        )
+    finally:
+        api.close()
+
+
+def _established(api, name: str) -> bool:
+    crd = k8s.ApiextensionsV1Api(api).read_custom_resource_definition(
+        f"{name}.monitoring.coreos.com"
+    )
+    return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or ())

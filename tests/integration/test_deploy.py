@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client as k8s
-from kubernetes import utils as k8s_utils
 from kubernetes.dynamic import DynamicClient
 
-from harness.helpers import run_once, slices_of, target, wait_for, write_config
+from harness.helpers import pod_templates, run_once, slices_of, target, wait_for, write_config
 from harness.kube_apiserver import REPO, server_binaries
 
 pytestmark = pytest.mark.apiserver
@@ -67,45 +66,6 @@ def _kustomize(overlay: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.fixture(scope="module")
-def monitoring_crds(apiserver):
-    """The Prometheus Operator's CRDs for ServiceMonitor and PrometheusRule."""
-    crds = Path(server_binaries()["prometheus-crds"])
-    api = apiserver.admin_client()
-    try:
-        for name in ("servicemonitors", "prometheusrules"):
-            document = yaml.safe_load((crds / f"monitoring.coreos.com_{name}.yaml").read_text())
-            try:
-                k8s_utils.create_from_dict(api, document)
-            except k8s_utils.FailToCreateError as exc:
-                if "AlreadyExists" not in str(exc):
-                    raise
-        wait_for(
-            lambda: _established(api, "servicemonitors") and _established(api, "prometheusrules"),
-            "the CRDs",
-        )
-    finally:
-        api.close()
-
-
-def _established(api, name: str) -> bool:
-    crd = k8s.ApiextensionsV1Api(api).read_custom_resource_definition(
-        f"{name}.monitoring.coreos.com"
-    )
-    return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or ())
-
-
-def _pod_templates(documents: list[dict]) -> list[dict]:
-    templates = []
-    for doc in documents:
-        spec = doc.get("spec") or {}
-        if doc["kind"] == "Deployment":
-            templates.append(spec["template"])
-        elif doc["kind"] == "CronJob":
-            templates.append(spec["jobTemplate"]["spec"]["template"])
-    return templates
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted(
     variant, apiserver, admin_api, monitoring_crds, tmp_path
@@ -134,7 +94,7 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
         )
     # The restricted standard is enforced on Pods: each template, as a Pod, in syncd's
     # namespace (which enforces it) must be admitted.
-    for template in _pod_templates(documents):
+    for template in pod_templates(documents):
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -168,7 +128,7 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
         assert consul["data"]["CONSUL_HTTP_TOKEN_FILE"] == "/etc/consul/token"
     assert any(d["kind"] == "NetworkPolicy" for d in documents)
     (workload_doc,) = [d for d in documents if d["kind"] == workload]
-    container = _pod_templates([workload_doc])[0]["spec"]["containers"][0]
+    container = pod_templates([workload_doc])[0]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "syncd-settings", "optional": True}} in container["envFrom"]
 
 

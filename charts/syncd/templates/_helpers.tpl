@@ -1,0 +1,93 @@
+{{/* The objects' name: the release's, with "syncd" in it. */}}
+{{- define "syncd.fullname" -}}
+{{- if contains "syncd" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-syncd" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "syncd.labels" -}}
+app.kubernetes.io/name: syncd
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "syncd.selector" -}}
+app.kubernetes.io/name: syncd
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "syncd.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The container both workloads run; "args" is passed in. */}}
+{{- define "syncd.container" -}}
+- name: syncd
+  image: {{ include "syncd.image" .root | quote }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  args:
+    {{- toYaml .args | nindent 4 }}
+    - --log-level={{ .root.Values.logLevel }}
+    - --log-format={{ .root.Values.logFormat }}
+    {{- with .root.Values.namespaces }}
+    - --namespaces={{ join "," . }}
+    {{- end }}
+  env:
+    - name: POD_NAMESPACE
+      valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    - name: HOST_IP
+      valueFrom: {fieldRef: {fieldPath: status.hostIP}}
+    {{- if .root.Values.consul.enabled }}
+    - name: CONSUL_HTTP_ADDR
+      value: {{ .root.Values.consul.address | quote }}
+    - name: CONSUL_HTTP_TOKEN_FILE
+      value: /etc/consul/token
+    {{- if .root.Values.consul.caFile }}
+    - name: CONSUL_CACERT
+      value: /etc/consul/ca.pem
+    {{- end }}
+    {{- end }}
+  resources:
+    {{- toYaml .root.Values.resources | nindent 4 }}
+  securityContext:
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    capabilities: {drop: ["ALL"]}
+  volumeMounts:
+    - {name: config, mountPath: /etc/syncd, readOnly: true}
+    {{- if .root.Values.consul.enabled }}
+    - {name: consul, mountPath: /etc/consul, readOnly: true}
+    {{- end }}
+{{- end -}}
+
+{{- define "syncd.volumes" -}}
+- name: config
+  configMap: {name: {{ include "syncd.fullname" . }}}
+{{- if .Values.consul.enabled }}
+- name: consul
+  secret: {secretName: {{ .Values.consul.secretName }}}
+{{- end }}
+{{- end -}}
+
+{{- define "syncd.podSpec" -}}
+serviceAccountName: {{ include "syncd.fullname" . }}
+securityContext:
+  runAsNonRoot: true
+  seccompProfile: {type: RuntimeDefault}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
