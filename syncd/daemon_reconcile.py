@@ -69,7 +69,6 @@ class DaemonReconciler:
         answers = self._registry.answers(state)
         if any(answer is None for answer in answers):
             return  # wait until every source has answered once
-        self._leadership.passed(target.key)
         live = self._cache.live_state(target)
         if state.memory.policy is None:
             state.memory.policy = seed_memory(target, live, self._owner_id, one_shot=False)
@@ -104,6 +103,7 @@ class DaemonReconciler:
             self._blocked(state, done)
         else:
             self._written(state, done, inputs)
+        self._leadership.passed(target.key)  # its first pass is done: written, or why not
 
     def _note_evaluation(self, state: TargetState, done: Reconciled) -> None:
         for warning in state.memory.new_warnings(done.step.evaluation.warnings):

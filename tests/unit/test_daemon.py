@@ -335,8 +335,8 @@ def test_a_standby_writes_nothing_and_takes_over_with_a_first_pass(api, tmp_path
         time.sleep(0.3)
         assert api.objects(SLICES) == [] and api.objects("services") == []
         api.remove("leases", "syncd", "syncd")  # the other replica is gone
-        wait_for(lambda: daemon.ready() == "leader", "leading")
-        assert addresses(api) == {"198.51.100.1", "198.51.100.2"}
+        wait_for(lambda: daemon.ready() == "leader", "leading, every first pass done")
+        assert addresses(api) == {"198.51.100.1", "198.51.100.2"}  # written before ready
 
 
 def test_a_replica_that_cannot_read_its_lease_is_not_ready(api, tmp_path):
