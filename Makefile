@@ -10,10 +10,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover
 
+# -qq: errors only (setuptools' notice about editable installs is not news to anyone)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install -qq -e '.[test]'
 	touch $@
 
 setup: $(STAMP)

@@ -12,7 +12,7 @@ kube-apiserver + etcd, it starts `syncd run` and prints one row:
   syncd's API writes per flip (audit log); the 5,000-instance service gets its own row;
 - new instances (10, registered at once in random services, passing, on new nodes): the
   delay from registration to slice of a change no check shows, which a feed-followed
-  service learns from the paced sweep (see README "Consul at scale");
+  service learns from the paced sweep (see docs/performance.md, "Consul at scale");
 - idle for --idle seconds (default 600: two expiries of Consul's 5-minute blocking
   queries): Consul requests/min (syncd's own count), API requests/min and writes, CPU,
   RSS at start and end (the largest run idles --soak seconds, default 1,800);

@@ -166,7 +166,7 @@ def _common_options() -> _Parser:
         help="let this config write a protected Service (in kube-system, kube-public, "
         "kube-node-lease, openshift, openshift-*, or default/kubernetes), by name: "
         "namespace/service or namespace/*; repeatable (default: $SYNCD_ALLOW_PROTECTED, "
-        "comma-separated; see README: protected Services)",
+        "comma-separated; see docs/ownership.md)",
     )
     common.add_argument(
         "--log-level",

@@ -71,7 +71,7 @@ _TICK = 1.0  # seconds between resync batches
 @dataclass(frozen=True)
 class DaemonSettings:
     resync_interval: float = 300.0  # every target is compared with the cache this often
-    workers: int = 4  # targets reconciled at once (see README: why 4)
+    workers: int = 4  # targets reconciled at once (docs/commands.md: why 4)
     config_poll_interval: float = 1.0  # how often the config file's mtime is checked
     source_threads: int = 8  # threads shared by polled sources (DNS, files, queries)
     probe_threads: int = 32  # threads shared by every target's health probes

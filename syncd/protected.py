@@ -40,7 +40,7 @@ def refusal(namespace: str, service: str, allowed: Iterable[str]) -> str | None:
         return None
     return (
         f"{reason}; syncd never writes there unless allow_protected (or --allow-protected) "
-        f"names '{namespace}/{service}' (see the README: protected Services)"
+        f"names '{namespace}/{service}' (see docs/ownership.md: protected Services)"
     )
 
 
