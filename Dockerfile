@@ -8,18 +8,27 @@
 # image by default, or one made from Debian packages (python3, python3-venv,
 # ca-certificates). The CA bundle secret is for builds behind a TLS-intercepting proxy:
 # pip trusts it while installing, and it is never written into a layer.
+#
+# Dependencies come from requirements.lock: exact versions, each file checked against its
+# sha256 (pip --require-hashes), setuptools included, so syncd itself builds with no
+# other download. Regenerate it after a change to pyproject.toml's dependencies:
+#   pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+#     --no-emit-find-links --output-file requirements.lock pyproject.toml requirements-build.in
 ARG BASE=docker.io/library/python:3.11-slim
 
 FROM ${BASE} AS build
 # A virtual environment: Debian's python3 refuses system-wide pip installs (PEP 668).
 RUN python3 -m venv /opt/syncd
-COPY pyproject.toml README.md LICENSE /src/
+COPY requirements.lock pyproject.toml README.md LICENSE /src/
 COPY syncd /src/syncd
 # The Kubernetes client ships an asyncio copy of itself (kubernetes.aio, 68 MB, with
 # aiohttp); syncd uses the synchronous client only, so the copy and aiohttp are left out.
 RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
-    && /opt/syncd/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+    && /opt/syncd/bin/pip install --no-cache-dir --disable-pip-version-check \
+       --require-hashes -r /src/requirements.lock \
+    && /opt/syncd/bin/pip install --no-cache-dir --disable-pip-version-check \
+       --no-deps --no-build-isolation /src \
     && /opt/syncd/bin/pip uninstall --yes --disable-pip-version-check aiohttp aiohttp-retry \
        aiohappyeyeballs aiosignal frozenlist multidict propcache yarl \
     && rm -rf /opt/syncd/lib/python3*/site-packages/kubernetes/aio \
