@@ -107,6 +107,11 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
     workload = "CronJob" if "cronjob" in chosen else "Deployment"
     expected = {workload, "ServiceAccount", "ConfigMap"}
     expected |= {"ServiceMonitor", "PrometheusRule"} if "monitoring" in chosen else set()
+    dashboards = [d for d in documents if d["metadata"]["name"] == "syncd-dashboard"]
+    assert len(dashboards) == ("monitoring" in chosen)
+    for dashboard in dashboards:
+        assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(dashboard["data"]["syncd.json"])["uid"] == "syncd"
     expected |= {"Role"} if "namespaced" in chosen else {"ClusterRole"}
     assert expected <= set(kinds), kinds
     if "cronjob" in chosen:
