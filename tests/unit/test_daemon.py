@@ -106,8 +106,13 @@ def file_target(name: str) -> dict:
     return target("ns", "b", []) | {"sources": [{"type": "static", "file": name}]}
 
 
-def slice_with(api: MemoryApiServer, address: str) -> dict:
-    return next(s for s in api.objects(SLICES, "ns") if s["endpoints"][0]["addresses"] == [address])
+def edit_by_hand(api: MemoryApiServer, address: str, instead: str) -> None:
+    """Someone else rewrites the address of the slice holding `address`."""
+    edited = next(
+        s for s in api.objects(SLICES, "ns") if s["endpoints"][0]["addresses"] == [address]
+    )
+    edited["endpoints"][0]["addresses"] = [instead]
+    api.put(SLICES, edited)
 
 
 def two_targets(tmp_path: Path, b_backends: list[str]) -> Path:
@@ -231,7 +236,7 @@ def test_a_broken_backends_file_is_stale_once_and_keeps_what_is_applied(api, tmp
     backends = backends_file(tmp_path / "b.yaml", "198.51.100.2:8080")
     config = write_config(
         tmp_path / "c.yaml",
-        target("ns", "b", []) | {"sources": [{"type": "static", "file": "b.yaml"}]},
+        file_target("b.yaml"),
     )
     with Daemon(api, config) as daemon:
         wait_for(daemon.ready, "ready")
@@ -263,13 +268,7 @@ def test_a_large_removal_is_held_reported_once_then_applied(api, tmp_path):
 def test_someone_elses_edit_of_a_slice_is_put_back(api, tmp_path):
     with Daemon(api, two_targets(tmp_path, ["198.51.100.2:8080"])) as daemon:
         wait_for(daemon.ready, "ready")
-        edited = next(
-            s
-            for s in api.objects(SLICES, "ns")
-            if s["endpoints"][0]["addresses"] == ["198.51.100.2"]
-        )
-        edited["endpoints"][0]["addresses"] = ["198.51.100.66"]
-        api.put(SLICES, edited)
+        edit_by_hand(api, "198.51.100.2", "198.51.100.66")
         wait_for(lambda: addresses(api) == {"198.51.100.1", "198.51.100.2"}, "the edit undone")
 
 
@@ -277,13 +276,7 @@ def test_a_watch_too_old_to_resume_lists_again_and_misses_nothing(api, tmp_path)
     with Daemon(api, two_targets(tmp_path, ["198.51.100.2:8080"])) as daemon:
         wait_for(daemon.ready, "ready")
         api.compact()  # every watch now resumes from before the history: 410 Gone
-        edited = next(
-            s
-            for s in api.objects(SLICES, "ns")
-            if s["endpoints"][0]["addresses"] == ["198.51.100.2"]
-        )
-        edited["endpoints"][0]["addresses"] = ["198.51.100.66"]
-        api.put(SLICES, edited)
+        edit_by_hand(api, "198.51.100.2", "198.51.100.66")
         wait_for(lambda: addresses(api) == {"198.51.100.1", "198.51.100.2"}, "the edit undone")
 
 
@@ -291,7 +284,7 @@ def test_writes_failing_are_retried_and_applied_when_the_api_answers_again(api, 
     backends = backends_file(tmp_path / "b.yaml", "198.51.100.2:8080")
     config = write_config(
         tmp_path / "c.yaml",
-        target("ns", "b", []) | {"sources": [{"type": "static", "file": "b.yaml"}]},
+        file_target("b.yaml"),
     )
     with Daemon(api, config) as daemon:
         wait_for(daemon.ready, "ready")
