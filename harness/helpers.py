@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.kube_apiserver import server_binaries
 from syncd.kube import Kube
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +158,22 @@ def pod_templates(documents: list[dict]) -> list[dict]:
         elif doc["kind"] == "CronJob":
             templates.append(spec["jobTemplate"]["spec"]["template"])
     return templates
+
+
+def kustomize_build(where: Path, components: Iterable[str] | None = None) -> list[dict]:
+    """`kustomize build` of an overlay directory; or, given components, of a copy of deploy/
+    (under `where`) with those components (e.g. "components/monitoring") listed in its own
+    kustomization.yaml, the way the README says to add them."""
+    directory = where
+    if components is not None:
+        directory = where / f"deploy-{uuid.uuid4().hex[:6]}"
+        shutil.copytree(REPO / "deploy", directory)
+        kustomization = directory / "kustomization.yaml"
+        settings = yaml.safe_load(kustomization.read_text())
+        kustomization.write_text(yaml.safe_dump({**settings, "components": list(components)}))
+    result = subprocess.run(
+        [server_binaries()["kustomize"], "build", str(directory)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -60,8 +60,8 @@ SUCCEEDED = 'kube_cronjob_status_last_successful_time{cronjob="syncd",namespace=
 CASES = [
     # The daemon: down (nothing scraped at all), and up.
     _case({"some_other_metric": "1x20"}, _fires("SyncdDown", "6m", "critical")),
-    _case({'up{job="syncd",pod="a"}': "1x20"}, _silent("SyncdDown", "10m")),
-    _case({'up{job="syncd",pod="a"}': "0x20"}, _fires("SyncdDown", "6m", "critical")),
+    _case({'up{job="syncd-metrics",pod="a"}': "1x20"}, _silent("SyncdDown", "10m")),
+    _case({'up{job="syncd-metrics",pod="a"}': "0x20"}, _fires("SyncdDown", "6m", "critical")),
     # The CronJob variant has no process to scrape: SyncdDown stays silent.
     _case({CRONJOB: "1x40", SUCCEEDED: "0+300x40"}, _silent("SyncdDown", "30m")),
     # Leadership: two standbys and no leader fires; one leader (or one replica without
@@ -119,7 +119,7 @@ CASES = [
     # A CronJob that never completed a run at all.
     _case({CRONJOB: "1x60"}, _fires("SyncdJobMissing", "31m", "critical")),
     # The daemon variant has no CronJob: the CronJob's alerts stay silent.
-    _case({'up{job="syncd",pod="a"}': "1x60"}, _silent("SyncdJobMissing", "55m")),
+    _case({'up{job="syncd-metrics",pod="a"}': "1x60"}, _silent("SyncdJobMissing", "55m")),
 ]
 
 

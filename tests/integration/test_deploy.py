@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,16 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
-from harness.helpers import pod_templates, run_once, slices_of, target, wait_for, write_config
-from harness.kube_apiserver import REPO, server_binaries
+from harness.helpers import (
+    kustomize_build,
+    pod_templates,
+    run_once,
+    slices_of,
+    target,
+    wait_for,
+    write_config,
+)
+from harness.kube_apiserver import REPO
 
 pytestmark = pytest.mark.apiserver
 
@@ -39,38 +46,11 @@ VARIANTS = {
 }
 
 
-def _render(tmp_path: Path, components: list[str]) -> list[dict]:
-    """`kustomize build` of deploy/ with these components, as a user's overlay would."""
-    overlay = tmp_path / f"overlay-{uuid.uuid4().hex[:6]}"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY, overlay)],
-                "components": [os.path.relpath(DEPLOY / c, overlay) for c in components],
-            }
-        )
-    )
-    return _kustomize(overlay)
-
-
-def _kustomize(overlay: Path) -> list[dict]:
-    result = subprocess.run(
-        [server_binaries()["kustomize"], "build", "--load-restrictor", "LoadRestrictionsNone",
-         str(overlay)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted(
     variant, apiserver, admin_api, monitoring_crds, tmp_path
 ):
-    documents = _render(tmp_path, VARIANTS[variant])
+    documents = kustomize_build(tmp_path, VARIANTS[variant])
     kinds = sorted({d["kind"] for d in documents})
     core = k8s.CoreV1Api(admin_api)
     for namespace in {d["metadata"].get("namespace") for d in documents} - {None}:
@@ -138,7 +118,7 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
 
 
 def test_the_deployment_asks_for_no_fixed_uid_and_two_replicas_with_probes(tmp_path):
-    (deployment,) = [d for d in _render(tmp_path, []) if d["kind"] == "Deployment"]
+    (deployment,) = [d for d in kustomize_build(tmp_path, []) if d["kind"] == "Deployment"]
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
@@ -210,7 +190,7 @@ def test_syncd_runs_under_the_namespaced_rbac_inside_its_namespaces_only(
     # The CronJob of cronjob + namespaced (either order): its arguments, and the namespaces
     # from the syncd-settings ConfigMap its container reads (edited as a user would).
     for order in (["cronjob", "namespaced"], ["namespaced", "cronjob"]):
-        documents = _render(tmp_path, [f"components/{name}" for name in order])
+        documents = kustomize_build(tmp_path, [f"components/{name}" for name in order])
         (cronjob,) = [d for d in documents if d["kind"] == "CronJob"]
         container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
         args = [a for a in container["args"] if not a.startswith("--config=")]
@@ -265,7 +245,7 @@ def _overlay_config(tmp_path: Path, name: str, namespace: str, service: str) -> 
     )
     (configmap,) = [
         d
-        for d in _kustomize(overlay)
+        for d in kustomize_build(overlay)
         if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("syncd-config")
     ]
     rendered = tmp_path / f"{name}.yaml"

@@ -6,7 +6,9 @@ deploy/'s components."""
 
 from __future__ import annotations
 
+import copy
 import itertools
+import re
 import subprocess
 
 import pytest
@@ -14,7 +16,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
-from harness.helpers import pod_templates, syncd
+from harness.helpers import kustomize_build, pod_templates, syncd
 from harness.kube_apiserver import REPO, server_binaries
 
 pytestmark = pytest.mark.apiserver
@@ -26,7 +28,10 @@ CHOICES = {
     "namespaced": ["--set", "namespaces={storage}"],
     "endpoints": ["--set", "endpoints=true"],
     "consul": ["--set", "consul.enabled=true"],
-    "monitoring": ["--set", "monitoring.serviceMonitor=true,monitoring.prometheusRule=true"],
+    "monitoring": [
+        "--set",
+        "monitoring.serviceMonitor=true,monitoring.prometheusRule=true,monitoring.dashboard=true",
+    ],
     "single": ["--set", "replicas=1"],
 }
 VARIANTS = {
@@ -132,4 +137,77 @@ def test_the_chart_and_deploy_render_the_same_config_and_syncd_checks_it(tmp_pat
     assert not names_a & names_b
     deployment = next(d for d in _template((), "team-a") if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--lease-name=team-a-syncd" in args
+    assert not any(arg.startswith("--lease-name") for arg in args)  # syncd-<owner id>
+
+
+# What only Helm adds: its release bookkeeping (labels, the annotation that rolls the pods
+# on a config change, which kustomize does with a hash in the ConfigMap's name).
+HELM_ONLY_LABELS = {
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+}
+GENERATED_NAME = re.compile(r"^(syncd-config)-[a-z0-9]{10}$")  # kustomize's hash suffix
+
+
+def _comparable(document: dict, rendered_by: str) -> dict:
+    """An object as both tools should agree on it: without Helm's bookkeeping, without the
+    namespace (Helm sets it at install), kustomize's hashed ConfigMap name without its hash,
+    and without deploy/'s optional hooks (envFrom ConfigMaps and a Secret volume marked
+    optional, which components fill; absent, they add nothing)."""
+    document = copy.deepcopy(document)
+
+    def clean(node):
+        if isinstance(node, dict):
+            for key in ("labels", "matchLabels", "selector"):
+                if isinstance(node.get(key), dict):
+                    node[key] = {k: v for k, v in node[key].items() if k not in HELM_ONLY_LABELS}
+            (node.get("annotations") or {}).pop("checksum/config", None)
+            if node.get("annotations") == {}:
+                del node["annotations"]
+            return {key: clean(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [clean(item) for item in node]
+        if isinstance(node, str):
+            return GENERATED_NAME.sub(r"\1", node)
+        return node
+
+    document["metadata"].pop("namespace", None)
+    if rendered_by == "kustomize":
+        for template in pod_templates([document]):
+            spec = template["spec"]
+            hooks = {
+                v["name"] for v in spec.get("volumes", []) if v.get("secret", {}).get("optional")
+            }
+            spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in hooks]
+            for container in spec["containers"]:
+                container.pop("envFrom", None)  # every entry is an optional hook
+                mounts = container.get("volumeMounts", [])
+                container["volumeMounts"] = [m for m in mounts if m["name"] not in hooks]
+    return clean(document)
+
+
+@pytest.mark.parametrize(
+    ("values", "components"),
+    [
+        ((), []),
+        (("monitoring",), ["components/monitoring"]),
+        (("cronjob",), ["components/cronjob"]),
+    ],
+    ids=["defaults", "monitoring", "cronjob"],
+)
+def test_the_chart_renders_the_same_objects_as_deploy(values, components, tmp_path):
+    """The chart and deploy/ cannot drift: with the matching values, `helm template` gives
+    exactly the objects of `kustomize build` (the Namespace aside: Helm installs into one)."""
+    from_chart = {
+        (d["kind"], d["metadata"]["name"]): _comparable(d, "helm") for d in _template(values)
+    }
+    from_deploy = {
+        (d["kind"], GENERATED_NAME.sub(r"\1", d["metadata"]["name"])): _comparable(d, "kustomize")
+        for d in kustomize_build(tmp_path, components)
+        if d["kind"] != "Namespace"
+    }
+    assert sorted(from_chart) == sorted(from_deploy)
+    for key, expected in from_deploy.items():
+        assert from_chart[key] == expected, key

@@ -20,6 +20,11 @@ app.kubernetes.io/name: syncd
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The config file: the value given, or files/config.yaml (deploy/'s example). */}}
+{{- define "syncd.config" -}}
+{{- .Values.config | default (.Files.Get "files/config.yaml") -}}
+{{- end -}}
+
 {{- define "syncd.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
@@ -66,7 +71,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "syncd.volumes" -}}
 - name: config
-  configMap: {name: {{ include "syncd.fullname" . }}}
+  configMap: {name: {{ include "syncd.fullname" . }}-config}
 {{- if .Values.consul.enabled }}
 - name: consul
   secret: {secretName: {{ .Values.consul.secretName }}}
