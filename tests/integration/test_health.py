@@ -3,7 +3,9 @@ red (kube-apiserver is frozen with SIGSTOP while a write is due), and it recover
 
 from __future__ import annotations
 
+import json
 import platform
+import re
 import signal
 import time
 import urllib.error
@@ -15,6 +17,12 @@ from kubernetes import utils as k8s_utils
 
 from harness.helpers import slices_of, wait_for, write_config
 from harness.kube_apiserver import REPO, free_port
+from syncd import __version__
+
+DASHBOARDS = [
+    REPO / "deploy" / "components" / "monitoring" / "dashboard.json",
+    REPO / "charts" / "syncd" / "files" / "dashboard.json",
+]
 
 pytestmark = pytest.mark.apiserver
 
@@ -123,9 +131,8 @@ def test_a_replica_that_cannot_read_its_lease_is_not_ready_until_it_can(
     wait_for(lambda: _get(address, "/readyz") == (200, "leader\n"), "leading once RBAC allows it")
 
 
-def test_the_metrics_people_graph_and_size_by_are_served(daemon, admin, namespace, tmp_path):
-    """syncd_build_info, the standard process_* and python_* series, and per target the
-    time it was last in sync, from a running daemon."""
+def _scrape_a_daemon_in_sync(daemon, admin, namespace: str, tmp_path) -> str:
+    """/metrics of a running daemon once its one target is in sync."""
     config = write_config(
         tmp_path / "c.yaml",
         {
@@ -138,7 +145,6 @@ def test_the_metrics_people_graph_and_size_by_are_served(daemon, admin, namespac
     address = f"127.0.0.1:{free_port()}"
     daemon(config, "--metrics-address", address)
     wait_for(lambda: slices_of(admin, namespace, "graphed"), "the slice")
-    before = time.time()
     _status, text = wait_for(
         lambda: (
             (r := _get(address, "/metrics"))[0] == 200
@@ -147,13 +153,58 @@ def test_the_metrics_people_graph_and_size_by_are_served(daemon, admin, namespac
         ),
         "the metrics",
     )
+    return text
+
+
+def test_the_metrics_people_graph_and_size_by_are_served(daemon, admin, namespace, tmp_path):
+    """syncd_build_info, the standard process_* and python_* series, and per target the
+    time it was last in sync, from a running daemon."""
+    before = time.time()
+    text = _scrape_a_daemon_in_sync(daemon, admin, namespace, tmp_path)
     series = dict(
         line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
     )
-    build = f'syncd_build_info{{python="{platform.python_version()}",version="0.1.0"}}'
+    build = f'syncd_build_info{{python="{platform.python_version()}",version="{__version__}"}}'
     assert float(series[build]) == 1
     assert float(series["process_resident_memory_bytes"]) > 10 * 2**20
     assert any(key.startswith("python_info{") for key in series)
     target = f'{{target="{namespace}/graphed"}}'
     success = float(series[f"syncd_target_last_success_timestamp_seconds{target}"])
     assert before - 60 < success <= time.time()
+
+
+def _served(text: str) -> dict[str, set[str]]:
+    """Every series name a scrape can hold -> the labels its samples carry. A family with
+    no sample yet (a labelled metric nothing has touched) still has its # TYPE line."""
+    served: dict[str, set[str]] = {}
+    for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+        for name in [family, *(family + s for s in suffixes.get(kind, []))]:
+            served.setdefault(name, set())
+    for name, labels in re.findall(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? ", text, re.M):
+        served.setdefault(name, set()).update(re.findall(r'(\w+)="', labels))
+    return served
+
+
+def test_every_metric_the_dashboard_queries_is_served_by_a_running_daemon(
+    daemon, admin, namespace, tmp_path
+):
+    """The dashboard in deploy/ (and the chart's copy) asks only for series a running
+    daemon serves, grouped only by labels those series carry."""
+    served = _served(_scrape_a_daemon_in_sync(daemon, admin, namespace, tmp_path))
+    for dashboard in DASHBOARDS:
+        for panel in json.loads(dashboard.read_text())["panels"]:
+            for query in panel["targets"]:
+                expr = query["expr"]
+                names = set(re.findall(r"\b((?:syncd|process|python)_[a-z_]+)\b", expr))
+                assert names, (panel["title"], expr)
+                for name in names:
+                    assert name in served, f"{dashboard.name}, {panel['title']}: {name} not served"
+                grouped = {
+                    label.strip()
+                    for group in re.findall(r"by \(([^)]*)\)", expr)
+                    for label in group.split(",")
+                }
+                carried = set().union(*(served[name] for name in names))
+                if all(served[name] for name in names):  # labels known from samples
+                    assert grouped <= carried, f"{panel['title']}: {grouped - carried}"
