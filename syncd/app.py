@@ -93,7 +93,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 workers=args.workers,
                 namespaces=args.namespaces,
             )
-            printer = ResultPrinter(args.dry_run, json=args.log_format == "json")
+            # a log line each, timestamped; a dry run's plan is read by a person, like render
+            printer = ResultPrinter(
+                args.dry_run, stamped=not args.dry_run, json=args.log_format == "json"
+            )
             return _one_pass(kube, config, once, stop, printer)
         daemon = DaemonSettings(
             resync_interval=args.resync_interval,

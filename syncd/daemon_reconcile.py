@@ -107,7 +107,7 @@ class DaemonReconciler:
 
     def _note_evaluation(self, state: TargetState, done: Reconciled) -> None:
         for warning in state.memory.new_warnings(done.step.evaluation.warnings):
-            log.warning("%s: %s", state.target.key, warning)
+            log.warning("%s: %s", state.target.key, warning, extra={"target": state.target.key})
         if done.step.evaluation.panic:
             PROBE_PANICS.labels(state.target.key).inc()
 
@@ -122,6 +122,7 @@ class DaemonReconciler:
                 "%s: %s lists no backends; applying that (an empty answer is real)",
                 target.key,
                 decision.source,
+                extra={"target": target.key, "source": decision.source, "action": "apply"},
             )
         if decision.switched_from is not None:
             TIER_SWITCHES.labels(target.key, str(decision.switched_from), str(decision.tier)).inc()
@@ -148,11 +149,13 @@ class DaemonReconciler:
         """Stale or drain protection is over: said once."""
         if state.stale:
             state.stale = False
-            log.info("%s: %s answers again", state.target.key, source)
+            about = {"target": state.target.key, "source": source, "action": "apply"}
+            log.info("%s: %s answers again", state.target.key, source, extra=about)
         if state.protected:
             state.protected = False
             message = f"{source} lists enough ready backends again; applying it"
-            log.warning("%s: drain protection ends: %s", state.target.key, message)
+            about = {"target": state.target.key, "source": source, "action": "apply"}
+            log.warning("%s: drain protection ends: %s", state.target.key, message, extra=about)
             self._sink.record_event(state.target, "DrainProtectionEnded", message, "Normal")
 
     def _failed_attempt(self, state: TargetState, result: TargetResult) -> None:
@@ -166,7 +169,9 @@ class DaemonReconciler:
         if state.reported != result.message:
             state.reported = result.message
             self._report(result)
-        log.info("%s: retrying in %.1fs (attempt %d)", key, delay, self._queue.retries(key))
+        attempt = self._queue.retries(key)
+        about = {"target": key, "action": "retry"}
+        log.info("%s: retrying in %.1fs (attempt %d)", key, delay, attempt, extra=about)
 
     def _blocked(self, state: TargetState, done: Reconciled) -> None:
         """Nothing was written: stale sources, a held removal, a conflict, a bad setup.

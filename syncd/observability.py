@@ -377,8 +377,15 @@ def setup_logging(level: str, log_format: str = "text") -> None:
             handler.setFormatter(_JsonFormatter())
 
 
+# What a log line about one target may say besides its message (passed as `extra=`): the
+# target ("namespace/service"), the source it is about, and what syncd does (apply, keep,
+# hold, retry, refuse, drop ...). JSON logs carry them as fields, for filtering.
+LOG_FIELDS = ("target", "source", "action")
+
+
 class _JsonFormatter(logging.Formatter):
-    """{"time", "level", "logger", "message"} (and the exception, when there is one)."""
+    """{"time", "level", "logger", "target", "source", "action", "message"} (the three in
+    the middle when the line is about a target; the exception, when there is one)."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
@@ -386,8 +393,12 @@ class _JsonFormatter(logging.Formatter):
             "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
         }
+        for field in LOG_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = str(value)
+        line["message"] = record.getMessage()
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line)

@@ -58,7 +58,8 @@ def ask_sources(target: Target, consul: ConsulClients | None = None) -> list[Ans
             answers.append(exc)
             continue
         for warning in snapshot.warnings:
-            log.warning("%s: %s: %s", target.key, snapshot.source, warning)
+            about = {"target": target.key, "source": snapshot.source, "action": "drop"}
+            log.warning("%s: %s: %s", target.key, snapshot.source, warning, extra=about)
         answers.append(snapshot)
     return answers
 
@@ -151,11 +152,14 @@ def _one_target(
             health=probe_round(target, answers),
         )
         for warning in done.step.evaluation.warnings:
-            log.warning("%s: %s", target.key, warning)
+            log.warning("%s: %s", target.key, warning, extra={"target": target.key})
         result = done.result
         if result.outcome is Outcome.HELD and done.hold_until is not None and not held_once:
             held_once = True
-            log.warning("%s: %s", target.key, done.step.evaluation.verdict.reason)
+            reason = done.step.evaluation.verdict.reason
+            log.warning(
+                "%s: %s", target.key, reason, extra={"target": target.key, "action": "hold"}
+            )
             if stop.wait(max(0.0, done.hold_until - time.monotonic())):
                 return result
             cache.refresh_target(target)  # the cluster may have changed while we waited
@@ -165,6 +169,11 @@ def _one_target(
         attempts += 1
         if not (result.stale_read and attempts < _WRITE_ATTEMPTS):
             return result
-        log.info("%s: an object changed while syncing (%s); re-reading", target.key, result.message)
+        log.info(
+            "%s: an object changed while syncing (%s); re-reading",
+            target.key,
+            result.message,
+            extra={"target": target.key, "action": "retry"},
+        )
         cache.refresh_target(target)
         memory = None

@@ -2,8 +2,9 @@
 
 Each line goes to one stream only, so a log collector that merges the two shows it once:
 what happened to each target (changes, and CONFLICT, STALE, PROTECTED ... lines) on
-stdout; warnings and logs on stderr. The daemon's lines carry a timestamp, and with
-`--log-format json` every line on either stream is one JSON object.
+stdout, as `kubectl apply` prints what it did; warnings and logs on stderr. `run`'s lines
+carry a timestamp (a dry run's plan does not: a person reads it, as `render`'s output), and
+with `--log-format json` every line on either stream is one JSON object.
 """
 
 from __future__ import annotations
@@ -21,9 +22,19 @@ _OUTPUT_LOCK = threading.Lock()  # the daemon's workers report at once: never mi
 
 
 @dataclass(frozen=True)
+class Line:
+    """One printed line and what it says syncd did: create/update/delete (a change), switch
+    (failover), or the outcome (converged, changed, conflict, stale ...)."""
+
+    text: str
+    action: str
+
+
+@dataclass(frozen=True)
 class ResultPrinter:
     """Prints results as they come: `stamped` (the daemon) puts the time first; `json`
-    prints {"time", "level", "target", "outcome", "message"} objects instead."""
+    prints {"time", "level", "target", "source", "action", "outcome", "message"} objects
+    instead."""
 
     dry_run: bool = False
     stamped: bool = False
@@ -36,11 +47,14 @@ class ResultPrinter:
         """The text for stdout and for stderr (printed now, or later in config order)."""
         out, err = result_lines(result, self.dry_run)
         level = "info" if result.outcome.ok else "warning"
-        fields = {"target": result.target, "outcome": result.outcome.value}
+        fields = {"target": result.target}
+        if result.decision is not None:
+            fields["source"] = result.decision.source
+        fields["outcome"] = result.outcome.value
         return self._text(out, level, fields), self._text(err, "warning", fields)
 
     def summary(self, line: str, ok: bool) -> None:
-        self.write(self._text([line], "info" if ok else "warning", {}), "")
+        self.write(self._text([Line(line, "summary")], "info" if ok else "warning", {}), "")
 
     @staticmethod
     def write(out: str, err: str) -> None:
@@ -52,32 +66,37 @@ class ResultPrinter:
                 sys.stdout.write(out)
                 sys.stdout.flush()
 
-    def _text(self, lines: list[str], level: str, fields: dict[str, str]) -> str:
+    def _text(self, lines: list[Line], level: str, fields: dict[str, str]) -> str:
         if not lines:
             return ""
         now = datetime.datetime.now(datetime.UTC)
         if self.json:
             time = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
             return "".join(
-                json.dumps({"time": time, "level": level, **fields, "message": line}) + "\n"
+                json.dumps(
+                    {"time": time, "level": level, **fields, "action": line.action}
+                    | {"message": line.text}
+                )
+                + "\n"
                 for line in lines
             )
         if self.stamped:
             stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z "
-            return "".join(stamp + line + "\n" for line in lines)
-        return "".join(line + "\n" for line in lines)
+            return "".join(stamp + line.text + "\n" for line in lines)
+        return "".join(line.text + "\n" for line in lines)
 
 
-def result_lines(result: TargetResult, dry_run: bool) -> tuple[list[str], list[str]]:
+def result_lines(result: TargetResult, dry_run: bool) -> tuple[list[Line], list[Line]]:
     """What a result prints: lines for stdout, lines for stderr."""
-    out: list[str] = []
-    err = [f"{result.target}: warning: {warning}" for warning in result.warnings]
+    out: list[Line] = []
+    err = [Line(f"{result.target}: warning: {warning}", "warn") for warning in result.warnings]
     for change in result.changes:
+        action = change.action.value
         if dry_run:
-            out.append(f"{result.target}: would {change.summary(planned=True)}")
-            out.append(_indent(change.diff()))
+            out.append(Line(f"{result.target}: would {change.summary(planned=True)}", action))
+            out.append(Line(_indent(change.diff()), action))
         else:
-            out.append(f"{result.target}: {change.summary()}")
+            out.append(Line(f"{result.target}: {change.summary()}", action))
     decision = result.decision
     size = ""
     if decision is not None:
@@ -86,15 +105,18 @@ def result_lines(result: TargetResult, dry_run: bool) -> tuple[list[str], list[s
         size = f" ({tier}{decision.source}: {len(decision.backends)} backends, {ready} ready)"
         switch = decision.switch_sentence()
         if switch is not None:
-            out.append(f"{result.target}: {switch}")
+            out.append(Line(f"{result.target}: {switch}", "switch"))
+    outcome = result.outcome.value
     if result.outcome is Outcome.CONVERGED:
-        out.append(f"{result.target}: no changes{size}")
+        out.append(Line(f"{result.target}: no changes{size}", outcome))
     elif result.outcome is Outcome.CHANGED:
         verb = "planned" if dry_run else "applied"
         note = f"; {result.message}" if result.message else ""
-        out.append(f"{result.target}: {len(result.changes)} changes {verb}{size}{note}")
+        out.append(
+            Line(f"{result.target}: {len(result.changes)} changes {verb}{size}{note}", outcome)
+        )
     else:
-        out.append(f"{result.target}: {result.outcome.value.upper()}: {result.message}")
+        out.append(Line(f"{result.target}: {outcome.upper()}: {result.message}", outcome))
     return out, err
 
 

@@ -123,7 +123,8 @@ class Sink:
             service = plan.target.service if change.kind != SERVICE.name else change.name
             message = refusal(change.namespace, service, self.allow_protected)
             if message is not None:
-                log.error("%s: REFUSED: %s; nothing written", plan.target.key, message)
+                about = {"target": plan.target.key, "action": "refuse"}
+                log.error("%s: REFUSED: %s; nothing written", plan.target.key, message, extra=about)
                 self._event(change.namespace, service, "SyncRefused", message)
                 return f"{message}; nothing written"
         return None

@@ -63,7 +63,8 @@ class ChangeEmitter:
         warnings = frozenset(snapshot.warnings)
         for warning in snapshot.warnings:
             if warning not in self._warned:
-                log.warning("%s: %s: %s", self._label, snapshot.source, warning)
+                about = {"target": self._label, "source": snapshot.source, "action": "drop"}
+                log.warning("%s: %s: %s", self._label, snapshot.source, warning, extra=about)
         self._warned = warnings
         last = self.last
         if (
@@ -78,7 +79,10 @@ class ChangeEmitter:
         """`quiet`: the caller has logged one line for many sources already."""
         if not isinstance(self.last, SourceError):
             if not quiet:
-                log.warning("%s: %s; keeping the last state, retrying", self._label, error)
+                about = {"target": self._label, "action": "keep"}
+                log.warning(
+                    "%s: %s; keeping the last state, retrying", self._label, error, extra=about
+                )
             self.last = error
             self._emit(error)
 

@@ -416,14 +416,17 @@ def test_each_line_goes_to_one_stream_and_json_logs_are_one_object_per_line(
         target(namespace, "theirs", ["192.0.2.1:80"]),
         target(namespace, "mine", ["192.0.2.2:80"]),
     )
-    text = run_syncd(config, "--log-level", "info", check=1)
-    assert text.stdout.count("CONFLICT") == 1 and "CONFLICT" not in text.stderr
-
     result = run_syncd(config, "--log-level", "info", "--log-format", "json", check=1)
     out = [json.loads(line) for line in result.stdout.splitlines()]
     err = [json.loads(line) for line in result.stderr.splitlines()]
     assert err and all({"time", "level", "logger", "message"} <= set(e) for e in err)
     conflict = next(line for line in out if line.get("outcome") == "conflict")
     assert conflict["target"] == f"{namespace}/theirs" and conflict["level"] == "warning"
-    assert "CONFLICT: Service" in conflict["message"]
+    assert "CONFLICT: Service" in conflict["message"] and conflict["action"] == "conflict"
+    created = [line for line in out if line.get("action") == "create"]
+    assert created and all(line["target"] == f"{namespace}/mine" for line in created)
+    assert all(line["source"].startswith("static") for line in created)
     assert out[-1]["message"].startswith("not converged: 1 of 2 targets failed")
+
+    text = run_syncd(config, "--log-level", "info", check=1)
+    assert text.stdout.count("CONFLICT") == 1 and "CONFLICT" not in text.stderr
