@@ -6,7 +6,9 @@
 #
 # BASE: any image with python3 (3.11 or later) and its venv module: the official slim
 # image by default, or one made from Debian packages (python3, python3-venv,
-# ca-certificates). The CA bundle secret is for builds behind a TLS-intercepting proxy:
+# ca-certificates). For a release, give it by digest, so the build takes exactly that
+# image whatever the tag points at later (scripts/build-test-image.sh does):
+#   --build-arg BASE=docker.io/library/python:3.11-slim@sha256:<digest> The CA bundle secret is for builds behind a TLS-intercepting proxy:
 # pip trusts it while installing, and it is never written into a layer.
 #
 # Dependencies come from requirements.lock: exact versions, each file checked against its

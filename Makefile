@@ -7,8 +7,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the dependencies' wheels, from requirements.lock (hash-checked), for the package test's
+# clean virtual environment: tests never reach the network
+export SYNCD_WHEELHOUSE ?= $(HOME)/.cache/syncd/wheelhouse
 
-.PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover
+.PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover wheelhouse
 
 # -qq: errors only (setuptools' notice about editable installs is not news to anyone)
 $(STAMP): pyproject.toml
@@ -28,6 +31,9 @@ check: setup
 system-deps:
 	bash scripts/install-system-deps.sh
 
+wheelhouse: setup
+	$(BIN)/pip download --quiet --require-hashes -r requirements.lock -d $(SYNCD_WHEELHOUSE)
+
 servers: system-deps
 	bash scripts/build-test-servers.sh
 
@@ -40,13 +46,13 @@ lint: setup
 unit: setup
 	$(BIN)/pytest tests/unit
 
-integration: setup servers
+integration: setup servers wheelhouse
 	$(BIN)/pytest tests/integration tests/e2e
 
 system: setup servers
 	$(BIN)/pytest tests/image tests/dataplane
 
-test: setup servers lint
+test: setup servers wheelhouse lint
 	$(BIN)/pytest
 
 clean:

@@ -34,8 +34,12 @@ if ! podman image exists "$BASE_IMAGE"; then
   podman import --quiet "$BASE_TAR" "$BASE_IMAGE" >/dev/null
 fi
 
-log "building $IMAGE from Dockerfile on $BASE_IMAGE"
-podman build --quiet --network=host --build-arg "BASE=$BASE_IMAGE" \
+# The base by digest, as a release build should take it: the exact image, whatever the
+# tag points at later.
+DIGEST="$(podman image inspect --format '{{.Digest}}' "$BASE_IMAGE")"
+BASE_BY_DIGEST="${BASE_IMAGE%:*}@$DIGEST"
+log "building $IMAGE from Dockerfile on $BASE_BY_DIGEST ($BASE_IMAGE)"
+podman build --quiet --network=host --build-arg "BASE=$BASE_BY_DIGEST" \
   --secret "id=ca,src=/etc/ssl/certs/ca-certificates.crt" -t "$IMAGE" -f Dockerfile . >&2
 echo "IMAGE=$IMAGE"
 echo "BASE=$BASE_IMAGE"
