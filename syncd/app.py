@@ -28,6 +28,7 @@ from syncd.observability import serve_metrics
 from syncd.once import OnceSettings, run_once
 from syncd.output import ResultPrinter
 from syncd.pipeline import TargetResult
+from syncd.sink import REMOVED_FROM_CONFIG
 
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 dry_run=args.dry_run,
                 workers=args.workers,
                 namespaces=args.namespaces,
+                resources=args.resources,
             )
             # a log line each, timestamped; a dry run's plan is read by a person, like render
             printer = ResultPrinter(
@@ -182,7 +184,8 @@ def _one_pass(
             False,
         )
     else:
-        printer.summary(f"converged: {len(config.targets)} targets, {writes} writes", True)
+        targets = sum(1 for r in results if r.message != REMOVED_FROM_CONFIG)
+        printer.summary(f"converged: {targets} targets, {writes} writes", True)
     return EXIT_TARGET_FAILED if failed or stop.is_set() else EXIT_OK
 
 

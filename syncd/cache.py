@@ -376,6 +376,10 @@ class ClusterCache:
             }
             return LiveState(objects, unsupported=self.served.unsupported)
 
+    def all(self, kind_name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._stores[kind_name].by_name.values())
+
     def owned(self, kind_name: str, owner_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [

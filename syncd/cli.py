@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         parser.error(f"--allow-protected: {bad[0]!r} is not 'namespace/service' or 'namespace/*'")
     try:
-        config = load_config(args.config, args.allow_protected)
+        config = load_config(args.config, args.allow_protected, not args.resources)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

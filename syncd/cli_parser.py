@@ -169,6 +169,14 @@ def _common_options() -> _Parser:
         "comma-separated; see docs/ownership.md)",
     )
     common.add_argument(
+        "--resources",
+        action="store_true",
+        default=os.environ.get("SYNCD_RESOURCES", "").lower() in ("1", "true", "yes"),
+        help="run: also reconcile the ExternalService resources teams declare (all "
+        "namespaces, or --namespaces), reporting in each one's status; the config may then "
+        "have no targets (default: $SYNCD_RESOURCES; see docs/resources.md)",
+    )
+    common.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],

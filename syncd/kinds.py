@@ -33,6 +33,7 @@ APP_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 OWNER_LABEL = "syncd.io/owner"
+RESOURCE_LABEL = "syncd.io/resource"  # the ExternalService an object was written for
 SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
 ANNOTATION_PREFIX = "syncd.io/"
 
@@ -44,6 +45,7 @@ MANAGED_LABEL_KEYS = frozenset(
         APP_MANAGED_BY_LABEL,
         OWNER_LABEL,
         SKIP_MIRROR_LABEL,
+        RESOURCE_LABEL,
     }
 )
 
@@ -89,12 +91,28 @@ def owner_refs(obj: Obj) -> list[dict[str, Any]]:
     )
 
 
+def is_resource_ref(ref: Mapping[str, Any]) -> bool:
+    """An ownerReference to an ExternalService: syncd sets and removes these itself."""
+    return ref.get("kind") == "ExternalService" and str(ref.get("apiVersion", "")).startswith(
+        "syncd.io/"
+    )
+
+
 def _common_view(obj: Obj, compare_owner_refs: bool) -> View:
     labels = {k: v for k, v in labels_of(obj).items() if k in MANAGED_LABEL_KEYS}
     view: View = {"labels": dict(sorted(labels.items()))}
+    refs = owner_refs(obj)
     if compare_owner_refs:
-        view["ownerReferences"] = owner_refs(obj)
+        view["ownerReferences"] = refs
+    else:  # a reference to a resource is syncd's own: one left behind is a difference
+        view["resourceOwners"] = [ref for ref in refs if is_resource_ref(ref)]
     return view
+
+
+def _kept_foreign_refs(live_metadata: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The live object's ownerReferences without syncd's to a resource (None: none left)."""
+    kept = [r for r in live_metadata.get("ownerReferences") or () if not is_resource_ref(r)]
+    return kept or None
 
 
 def _slice_fields(obj: Obj) -> View:
@@ -285,8 +303,10 @@ def guarded_replacement(desired_obj: Obj, live: Obj) -> dict[str, Any]:
     for key in ("resourceVersion", "annotations"):
         if live_metadata.get(key) is not None:
             metadata[key] = live_metadata[key]
-    if "ownerReferences" not in metadata and live_metadata.get("ownerReferences"):
-        metadata["ownerReferences"] = live_metadata["ownerReferences"]
+    if "ownerReferences" not in metadata:
+        kept = _kept_foreign_refs(live_metadata)
+        if kept:
+            metadata["ownerReferences"] = kept
     desired["metadata"] = metadata
     return desired
 
@@ -307,6 +327,12 @@ def _service_patch(desired: Obj, live: Obj) -> dict[str, Any]:
     metadata: dict[str, Any] = {"labels": labels}
     if annotations:
         metadata["annotations"] = annotations
+    desired_refs = desired.get("metadata", {}).get("ownerReferences")
+    live_metadata = live.get("metadata") or {}
+    if desired_refs:  # declared by a resource: owned by it
+        metadata["ownerReferences"] = desired_refs
+    elif any(is_resource_ref(r) for r in live_metadata.get("ownerReferences") or ()):
+        metadata["ownerReferences"] = _kept_foreign_refs(live_metadata)  # None removes them
     desired_spec = desired.get("spec", {})
     return {
         "metadata": metadata,
@@ -427,8 +453,45 @@ LEASE = Kind(
     trim=_trim_whole("Lease", "coordination.k8s.io/v1"),
 )
 
+
+def _resource_fields(obj: Obj) -> View:
+    metadata = obj.get("metadata") or {}
+    return {"spec": obj.get("spec"), "generation": metadata.get("generation")}
+
+
+def _trim_resource(obj: Obj) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    return {
+        "apiVersion": EXTERNAL_SERVICE_API_VERSION,
+        "kind": "ExternalService",
+        "metadata": {
+            key: metadata.get(key)
+            for key in ("name", "namespace", "uid", "resourceVersion", "generation")
+        }
+        | {"creationTimestamp": metadata.get("creationTimestamp")},
+        "spec": obj.get("spec") or {},
+        "status": obj.get("status") or {},
+    }
+
+
+# What teams declare targets with (syncd.config.resource): read by a cache of its own, with
+# its status written through the status subresource. A status change alone is noise.
+EXTERNAL_SERVICE_API_VERSION = "syncd.io/v1alpha1"
+EXTERNAL_SERVICE = Kind(
+    name="ExternalService",
+    api_version=EXTERNAL_SERVICE_API_VERSION,
+    plural="externalservices",
+    managed_by_label=APP_MANAGED_BY_LABEL,
+    cache_selector="",
+    merge_patch=None,
+    apply_order=9,
+    fields=_resource_fields,
+    identity=_identity,
+    trim=_trim_resource,
+)
+
 KINDS: dict[str, Kind] = {
-    kind.name: kind for kind in (SERVICE, ENDPOINTS, ENDPOINT_SLICE, EVENT, LEASE)
+    kind.name: kind for kind in (SERVICE, ENDPOINTS, ENDPOINT_SLICE, EVENT, LEASE, EXTERNAL_SERVICE)
 }
 CACHED_KINDS: tuple[Kind, ...] = (SERVICE, ENDPOINTS, ENDPOINT_SLICE)
 

@@ -411,14 +411,17 @@ class Kube:
         name: str,
         patch: dict,
         fence: Callable[[], bool] | None = None,
+        subresource: str = "",
     ) -> dict[str, Any]:
-        """JSON merge patch: lists in `patch` replace the live lists whole."""
+        """JSON merge patch: lists in `patch` replace the live lists whole. `subresource`:
+        e.g. "status", a custom resource's status (what its controller alone writes)."""
         row = KINDS[kind]
+        path = row.item_path(namespace, name) + (f"/{subresource}" if subresource else "")
         result = self._call(
             "patch",
-            f"{kind} {namespace}/{name}",
+            f"{kind} {namespace}/{name}" + (f" {subresource}" if subresource else ""),
             "PATCH",
-            row.item_path(namespace, name),
+            path,
             body=patch,
             content_type="application/merge-patch+json",
             fence=fence,

@@ -347,6 +347,16 @@ class HealthCheckConfig:
 
 
 @dataclass(frozen=True)
+class ResourceRef:
+    """The ExternalService (syncd.config.resource) a target was declared by, in the target's
+    namespace: what syncd writes for it is labelled with its name and carries an
+    ownerReference to it, so the cluster's garbage collector removes them with it."""
+
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
 class Target:
     """One selectorless Service and where its backends come from."""
 
@@ -363,6 +373,7 @@ class Target:
     allowed_cidrs: tuple[IPNetwork, ...] = ()  # empty: any address the policy allows
     drain_floor: int = 1  # a registry answer may not leave fewer ready backends than this
     traffic_distribution: str | None = None  # on the managed Service: PreferClose, ...
+    resource: ResourceRef | None = None  # declared by an ExternalService, not the file
 
     @property
     def key(self) -> str:

@@ -29,6 +29,7 @@ from syncd.model import Answer, Config, ProbeKey, Target
 from syncd.pipeline import Outcome, TargetResult, seed_memory
 from syncd.policy import PolicyState, probe_keys
 from syncd.reconcile import reconcile, record_blocked
+from syncd.resources import ResourceSet
 from syncd.sink import Sink
 from syncd.sources import ConsulClients, build_source
 
@@ -43,6 +44,7 @@ class OnceSettings:
     dry_run: bool = False
     workers: int = 4
     namespaces: tuple[str, ...] | None = None
+    resources: bool = False  # also the ExternalServices (status written for each)
 
 
 def ask_sources(target: Target, consul: ConsulClients | None = None) -> list[Answer]:
@@ -89,8 +91,11 @@ def run_once(
     """
     stop = stop or threading.Event()
     cache = ClusterCache(kube, settings.namespaces)
+    resources = ResourceSet(kube, settings.namespaces) if settings.resources else None
     try:
         cache.load()
+        if resources is not None:
+            resources.cache.load()
     except KubeError as exc:
         failed = TargetResult(
             "(cluster)", Outcome.FAILED, message=f"cannot read the cluster: {exc}"
@@ -98,8 +103,11 @@ def run_once(
         if report is not None:
             report(failed)
         return [failed]
+    if resources is not None:
+        config = resources.merge(config).config  # the file's targets and the resources'
     sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
     sink.allow_protected = config.allow_protected
+    sink.prunes_resources = resources is not None
     try:
         sink.learn_served_fields(config.targets)
     except KubeError as exc:  # the writes will tell; a probe failing is no reason to stop
@@ -116,11 +124,16 @@ def run_once(
             result = _one_target(target, config, consul, cache, sink, settings, stop)
         except KubeError as exc:
             result = TargetResult(target.key, Outcome.FAILED, message=str(exc))
+        if resources is not None and not settings.dry_run:
+            resources.publish(target, result, cache.live_state(target), settings.owner_id)
         return reported(result)
 
     with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="once") as pool:
         results = list(pool.map(one, config.targets))
-    results.extend(reported(result) for result in sink.prune(t.key for t in config.targets))
+    keep = {t.key for t in config.targets} | (resources.held if resources else frozenset())
+    if resources is not None and not settings.dry_run:
+        resources.publish_unapplied()
+    results.extend(reported(result) for result in sink.prune(keep))
     return results
 
 

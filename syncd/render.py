@@ -27,9 +27,10 @@ from typing import Any
 
 from syncd.addresses import ip_sort_key
 from syncd.frozen import freeze
+from syncd.kinds import EXTERNAL_SERVICE
 from syncd.memo import WORTH_REMEMBERING, IdentityMemo, Memo
 from syncd.model import AddressFamily, Backend, EndpointPort, PortSet, Target, port_set
-from syncd.ownership import SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
+from syncd.ownership import RESOURCE_LABEL, SERVICE_NAME_LABEL, SKIP_MIRROR_LABEL, ownership_labels
 
 _MAX_NAME = 253
 
@@ -199,17 +200,40 @@ def placeholder_slice(service: str) -> PlacedSlice:
 
 
 def _owner_references(target: Target, service_uid: str | None) -> list[dict[str, Any]]:
-    if not service_uid:
+    """Slices and Endpoints belong to their Service (deleted with it); when syncd does not
+    manage the Service, to the resource that declared the target, if one did."""
+    if service_uid and (target.manage_service or target.resource is None):
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "name": target.service,
+                "uid": service_uid,
+                "controller": True,
+            }
+        ]
+    return _resource_owner(target)
+
+
+def _resource_owner(target: Target) -> list[dict[str, Any]]:
+    if target.resource is None:
         return []
     return [
         {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "name": target.service,
-            "uid": service_uid,
+            "apiVersion": EXTERNAL_SERVICE.api_version,
+            "kind": EXTERNAL_SERVICE.name,
+            "name": target.resource.name,
+            "uid": target.resource.uid,
             "controller": True,
         }
     ]
+
+
+def _labels(target: Target, kind: str, owner_id: str) -> dict[str, str]:
+    labels = ownership_labels(kind, owner_id)
+    if target.resource is not None:
+        labels[RESOURCE_LABEL] = target.resource.name
+    return labels
 
 
 def _ports_list(ports: PortSet) -> list[dict[str, Any]]:
@@ -227,8 +251,10 @@ def render_service(
     metadata: dict[str, Any] = {
         "name": target.service,
         "namespace": target.namespace,
-        "labels": ownership_labels("Service", owner_id),
+        "labels": _labels(target, "Service", owner_id),
     }
+    if target.resource is not None:
+        metadata["ownerReferences"] = _resource_owner(target)
     if annotations:
         metadata["annotations"] = dict(annotations)
     spec: dict[str, Any] = {
@@ -259,6 +285,7 @@ def render_endpoint_slices(
         # Keyed by the members' identities (cheap to hash), checked by equality on a hit
         # (identical members compare at once): unchanged slices are not built again.
         key: tuple[Any, ...] = (target.namespace, target.service, owner_id, service_uid, hints)
+        key += (target.resource, target.manage_service)
         key += (placed, *map(id, members))
         hit = _SLICES.get(key) if len(members) >= WORTH_REMEMBERING else None
         if hit is not None and hit[0] == members:
@@ -288,11 +315,12 @@ def _render_slice(
         "namespace": target.namespace,
         "labels": {
             SERVICE_NAME_LABEL: target.service,
-            **ownership_labels("EndpointSlice", owner_id),
+            **_labels(target, "EndpointSlice", owner_id),
         },
     }
-    if service_uid:
-        metadata["ownerReferences"] = _owner_references(target, service_uid)
+    references = _owner_references(target, service_uid)
+    if references:
+        metadata["ownerReferences"] = references
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -336,7 +364,7 @@ def render_endpoints(
                 subset[field] = [{"ip": address} for address in addresses]
         subset["ports"] = _ports_list(ports)
         subsets.append(subset)
-    labels = ownership_labels("Endpoints", owner_id)
+    labels = _labels(target, "Endpoints", owner_id)
     if target.output.slices:
         labels[SKIP_MIRROR_LABEL] = "true"
     metadata: dict[str, Any] = {
@@ -344,8 +372,9 @@ def render_endpoints(
         "namespace": target.namespace,
         "labels": labels,
     }
-    if service_uid:
-        metadata["ownerReferences"] = _owner_references(target, service_uid)
+    references = _owner_references(target, service_uid)
+    if references:
+        metadata["ownerReferences"] = references
     return {"apiVersion": "v1", "kind": "Endpoints", "metadata": metadata, "subsets": subsets}
 
 

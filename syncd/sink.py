@@ -29,8 +29,10 @@ from syncd.errors import KubeConflict, KubeError
 from syncd.kinds import (
     CACHED_KINDS,
     KINDS,
+    RESOURCE_LABEL,
     SERVICE,
     guarded_replacement,
+    labels_of,
     target_key_of,
 )
 from syncd.kube import Kube
@@ -47,6 +49,9 @@ from syncd.policy import Decision
 from syncd.protected import refusal
 
 log = logging.getLogger(__name__)
+
+
+REMOVED_FROM_CONFIG = "target removed from the config"
 
 
 class Sink:
@@ -71,6 +76,9 @@ class Sink:
         self._component = component
         # protected Services this config may write, by name (syncd.protected)
         self.allow_protected: tuple[str, ...] = ()
+        # objects written for ExternalServices are pruned only by a run that reads them
+        # (--resources): another run with the same identity does not know they exist
+        self.prunes_resources = False
 
     def apply(self, plan: TargetPlan) -> TargetResult:
         """Apply one target's plan; the result says what was written and what went wrong."""
@@ -294,8 +302,9 @@ class Sink:
         for kind in CACHED_KINDS:
             for obj in self._cache.owned(kind.name, self._owner_id):
                 key = target_key_of(obj)
-                if key not in keep:
-                    leftovers[key].append(obj)
+                if key in keep or (RESOURCE_LABEL in labels_of(obj) and not self.prunes_resources):
+                    continue
+                leftovers[key].append(obj)
         results = []
         for key, objects in sorted(leftovers.items()):
             changes = plan_changes([], objects)
@@ -309,8 +318,6 @@ class Sink:
                 results.append(TargetResult(key, Outcome.FAILED, tuple(applied), str(exc)))
                 continue
             results.append(
-                TargetResult(
-                    key, Outcome.CHANGED, tuple(applied), message="target removed from the config"
-                )
+                TargetResult(key, Outcome.CHANGED, tuple(applied), message=REMOVED_FROM_CONFIG)
             )
         return results

@@ -46,14 +46,23 @@ def parse_allow_protected(raw: object, scope: Scope) -> tuple[str, ...]:
     return tuple(entries)
 
 
-def load_config(path: str | Path, allow_protected: Iterable[str] = ()) -> Config:
+def load_config(
+    path: str | Path, allow_protected: Iterable[str] = (), targets_required: bool = True
+) -> Config:
     """Read, parse and validate a config file. Raises ConfigError listing every problem.
-    `allow_protected` adds opt-ins to the config's own (--allow-protected)."""
+    `allow_protected` adds opt-ins to the config's own (--allow-protected); without
+    `targets_required` (--resources: targets come from ExternalServices too) the file may
+    have no targets."""
     path = Path(path)
-    return load_config_text(read_text_file(path), path, allow_protected)
+    return load_config_text(read_text_file(path), path, allow_protected, targets_required)
 
 
-def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str] = ()) -> Config:
+def load_config_text(
+    text: str,
+    path: str | Path,
+    allow_protected: Iterable[str] = (),
+    targets_required: bool = True,
+) -> Config:
     """Validate config text as if read from `path` (relative static files resolve beside it)."""
     path = Path(path)
     file = str(path)
@@ -64,7 +73,7 @@ def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str]
         doc.data,
         root,
         {"version", "owner_id", "targets", "consul", "address_policy", "allow_protected"},
-        {"version", "targets"},
+        {"version", "targets"} if targets_required else {"version"},
     )
     if data is None:
         raise ConfigError(checker.problems)
@@ -75,7 +84,7 @@ def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str]
     policy = AddressPolicy()
     if "address_policy" in data:
         policy = parse_address_policy(data["address_policy"], root.at("address_policy")) or policy
-    targets = _targets(data, root, path.parent, policy)
+    targets = _targets(data, root, path.parent, policy, targets_required)
     allowed = _protected_refused(data, root, tuple(allow_protected))
     owner_id = _owner_id(data, root)
     consul = _consul(data, root, path.parent, targets)
@@ -92,17 +101,24 @@ def load_config_text(text: str, path: str | Path, allow_protected: Iterable[str]
     )
 
 
-def _targets(data: dict, root: Scope, base: Path, policy: AddressPolicy) -> list[Target]:
+def _targets(
+    data: dict, root: Scope, base: Path, policy: AddressPolicy, required: bool = True
+) -> list[Target]:
     """Every valid target; each invalid or duplicate one is a problem of its own."""
     raw_targets = data.get("targets")
     targets: list[Target] = []
     if "targets" not in data:
         return targets
+    if raw_targets is None and not required:
+        return targets  # `targets:` with nothing under it
     if not isinstance(raw_targets, list):
         root.at("targets").error(f"must be a list of targets, got {kind_name(raw_targets)}")
         return targets
     if not raw_targets:
-        root.at("targets").error("at least one target is required")
+        if required:
+            root.at("targets").error(
+                "at least one target is required (or run with --resources: ExternalServices)"
+            )
         return targets
     seen: dict[tuple, int] = {}
     for index, raw in enumerate(raw_targets):

@@ -1,0 +1,232 @@
+"""ExternalService resources on the real API server: the CRD from deploy/ rejecting at the
+door what `syncd check` rejects, `run --once --resources` applying them with a status that
+says what happened (written only when it changes), a file target and a resource side by
+side, ownership references, invalid and protected resources, and deletion pruning."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from kubernetes import client as k8s
+
+from harness.helpers import slices_of, target, wait_for, write_config
+
+pytestmark = pytest.mark.apiserver
+
+GROUP, VERSION, PLURAL = "syncd.io", "v1alpha1", "externalservices"
+
+
+def _resource(name: str, backends: list, **spec) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExternalService",
+        "metadata": {"name": name},
+        "spec": {
+            "ports": [{"name": "http", "port": 80}],
+            "sources": [{"type": "static", "backends": backends}],
+            **spec,
+        },
+    }
+
+
+class Resources:
+    """kubectl for ExternalServices in one namespace, as the admin."""
+
+    def __init__(self, admin_api, namespace: str):
+        self.api = k8s.CustomObjectsApi(admin_api)
+        self.namespace = namespace
+
+    def create(self, body: dict) -> dict:
+        return self.api.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
+        )
+
+    def get(self, name: str) -> dict:
+        return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def patch_spec(self, name: str, spec: dict) -> dict:
+        return self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def condition(self, name: str, kind: str) -> dict:
+        status = self.get(name).get("status") or {}
+        return next((c for c in status.get("conditions", ()) if c["type"] == kind), {})
+
+
+@pytest.fixture
+def resources(external_services, admin_api, namespace) -> Resources:
+    return Resources(admin_api, namespace)
+
+
+def resources_in(namespace: str) -> tuple[str, ...]:
+    """Resources of this test's namespace only: others' are in the shared API server."""
+    return ("--resources", "--namespaces", namespace)
+
+
+def _no_targets(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("version: 1\n")
+    return config
+
+
+# -- validation at the door
+
+
+INVALID = {
+    "a port out of range": {"ports": [{"name": "http", "port": 70000}]},
+    "an unknown source type": {"sources": [{"type": "etcd"}]},
+    "no sources": {"sources": None},
+    "a file in syncd's pod": {"sources": [{"type": "static", "file": "/etc/shadow"}]},
+    "a consul source without a service": {"sources": [{"type": "consul"}]},
+    "a consul_query source without a query": {"sources": [{"type": "consul_query"}]},
+    "a dns source with srv and name": {"sources": [{"type": "dns", "srv": "a", "name": "b"}]},
+    "min_ttl over max_ttl": {"sources": [{"type": "dns", "name": "a", "min_ttl": 9, "max_ttl": 2}]},
+    "another namespace": {"namespace": "elsewhere"},
+    "two ports without names": {"ports": [{"port": 80}, {"port": 81}]},
+    "a duplicate port name": {"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]},
+    "an unknown key": {"bogus": 1},
+    "a CA file in syncd's pod": {"health_check": {"type": "https", "ca_file": "/x"}},
+    "a probe timeout over its interval": {"health_check": {"type": "tcp", "timeout": 9}},
+    "an unknown output": {"output": "both-ways"},
+    "a bad Service name": {"service": "Not_A_Name"},
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(INVALID))
+def test_the_crd_rejects_at_the_door_what_check_rejects(mistake, resources):
+    body = _resource("door", ["192.0.2.1:80"])
+    for key, value in INVALID[mistake].items():
+        if value is None:
+            del body["spec"][key]
+        else:
+            body["spec"][key] = value
+    with pytest.raises(k8s.ApiException) as refused:
+        resources.create(body)
+    assert refused.value.status in (400, 422), refused.value.body
+
+
+def test_a_valid_resource_is_accepted_and_kubectl_explain_has_descriptions(resources, admin_api):
+    resources.create(_resource("fine", ["192.0.2.1:80", {"address": "192.0.2.2", "port": 80}]))
+    crd = k8s.ApiextensionsV1Api(admin_api).read_custom_resource_definition(
+        "externalservices.syncd.io"
+    )
+    schema = crd.spec.versions[0].schema.open_apiv3_schema
+    assert schema.properties["spec"].description
+    assert schema.properties["spec"].properties["sources"].description
+
+
+# -- run --once --resources
+
+
+def test_once_applies_a_resource_and_says_so_in_its_status(
+    run_syncd, resources, admin, apiserver, namespace, tmp_path
+):
+    created = resources.create(_resource("rgw", ["192.0.2.10:8080", "192.0.2.11:8080"]))
+    config = _no_targets(tmp_path)
+    result = run_syncd(config, *resources_in(namespace))
+    assert f"created Service {namespace}/rgw" in result.stdout
+
+    service = admin.get("Service", namespace, "rgw")
+    refs = service["metadata"]["ownerReferences"]
+    assert refs == [
+        {
+            "apiVersion": "syncd.io/v1alpha1",
+            "kind": "ExternalService",
+            "name": "rgw",
+            "uid": created["metadata"]["uid"],
+            "controller": True,
+        }
+    ]
+    assert service["metadata"]["labels"]["syncd.io/resource"] == "rgw"
+    (piece,) = slices_of(admin, namespace, "rgw")
+    assert piece["metadata"]["ownerReferences"][0]["kind"] == "Service"  # deleted with it
+
+    status = resources.get("rgw")["status"]
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    assert status["backendSummary"] == "2/2" and status["service"] == "rgw"
+    assert status["objects"] == ["EndpointSlice/" + piece["metadata"]["name"], "Service/rgw"]
+    assert resources.condition("rgw", "Ready")["status"] == "True"
+    assert resources.condition("rgw", "Valid")["status"] == "True"
+    assert status["lastSyncTime"]
+
+    mark = apiserver.audit.mark()
+    run_syncd(config, *resources_in(namespace))
+    assert apiserver.audit.writes_since(mark) == []  # converged: no object, no status write
+
+    resources.patch_spec("rgw", {"sources": [{"type": "static", "backends": ["192.0.2.10:8080"]}]})
+    mark = apiserver.audit.mark()
+    run_syncd(config, *resources_in(namespace))
+    writes = apiserver.audit.writes_since(mark)
+    assert sorted((w.resource, "/status" in w.uri) for w in writes) == [
+        ("endpointslices", False),
+        ("externalservices", True),
+    ], writes
+    assert resources.get("rgw")["status"]["backendSummary"] == "1/1"
+
+
+def test_an_invalid_edit_is_reported_in_status_and_keeps_what_is_applied(
+    run_syncd, resources, admin, namespace, tmp_path
+):
+    resources.create(_resource("db", ["192.0.2.20:5432"]))
+    config = _no_targets(tmp_path)
+    run_syncd(config, *resources_in(namespace))
+    resources.patch_spec("db", {"sources": [{"type": "static", "backends": ["10.0.0.300:5432"]}]})
+    run_syncd(config, *resources_in(namespace))
+    valid = resources.condition("db", "Valid")
+    assert valid["status"] == "False" and "'10.0.0.300' is not an IP address" in valid["message"]
+    assert resources.condition("db", "Ready")["reason"] == "Invalid"
+    assert slices_of(admin, namespace, "db")  # a typo does not empty the Service
+
+
+def test_deleting_a_resource_prunes_what_was_written_for_it(
+    run_syncd, resources, admin, namespace, tmp_path
+):
+    resources.create(_resource("gone", ["192.0.2.30:80"]))
+    config = _no_targets(tmp_path)
+    run_syncd(config, *resources_in(namespace))
+    assert slices_of(admin, namespace, "gone")
+    plain = write_config(tmp_path / "plain.yaml", target(namespace, "other", ["192.0.2.31:80"]))
+    without = run_syncd(plain, "--namespaces", namespace)  # reads no resources: prunes none
+    assert "deleted" not in without.stdout and slices_of(admin, namespace, "gone")
+    resources.delete("gone")
+    result = run_syncd(config, *resources_in(namespace))
+    assert f"{namespace}/gone: 2 changes applied; target removed from the config" in result.stdout
+    assert admin.get("Service", namespace, "gone") is None
+    assert not slices_of(admin, namespace, "gone")
+
+
+def test_a_file_target_and_a_resource_run_side_by_side_and_a_shared_service_is_a_conflict(
+    run_syncd, resources, admin, namespace, tmp_path
+):
+    config = write_config(tmp_path / "c.yaml", target(namespace, "from-file", ["192.0.2.40:80"]))
+    resources.create(_resource("from-resource", ["192.0.2.41:80"]))
+    resources.create(_resource("claims-file", ["192.0.2.42:80"], service="from-file"))
+    run_syncd(config, *resources_in(namespace))
+    assert slices_of(admin, namespace, "from-file") and slices_of(admin, namespace, "from-resource")
+    conflict = resources.condition("claims-file", "Conflict")
+    assert conflict["status"] == "True" and "is a target of the config file" in conflict["message"]
+    assert resources.condition("claims-file", "Ready")["reason"] == "Conflict"
+    pairs = {
+        e["addresses"][0] for s in slices_of(admin, namespace, "from-file") for e in s["endpoints"]
+    }
+    assert pairs == {"192.0.2.40"}  # the file's target is applied
+
+
+def test_a_resource_cannot_reach_a_protected_service(
+    run_syncd, external_services, admin_api, tmp_path
+):
+    system = Resources(admin_api, "kube-system")
+    body = copy.deepcopy(_resource("hijack", ["192.0.2.50:53"]))
+    body["spec"]["service"] = "kube-dns"
+    system.create(body)
+    try:
+        run_syncd(_no_targets(tmp_path), *resources_in("kube-system"))
+        valid = wait_for(lambda: system.condition("hijack", "Valid") or None, "a status")
+        assert valid["status"] == "False" and "protected namespace" in valid["message"]
+    finally:
+        system.delete("hijack")
