@@ -28,6 +28,7 @@ from syncd.observability import serve_metrics
 from syncd.once import OnceSettings, run_once
 from syncd.output import ResultPrinter
 from syncd.pipeline import TargetResult
+from syncd.resources import ResourceSet
 from syncd.sink import REMOVED_FROM_CONFIG
 
 EXIT_OK = 0
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         )
         elector = _elector(args, kube, replica) if args.leader_elect else None
         printer = ResultPrinter(stamped=True, json=args.log_format == "json")
-        return _daemon(kube, config, args.owner_id, daemon, stop, printer, elector)
+        resources = ResourceSet(kube, args.namespaces) if args.resources else None
+        return _daemon(kube, config, args.owner_id, daemon, stop, printer, elector, resources)
     finally:
         kube.close()
 
@@ -211,6 +213,7 @@ def _daemon(
     stop: threading.Event,
     report: ResultPrinter,
     elector: LeaderElector | None = None,
+    resources: ResourceSet | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
 
@@ -218,7 +221,9 @@ def _daemon(
     # it less often halves the cost of a change to a large target. Not for --once, whose
     # short life is all allocation (its peak memory grew by a tenth with this).
     gc.set_threshold(50_000, 20, 100)
-    controller = Controller(config, kube, owner_id, settings, report, stop, elector)
+    controller = Controller(
+        config, kube, owner_id, settings, report, stop, elector, resources=resources
+    )
 
     def request_reload(_signum, _frame):
         log.info("received SIGHUP; reloading %s", config.path)

@@ -45,17 +45,17 @@ from dataclasses import dataclass
 
 from syncd import observability
 from syncd.cache import ClusterCache
-from syncd.config import load_config
+from syncd.config_source import ConfigSource
 from syncd.daemon_reconcile import DaemonReconciler, Report
-from syncd.errors import ConfigError
 from syncd.kinds import Kind, Obj, target_key_of
 from syncd.kube import Kube
 from syncd.leader import LeaderElector
 from syncd.leadership import Leadership
-from syncd.model import Config
+from syncd.model import Config, Target
 from syncd.observability import LEADER, RECONCILES, WORKQUEUE_DEPTH
 from syncd.ownership import prunable_by
-from syncd.pipeline import Outcome
+from syncd.pipeline import Outcome, TargetResult
+from syncd.resources import ResourceSet
 from syncd.scheduler import DaemonPool, Scheduler
 from syncd.sink import Sink
 from syncd.targets import ConfigDiff, TargetRegistry, diff_configs
@@ -99,6 +99,7 @@ class Controller:
         cache: ClusterCache | None = None,
         sink: Sink | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resources: ResourceSet | None = None,
     ):
         self._config = config
         self._owner_id = owner_id
@@ -118,6 +119,10 @@ class Controller:
             kube, self._cache, owner_id, stop=self._stop, may_write=self._leadership.fence
         )
         self._sink.allow_protected = config.allow_protected
+        self._source = ConfigSource(
+            config, self._settings.allow_protected, self._settings.namespaces, resources
+        )
+        self._resources = self._wired(resources)
         self._scheduler = Scheduler(self._settings.source_threads, "sources")
         self._probe_pool = DaemonPool(self._settings.probe_threads, "probes")
         self._runner = SourceRunner(self._scheduler, config.consul)
@@ -135,13 +140,22 @@ class Controller:
             clock,
         )
         self._reconciler.address_policy = config.address_policy
+        self._reconciler.on_reconciled = self._reconciled
         self._workers = Workers(
             self._queue, self._process, self._leadership.leading, self._stop, clock
         )
         self._threads: list[threading.Thread] = []
         self._ready = threading.Event()  # the cache has synced; workers run
         self._resync = ResyncPacer(self._settings.resync_interval, _TICK)
-        self._config_mtime = self._mtime()  # as loaded: an edit from now on is a reload
+
+    def _wired(self, resources: ResourceSet | None) -> ResourceSet | None:
+        """ExternalServices: their changes reload, their status is the leader's to write,
+        and what was written for them is pruned when they go."""
+        self._sink.prunes_resources = resources is not None
+        if resources is not None:
+            resources.fence = self._leadership.fence
+            resources.cache.on_change = lambda kind, old, new: self._on_resource_change()
+        return resources
 
     # -- public
 
@@ -170,10 +184,15 @@ class Controller:
         observability.health = self.health
         observability.readiness = self.readiness
         self._threads += self._cache.start(self._stop)
+        if self._resources is not None:  # their targets start with the file's
+            self._threads += self._resources.cache.start(self._stop)
+            if not self._wait_for_cache(self._resources.cache, "ExternalServices"):
+                return self._shutdown()
+            self._config = self._source.current()
         for target in self._config.targets:
             self._targets.start(target)
         self._runner.commit()
-        if not self._wait_for_cache():
+        if not self._wait_for_cache(self._cache, "the cluster"):
             return self._shutdown()
         self._sink.learn_served_fields(self._config.targets)
         self._ready.set()
@@ -191,17 +210,18 @@ class Controller:
         self._stop.wait()
         return self._shutdown()
 
-    def _wait_for_cache(self) -> bool:
+    def _wait_for_cache(self, cache: ClusterCache, what: str) -> bool:
         waited = self._clock()
-        while not self._cache.wait_synced(self._stop, timeout=10):
+        while not cache.wait_synced(self._stop, timeout=10):
             if self._stop.is_set():
                 return False
             log.warning(
-                "waiting for the cluster cache (%.0fs so far): %s",
+                "waiting for the cache of %s (%.0fs so far): %s",
+                what,
                 self._clock() - waited,
-                "; ".join(s.last_error for s in self._cache.statuses if s.last_error) or "listing",
+                "; ".join(s.last_error for s in cache.statuses if s.last_error) or "listing",
             )
-        log.info("cluster cache synced in %.1fs", self._clock() - waited)
+        log.info("cache of %s synced in %.1fs", what, self._clock() - waited)
         return True
 
     def _start_leading(self, reason: str) -> None:
@@ -214,6 +234,8 @@ class Controller:
         for state in states:
             self._queue.add(state.target.key, reason)
         self._queue.add(Job.PRUNE, reason)
+        if self._resources is not None:
+            self._queue.add(Job.RELOAD, reason)  # the status of resources with no target
 
     def _shutdown(self) -> int:
         self._leadership.end()
@@ -258,7 +280,7 @@ class Controller:
 
     def _prune(self, reason: str) -> None:
         failed = False
-        for result in self._sink.prune(self._targets.keys()):
+        for result in self._sink.prune(set(self._targets.keys()) | self._source.held):
             RECONCILES.labels(result.outcome.value, reason).inc()
             failed |= result.outcome is Outcome.FAILED
             self._report(result)
@@ -303,23 +325,26 @@ class Controller:
     def _config_tick(self) -> None:
         if self._stop.is_set():
             return
-        mtime = self._mtime()
-        if mtime != self._config_mtime:
-            self._config_mtime = mtime
+        if self._source.file_changed():
             self.request_reload()
         self._scheduler.call_later(self._settings.config_poll_interval, self._config_tick)
 
-    def _mtime(self) -> int | None:
-        try:
-            return self._config.path.stat().st_mtime_ns
-        except OSError:
-            return None
+    def _on_resource_change(self) -> None:
+        """An ExternalService was created, edited or deleted (its status alone is noise)."""
+        if self._ready.is_set():
+            self.request_reload()
+
+    def _reconciled(self, target: Target, result: TargetResult) -> None:
+        if self._resources is not None and target.resource is not None:
+            live = self._cache.live_state(target)
+            self._resources.publish(target, result, live, self._owner_id)
 
     def _reload(self) -> None:
-        self._config_mtime = self._mtime()
-        config = self._load_new_config()
-        if config is None:
-            return
+        config = self._source.current()
+        if self._resources is not None and self._leadership.leading.is_set():
+            self._resources.publish_unapplied()
+            for key in self._resources.stale_generations():
+                self._queue.add(key, "resource")  # seen, though its target did not change
         diff = diff_configs(self._config, config)
         if diff.empty:
             return
@@ -331,27 +356,6 @@ class Controller:
             list(diff.changed) or "none",
             list(diff.removed) or "none",
         )
-
-    def _load_new_config(self) -> Config | None:
-        """The file as it is now, or None (logged) when it may not replace the running one."""
-        try:
-            config = load_config(self._config.path, self._settings.allow_protected)
-        except ConfigError as exc:
-            log.error("new config rejected, keeping the previous one:")
-            for problem in exc.problems:
-                log.error("  %s", problem)
-            return None
-        allowed = self._settings.namespaces
-        outside = [t.key for t in config.targets if allowed and t.namespace not in allowed]
-        if outside:
-            log.error(
-                "new config rejected, keeping the previous one: targets outside --namespaces "
-                "%s: %s",
-                ",".join(allowed or ()),
-                ", ".join(outside),
-            )
-            return None
-        return config
 
     def _apply_config(self, config: Config, diff: ConfigDiff) -> None:
         """Restart exactly the targets the diff names; their memory is re-seeded from the

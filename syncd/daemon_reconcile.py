@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from syncd.cache import ClusterCache
 from syncd.leadership import Leadership
-from syncd.model import AddressPolicy, ready_count
+from syncd.model import AddressPolicy, Target, ready_count
 from syncd.observability import (
     HELD_REMOVALS,
     PROBE_PANICS,
@@ -61,6 +61,8 @@ class DaemonReconciler:
         self._report = report
         self._clock = clock
         self.address_policy = AddressPolicy()  # the config's, replaced on reload
+        # told of every reconcile's result (an ExternalService's status follows it)
+        self.on_reconciled: Callable[[Target, TargetResult], None] | None = None
         self.failed: set[str] = set()  # targets whose last write failed (retried on recovery)
         self._failed_lock = threading.Lock()
 
@@ -104,6 +106,8 @@ class DaemonReconciler:
         else:
             self._written(state, done, inputs)
         self._leadership.passed(target.key)  # its first pass is done: written, or why not
+        if self.on_reconciled is not None:
+            self.on_reconciled(target, done.result)
 
     def _note_evaluation(self, state: TargetState, done: Reconciled) -> None:
         for warning in state.memory.new_warnings(done.step.evaluation.warnings):

@@ -39,7 +39,7 @@ class ResourceSet:
         fence: Callable[[], bool] | None = None,
     ):
         self._kube = kube
-        self._fence = fence
+        self.fence = fence  # the leader's (the daemon sets it): only the leader writes status
         self.cache = ClusterCache(kube, namespaces, kinds=(EXTERNAL_SERVICE,))
         self._lock = threading.Lock()
         self._merged: Merged | None = None
@@ -128,7 +128,7 @@ class ResourceSet:
                 resource.namespace,
                 resource.name,
                 {"status": status},
-                fence=self._fence,
+                fence=self.fence,
                 subresource="status",
             )
         except KubeNotFound:

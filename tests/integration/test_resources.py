@@ -6,6 +6,7 @@ side, ownership references, invalid and protected resources, and deletion prunin
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 from kubernetes import client as k8s
@@ -230,3 +231,90 @@ def test_a_resource_cannot_reach_a_protected_service(
         assert valid["status"] == "False" and "protected namespace" in valid["message"]
     finally:
         system.delete("hijack")
+
+
+# -- the daemon with --resources
+
+
+def _consul_resource(name: str, service: str) -> dict:
+    body = _resource(name, [])
+    body["spec"]["sources"] = [{"type": "consul", "service": service}]
+    return body
+
+
+def test_the_daemon_follows_resources_and_their_status_tells_what_happens(
+    daemon, resources, admin, apiserver, consul_dev, namespace, tmp_path
+):
+    """Create -> objects and Ready; an edit -> one object write and at most one status
+    write; idle -> nothing written; the registry draining it -> DrainProtected; Consul down
+    -> Stale; a Service someone else owns -> Conflict; delete -> pruned."""
+    consul_dev.register("web-1", "web", "192.0.2.60", 8080)
+    consul_dev.register("web-2", "web", "192.0.2.61", 8080)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nconsul: {{address: '{consul_dev.address}'}}\n")
+    daemon(config, *resources_in(namespace), "--resync-interval", "2")
+    resources.create(_resource("files", ["192.0.2.70:80"]))
+    resources.create(_consul_resource("web", "web"))
+
+    def ready(name: str) -> bool:
+        return resources.condition(name, "Ready").get("status") == "True"
+
+    wait_for(lambda: ready("files") and ready("web"), "both Ready", timeout=30)
+    assert resources.get("web")["status"]["backendSummary"] == "2/2"
+    assert len(slices_of(admin, namespace, "web")[0]["endpoints"]) == 2
+
+    mark = apiserver.audit.mark()
+    resources.patch_spec(
+        "files", {"sources": [{"type": "static", "backends": ["192.0.2.70:80", "192.0.2.71:80"]}]}
+    )
+    wait_for(lambda: resources.get("files")["status"].get("backendSummary") == "2/2", "the edit")
+    wait_for(lambda: len(apiserver.audit.writes_since(mark)) >= 2, "its writes")
+    idle = apiserver.audit.mark()  # from here: two resync rounds with nothing to do
+    writes = apiserver.audit.writes_since(mark)
+    assert sorted((w.resource, "/status" in w.uri) for w in writes) == [
+        ("endpointslices", False),
+        ("externalservices", True),
+    ], writes
+    time.sleep(6)
+    assert apiserver.audit.writes_since(idle) == []
+
+    consul_dev.set_status("web-1", "critical")
+    consul_dev.set_status("web-2", "critical")
+    protected = wait_for(
+        lambda: (
+            resources.condition("web", "DrainProtected").get("status") == "True"
+            and resources.condition("web", "DrainProtected")
+        ),
+        "drain protection",
+        timeout=30,
+    )
+    assert "drain" in protected["message"]
+    assert resources.condition("web", "Ready")["reason"] == "DrainProtected"
+
+    consul_dev.stop()
+    wait_for(
+        lambda: resources.condition("web", "Stale").get("status") == "True", "stale", timeout=60
+    )
+
+    admin.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "theirs", "namespace": namespace},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }
+    )
+    resources.create(_resource("theirs", ["192.0.2.80:80"]))
+    conflict = wait_for(
+        lambda: (
+            resources.condition("theirs", "Conflict").get("status") == "True"
+            and resources.condition("theirs", "Conflict")
+        ),
+        "the conflict",
+        timeout=30,
+    )
+    assert "not managed by syncd" in conflict["message"]
+
+    resources.delete("files")
+    wait_for(lambda: admin.get("Service", namespace, "files") is None, "pruned", timeout=30)
+    assert not slices_of(admin, namespace, "files")
