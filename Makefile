@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # clean virtual environment: tests never reach the network
 export SYNCD_WHEELHOUSE ?= $(HOME)/.cache/syncd/wheelhouse
 
-.PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover wheelhouse
+.PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover bench-resources wheelhouse
 
 # -qq: errors only (setuptools' notice about editable installs is not news to anyone)
 $(STAMP): pyproject.toml
@@ -88,3 +88,8 @@ soak: setup servers
 # leader takeover after SIGKILL, 10 times: min / median / max (about 5 minutes)
 bench-takeover: setup servers
 	$(BIN)/python -m bench.takeover
+
+# 1,000 ExternalServices of 10 backends: cold and converged --once, the daemon's start, one
+# edit, two idle resync rounds (writes, status included; requests; CPU; RSS); about 6 minutes
+bench-resources: setup servers
+	$(BIN)/python -m bench.resources_scale

@@ -44,6 +44,12 @@ VARIANTS = {
     if not {"namespaced", "endpoints"} <= set(subset)
     for order in {subset, subset[::-1]}
 }
+# ExternalService resources beside the others (not every subset again: it adds a CRD, its
+# roles and a settings ConfigMap, and touches nothing the others do)
+VARIANTS |= {
+    "+".join(order): [f"components/{name}" for name in order]
+    for order in (("resources",), ("namespaced", "resources"), ("resources", "cronjob"))
+}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -104,8 +110,14 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
         if "endpoints" in rule["resources"] and "create" in rule["verbs"]
     ]
     assert bool(writes_endpoints) == ("endpoints" in chosen)
+    cluster_roles = {d["metadata"]["name"] for d in documents if d["kind"] == "ClusterRole"}
+    if "resources" in chosen:
+        assert "CustomResourceDefinition" in kinds
+        assert {"syncd-externalservices", "syncd-externalservices-edit"} <= cluster_roles
+        (settings,) = [d for d in documents if d["metadata"]["name"] == "syncd-resources"]
+        assert settings["data"]["SYNCD_RESOURCES"] == "true"
     if "namespaced" in chosen:
-        assert "ClusterRole" not in kinds
+        assert "syncd" not in cluster_roles
         (settings,) = [d for d in documents if d["metadata"]["name"] == "syncd-settings"]
         assert settings["data"]["SYNCD_NAMESPACES"] == "storage"
     if "consul" in chosen:

@@ -34,6 +34,7 @@ CHOICES = {
     ],
     "single": ["--set", "replicas=1"],
 }
+EXTRA_CHOICES = {"external-services": ["--set", "externalServices.enabled=true"]}
 VARIANTS = {
     "+".join(subset) or "defaults": subset
     for size in range(len(CHOICES) + 1)
@@ -50,7 +51,7 @@ def _helm(*args: str) -> subprocess.CompletedProcess:
 
 
 def _template(choices: tuple[str, ...], release: str = "syncd") -> list[dict]:
-    flags = [flag for choice in choices for flag in CHOICES[choice]]
+    flags = [flag for choice in choices for flag in {**CHOICES, **EXTRA_CHOICES}[choice]]
     result = _helm("template", release, str(CHART), "--namespace", RELEASE_NAMESPACE, *flags)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -211,3 +212,37 @@ def test_the_chart_renders_the_same_objects_as_deploy(values, components, tmp_pa
     assert sorted(from_chart) == sorted(from_deploy)
     for key, expected in from_deploy.items():
         assert from_chart[key] == expected, key
+
+
+def test_external_services_bring_the_crd_of_deploy_and_their_roles(admin_api):
+    """externalServices.enabled: the CRD (the same as deploy/components/resources'), syncd's
+    ClusterRole to read them and write their status, the aggregated roles, --resources;
+    every object accepted by the API server."""
+    documents = _template(("external-services",))
+    by_kind: dict[str, list[dict]] = {}
+    for document in documents:
+        by_kind.setdefault(document["kind"], []).append(document)
+    (crd,) = by_kind["CustomResourceDefinition"]
+    assert crd == yaml.safe_load((REPO / "deploy/components/resources/crd.yaml").read_text())
+    roles = {r["metadata"]["name"]: r for r in by_kind["ClusterRole"]}
+    assert roles["syncd-externalservices"]["rules"] == [
+        {"apiGroups": ["syncd.io"], "resources": ["externalservices"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["syncd.io"], "resources": ["externalservices/status"], "verbs": ["patch"]},
+    ]
+    aggregated = roles["syncd-externalservices-edit"]["metadata"]["labels"]
+    assert aggregated["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    args = pod_templates(documents)[0]["spec"]["containers"][0]["args"]
+    assert "--resources" in args
+    dynamic = DynamicClient(admin_api)
+    for document in documents:
+        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        dynamic.server_side_apply(
+            resource,
+            body=document,
+            name=document["metadata"]["name"],
+            namespace=document["metadata"].get("namespace")
+            or (RELEASE_NAMESPACE if resource.namespaced else None),
+            field_manager="syncd-tests",
+            force_conflicts=True,
+            dry_run="All",
+        )

@@ -9,9 +9,10 @@ import copy
 import time
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 
-from harness.helpers import slices_of, target, wait_for, write_config
+from harness.helpers import REPO, slices_of, target, wait_for, write_config
 
 pytestmark = pytest.mark.apiserver
 
@@ -318,3 +319,17 @@ def test_the_daemon_follows_resources_and_their_status_tells_what_happens(
     resources.delete("files")
     wait_for(lambda: admin.get("Service", namespace, "files") is None, "pruned", timeout=30)
     assert not slices_of(admin, namespace, "files")
+
+
+def test_the_example_in_config_is_accepted_and_applied(
+    run_syncd, resources, admin, namespace, tmp_path
+):
+    example = yaml.safe_load((REPO / "config" / "resources" / "ceph-rgw.yaml").read_text())
+    example["metadata"]["namespace"] = namespace  # the shared API server: the test's own
+    resources.create(example)
+    config = tmp_path / "syncd.yaml"
+    config.write_text((REPO / "config" / "resources" / "syncd.yaml").read_text())
+    run_syncd(config, *resources_in(namespace))
+    status = resources.get("ocs-external-rgw-lb")["status"]
+    assert status["backendSummary"] == "12/12"
+    assert len(slices_of(admin, namespace, "ocs-external-rgw-lb")) == 2

@@ -41,6 +41,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     {{- with .root.Values.namespaces }}
     - --namespaces={{ join "," . }}
     {{- end }}
+    {{- if .root.Values.externalServices.enabled }}
+    - --resources
+    {{- end }}
   env:
     - name: POD_NAMESPACE
       valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
