@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from syncd.cache import ClusterCache
-from syncd.errors import KubeError, SourceError
+from syncd.errors import KubeError, KubeNotFound, SourceError
 from syncd.health import Prober
 from syncd.kube import Kube
 from syncd.model import Answer, Config, ProbeKey, Target
@@ -92,14 +92,9 @@ def run_once(
     stop = stop or threading.Event()
     cache = ClusterCache(kube, settings.namespaces)
     resources = ResourceSet(kube, settings.namespaces) if settings.resources else None
-    try:
-        cache.load()
-        if resources is not None:
-            resources.cache.load()
-    except KubeError as exc:
-        failed = TargetResult(
-            "(cluster)", Outcome.FAILED, message=f"cannot read the cluster: {exc}"
-        )
+    unreadable = _read_cluster(cache, resources)
+    if unreadable is not None:
+        failed = TargetResult("(cluster)", Outcome.FAILED, message=unreadable)
         if report is not None:
             report(failed)
         return [failed]
@@ -135,6 +130,26 @@ def run_once(
         resources.publish_unapplied()
     results.extend(reported(result) for result in sink.prune(keep))
     return results
+
+
+def _read_cluster(cache: ClusterCache, resources: ResourceSet | None) -> str | None:
+    """One list per kind into the caches; or why the cluster cannot be read."""
+    try:
+        cache.load()
+    except KubeError as exc:
+        return f"cannot read the cluster: {exc}"
+    if resources is None:
+        return None
+    try:
+        resources.cache.load()
+    except KubeNotFound as exc:
+        return (
+            f"cannot list ExternalServices ({exc}): is their CRD installed? "
+            "(deploy/components/resources, or the chart's externalServices.enabled)"
+        )
+    except KubeError as exc:
+        return f"cannot list ExternalServices: {exc}"
+    return None
 
 
 def _one_target(
