@@ -105,6 +105,7 @@ def server_binaries() -> dict[str, str]:
         for name, variable in (
             ("kube-apiserver", "KUBE_APISERVER"),
             ("kube-proxy", "KUBE_PROXY"),
+            ("kube-controller-manager", "KUBE_CONTROLLER_MANAGER"),
             ("etcd", "ETCD"),
             ("consul", "CONSUL"),
             ("kustomize", "KUSTOMIZE"),

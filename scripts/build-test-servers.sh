@@ -146,6 +146,7 @@ build_consul() {
 if [[ "${1:-}" == "--check" ]]; then
   missing=0
   wanted=("kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION"
+          "kube-controller-manager $KUBERNETES_VERSION"
           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION"
           "promtool $PROMETHEUS_VERSION" "helm $HELM_VERSION")
   for version in $KUBERNETES_MATRIX; do wanted+=("kube-apiserver $version"); done
@@ -159,6 +160,7 @@ fi
 build_etcd
 build_kubernetes_command kube-apiserver
 build_kubernetes_command kube-proxy
+build_kubernetes_command kube-controller-manager  # the garbage collector, role aggregation
 for version in $KUBERNETES_MATRIX; do
   build_kubernetes_command kube-apiserver "$version"
 done
@@ -169,6 +171,7 @@ build_helm
 crds="$(prometheus_crds)"
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
+echo "KUBE_CONTROLLER_MANAGER=$(bin_path kube-controller-manager "$KUBERNETES_VERSION")"
 matrix="$KUBERNETES_VERSION=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 for version in $KUBERNETES_MATRIX; do
   matrix+=",$version=$(bin_path kube-apiserver "$version")"

@@ -1,0 +1,117 @@
+"""ExternalServices with the cluster's own controllers (the real kube-controller-manager's
+garbage collector and ClusterRole aggregation, on an API server of this module's own):
+what syncd wrote for a resource goes with it even when syncd is not running, and the
+built-in edit and view roles let a namespace's editors declare them and its viewers read
+them."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes import utils as k8s_utils
+
+from harness.controller_manager import KubeControllerManager
+from harness.helpers import REPO, run_once, slices_of, wait_for
+from harness.kube_apiserver import ServerStartError
+from syncd.kube import Kube, KubeSettings
+
+pytestmark = pytest.mark.apiserver
+
+NAMESPACE = "team-a"
+
+
+@pytest.fixture(scope="module")
+def cluster(private_apiserver, tmp_path_factory):
+    """The private API server with the resources component, and the controller manager."""
+    api = private_apiserver.admin_client()
+    try:
+        component = REPO / "deploy" / "components" / "resources"
+        for manifest in ("crd.yaml", "rbac.yaml"):
+            for document in yaml.safe_load_all((component / manifest).read_text()):
+                k8s_utils.create_from_dict(api, document)
+        k8s.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+    finally:
+        api.close()
+    manager = KubeControllerManager(private_apiserver, tmp_path_factory.mktemp("kcm"))
+    try:
+        manager.start()
+    except ServerStartError as exc:
+        manager.stop()
+        pytest.fail(f"the real kube-controller-manager could not start: {exc}", pytrace=False)
+    yield private_apiserver
+    manager.stop()
+
+
+def test_deleting_a_resource_while_syncd_is_not_running_removes_what_it_wrote(cluster, tmp_path):
+    admin = Kube.connect(KubeSettings(kubeconfig=str(cluster.admin_kubeconfig)))
+    admin.create(
+        {
+            "apiVersion": "syncd.io/v1alpha1",
+            "kind": "ExternalService",
+            "metadata": {"name": "db", "namespace": NAMESPACE},
+            "spec": {
+                "ports": [{"name": "pg", "port": 5432}],
+                "sources": [{"type": "static", "backends": ["192.0.2.90:5432"]}],
+            },
+        }
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text("version: 1\nowner_id: gc-test\n")
+    run_once(config, cluster.syncd_kubeconfig, "--resources", check=0)
+    assert admin.get("Service", NAMESPACE, "db") is not None
+    assert slices_of(admin, NAMESPACE, "db")
+
+    admin.delete("ExternalService", NAMESPACE, "db")  # syncd is not running: the GC acts
+    wait_for(lambda: admin.get("Service", NAMESPACE, "db") is None, "the Service", timeout=60)
+    wait_for(lambda: not slices_of(admin, NAMESPACE, "db"), "its slices", timeout=60)
+
+
+def _allowed(api: k8s.ApiClient, user: str, verb: str, resource: str) -> bool:
+    review = k8s.AuthorizationV1Api(api).create_subject_access_review(
+        {
+            "spec": {
+                "user": user,
+                "resourceAttributes": {
+                    "group": "syncd.io",
+                    "resource": resource,
+                    "verb": verb,
+                    "namespace": NAMESPACE,
+                },
+            }
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def test_namespace_editors_declare_resources_and_viewers_read_them(cluster):
+    api = cluster.admin_client()
+    try:
+        rbac = k8s.RbacAuthorizationV1Api(api)
+        for user, role in (("dev", "edit"), ("auditor", "view")):
+            rbac.create_namespaced_role_binding(
+                NAMESPACE,
+                {
+                    "metadata": {"name": f"{user}-{role}"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": role,
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                    ],
+                },
+            )
+        # the built-in roles gain the aggregated rules (the controller manager does it)
+        wait_for(lambda: _allowed(api, "dev", "create", "externalservices"), "edit aggregated")
+        assert _allowed(api, "dev", "delete", "externalservices")
+        assert not _allowed(api, "dev", "patch", "externalservices/status")  # syncd's alone
+        wait_for(lambda: _allowed(api, "auditor", "list", "externalservices"), "view aggregated")
+        assert not _allowed(api, "auditor", "create", "externalservices")
+        syncd = "system:serviceaccount:syncd:syncd"
+        assert _allowed(api, syncd, "watch", "externalservices")
+        assert _allowed(api, syncd, "patch", "externalservices/status")
+        assert not _allowed(api, syncd, "create", "externalservices")
+    finally:
+        api.close()
