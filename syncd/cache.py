@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from syncd.cache_trim import trimmed
 from syncd.errors import KubeError
 from syncd.kinds import (
     CACHED_KINDS,
@@ -90,7 +91,7 @@ class _Store:
         return (metadata.get("namespace", ""), metadata.get("name", ""))
 
     def put(self, obj: Obj) -> dict[str, Any] | None:
-        stored = self.kind.trim(obj)
+        stored = trimmed(self.kind.name, self.kind.api_version, obj)
         name = self._name(stored)
         old = self.by_name.get(name)
         if old is not None:

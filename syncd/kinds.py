@@ -18,7 +18,6 @@ What the cache selects, and why:
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -200,97 +199,6 @@ def _identity(obj: Obj) -> View:
     return {"uid": metadata.get("uid"), "allLabels": labels_of(obj)}
 
 
-# What the cache keeps. Thousands of objects share a handful of label keys and values,
-# namespaces, port lists and readiness conditions: those are stored once (interned or
-# shared), not once per object. Cached objects are never modified, so sharing is safe.
-
-_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
-_SHARED: dict[Any, Any] = {}
-
-
-def _shared(value: Any) -> Any:
-    """One copy of an immutable value that many cached objects hold."""
-    return _SHARED.setdefault(value, value)
-
-
-def _text(value: Any) -> Any:
-    return sys.intern(value) if isinstance(value, str) else value
-
-
-def _strings(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {_text(k): _text(v) for k, v in (mapping or {}).items()}
-
-
-def _trim_metadata(obj: Obj) -> dict[str, Any]:
-    metadata = obj.get("metadata") or {}
-    kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_METADATA if k in metadata}
-    if "namespace" in kept:
-        kept["namespace"] = _text(kept["namespace"])
-    for key in ("labels", "annotations"):
-        if metadata.get(key):
-            kept[key] = _strings(metadata[key])
-    if metadata.get("ownerReferences"):
-        kept["ownerReferences"] = [_strings(ref) for ref in metadata["ownerReferences"]]
-    return kept
-
-
-def _shared_ports(ports: Any) -> Any:
-    if not ports:
-        return ports
-    key = tuple(tuple(sorted(_strings(p).items())) for p in ports)
-    if key not in _SHARED:
-        _SHARED[key] = [dict(items) for items in key]
-    return _SHARED[key]
-
-
-_CONDITIONS = {ready: {"ready": ready} for ready in (True, False, None)}
-
-
-def _trim_service(obj: Obj) -> dict[str, Any]:
-    spec = obj.get("spec") or {}
-    kept = {k: spec[k] for k in ("selector", "type", "trafficDistribution") if k in spec}
-    kept["ports"] = _shared_ports(spec.get("ports"))
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _trim_metadata(obj),
-        "spec": kept,
-    }
-
-
-def _trim_slice(obj: Obj) -> dict[str, Any]:
-    """Endpoints keep their addresses and readiness: syncd writes slices whole from what
-    it decided, so the rest of a live endpoint is never needed."""
-    endpoints = []
-    for e in obj.get("endpoints") or ():
-        endpoint = {
-            "addresses": tuple(_text(a) for a in e.get("addresses") or ()),
-            "conditions": _CONDITIONS.get(
-                (e.get("conditions") or {}).get("ready"), _CONDITIONS[None]
-            ),
-        }
-        if e.get("zone"):
-            endpoint["zone"] = _text(e["zone"])
-        if e.get("hints"):
-            endpoint["hints"] = e["hints"]
-        endpoints.append(endpoint)
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": _trim_metadata(obj),
-        "addressType": _text(obj.get("addressType")),
-        "endpoints": endpoints,
-        "ports": _shared_ports(obj.get("ports")),
-    }
-
-
-def _trim_whole(kind: str, api_version: str) -> Callable[[Obj], dict[str, Any]]:
-    def trim(obj: Obj) -> dict[str, Any]:
-        return {**obj, "apiVersion": api_version, "kind": kind, "metadata": _trim_metadata(obj)}
-
-    return trim
-
-
 def guarded_replacement(desired_obj: Obj, live: Obj) -> dict[str, Any]:
     """The desired object, keeping the live object's identity and other people's metadata."""
     desired = dict(desired_obj)
@@ -358,7 +266,6 @@ class Kind:
     apply_order: int  # creates/updates in ascending order, deletes in descending order
     fields: Callable[[Obj], View]  # the managed fields beyond labels and ownerReferences
     identity: Callable[[Obj], View]  # what else a watch event must change to matter
-    trim: Callable[[Obj], dict[str, Any]]  # what the cache keeps of an object
     size: Callable[[Obj], str] = _no_size  # how much it holds, for one-line reports
 
     @property
@@ -399,7 +306,6 @@ SERVICE = Kind(
     apply_order=0,
     fields=_service_fields,
     identity=_service_identity,
-    trim=_trim_service,
 )
 ENDPOINTS = Kind(
     name="Endpoints",
@@ -411,7 +317,6 @@ ENDPOINTS = Kind(
     apply_order=1,
     fields=_endpoints_fields,
     identity=_identity,
-    trim=_trim_whole("Endpoints", "v1"),
     size=_endpoints_size,
 )
 ENDPOINT_SLICE = Kind(
@@ -424,7 +329,6 @@ ENDPOINT_SLICE = Kind(
     apply_order=2,
     fields=_slice_fields,
     identity=_identity,
-    trim=_trim_slice,
     size=_slice_size,
 )
 EVENT = Kind(
@@ -437,7 +341,6 @@ EVENT = Kind(
     apply_order=9,
     fields=lambda obj: {},
     identity=_identity,
-    trim=_trim_whole("Event", "v1"),
 )
 
 LEASE = Kind(
@@ -450,28 +353,12 @@ LEASE = Kind(
     apply_order=9,
     fields=lambda obj: {},
     identity=_identity,
-    trim=_trim_whole("Lease", "coordination.k8s.io/v1"),
 )
 
 
 def _resource_fields(obj: Obj) -> View:
     metadata = obj.get("metadata") or {}
     return {"spec": obj.get("spec"), "generation": metadata.get("generation")}
-
-
-def _trim_resource(obj: Obj) -> dict[str, Any]:
-    metadata = obj.get("metadata") or {}
-    return {
-        "apiVersion": EXTERNAL_SERVICE_API_VERSION,
-        "kind": "ExternalService",
-        "metadata": {
-            key: metadata.get(key)
-            for key in ("name", "namespace", "uid", "resourceVersion", "generation")
-        }
-        | {"creationTimestamp": metadata.get("creationTimestamp")},
-        "spec": obj.get("spec") or {},
-        "status": obj.get("status") or {},
-    }
 
 
 # What teams declare targets with (syncd.config.resource): read by a cache of its own, with
@@ -487,7 +374,6 @@ EXTERNAL_SERVICE = Kind(
     apply_order=9,
     fields=_resource_fields,
     identity=_identity,
-    trim=_trim_resource,
 )
 
 KINDS: dict[str, Kind] = {

@@ -1,0 +1,130 @@
+"""What the cluster cache keeps of each kind of object: only what syncd reads, with the
+strings and lists that thousands of objects share stored once.
+
+A trimmed object is what `syncd.cache` stores and what every reader of the cache sees,
+so a field is kept here exactly when something in syncd reads it from a live object
+(kinds' views, ownership, placement, the resources' parse). A kind not in the table is
+kept whole, with its metadata trimmed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from syncd.kinds import ENDPOINT_SLICE, EXTERNAL_SERVICE, SERVICE, Obj
+
+# Thousands of objects share a handful of label keys and values,
+# namespaces, port lists and readiness conditions: those are stored once (interned or
+# shared), not once per object. Cached objects are never modified, so sharing is safe.
+
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
+_SHARED: dict[Any, Any] = {}
+
+
+def _text(value: Any) -> Any:
+    return sys.intern(value) if isinstance(value, str) else value
+
+
+def _strings(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {_text(k): _text(v) for k, v in (mapping or {}).items()}
+
+
+def _trim_metadata(obj: Obj) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_METADATA if k in metadata}
+    if "namespace" in kept:
+        kept["namespace"] = _text(kept["namespace"])
+    for key in ("labels", "annotations"):
+        if metadata.get(key):
+            kept[key] = _strings(metadata[key])
+    if metadata.get("ownerReferences"):
+        kept["ownerReferences"] = [_strings(ref) for ref in metadata["ownerReferences"]]
+    return kept
+
+
+def _shared_ports(ports: Any) -> Any:
+    if not ports:
+        return ports
+    key = tuple(tuple(sorted(_strings(p).items())) for p in ports)
+    if key not in _SHARED:
+        _SHARED[key] = [dict(items) for items in key]
+    return _SHARED[key]
+
+
+_CONDITIONS = {ready: {"ready": ready} for ready in (True, False, None)}
+
+
+def _trim_service(obj: Obj) -> dict[str, Any]:
+    spec = obj.get("spec") or {}
+    kept = {k: spec[k] for k in ("selector", "type", "trafficDistribution") if k in spec}
+    kept["ports"] = _shared_ports(spec.get("ports"))
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _trim_metadata(obj),
+        "spec": kept,
+    }
+
+
+def _trim_slice(obj: Obj) -> dict[str, Any]:
+    """Endpoints keep their addresses and readiness: syncd writes slices whole from what
+    it decided, so the rest of a live endpoint is never needed."""
+    endpoints = []
+    for e in obj.get("endpoints") or ():
+        endpoint = {
+            "addresses": tuple(_text(a) for a in e.get("addresses") or ()),
+            "conditions": _CONDITIONS.get(
+                (e.get("conditions") or {}).get("ready"), _CONDITIONS[None]
+            ),
+        }
+        if e.get("zone"):
+            endpoint["zone"] = _text(e["zone"])
+        if e.get("hints"):
+            endpoint["hints"] = e["hints"]
+        endpoints.append(endpoint)
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": _trim_metadata(obj),
+        "addressType": _text(obj.get("addressType")),
+        "endpoints": endpoints,
+        "ports": _shared_ports(obj.get("ports")),
+    }
+
+
+def _trim_resource(obj: Obj) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    return {
+        "apiVersion": EXTERNAL_SERVICE.api_version,
+        "kind": "ExternalService",
+        "metadata": {
+            key: metadata.get(key)
+            for key in ("name", "namespace", "uid", "resourceVersion", "generation")
+        }
+        | {"creationTimestamp": metadata.get("creationTimestamp")},
+        "spec": obj.get("spec") or {},
+        "status": obj.get("status") or {},
+    }
+
+
+def _trim_whole(obj: Obj) -> dict[str, Any]:
+    return {**obj, "metadata": _trim_metadata(obj)}
+
+
+TRIMS: dict[str, Callable[[Obj], dict[str, Any]]] = {
+    SERVICE.name: _trim_service,
+    ENDPOINT_SLICE.name: _trim_slice,
+    EXTERNAL_SERVICE.name: _trim_resource,
+}
+
+
+def trimmed(kind_name: str, api_version: str, obj: Obj) -> dict[str, Any]:
+    """What the cache keeps of `obj` (a list's items carry no kind: it is set here)."""
+    kept = TRIMS.get(kind_name, _trim_whole)(obj)
+    kept["apiVersion"], kept["kind"] = api_version, kind_name
+    return kept
+
+
+__all__ = ["TRIMS", "trimmed"]
