@@ -8,7 +8,6 @@ one-pass run (`syncd.once`) or the daemon (`syncd.controller`) with its leader e
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import logging
 import os
@@ -42,22 +41,6 @@ def settle() -> None:
     """What is loaded now lives as long as the process: the garbage collector need not
     scan it for cycles again and again."""
     gc.freeze()
-
-
-def few_malloc_arenas() -> None:
-    """At most two glibc malloc arenas, as MALLOC_ARENA_MAX=2 would (unless that is set).
-
-    glibc gives threads that allocate at once arenas of their own, up to 8 per core, and
-    each keeps what it once held: with Consul readers and watches parsing answers on
-    dozens of threads, a daemon following 10,000 services held 460 MiB instead of 325.
-    Done before any thread starts; a no-op where the C library is not glibc."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

@@ -19,7 +19,6 @@ from typing import Any, NoReturn
 import yaml
 
 from syncd import __version__, app
-from syncd.app import few_malloc_arenas
 from syncd.cli_parser import build_parser, namespace_list
 from syncd.config import load_config
 from syncd.errors import ConfigError, KubeConfigError
@@ -36,6 +35,7 @@ from syncd.once import ask_sources
 from syncd.ownership import derive_owner_id, is_generic_config_name, valid_owner_id
 from syncd.pipeline import OFFLINE, run
 from syncd.policy import PolicyState
+from syncd.process_memory import few_malloc_arenas
 from syncd.protected import valid_entry
 from syncd.reconcile import source_problems
 from syncd.served import probe_traffic_distribution

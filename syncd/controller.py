@@ -55,6 +55,7 @@ from syncd.model import Config, Target
 from syncd.observability import LEADER, RECONCILES, WORKQUEUE_DEPTH
 from syncd.ownership import prunable_by
 from syncd.pipeline import Outcome, TargetResult
+from syncd.process_memory import give_back_free_memory
 from syncd.resources import ResourceSet
 from syncd.scheduler import DaemonPool, Scheduler
 from syncd.sink import Sink
@@ -288,6 +289,7 @@ class Controller:
             self._queue.add_rate_limited(Job.PRUNE, "retry")
         else:
             self._queue.forget(Job.PRUNE)
+        give_back_free_memory()  # after a first pass, a resync round or a reload
 
     # -- the cluster
 
