@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 namespaces=args.namespaces,
                 resources=args.resources,
             )
-            # a log line each, timestamped; a dry run's plan is read by a person, like render
+            # results are diagnostics (stderr, timestamped); a dry run's plan is output
             printer = ResultPrinter(
                 args.dry_run, stamped=not args.dry_run, json=args.log_format == "json"
             )

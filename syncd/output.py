@@ -1,10 +1,10 @@
 """What a run prints: one block of lines per target result, and the one-pass summary.
 
-Each line goes to one stream only, so a log collector that merges the two shows it once:
-what happened to each target (changes, and CONFLICT, STALE, PROTECTED ... lines) on
-stdout, as `kubectl apply` prints what it did; warnings and logs on stderr. `run`'s lines
-carry a timestamp (a dry run's plan does not: a person reads it, as `render`'s output), and
-with `--log-format json` every line on either stream is one JSON object.
+Each line goes to one stream only, so a log collector that merges the two shows it once.
+What `run` reports (changes, CONFLICT, STALE, PROTECTED ..., the summary) is a diagnostic,
+on stderr with the logs, each line timestamped; stdout is for output a person or a
+program reads as such: `render`'s YAML, and a `--dry-run`'s plan (the changes it would
+make with their diffs, unstamped). With `--log-format json` every line is one JSON object.
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ class ResultPrinter:
     def summary(self, line: str, ok: bool) -> None:
         self.write(self._text([Line(line, "summary")], "info" if ok else "warning", {}), "")
 
-    @staticmethod
-    def write(out: str, err: str) -> None:
+    def write(self, out: str, err: str) -> None:
+        """`out`: the result's own lines (stdout for a dry run's plan, else stderr, after
+        its warnings); `err`: its warnings."""
+        if not self.dry_run:
+            out, err = "", err + out  # a diagnostic like the logs: one stream, in order
         with _OUTPUT_LOCK:  # each stream in one call: whole lines, never interleaved
             if err:
                 sys.stderr.write(err)

@@ -159,7 +159,7 @@ def test_a_missing_namespace_fails_that_target_with_a_clear_message(apiserver, t
     result = run_once(config, apiserver.syncd_kubeconfig, "--owner-id", "nsless", check=1)
     assert (
         "no-such-namespace/svc: FAILED: create Service no-such-namespace/svc: 404 "
-        'namespaces "no-such-namespace" not found' in result.stdout
+        'namespaces "no-such-namespace" not found' in result.stderr
     )
 
 

@@ -66,8 +66,8 @@ def test_first_run_creates_everything_and_a_second_run_writes_nothing(
         ("create", "endpointslices", f"{SERVICE}-v4-8081-0"),
         ("create", "services", SERVICE),
     ]
-    assert f"created Service {namespace}/{SERVICE}" in first.stdout
-    assert f"created EndpointSlice {namespace}/{SERVICE}-v4-8080-0 (6 endpoints)" in first.stdout
+    assert f"created Service {namespace}/{SERVICE}" in first.stderr
+    assert f"created EndpointSlice {namespace}/{SERVICE}-v4-8080-0 (6 endpoints)" in first.stderr
 
     service = admin.get("Service", namespace, SERVICE)
     assert "selector" not in service["spec"]
@@ -80,8 +80,8 @@ def test_first_run_creates_everything_and_a_second_run_writes_nothing(
     mark = apiserver.audit.mark()
     second = run_syncd(config)
     assert _writes(apiserver, mark) == []
-    assert f"{namespace}/{SERVICE}: no changes" in second.stdout
-    assert "converged: 1 targets, 0 writes" in second.stdout
+    assert f"{namespace}/{SERVICE}: no changes" in second.stderr
+    assert "converged: 1 targets, 0 writes" in second.stderr
 
 
 def test_removing_one_gateway_and_failing_another_rewrites_only_their_slices(
@@ -195,9 +195,9 @@ def test_unowned_endpointslice_with_syncd_name_is_a_conflict_and_left_alone(
     writes = _writes(apiserver, mark)
     assert (
         f"{namespace}/{SERVICE}: CONFLICT: EndpointSlice {namespace}/{SERVICE}-v4-8080-0"
-        in result.stdout
+        in result.stderr
     )
-    assert "someone-else" in result.stdout
+    assert "someone-else" in result.stderr
     # Nothing written for the conflicting target; the other target is still applied.
     assert all(name != SERVICE and not name.startswith(SERVICE) for _, _, name in writes)
     assert ("create", "services", "other") in writes
@@ -228,7 +228,7 @@ def test_unowned_endpoints_is_a_conflict_when_endpoints_are_written(
     result = run_syncd(config, check=1)
     assert (
         f"CONFLICT: Endpoints {namespace}/legacy exists and is not managed by syncd"
-        in result.stdout
+        in result.stderr
     )
     assert _writes(apiserver, mark) == []
     assert admin.get("Endpoints", namespace, "legacy")["subsets"][0]["addresses"] == [
@@ -250,7 +250,7 @@ def test_unowned_service_is_a_conflict_unless_manage_service_is_false(
     config = write_config(tmp_path / "c.yaml", target(namespace, "theirs", ["192.0.2.1:80"]))
     mark = apiserver.audit.mark()
     result = run_syncd(config, check=1)
-    assert "CONFLICT: Service" in result.stdout and "manage_service: false" in result.stdout
+    assert "CONFLICT: Service" in result.stderr and "manage_service: false" in result.stderr
     assert _writes(apiserver, mark) == []
 
     # Adopting it: the Service is used as it is; only the slices are syncd's.
@@ -281,7 +281,7 @@ def test_service_with_a_selector_is_always_a_conflict(
     )
     mark = apiserver.audit.mark()
     result = run_syncd(config, check=1)
-    assert "has a selector" in result.stdout
+    assert "has a selector" in result.stderr
     assert _writes(apiserver, mark) == []
 
 
@@ -315,7 +315,7 @@ def test_removed_target_prunes_only_what_syncd_owns(
         ("delete", "endpointslices", "gone-v6-80-0"),
         ("delete", "services", "gone"),
     ]
-    assert f"{namespace}/gone: 4 changes applied; target removed from the config" in result.stdout
+    assert f"{namespace}/gone: 4 changes applied; target removed from the config" in result.stderr
     assert admin.get("Service", namespace, "gone") is None
     assert [s["metadata"]["name"] for s in slices_of(admin, namespace, "gone")] == ["gone-by-hand"]
     assert len(slices_of(admin, namespace, "keep")) == 1
@@ -395,14 +395,15 @@ def test_two_syncd_instances_never_prune_each_other(run_syncd, admin, namespace,
     # The same Service claimed by the other instance is a conflict, not a takeover.
     clash = write_config(tmp_path / "c.yaml", target(namespace, "team-a", ["192.0.2.3:80"]))
     result = run_syncd(clash, owner="team-b", check=1)
-    assert "another syncd instance (owner 'team-a'" in result.stdout
+    assert "another syncd instance (owner 'team-a'" in result.stderr
 
 
 def test_each_line_goes_to_one_stream_and_json_logs_are_one_object_per_line(
     run_syncd, admin, namespace, tmp_path
 ):
-    """A conflict is reported once (stdout, not both streams); with --log-format json every
-    line on stdout and stderr is one JSON object, for a log collector."""
+    """A conflict is reported once, on stderr with the logs (stdout stays empty: `run`
+    prints no output, only diagnostics); with --log-format json every line is one JSON
+    object, for a log collector."""
     admin.create(
         {
             "apiVersion": "v1",
@@ -417,9 +418,12 @@ def test_each_line_goes_to_one_stream_and_json_logs_are_one_object_per_line(
         target(namespace, "mine", ["192.0.2.2:80"]),
     )
     result = run_syncd(config, "--log-level", "info", "--log-format", "json", check=1)
-    out = [json.loads(line) for line in result.stdout.splitlines()]
-    err = [json.loads(line) for line in result.stderr.splitlines()]
-    assert err and all({"time", "level", "logger", "message"} <= set(e) for e in err)
+    assert result.stdout == ""
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    logs = [line for line in lines if "logger" in line]
+    assert logs and all({"time", "level", "logger", "message"} <= set(e) for e in logs)
+    out = [line for line in lines if "logger" not in line]  # the results
+    assert all({"time", "level", "action", "message"} <= set(line) for line in out)
     conflict = next(line for line in out if line.get("outcome") == "conflict")
     assert conflict["target"] == f"{namespace}/theirs" and conflict["level"] == "warning"
     assert "CONFLICT: Service" in conflict["message"] and conflict["action"] == "conflict"
@@ -429,4 +433,4 @@ def test_each_line_goes_to_one_stream_and_json_logs_are_one_object_per_line(
     assert out[-1]["message"].startswith("not converged: 1 of 2 targets failed")
 
     text = run_syncd(config, "--log-level", "info", check=1)
-    assert text.stdout.count("CONFLICT") == 1 and "CONFLICT" not in text.stderr
+    assert text.stderr.count("CONFLICT") == 1 and text.stdout == ""

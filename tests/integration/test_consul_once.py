@@ -34,7 +34,7 @@ def test_twelve_gateways_on_two_ports_become_two_slices(
     slices = slices_of(admin, namespace, f"rgw-{namespace}")
     assert endpoint_pairs(slices) == {(a, p) for a in GATEWAYS for p in (8080, 8081)}
     assert len(slices) == 2
-    assert "consul service" in result.stdout and "12 backends, 12 ready" in result.stdout
+    assert "consul service" in result.stderr and "12 backends, 12 ready" in result.stderr
 
 
 def test_check_states_map_to_readiness(run_syncd, consul, admin, namespace, tmp_path):
@@ -96,7 +96,7 @@ def test_zero_instances_is_a_real_answer_applied_as_an_empty_slice_when_allowed(
     run_syncd(config)
     consul.deregister(f"{service}-1")
     protected = run_syncd(config, check=1)  # by default, drain protection keeps the endpoint
-    assert "PROTECTED: drain protection" in protected.stdout
+    assert "PROTECTED: drain protection" in protected.stderr
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
     run_syncd(write(config, consul, {**target, "drain_floor": 0}))
     (placeholder,) = slices_of(admin, namespace, service)
@@ -140,12 +140,12 @@ def test_acl_filtered_answer_is_an_error_not_an_empty_service(
         )
     )
     result = run_syncd(config, check=1)
-    assert "STALE" in result.stdout and "filtered the answer by ACLs" in result.stdout
+    assert "STALE" in result.stderr and "filtered the answer by ACLs" in result.stderr
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
 
     (tmp_path / "token").write_text("00000000-0000-0000-0000-000000000000")  # unknown token
     result = run_syncd(config, check=1)
-    assert "ACL token lacks read access" in result.stdout
+    assert "ACL token lacks read access" in result.stderr
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
 
 
@@ -163,7 +163,7 @@ def test_unreachable_consul_in_once_mode_keeps_what_is_applied(
     )
     mark = apiserver.audit.mark()
     result = run_syncd(config, check=1)
-    assert f"{namespace}/{service}: STALE: no source answered" in result.stdout
+    assert f"{namespace}/{service}: STALE: no source answered" in result.stderr
     assert apiserver.audit.writes_since(mark) == []
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
 
@@ -188,7 +188,7 @@ def test_tls_with_ca_client_certificate_and_server_name(
 
     # The certificate names consul.test, not 127.0.0.1: without the server name it must fail.
     result = run_syncd(write(tmp_path / "c.yaml", consul_tls, target, **tls), check=1)
-    assert "STALE" in result.stdout and "SSLError" in result.stdout
+    assert "STALE" in result.stderr and "SSLError" in result.stderr
     # And the agent insists on a client certificate.
     no_client = {"ca_file": tls["ca_file"]}
     result = run_syncd(
@@ -201,4 +201,4 @@ def test_tls_with_ca_client_certificate_and_server_name(
         ),
         check=1,
     )
-    assert "STALE" in result.stdout
+    assert "STALE" in result.stderr

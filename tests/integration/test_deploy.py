@@ -191,7 +191,7 @@ def test_syncd_runs_under_the_namespaced_rbac_inside_its_namespaces_only(
 
     mark = apiserver.audit.mark()
     result = run_once(config, kubeconfig, "--namespaces", namespace, check=0)
-    assert "converged: 1 targets, 2 writes" in result.stdout
+    assert "converged: 1 targets, 2 writes" in result.stderr
     assert slices_of(admin, namespace, "scoped")
     user = f"system:serviceaccount:syncd:ns-{namespace}"
     outside = [
@@ -217,7 +217,7 @@ def test_syncd_runs_under_the_namespaced_rbac_inside_its_namespaces_only(
 
     # Without --namespaces it would list the whole cluster, which its Role does not allow.
     denied = run_once(config, kubeconfig, check=1)
-    assert "403" in denied.stdout and "Traceback" not in denied.stderr
+    assert "403" in denied.stderr and "Traceback" not in denied.stderr
 
     # A target outside its namespaces is refused before anything is sent.
     other = f"{namespace}-other"
@@ -273,7 +273,7 @@ def test_two_installs_of_deploy_in_one_cluster_never_prune_each_other(
     second = _overlay_config(tmp_path, f"{namespace}-b", namespace, "second")
     for config in (first, second, first, second):
         result = run_once(config, apiserver.syncd_kubeconfig, check=0)
-        assert "deleted" not in result.stdout, result.stdout
+        assert "deleted" not in result.stderr, result.stderr
     assert slices_of(admin, namespace, "first") and slices_of(admin, namespace, "second")
 
 
@@ -293,8 +293,8 @@ def test_the_readme_order_once_then_deploy_takes_over_without_conflict(
         config.parent.mkdir(exist_ok=True)
         config.write_text(yaml.safe_dump(data))
         result = run_once(config, apiserver.syncd_kubeconfig, check=0)
-        assert "CONFLICT" not in result.stdout and "warning: owner id" not in result.stderr
-    assert "converged: 1 targets, 0 writes" in result.stdout
+        assert "CONFLICT" not in result.stderr and "warning: owner id" not in result.stderr
+    assert "converged: 1 targets, 0 writes" in result.stderr
 
 
 def _granted() -> set[tuple[str, str]]:

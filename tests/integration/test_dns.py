@@ -83,7 +83,7 @@ def test_nxdomain_is_a_real_empty_answer(run_syncd, bind, admin, namespace, tmp_
     )
     run_syncd(config)
     bind.update(("delete", f"gone.{namespace}"))
-    assert "PROTECTED" in run_syncd(config, check=1).stdout  # drain protection, by default
+    assert "PROTECTED" in run_syncd(config, check=1).stderr  # drain protection, by default
     name = f"gone.{namespace}.example.test"
     dns_config(config, bind, namespace, "gone", {"drain_floor": 0}, name=name, port=80)
     run_syncd(config)
@@ -102,7 +102,7 @@ def test_refused_is_an_error_that_keeps_what_is_applied(
     dns_config(config, bind, namespace, "keep", name="keep.not-served.test", port=80)
     mark = apiserver.audit.mark()
     result = run_syncd(config, check=1)
-    assert "STALE" in result.stdout and "REFUSED" in result.stdout
+    assert "STALE" in result.stderr and "REFUSED" in result.stderr
     assert apiserver.audit.writes_since(mark) == []
     assert endpoint_pairs(slices_of(admin, namespace, "keep")) == {("192.0.2.40", 80)}
 

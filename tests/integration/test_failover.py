@@ -268,5 +268,5 @@ def test_a_prepared_query_is_a_tier_and_once_prints_the_failover(
 
     consul.set_status(f"{primary}-1", "passing")
     result = run_syncd(config)
-    assert "failback from tier 1 to tier 0" in result.stdout
+    assert "failback from tier 1 to tier 0" in result.stderr
     assert endpoint_pairs(slices_of(admin, namespace, "pq")) == {("203.0.113.21", 8080)}

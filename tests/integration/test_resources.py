@@ -131,7 +131,7 @@ def test_once_applies_a_resource_and_says_so_in_its_status(
     created = resources.create(_resource("rgw", ["192.0.2.10:8080", "192.0.2.11:8080"]))
     config = _no_targets(tmp_path)
     result = run_syncd(config, *resources_in(namespace))
-    assert f"created Service {namespace}/rgw" in result.stdout
+    assert f"created Service {namespace}/rgw" in result.stderr
 
     service = admin.get("Service", namespace, "rgw")
     refs = service["metadata"]["ownerReferences"]
@@ -194,10 +194,10 @@ def test_deleting_a_resource_prunes_what_was_written_for_it(
     assert slices_of(admin, namespace, "gone")
     plain = write_config(tmp_path / "plain.yaml", target(namespace, "other", ["192.0.2.31:80"]))
     without = run_syncd(plain, "--namespaces", namespace)  # reads no resources: prunes none
-    assert "deleted" not in without.stdout and slices_of(admin, namespace, "gone")
+    assert "deleted" not in without.stderr and slices_of(admin, namespace, "gone")
     resources.delete("gone")
     result = run_syncd(config, *resources_in(namespace))
-    assert f"{namespace}/gone: 2 changes applied; target removed from the config" in result.stdout
+    assert f"{namespace}/gone: 2 changes applied; target removed from the config" in result.stderr
     assert admin.get("Service", namespace, "gone") is None
     assert not slices_of(admin, namespace, "gone")
 

@@ -90,7 +90,7 @@ def test_once_protects_too_and_a_lower_tier_still_takes_over(
     run_syncd(config)
     consul.deregister(f"{service}-1")
     result = run_syncd(config, check=1)
-    assert f"{namespace}/{service}: PROTECTED: drain protection" in result.stdout
+    assert f"{namespace}/{service}: PROTECTED: drain protection" in result.stderr
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("203.0.113.1", 8080)}
 
     fallback = {"type": "static", "backends": ["203.0.113.50:8080"]}
@@ -153,14 +153,14 @@ def test_two_configs_with_default_flags_never_prune_each_other(
 
     write_config(team_a, target(namespace, "a-one", ["203.0.113.1:80"]))  # a-two removed
     result = once(team_a)
-    assert f"{namespace}/a-two: 2 changes applied; target removed from the config" in result.stdout
+    assert f"{namespace}/a-two: 2 changes applied; target removed from the config" in result.stderr
     assert admin.get("Service", namespace, "a-two") is None
     assert slices_of(admin, namespace, "a-one") and slices_of(admin, namespace, "b-one")
 
     clash = tmp_path / f"team-c-{namespace}.yaml"  # a third config claims b's Service
     write_config(clash, target(namespace, "b-one", ["203.0.113.9:80"]))
     result = once(clash, check=1)
-    assert f"another syncd instance (owner 'team-b-{namespace}'" in result.stdout
+    assert f"another syncd instance (owner 'team-b-{namespace}'" in result.stderr
     assert endpoint_pairs(slices_of(admin, namespace, "b-one")) == {("203.0.113.3", 80)}
 
 
@@ -181,7 +181,7 @@ def test_objects_of_the_old_shared_identity_are_adopted_not_pruned(
         admin.get("Service", namespace, "kept")["metadata"]["labels"]["syncd.io/owner"] == "storage"
     )
     assert admin.get("Service", namespace, "left") is not None  # never pruned by "storage"
-    assert "left" not in result.stdout
+    assert "left" not in result.stderr
 
 
 @pytest.mark.parametrize(

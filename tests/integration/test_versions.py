@@ -94,8 +94,8 @@ def test_the_ceph_example_applies_then_a_rerun_writes_nothing(cluster, tmp_path)
     for _ in range(2):
         mark = server.audit.mark()
         result = once(server, config, namespace)
-        assert server.audit.writes_since(mark) == [], result.stdout
-        assert "0 writes" in result.stdout
+        assert server.audit.writes_since(mark) == [], result.stderr
+        assert "0 writes" in result.stderr
 
 
 def test_traffic_distribution_is_kept_or_reported_never_a_write_loop(cluster, tmp_path):
@@ -178,5 +178,5 @@ def test_a_service_of_someone_else_is_a_conflict_left_untouched(cluster, tmp_pat
     config = write_config(tmp_path / "c.yaml", target(namespace, "taken", ["198.51.100.30:8080"]))
     mark = server.audit.mark()
     result = once(server, config, namespace, check=1)
-    assert "CONFLICT" in result.stdout
+    assert "CONFLICT" in result.stderr
     assert [w for w in server.audit.writes_since(mark) if w.resource != "events"] == []

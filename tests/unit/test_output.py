@@ -75,3 +75,16 @@ def test_a_json_log_line_about_a_target_carries_its_fields(monkeypatch):
         "message": "left out: port 0",
     }
     assert set(second) == {"time", "level", "logger", "message"}
+
+
+def test_run_reports_on_stderr_and_only_a_dry_runs_plan_is_on_stdout(capsys):
+    ResultPrinter(stamped=True)(_failover_result())
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert "warning: a backend was dropped" in lines[0]  # its warnings first, then the rest
+    assert any("updated Service ns/web" in line for line in lines)
+    ResultPrinter(dry_run=True)(_failover_result())
+    captured = capsys.readouterr()
+    assert "would update Service ns/web" in captured.out
+    assert "warning: a backend was dropped" in captured.err
