@@ -122,13 +122,35 @@ def slim_entry(
     node = entry.get("Node") or {}
     service = entry.get("Service") or {}
     return {
-        "Node": _slim_record(node, _NODE_KEYS, address, zone_meta),
+        "Node": _one_copy(_slim_record(node, _NODE_KEYS, address, zone_meta)),
         "Service": _slim_record(service, _SERVICE_KEYS, address, zone_meta),
-        "Checks": [
-            {key: _shared(key, check[key]) for key in _CHECK_KEYS if key in check}
-            for check in entry.get("Checks") or ()
-        ],
+        "Checks": [_slim_check(check) for check in entry.get("Checks") or ()],
     }
+
+
+def _slim_check(check: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {key: _shared(key, check[key]) for key in _CHECK_KEYS if key in check}
+    return kept if kept.get("ServiceID") else _one_copy(kept)  # a node's: on every instance
+
+
+# Node records and node checks, held once however many instances sit on the node (every
+# instance's entry repeats them). Entries are never edited in place (consul_state copies
+# on write), so sharing is safe. Bounded: a churning catalog starts the table over.
+_RECORDS: dict[tuple[Any, ...], dict[str, Any]] = {}
+_MAX_RECORDS = 65_536
+
+
+def _one_copy(record: dict[str, Any]) -> dict[str, Any]:
+    key = tuple(
+        (k, tuple(sorted(v.items())) if isinstance(v, Mapping) else v) for k, v in record.items()
+    )
+    try:
+        return _RECORDS.setdefault(key, record)
+    except TypeError:  # an unhashable value (not what Consul sends): keep it as it is
+        return record
+    finally:
+        if len(_RECORDS) > _MAX_RECORDS:
+            _RECORDS.clear()
 
 
 def _slim_record(
