@@ -51,35 +51,14 @@ class Standing:
     observation: Observation | None = field(default=None, compare=False)
 
 
+Condition = tuple[str, bool, str, str]  # type, status, reason, message
+
+
 def desired_status(previous: Mapping[str, Any], standing: Standing, now: str) -> dict[str, Any]:
     """The status to write (compare with `previous`: equal means no write). `now` is an
     RFC 3339 time, used only where something changed."""
     before = {c.get("type"): c for c in previous.get("conditions") or () if isinstance(c, Mapping)}
-    seen = standing.observation
-    conditions: list[tuple[str, bool, str, str]] = []  # type, status, reason, message
-    valid = not standing.problems
-    conditions.append(
-        ("Valid", valid, "Valid" if valid else "Invalid", "; ".join(standing.problems))
-    )
-    said = seen.message if seen else ""
-    conflict = standing.conflict or (said if seen and seen.outcome == "conflict" else "")
-    conditions.append(
-        ("Conflict", bool(conflict), "Claimed" if conflict else "NoConflict", conflict)
-    )
-    outcome = seen.outcome if seen and valid and not standing.conflict else None
-    conditions.append(_flag("Stale", outcome == "stale", "SourceUnavailable", said))
-    conditions.append(_flag("DrainProtected", outcome == "protected", "DrainProtected", said))
-    if not valid:
-        ready = ("Invalid", False, conditions[0][3])
-    elif standing.conflict:
-        ready = ("Conflict", False, standing.conflict)
-    elif outcome is None:
-        ready = ("Pending", False, "not reconciled yet")
-    else:
-        reason, ok = _READY.get(outcome, ("Unknown", False))
-        ready = (reason, ok, "" if ok else said)
-    conditions.insert(0, ("Ready", ready[1], ready[0], ready[2]))
-
+    conditions = _conditions(standing)
     status: dict[str, Any] = {
         "observedGeneration": standing.generation,
         "service": standing.service,
@@ -88,6 +67,7 @@ def desired_status(previous: Mapping[str, Any], standing: Standing, now: str) ->
             for kind, ok, reason, message in conditions
         ],
     }
+    seen = standing.observation
     known = {k: previous[k] for k in _KEPT if k in previous}
     if seen is not None and seen.total is not None and seen.ready is not None:
         known["backends"] = {"ready": seen.ready, "total": seen.total}
@@ -97,17 +77,47 @@ def desired_status(previous: Mapping[str, Any], standing: Standing, now: str) ->
     if seen is not None and seen.source is not None:
         known["activeSource"] = seen.source
         known["activeTier"] = seen.tier or 0
+    ready = conditions[0][1]
     was_ready = (before.get("Ready") or {}).get("status") == "True"
-    if ready[1] and (outcome == "changed" or not was_ready or "lastSyncTime" not in known):
+    changed = seen is not None and seen.outcome == "changed"
+    if ready and (changed or not was_ready or "lastSyncTime" not in known):
         known["lastSyncTime"] = now
     return {**status, **known}
 
 
+def _conditions(standing: Standing) -> list[Condition]:
+    """Ready first (with why not), then Valid, Conflict, Stale and DrainProtected."""
+    seen = standing.observation
+    said = seen.message if seen else ""
+    valid = not standing.problems
+    problems = "; ".join(standing.problems)
+    conflict = standing.conflict or (said if seen and seen.outcome == "conflict" else "")
+    outcome = seen.outcome if seen and valid and not standing.conflict else None
+    stale, protected = outcome == "stale", outcome == "protected"
+    if not valid:
+        ready: Condition = ("Ready", False, "Invalid", problems)
+    elif standing.conflict:
+        ready = ("Ready", False, "Conflict", standing.conflict)
+    elif outcome is None:
+        ready = ("Ready", False, "Pending", "not reconciled yet")
+    else:
+        reason, ok = _READY.get(outcome, ("Unknown", False))
+        ready = ("Ready", ok, reason, "" if ok else said)
+    return [
+        ready,
+        ("Valid", valid, "Valid" if valid else "Invalid", problems),
+        ("Conflict", bool(conflict), "Claimed" if conflict else "NoConflict", conflict),
+        ("Stale", stale, "SourceUnavailable" if stale else "SourcesAnswer", said if stale else ""),
+        (
+            "DrainProtected",
+            protected,
+            "DrainProtected" if protected else "NotDrained",
+            said if protected else "",
+        ),
+    ]
+
+
 _KEPT = ("backends", "backendSummary", "objects", "activeSource", "activeTier", "lastSyncTime")
-
-
-def _flag(kind: str, on: bool, reason: str, message: str) -> tuple[str, bool, str, str]:
-    return (kind, on, reason if on else "No" + reason, message if on else "")
 
 
 def _condition(
