@@ -221,6 +221,27 @@ class ClusterCache:
                 return False
         return True
 
+    def wait_logged(
+        self, stop: threading.Event, what: str, clock: Callable[[], float] = time.monotonic
+    ) -> bool:
+        """Until synced (True) or stopped (False), saying every 10 s what it waits for."""
+        waited = clock()
+        while not self.wait_synced(stop, timeout=10):
+            if stop.is_set():
+                return False
+            log.warning(
+                "waiting for the cache of %s (%.0fs so far): %s",
+                what,
+                clock() - waited,
+                self.problem() or "listing",
+            )
+        log.info("cache of %s synced in %.1fs", what, clock() - waited)
+        return True
+
+    def problem(self) -> str:
+        """Why a list or watch fails now ("" when none does)."""
+        return "; ".join(s.last_error for s in self.statuses if s.last_error)
+
     def _informer(self, status: InformerStatus, stop: threading.Event) -> None:
         kind = KINDS[status.kind]
         selector = kind.cache_selector or ""

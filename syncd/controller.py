@@ -67,6 +67,7 @@ from syncd.workqueue import ResyncPacer, RetryLimiter, WorkQueue
 log = logging.getLogger(__name__)
 
 _TICK = 1.0  # seconds between resync batches
+_RESOURCES_WAIT = 30.0  # seconds the daemon waits for ExternalServices before going on
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,6 @@ class Controller:
     def _wired(self, resources: ResourceSet | None) -> ResourceSet | None:
         """ExternalServices: their changes reload, their status is the leader's to write,
         and what was written for them is pruned when they go."""
-        self._sink.prunes_resources = resources is not None
         if resources is not None:
             resources.fence = self._leadership.fence
             resources.cache.on_change = lambda kind, old, new: self._on_resource_change()
@@ -187,13 +187,12 @@ class Controller:
         self._threads += self._cache.start(self._stop)
         if self._resources is not None:  # their targets start with the file's
             self._threads += self._resources.cache.start(self._stop)
-            if not self._wait_for_cache(self._resources.cache, "ExternalServices"):
-                return self._shutdown()
+            self._resources.wait_listed(self._stop, _RESOURCES_WAIT)
             self._config = self._source.current()
         for target in self._config.targets:
             self._targets.start(target)
         self._runner.commit()
-        if not self._wait_for_cache(self._cache, "the cluster"):
+        if not self._cache.wait_logged(self._stop, "the cluster", self._clock):
             return self._shutdown()
         self._sink.learn_served_fields(self._config.targets)
         self._ready.set()
@@ -210,20 +209,6 @@ class Controller:
         self._workers.start(self._settings.workers)
         self._stop.wait()
         return self._shutdown()
-
-    def _wait_for_cache(self, cache: ClusterCache, what: str) -> bool:
-        waited = self._clock()
-        while not cache.wait_synced(self._stop, timeout=10):
-            if self._stop.is_set():
-                return False
-            log.warning(
-                "waiting for the cache of %s (%.0fs so far): %s",
-                what,
-                self._clock() - waited,
-                "; ".join(s.last_error for s in cache.statuses if s.last_error) or "listing",
-            )
-        log.info("cache of %s synced in %.1fs", what, self._clock() - waited)
-        return True
 
     def _start_leading(self, reason: str) -> None:
         """May write from now on: every target's memory is read from the cache again (the
@@ -281,6 +266,7 @@ class Controller:
 
     def _prune(self, reason: str) -> None:
         failed = False
+        self._sink.prunes_resources = self._resources is not None and self._resources.listed
         for result in self._sink.prune(set(self._targets.keys()) | self._source.held):
             RECONCILES.labels(result.outcome.value, reason).inc()
             failed |= result.outcome is Outcome.FAILED

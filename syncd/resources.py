@@ -48,6 +48,23 @@ class ResourceSet:
 
     # -- reading
 
+    def wait_listed(self, stop: threading.Event, timeout: float) -> None:
+        """A while for the first list. If they cannot be listed (no CRD, no RBAC), the
+        daemon runs the file's targets meanwhile and the resources join once they can be
+        read; nothing labelled for a resource is pruned before then (see `listed`)."""
+        if self.cache.wait_synced(stop, timeout=timeout) or stop.is_set():
+            return
+        log.error(
+            "cannot list ExternalServices yet (%s): is their CRD installed "
+            "(deploy/components/resources) and may syncd list them? Running the config "
+            "file's targets; the resources follow once they can be read",
+            self.cache.problem() or "listing",
+        )
+
+    @property
+    def listed(self) -> bool:
+        return self.cache.synced
+
     def objects(self) -> list[dict[str, Any]]:
         return self.cache.all(EXTERNAL_SERVICE.name)
 

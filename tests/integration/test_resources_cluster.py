@@ -12,8 +12,10 @@ from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
 
 from harness.controller_manager import KubeControllerManager
-from harness.helpers import REPO, run_once, slices_of, wait_for
-from harness.kube_apiserver import ServerStartError
+from harness.helpers import REPO, run_once, slices_of, target, wait_for, write_config
+from harness.kube_apiserver import ServerStartError, stop_process
+from harness.syncd_process import start_syncd
+from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
 
 pytestmark = pytest.mark.apiserver
@@ -21,15 +23,75 @@ pytestmark = pytest.mark.apiserver
 NAMESPACE = "team-a"
 
 
-@pytest.fixture(scope="module")
-def cluster(private_apiserver, tmp_path_factory):
-    """The private API server with the resources component, and the controller manager."""
-    api = private_apiserver.admin_client()
+def _install_resources_component(server) -> None:
+    api = server.admin_client()
     try:
         component = REPO / "deploy" / "components" / "resources"
         for manifest in ("crd.yaml", "rbac.yaml"):
             for document in yaml.safe_load_all((component / manifest).read_text()):
-                k8s_utils.create_from_dict(api, document)
+                try:
+                    k8s_utils.create_from_dict(api, document)
+                except k8s_utils.FailToCreateError as exc:
+                    if "AlreadyExists" not in str(exc):
+                        raise
+    finally:
+        api.close()
+
+
+def test_without_the_crd_the_daemon_runs_the_files_targets_and_resources_join_later(
+    private_apiserver, tmp_path
+):
+    """--resources where the CRD is not installed yet: the file's targets are applied (not
+    held hostage), the log says what is missing, and once the CRD and a resource exist the
+    resource is applied too; nothing is pruned meanwhile."""
+    server = private_apiserver
+    admin = Kube.connect(KubeSettings(kubeconfig=str(server.admin_kubeconfig)))
+    api = server.admin_client()
+    try:
+        k8s.CoreV1Api(api).create_namespace({"metadata": {"name": "early"}})
+    finally:
+        api.close()
+    config = write_config(
+        tmp_path / "c.yaml", target("early", "from-file", ["192.0.2.95:80"]), owner_id="early"
+    )
+    log = tmp_path / "daemon.log"
+    process = start_syncd(config, server.syncd_kubeconfig, log, "--resources")
+    try:
+        wait_for(lambda: slices_of(admin, "early", "from-file"), "the file's target", timeout=90)
+        assert "cannot list ExternalServices yet" in log.read_text()
+        _install_resources_component(server)
+        wait_for(lambda: _listable(admin), "the CRD served", timeout=30)
+        admin.create(
+            {
+                "apiVersion": "syncd.io/v1alpha1",
+                "kind": "ExternalService",
+                "metadata": {"name": "later", "namespace": "early"},
+                "spec": {
+                    "ports": [{"name": "http", "port": 80}],
+                    "sources": [{"type": "static", "backends": ["192.0.2.96:80"]}],
+                },
+            }
+        )
+        wait_for(lambda: slices_of(admin, "early", "later"), "the resource", timeout=90)
+        assert slices_of(admin, "early", "from-file")
+    finally:
+        stop_process(process)
+
+
+def _listable(admin: Kube) -> bool:
+    try:
+        admin.list("ExternalService", "early")
+    except KubeError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cluster(private_apiserver, tmp_path_factory):
+    """The private API server with the resources component, and the controller manager."""
+    _install_resources_component(private_apiserver)
+    api = private_apiserver.admin_client()
+    try:
         k8s.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
     finally:
         api.close()
@@ -58,7 +120,7 @@ def test_deleting_a_resource_while_syncd_is_not_running_removes_what_it_wrote(cl
     )
     config = tmp_path / "c.yaml"
     config.write_text("version: 1\nowner_id: gc-test\n")
-    run_once(config, cluster.syncd_kubeconfig, "--resources", check=0)
+    run_once(config, cluster.syncd_kubeconfig, "--resources", "--namespaces", NAMESPACE, check=0)
     assert admin.get("Service", NAMESPACE, "db") is not None
     assert slices_of(admin, NAMESPACE, "db")
 
