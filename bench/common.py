@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.kube_apiserver import SYNCD_USER, WRITE_VERBS, KubeApiServer
+from harness.kube_apiserver import REPO, SYNCD_USER, WRITE_VERBS, KubeApiServer
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -120,3 +120,29 @@ class AuditWindow:
 
     def count(self, verb: str) -> int:
         return sum(n for key, n in self.requests.items() if key.split()[0] == verb)
+
+
+def measured_once(
+    apiserver: KubeApiServer, command: list[str], log: Path, label: str, api_pid: int | None = None
+) -> list[tuple[str, str]]:
+    """Run `syncd run --once ...` to the end and return its rows: wall time, API requests by
+    verb and resource, writes, peak RSS (and kube-apiserver's CPU, given its pid)."""
+    print(f"run --once ({label}) ...", flush=True)
+    window = AuditWindow(apiserver).open()
+    api_cpu = cpu_seconds(api_pid) if api_pid else 0.0
+    finished = run_measured(command, REPO, log)
+    api_cpu = cpu_seconds(api_pid) - api_cpu if api_pid else 0.0
+    window.close()
+    if finished.returncode != 0:
+        print(log.read_text()[-2000:])  # run prints its results on stderr, into the log
+        raise SystemExit(f"run --once ({label}) exited {finished.returncode}")
+    verbs = ", ".join(f"{n} {k}" for k, n in sorted(window.requests.items()))
+    rows = [
+        (f"--once {label}: wall time", f"{finished.seconds:.1f} s"),
+        (f"--once {label}: API requests", f"{window.total:,} ({verbs})"),
+        (f"--once {label}: writes", f"{window.writes:,}"),
+        (f"--once {label}: peak RSS", f"{finished.peak_rss_mib:.0f} MiB"),
+    ]
+    if api_pid:
+        rows.append((f"--once {label}: kube-apiserver CPU", f"{api_cpu:.0f} s"))
+    return rows

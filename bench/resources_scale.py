@@ -25,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from bench.common import AuditWindow, cpu_seconds, metric, rss_mib, run_measured
+from bench.common import AuditWindow, cpu_seconds, measured_once, metric, rss_mib
 from harness.kube_apiserver import REPO, KubeApiServer, free_port
 from syncd.kube import Kube, KubeSettings
 
@@ -49,28 +47,6 @@ def resource(namespace: str, index: int, backends: int) -> dict:
             ],
         },
     }
-
-
-def install_resources_component(apiserver: KubeApiServer, admin: Kube) -> None:
-    from kubernetes import utils as k8s_utils
-
-    api = apiserver.admin_client()
-    try:
-        for manifest in ("crd.yaml", "rbac.yaml"):
-            path = REPO / "deploy" / "components" / "resources" / manifest
-            for document in yaml.safe_load_all(path.read_text()):
-                k8s_utils.create_from_dict(api, document)
-    finally:
-        api.close()
-    _wait_for(lambda: _listable(admin), 60, "the CRD")
-
-
-def _listable(admin: Kube) -> bool:
-    try:
-        admin.list("ExternalService", None)
-    except Exception:
-        return False
-    return True
 
 
 def _wait_for(condition, seconds: float, what: str) -> None:
@@ -100,7 +76,7 @@ def main() -> int:
         namespaces = [f"team-{n}" for n in range(args.namespaces)]
         apiserver.apply_deploy_rbac(*namespaces)
         admin = Kube.connect(KubeSettings(kubeconfig=str(apiserver.admin_kubeconfig), qps=0))
-        install_resources_component(apiserver, admin)
+        apiserver.install_resources_component()
         print(f"creating {args.resources:,} ExternalServices ...", flush=True)
         for index in range(args.resources):
             admin.create(resource(namespaces[index % len(namespaces)], index, args.backends))
@@ -110,18 +86,8 @@ def main() -> int:
         syncd += ["--kubeconfig", str(apiserver.syncd_kubeconfig), "--kube-qps", "0"]
 
         def once_run(label: str) -> None:
-            print(f"run --once --resources ({label}) ...", flush=True)
-            window = AuditWindow(apiserver).open()
-            finished = run_measured([*syncd, "--once"], REPO, workdir / f"once-{label}.log")
-            window.close()
-            if finished.returncode != 0:
-                print(finished.stdout[-2000:])
-                raise SystemExit(f"run --once ({label}) exited {finished.returncode}")
-            verbs = ", ".join(f"{n} {k}" for k, n in sorted(window.requests.items()))
-            rows.append((f"--once {label}: wall time", f"{finished.seconds:.1f} s"))
-            rows.append((f"--once {label}: API requests", f"{window.total:,} ({verbs})"))
-            rows.append((f"--once {label}: writes (status included)", f"{window.writes:,}"))
-            rows.append((f"--once {label}: peak RSS", f"{finished.peak_rss_mib:.0f} MiB"))
+            log = workdir / f"once-{label}.log"
+            rows.extend(measured_once(apiserver, [*syncd, "--once"], log, f"{label}, --resources"))
 
         once_run("cold")
         once_run("converged")

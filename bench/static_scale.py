@@ -34,10 +34,10 @@ import yaml
 from bench.common import (
     AuditWindow,
     cpu_seconds,
+    measured_once,
     metric,
     metric_in,
     rss_mib,
-    run_measured,
     scrape,
     thread_count,
 )
@@ -106,21 +106,8 @@ def main() -> int:
         api_pid = apiserver.processes[-1].pid  # etcd first, then kube-apiserver
 
         def once_run(label: str) -> None:
-            print(f"run --once ({label}) ...", flush=True)
-            window = AuditWindow(apiserver).open()
-            api_cpu = cpu_seconds(api_pid)
-            finished = run_measured(once, REPO, workdir / f"once-{label}.log")
-            api_cpu = cpu_seconds(api_pid) - api_cpu
-            window.close()
-            if finished.returncode != 0:
-                print(finished.stdout[-2000:])
-                raise SystemExit(f"run --once ({label}) exited {finished.returncode}")
-            verbs = ", ".join(f"{n} {k}" for k, n in sorted(window.requests.items()))
-            rows.append((f"--once {label}: wall time", f"{finished.seconds:.1f} s"))
-            rows.append((f"--once {label}: API requests", f"{window.total:,} ({verbs})"))
-            rows.append((f"--once {label}: writes", f"{window.writes:,}"))
-            rows.append((f"--once {label}: peak RSS", f"{finished.peak_rss_mib:.0f} MiB"))
-            rows.append((f"--once {label}: kube-apiserver CPU", f"{api_cpu:.0f} s"))
+            log = workdir / f"once-{label}.log"
+            rows.extend(measured_once(apiserver, once, log, label, api_pid))
 
         once_run("cold")
         once_run("converged")

@@ -177,3 +177,23 @@ def kustomize_build(where: Path, components: Iterable[str] | None = None) -> lis
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def dry_run_apply(api_client, documents: Iterable[dict], namespace: str | None = None) -> None:
+    """`kubectl apply --dry-run=server` of every document: validated and admitted by the
+    API server, stored nowhere. `namespace`: for namespaced objects that name none (Helm's)."""
+    from kubernetes.dynamic import DynamicClient
+
+    dynamic = DynamicClient(api_client)
+    for document in documents:
+        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        dynamic.server_side_apply(
+            resource,
+            body=document,
+            name=document["metadata"]["name"],
+            namespace=document["metadata"].get("namespace")
+            or (namespace if resource.namespaced else None),
+            field_manager="syncd-tests",
+            force_conflicts=True,
+            dry_run="All",
+        )

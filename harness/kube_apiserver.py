@@ -400,6 +400,37 @@ class KubeApiServer:
         finally:
             api_client.close()
 
+    def install_resources_component(self, timeout: float = 60) -> None:
+        """deploy/components/resources' CRD and RBAC (what exists already is kept), once
+        the CRD is established: ExternalServices can be created and listed."""
+        from kubernetes import client as k8s
+        from kubernetes import utils as k8s_utils
+
+        component = REPO / "deploy" / "components" / "resources"
+        api_client = self.admin_client()
+        try:
+            for manifest in ("crd.yaml", "rbac.yaml"):
+                for doc in yaml.safe_load_all((component / manifest).read_text()):
+                    try:
+                        k8s_utils.create_from_dict(api_client, doc)
+                    except k8s_utils.FailToCreateError as exc:
+                        if "AlreadyExists" not in str(exc):
+                            raise
+            extensions = k8s.ApiextensionsV1Api(api_client)
+
+            def established() -> bool:
+                crd = extensions.read_custom_resource_definition("externalservices.syncd.io")
+                conditions = crd.status.conditions or ()
+                return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+            deadline = time.monotonic() + timeout
+            while not established():
+                if time.monotonic() > deadline:
+                    raise ServerStartError("the ExternalService CRD was not established")
+                time.sleep(0.1)
+        finally:
+            api_client.close()
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.workdir / "certs" / "apiserver.crt"))
         return context

@@ -80,9 +80,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 resources=args.resources,
             )
             # results are diagnostics (stderr, timestamped); a dry run's plan is output
-            printer = ResultPrinter(
-                args.dry_run, stamped=not args.dry_run, json=args.log_format == "json"
-            )
+            printer = ResultPrinter(args.dry_run, json=args.log_format == "json")
             return _one_pass(kube, config, once, stop, printer)
         daemon = DaemonSettings(
             resync_interval=args.resync_interval,
@@ -92,7 +90,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             allow_protected=tuple(args.allow_protected),
         )
         elector = _elector(args, kube, replica) if args.leader_elect else None
-        printer = ResultPrinter(stamped=True, json=args.log_format == "json")
+        printer = ResultPrinter(json=args.log_format == "json")
         resources = ResourceSet(kube, args.namespaces) if args.resources else None
         return _daemon(kube, config, args.owner_id, daemon, stop, printer, elector, resources)
     finally:

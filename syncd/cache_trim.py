@@ -61,8 +61,6 @@ def _trim_service(obj: Obj) -> dict[str, Any]:
     kept = {k: spec[k] for k in ("selector", "type", "trafficDistribution") if k in spec}
     kept["ports"] = _shared_ports(spec.get("ports"))
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
         "metadata": _trim_metadata(obj),
         "spec": kept,
     }
@@ -85,8 +83,6 @@ def _trim_slice(obj: Obj) -> dict[str, Any]:
             endpoint["hints"] = e["hints"]
         endpoints.append(endpoint)
     return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
         "metadata": _trim_metadata(obj),
         "addressType": _text(obj.get("addressType")),
         "endpoints": endpoints,
@@ -97,8 +93,6 @@ def _trim_slice(obj: Obj) -> dict[str, Any]:
 def _trim_resource(obj: Obj) -> dict[str, Any]:
     metadata = obj.get("metadata") or {}
     return {
-        "apiVersion": EXTERNAL_SERVICE.api_version,
-        "kind": "ExternalService",
         "metadata": {
             key: metadata.get(key)
             for key in ("name", "namespace", "uid", "resourceVersion", "generation")

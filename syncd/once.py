@@ -119,7 +119,7 @@ def run_once(
             result = _one_target(target, config, consul, cache, sink, settings, stop)
         except KubeError as exc:
             result = TargetResult(target.key, Outcome.FAILED, message=str(exc))
-        if resources is not None and not settings.dry_run:
+        if resources is not None and target.resource is not None and not settings.dry_run:
             resources.publish(target, result, cache.live_state(target), settings.owner_id)
         return reported(result)
 

@@ -32,12 +32,11 @@ class Line:
 
 @dataclass(frozen=True)
 class ResultPrinter:
-    """Prints results as they come: `stamped` (the daemon) puts the time first; `json`
+    """Prints results as they come: with the time first (a dry run's plan without); `json`
     prints {"time", "level", "target", "source", "action", "outcome", "message"} objects
     instead."""
 
     dry_run: bool = False
-    stamped: bool = False
     json: bool = False
 
     def __call__(self, result: TargetResult) -> None:
@@ -83,7 +82,7 @@ class ResultPrinter:
                 + "\n"
                 for line in lines
             )
-        if self.stamped:
+        if not self.dry_run:  # a diagnostic, like a log line
             stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z "
             return "".join(stamp + line.text + "\n" for line in lines)
         return "".join(line.text + "\n" for line in lines)

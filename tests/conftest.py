@@ -16,7 +16,7 @@ from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
 
 from harness.helpers import wait_for
-from harness.kube_apiserver import REPO, KubeApiServer, ServerStartError, server_binaries
+from harness.kube_apiserver import KubeApiServer, ServerStartError, server_binaries
 from harness.syncd_process import start_syncd
 from syncd.kube import Kube, KubeSettings
 
@@ -281,16 +281,15 @@ def _established(api, name: str) -> bool:
 @pytest.fixture(scope="session")
 def external_services(apiserver):
     """The ExternalService CRD and its RBAC, installed from deploy/components/resources."""
-    component = REPO / "deploy" / "components" / "resources"
-    api = apiserver.admin_client()
-    try:
-        for manifest in ("crd.yaml", "rbac.yaml"):
-            for document in yaml.safe_load_all((component / manifest).read_text()):
-                try:
-                    k8s_utils.create_from_dict(api, document)
-                except k8s_utils.FailToCreateError as exc:
-                    if "AlreadyExists" not in str(exc):
-                        raise
-        wait_for(lambda: _established(api, "externalservices.syncd.io"), "the CRD")
-    finally:
-        api.close()
+    apiserver.install_resources_component()
+
+
+@pytest.fixture(scope="module")
+def controller_manager(private_apiserver, tmp_path_factory):
+    """The real kube-controller-manager (garbage collector, role aggregation) on the
+    module's private API server."""
+    from harness.controller_manager import KubeControllerManager
+
+    manager = KubeControllerManager(private_apiserver, tmp_path_factory.mktemp("kcm"))
+    yield _started(manager, "kube-controller-manager")
+    manager.stop()

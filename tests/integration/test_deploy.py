@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client as k8s
-from kubernetes.dynamic import DynamicClient
 
 from harness.helpers import (
+    dry_run_apply,
     kustomize_build,
     pod_templates,
     run_once,
@@ -66,18 +66,7 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
             core.create_namespace({"metadata": {"name": namespace}})
     namespace_doc = next(d for d in documents if d["kind"] == "Namespace")
     assert namespace_doc["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    dynamic = DynamicClient(admin_api)
-    for document in documents:  # `kubectl apply --dry-run=server`: validated, not stored
-        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
-        dynamic.server_side_apply(
-            resource,
-            body=document,
-            name=document["metadata"]["name"],
-            namespace=document["metadata"].get("namespace"),
-            field_manager="syncd-tests",
-            force_conflicts=True,
-            dry_run="All",
-        )
+    dry_run_apply(admin_api, documents)  # `kubectl apply --dry-run=server`
     # The restricted standard is enforced on Pods: each template, as a Pod, in syncd's
     # namespace (which enforces it) must be admitted.
     for template in pod_templates(documents):

@@ -14,9 +14,8 @@ import subprocess
 import pytest
 import yaml
 from kubernetes import client as k8s
-from kubernetes.dynamic import DynamicClient
 
-from harness.helpers import kustomize_build, pod_templates, syncd
+from harness.helpers import dry_run_apply, kustomize_build, pod_templates, syncd
 from harness.kube_apiserver import REPO, server_binaries
 
 pytestmark = pytest.mark.apiserver
@@ -79,19 +78,7 @@ def test_every_rendered_object_is_accepted_and_every_pod_passes_restricted(
             core.read_namespace(namespace)
         except k8s.ApiException:
             core.create_namespace({"metadata": {"name": namespace}})
-    dynamic = DynamicClient(admin_api)
-    for document in documents:  # `helm install --dry-run=server`: validated, not stored
-        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
-        dynamic.server_side_apply(
-            resource,
-            body=document,
-            name=document["metadata"]["name"],
-            namespace=document["metadata"].get("namespace")
-            or (RELEASE_NAMESPACE if resource.namespaced else None),
-            field_manager="syncd-tests",
-            force_conflicts=True,
-            dry_run="All",
-        )
+    dry_run_apply(admin_api, documents, RELEASE_NAMESPACE)  # `helm install --dry-run=server`
     for template in pod_templates(documents):
         pod = {"apiVersion": "v1", "kind": "Pod", **template}
         pod["metadata"] = {"generateName": "syncd-check-", "labels": template["metadata"]["labels"]}
@@ -233,16 +220,4 @@ def test_external_services_bring_the_crd_of_deploy_and_their_roles(admin_api):
     assert aggregated["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     args = pod_templates(documents)[0]["spec"]["containers"][0]["args"]
     assert "--resources" in args
-    dynamic = DynamicClient(admin_api)
-    for document in documents:
-        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
-        dynamic.server_side_apply(
-            resource,
-            body=document,
-            name=document["metadata"]["name"],
-            namespace=document["metadata"].get("namespace")
-            or (RELEASE_NAMESPACE if resource.namespaced else None),
-            field_manager="syncd-tests",
-            force_conflicts=True,
-            dry_run="All",
-        )
+    dry_run_apply(admin_api, documents, RELEASE_NAMESPACE)

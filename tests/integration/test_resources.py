@@ -59,6 +59,15 @@ class Resources:
         status = self.get(name).get("status") or {}
         return next((c for c in status.get("conditions", ()) if c["type"] == kind), {})
 
+    def wait_until_true(self, name: str, kind: str, timeout: float = 30) -> dict:
+        """The condition, once syncd has set it True."""
+
+        def true() -> dict | None:
+            condition = self.condition(name, kind)
+            return condition if condition.get("status") == "True" else None
+
+        return wait_for(true, f"{name}: {kind}", timeout=timeout)
+
 
 @pytest.fixture
 def resources(external_services, admin_api, namespace) -> Resources:
@@ -258,10 +267,8 @@ def test_the_daemon_follows_resources_and_their_status_tells_what_happens(
     resources.create(_resource("files", ["192.0.2.70:80"]))
     resources.create(_consul_resource("web", "web"))
 
-    def ready(name: str) -> bool:
-        return resources.condition(name, "Ready").get("status") == "True"
-
-    wait_for(lambda: ready("files") and ready("web"), "both Ready", timeout=30)
+    resources.wait_until_true("files", "Ready")
+    resources.wait_until_true("web", "Ready")
     assert resources.get("web")["status"]["backendSummary"] == "2/2"
     assert len(slices_of(admin, namespace, "web")[0]["endpoints"]) == 2
 
@@ -282,21 +289,12 @@ def test_the_daemon_follows_resources_and_their_status_tells_what_happens(
 
     consul_dev.set_status("web-1", "critical")
     consul_dev.set_status("web-2", "critical")
-    protected = wait_for(
-        lambda: (
-            resources.condition("web", "DrainProtected").get("status") == "True"
-            and resources.condition("web", "DrainProtected")
-        ),
-        "drain protection",
-        timeout=30,
-    )
+    protected = resources.wait_until_true("web", "DrainProtected")
     assert "drain" in protected["message"]
     assert resources.condition("web", "Ready")["reason"] == "DrainProtected"
 
     consul_dev.stop()
-    wait_for(
-        lambda: resources.condition("web", "Stale").get("status") == "True", "stale", timeout=60
-    )
+    resources.wait_until_true("web", "Stale", timeout=60)
 
     admin.create(
         {
@@ -307,14 +305,7 @@ def test_the_daemon_follows_resources_and_their_status_tells_what_happens(
         }
     )
     resources.create(_resource("theirs", ["192.0.2.80:80"]))
-    conflict = wait_for(
-        lambda: (
-            resources.condition("theirs", "Conflict").get("status") == "True"
-            and resources.condition("theirs", "Conflict")
-        ),
-        "the conflict",
-        timeout=30,
-    )
+    conflict = resources.wait_until_true("theirs", "Conflict")
     assert "not managed by syncd" in conflict["message"]
 
     resources.delete("files")

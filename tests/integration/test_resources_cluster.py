@@ -7,35 +7,16 @@ them."""
 from __future__ import annotations
 
 import pytest
-import yaml
 from kubernetes import client as k8s
-from kubernetes import utils as k8s_utils
 
-from harness.controller_manager import KubeControllerManager
-from harness.helpers import REPO, run_once, slices_of, target, wait_for, write_config
-from harness.kube_apiserver import ServerStartError, stop_process
+from harness.helpers import run_once, slices_of, target, wait_for, write_config
+from harness.kube_apiserver import stop_process
 from harness.syncd_process import start_syncd
-from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
 
 pytestmark = pytest.mark.apiserver
 
 NAMESPACE = "team-a"
-
-
-def _install_resources_component(server) -> None:
-    api = server.admin_client()
-    try:
-        component = REPO / "deploy" / "components" / "resources"
-        for manifest in ("crd.yaml", "rbac.yaml"):
-            for document in yaml.safe_load_all((component / manifest).read_text()):
-                try:
-                    k8s_utils.create_from_dict(api, document)
-                except k8s_utils.FailToCreateError as exc:
-                    if "AlreadyExists" not in str(exc):
-                        raise
-    finally:
-        api.close()
 
 
 def test_without_the_crd_the_daemon_runs_the_files_targets_and_resources_join_later(
@@ -59,8 +40,7 @@ def test_without_the_crd_the_daemon_runs_the_files_targets_and_resources_join_la
     try:
         wait_for(lambda: slices_of(admin, "early", "from-file"), "the file's target", timeout=90)
         assert "cannot list ExternalServices yet" in log.read_text()
-        _install_resources_component(server)
-        wait_for(lambda: _listable(admin), "the CRD served", timeout=30)
+        server.install_resources_component()
         admin.create(
             {
                 "apiVersion": "syncd.io/v1alpha1",
@@ -78,31 +58,16 @@ def test_without_the_crd_the_daemon_runs_the_files_targets_and_resources_join_la
         stop_process(process)
 
 
-def _listable(admin: Kube) -> bool:
-    try:
-        admin.list("ExternalService", "early")
-    except KubeError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
-def cluster(private_apiserver, tmp_path_factory):
-    """The private API server with the resources component, and the controller manager."""
-    _install_resources_component(private_apiserver)
+def cluster(private_apiserver, controller_manager):
+    """The private API server with the resources component and the controller manager."""
+    private_apiserver.install_resources_component()
     api = private_apiserver.admin_client()
     try:
         k8s.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
     finally:
         api.close()
-    manager = KubeControllerManager(private_apiserver, tmp_path_factory.mktemp("kcm"))
-    try:
-        manager.start()
-    except ServerStartError as exc:
-        manager.stop()
-        pytest.fail(f"the real kube-controller-manager could not start: {exc}", pytrace=False)
-    yield private_apiserver
-    manager.stop()
+    return private_apiserver
 
 
 def test_deleting_a_resource_while_syncd_is_not_running_removes_what_it_wrote(cluster, tmp_path):

@@ -46,7 +46,7 @@ def test_a_json_result_line_names_the_target_source_action_and_outcome():
 
 
 def test_run_lines_are_timestamped_and_a_dry_run_plan_is_not():
-    out, _err = ResultPrinter(stamped=True).render(_failover_result())
+    out, _err = ResultPrinter().render(_failover_result())
     assert all(STAMP.match(line) for line in out.splitlines())
     plan, _err = ResultPrinter(dry_run=True).render(_failover_result())
     assert not any(STAMP.match(line) for line in plan.splitlines())
@@ -78,7 +78,7 @@ def test_a_json_log_line_about_a_target_carries_its_fields(monkeypatch):
 
 
 def test_run_reports_on_stderr_and_only_a_dry_runs_plan_is_on_stdout(capsys):
-    ResultPrinter(stamped=True)(_failover_result())
+    ResultPrinter()(_failover_result())
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
