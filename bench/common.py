@@ -146,3 +146,26 @@ def measured_once(
     if api_pid:
         rows.append((f"--once {label}: kube-apiserver CPU", f"{api_cpu:.0f} s"))
     return rows
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    """Poll `condition` until true; a benchmark that times out stops (no numbers from a
+    run that did not happen). /metrics not up yet counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def serves_address(kube, namespace: str, service: str, address: str) -> bool:
+    """Does one of the Service's EndpointSlices list `address`?"""
+    return any(
+        e["addresses"][0] == address
+        for s in kube.list("EndpointSlice", namespace, f"kubernetes.io/service-name={service}")
+        for e in s.get("endpoints") or ()
+    )

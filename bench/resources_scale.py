@@ -25,7 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import AuditWindow, cpu_seconds, measured_once, metric, rss_mib
+from bench.common import (
+    AuditWindow,
+    cpu_seconds,
+    measured_once,
+    metric,
+    rss_mib,
+    serves_address,
+    wait_until,
+)
 from harness.kube_apiserver import REPO, KubeApiServer, free_port
 from syncd.kube import Kube, KubeSettings
 
@@ -47,14 +55,6 @@ def resource(namespace: str, index: int, backends: int) -> dict:
             ],
         },
     }
-
-
-def _wait_for(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def main() -> int:
@@ -103,8 +103,8 @@ def main() -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        _wait_for(lambda: _metric(address, "syncd_reconciles_total") >= args.resources, 600, "up")
-        _wait_for(lambda: _metric(address, "syncd_workqueue_depth") == 0, 600, "the queue")
+        wait_until(lambda: metric(address, "syncd_reconciles_total") >= args.resources, 600, "up")
+        wait_until(lambda: metric(address, "syncd_workqueue_depth") == 0, 600, "the queue")
         rows.append(("daemon: start to converged", f"{time.monotonic() - started:.1f} s"))
         time.sleep(2)
         window.close()
@@ -118,14 +118,8 @@ def main() -> int:
         window = AuditWindow(apiserver).open()
         edited = time.monotonic()
         admin.merge_patch("ExternalService", namespace, name, {"spec": moved})
-        _wait_for(
-            lambda: any(
-                e["addresses"][0] == str(FIRST + 16_000_000 - 1)
-                for s in admin.list(
-                    "EndpointSlice", namespace, f"kubernetes.io/service-name={name}"
-                )
-                for e in s.get("endpoints") or ()
-            ),
+        wait_until(
+            lambda: serves_address(admin, namespace, name, str(FIRST + 16_000_000 - 1)),
             60,
             "the edit",
         )
@@ -171,13 +165,6 @@ def main() -> int:
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     return 0
-
-
-def _metric(address: str, name: str) -> float:
-    try:
-        return metric(address, name)
-    except OSError:
-        return -1.0
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ from bench.common import (
     metric_in,
     rss_mib,
     scrape,
+    serves_address,
     thread_count,
+    wait_until,
 )
 from harness.kube_apiserver import REPO, KubeApiServer, free_port
 from syncd.kube import Kube, KubeSettings
@@ -116,7 +118,7 @@ def main() -> int:
             admin.delete_collection(
                 "EndpointSlice", namespace, "endpointslice.kubernetes.io/managed-by=syncd"
             )
-        _wait_for(
+        wait_until(
             lambda: (
                 not admin.list(
                     "EndpointSlice", None, "endpointslice.kubernetes.io/managed-by=syncd"
@@ -138,8 +140,8 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         window = AuditWindow(apiserver).open()
-        _wait_for(lambda: _started_reconciles(metrics_address) >= args.targets, 600, "start-up")
-        _wait_for(lambda: metric(metrics_address, "syncd_workqueue_depth") == 0, 600, "queue")
+        wait_until(lambda: _started_reconciles(metrics_address) >= args.targets, 600, "start-up")
+        wait_until(lambda: metric(metrics_address, "syncd_workqueue_depth") == 0, 600, "queue")
         rows.append(("daemon: start to converged", f"{time.monotonic() - started:.1f} s"))
         window.close()
         rows.append(("daemon: start-up API requests", f"{window.total} ({dict(window.requests)})"))
@@ -153,14 +155,8 @@ def main() -> int:
         window = AuditWindow(apiserver).open()
         changed_at = time.monotonic()
         changing.write_text(yaml.safe_dump(moved))
-        _wait_for(
-            lambda: any(
-                e["addresses"][0] == str(FIRST + 16_000_000 - 1)
-                for s in admin.list(
-                    "EndpointSlice", namespace, f"kubernetes.io/service-name={service}"
-                )
-                for e in s.get("endpoints") or ()
-            ),
+        wait_until(
+            lambda: serves_address(admin, namespace, service, str(FIRST + 16_000_000 - 1)),
             30,
             "the change",
         )
@@ -252,18 +248,6 @@ def _reconciles_not_resync(address: str) -> float:
     return metric_in(text, "syncd_reconciles_total") - metric_in(
         text, "syncd_reconciles_total", trigger="resync"
     )
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass  # metrics not up yet
-        time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 if __name__ == "__main__":
