@@ -171,14 +171,15 @@ class QueryState:
     """The entries of one query as syncd knows them. Entries are replaced, never edited, so
     a subscriber's memo maps an unchanged entry once (identity is the memo's key)."""
 
-    __slots__ = ("applied", "entries", "homes", "index", "lock", "on_node", "read_started", "slim")
+    __slots__ = ("applied", "entries", "index", "lock", "on_node", "read_started", "slim")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.index = 0  # of the last full read applied
         self.entries: dict[InstanceKey, dict[str, Any]] | None = None  # None: never read
-        self.homes: dict[CheckKey, list[InstanceKey]] = {}  # check -> instances carrying it
-        self.on_node: dict[str, set[InstanceKey]] = {}  # node -> its instances
+        # node -> its instances (tuples: most nodes hold one or two of a query's instances,
+        # and a set of one costs four times a tuple of one)
+        self.on_node: dict[str, tuple[InstanceKey, ...]] = {}
         # feed edits not yet covered by a read: check -> (status, as of, service id or "")
         self.applied: dict[CheckKey, tuple[str, int, str]] = {}
         self.read_started = 0.0  # monotonic start of the last full read applied
@@ -197,9 +198,13 @@ class QueryState:
         """A full read: it becomes the entries, except feed edits newer than it."""
         with self.lock:
             self.entries = {}
-            self.homes, self.on_node = {}, {}
+            on_node: dict[str, list[InstanceKey]] = {}
             for entry in map(self.slim, body):
-                self._put(entry)
+                instance = _instance_of(entry)
+                if instance not in self.entries:
+                    on_node.setdefault(instance[0], []).append(instance)
+                self.entries[instance] = entry
+            self.on_node = {node: tuple(instances) for node, instances in on_node.items()}
             self.index, self.read_started = index, started
             kept = {} if reset else self.applied
             self.applied = {}
@@ -229,27 +234,26 @@ class QueryState:
         if instance in self.entries:
             self._drop(instance)
         self.entries[instance] = entry
-        self.on_node.setdefault(instance[0], set()).add(instance)
-        for check in entry.get("Checks") or ():
-            self.homes.setdefault(_check_key(check, instance[0]), []).append(instance)
+        self.on_node[instance[0]] = (*self.on_node.get(instance[0], ()), instance)
 
     def _drop(self, instance: InstanceKey) -> None:
         assert self.entries is not None
         entry = self.entries.pop(instance, None)
         if entry is None:
             return
-        mates = self.on_node.get(instance[0])
-        if mates is not None:
-            mates.discard(instance)
-            if not mates:
-                del self.on_node[instance[0]]
-        for check in entry.get("Checks") or ():
-            key = _check_key(check, instance[0])
-            homes = self.homes.get(key)
-            if homes is not None and instance in homes:
-                homes.remove(instance)
-                if not homes:
-                    del self.homes[key]
+        mates = tuple(i for i in self.on_node.get(instance[0], ()) if i != instance)
+        if mates:
+            self.on_node[instance[0]] = mates
+        else:
+            self.on_node.pop(instance[0], None)
+
+    def _carriers(self, node: str, service_id: str) -> list[InstanceKey]:
+        """The instances a check is on: its instance's, or every instance on its node (a
+        node check, `service_id` "")."""
+        assert self.entries is not None
+        if service_id:
+            return [(node, service_id)] if (node, service_id) in self.entries else []
+        return sorted(self.on_node.get(node, ()))
 
     # -- feed patches
 
@@ -281,8 +285,9 @@ class QueryState:
             return False
         if new == 2:
             return True
-        for instance in self.homes.get(change.check, ()):  # warning: only from passing
-            for check in (self.entries or {}).get(instance, {}).get("Checks") or ():
+        assert self.entries is not None
+        for instance in self._carriers(change.node, change.service_id):  # only from passing
+            for check in self.entries[instance].get("Checks") or ():
                 if _check_key(check, instance[0]) == change.check and (
                     check.get("Status") != "passing"
                 ):
@@ -297,12 +302,8 @@ class QueryState:
         than the read they come from. Remember the edit until a full read covers it."""
         assert self.entries is not None
         node = key[0]
-        if service_id:
-            instances = [(node, service_id)] if (node, service_id) in self.entries else []
-        else:
-            instances = sorted(self.on_node.get(node, ()))
         changed = newer = False
-        for instance in instances:
+        for instance in self._carriers(node, service_id):
             entry = self.entries[instance]
             checks = list(entry.get("Checks") or ())
             position = next((n for n, c in enumerate(checks) if _check_key(c, node) == key), None)
@@ -318,7 +319,6 @@ class QueryState:
                         "ModifyIndex": as_of,
                     }
                 )
-                self.homes.setdefault(key, []).append(instance)
             elif int(checks[position].get("ModifyIndex") or 0) < as_of:
                 if checks[position].get("Status") == status:
                     newer = True
