@@ -25,7 +25,6 @@ import logging
 import random
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +82,9 @@ class _Store:
     def __init__(self, kind: Kind):
         self.kind = kind
         self.by_name: dict[tuple[str, str], dict[str, Any]] = {}
-        self.by_target: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        # target -> its objects' names; a tuple, as most targets have one object of a kind
+        # (a set of one costs four times as much, and 10,000 targets hold two each)
+        self.by_target: dict[str, tuple[tuple[str, str], ...]] = {}
 
     @staticmethod
     def _name(obj: Obj) -> tuple[str, str]:
@@ -95,20 +96,25 @@ class _Store:
         name = self._name(stored)
         old = self.by_name.get(name)
         if old is not None:
-            self.by_target[target_key_of(old)].discard(name)
+            self._unindex(target_key_of(old), name)
         self.by_name[name] = stored
-        self.by_target[target_key_of(stored)].add(name)
+        key = target_key_of(stored)
+        if not key.endswith("/"):  # a slice of no Service belongs to no target
+            self.by_target[key] = (*self.by_target.get(key, ()), name)
         return old
 
     def pop(self, name: tuple[str, str]) -> dict[str, Any] | None:
         old = self.by_name.pop(name, None)
         if old is not None:
-            members = self.by_target.get(target_key_of(old))
-            if members is not None:
-                members.discard(name)
-                if not members:
-                    del self.by_target[target_key_of(old)]
+            self._unindex(target_key_of(old), name)
         return old
+
+    def _unindex(self, key: str, name: tuple[str, str]) -> None:
+        names = tuple(n for n in self.by_target.get(key, ()) if n != name)
+        if names:
+            self.by_target[key] = names
+        else:
+            self.by_target.pop(key, None)
 
     def replace(
         self, pages: Iterable[Iterable[Obj]], namespace: str | None
