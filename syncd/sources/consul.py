@@ -183,8 +183,27 @@ _SERVICE_KEYS = ("ID", "Service", "Address", "Port")
 _CHECK_KEYS = ("Node", "CheckID", "ServiceID", "Status", "ModifyIndex")
 
 
-EntryMemo = dict[int, tuple[Mapping[str, Any], MappedEntry, Backend | None]]
-"""id(entry) -> (entry, how it maps, its backend): what a source remembers between answers."""
+EntryMemo = dict[int, tuple[Mapping[str, Any], "Backend | MappedEntry"]]
+"""id(entry) -> (entry, what it maps to): what a source remembers between answers. An entry
+that maps cleanly is remembered as its Backend alone (most are: 10,000 services hold one
+per instance); one dropped or with warnings as its MappedEntry."""
+
+
+def _mapped(
+    entry: Mapping[str, Any], source: ConsulSourceConfig, protocol: str
+) -> Backend | MappedEntry:
+    mapped = map_entry(entry, source)
+    if mapped.identity is None or mapped.warnings:
+        return mapped
+    return _backend(mapped, source.port_name, protocol)
+
+
+def _backend(mapped: MappedEntry, port_name: str, protocol: str) -> Backend:
+    assert mapped.identity is not None
+    address, port = mapped.identity
+    return Backend(
+        address, port_set(EndpointPort(port_name, port, protocol)), mapped.ready, mapped.zone
+    )
 
 
 def backends_from_health(
@@ -200,42 +219,38 @@ def backends_from_health(
     updated to hold exactly this answer's entries.
     """
     protocol = next(p.protocol for p in target.ports if p.name == source.port_name)
-    by_identity: dict[tuple[str, int], Backend] = {}
+    by_identity: dict[tuple[str, Any], Backend] = {}
     warnings: list[str] = []
     seen: EntryMemo = {}
     known: EntryMemo = memo if memo is not None else {}
     for entry in entries:
         remembered = known.get(id(entry))
         if remembered is None or remembered[0] is not entry:
-            mapped = map_entry(entry, source)
-            backend = None
-            if mapped.identity is not None:
-                address, port = mapped.identity
-                ports = port_set(EndpointPort(source.port_name, port, protocol))
-                backend = Backend(address, ports, mapped.ready, mapped.zone)
-            remembered = (entry, mapped, backend)
-        else:
-            _entry, mapped, backend = remembered
+            remembered = (entry, _mapped(entry, source, protocol))
         seen[id(entry)] = remembered
-        if mapped.warnings:
-            warnings += mapped.warnings
-        if mapped.identity is None or backend is None:
-            DROPPED_ENTRIES.labels(target.key, mapped.dropped or "other").inc()
-            continue
-        other = by_identity.get(mapped.identity)
+        outcome = remembered[1]
+        if isinstance(outcome, MappedEntry):
+            warnings += outcome.warnings
+            if outcome.identity is None:
+                DROPPED_ENTRIES.labels(target.key, outcome.dropped or "other").inc()
+                continue
+            outcome = _backend(outcome, source.port_name, protocol)
+        backend = outcome
+        identity = (backend.address, backend.ports)
+        other = by_identity.get(identity)
         if other is not None:
-            address, port = mapped.identity
             service = entry.get("Service") or {}
             name = f"{(entry.get('Node') or {}).get('Node', '?')}/{service.get('ID', '?')}"
-            warnings.append(f"{name}: duplicates {address} port {port}; merged")
+            port = next(iter(backend.ports)).port
+            warnings.append(f"{name}: duplicates {backend.address} port {port}; merged")
             DROPPED_ENTRIES.labels(target.key, "duplicate").inc()
             backend = Backend(
-                address,
+                backend.address,
                 backend.ports,
                 backend.ready or other.ready,  # one healthy registration is enough
                 other.zone or backend.zone,
             )
-        by_identity[mapped.identity] = backend
+        by_identity[identity] = backend
     if memo is not None:
         memo.clear()
         memo.update(seen)
