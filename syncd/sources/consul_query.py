@@ -167,7 +167,9 @@ class Queries:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._by_key: dict[QueryKey, Query] = {}
-        self._by_service: dict[tuple[Scope, str], set[QueryKey]] = {}
+        # (scope, service) -> its queries' keys: most services are asked one question, and a
+        # tuple of one costs a quarter of a set of one
+        self._by_service: dict[tuple[Scope, str], tuple[QueryKey, ...]] = {}
         self._ids = 0
 
     def next_id(self) -> int:
@@ -188,7 +190,8 @@ class Queries:
             query = self._by_key.get(key)
             if query is None:
                 query = self._by_key[key] = Query(key, source)
-                self._by_service.setdefault((query.scope, query.service), set()).add(key)
+                name = (query.scope, query.service)
+                self._by_service[name] = (*self._by_service.get(name, ()), key)
             subscription = Subscription(key, self.next_id())
             query.subscribers[subscription.id] = subscriber
         return query, subscription
@@ -203,15 +206,16 @@ class Queries:
             if query.subscribers:
                 return None
             del self._by_key[query.key]
-            names = self._by_service.get((query.scope, query.service))
-            if names is not None:
-                names.discard(query.key)
-                if not names:
-                    del self._by_service[(query.scope, query.service)]
+            name = (query.scope, query.service)
+            keys = tuple(k for k in self._by_service.get(name, ()) if k != query.key)
+            if keys:
+                self._by_service[name] = keys
+            else:
+                self._by_service.pop(name, None)
             return query
 
     def of_service(self, scope: Scope, service: str) -> Iterable[QueryKey]:
-        return tuple(self._by_service.get((scope, service), ()))
+        return self._by_service.get((scope, service), ())
 
     def followed_by_feeds(self, scope: Scope) -> list[Query]:
         with self.lock:
