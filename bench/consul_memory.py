@@ -58,6 +58,11 @@ def main() -> None:
     parser.add_argument(
         "--tracebacks", type=int, default=6, help="with --frames > 1: the N largest, in full"
     )
+    parser.add_argument(
+        "--focus",
+        default="",
+        help="with --frames > 1: these lines' allocations ('syncd/kinds.py:64,...'), by caller",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="syncd-consul-memory-"))
@@ -137,6 +142,8 @@ def main() -> None:
                 print(f"\n{stat.size_diff / n / 1024:.2f} KiB per service allocated at:")
                 for frame in stat.traceback.format()[-2 * args.frames :]:
                     print("   ", frame.strip())
+        for line in filter(None, args.focus.split(",")):
+            focused(snapshot.compare_to(baseline, "traceback"), line, n)
         print(
             f"\nRSS {rss_before:.0f} -> {rss_after:.0f} MiB: "
             f"{(rss_after - rss_before) * 1024 / n:.1f} KiB per service, tracemalloc's own "
@@ -148,6 +155,19 @@ def main() -> None:
             runner.join(10)  # the daemon first: Consul going away is no news then
         agent.stop()
         apiserver.stop()
+
+
+def focused(stats: list[tracemalloc.StatisticDiff], line: str, n: int) -> None:
+    """What is kept of the allocations at `line`, grouped by the callers above it."""
+    by_callers: Counter[tuple[str, ...]] = Counter()
+    for stat in stats:
+        frames = list(reversed(stat.traceback))  # the allocation first
+        if frames and f"{group(frames[0].filename)}:{frames[0].lineno}" == line:
+            callers = tuple(f"{group(f.filename)}:{f.lineno}" for f in frames[1:])
+            by_callers[callers] += stat.size_diff
+    print(f"\nkept of what {line} allocated, by its callers (KiB per service):")
+    for callers, size in by_callers.most_common(12):
+        print(f"  {size / n / 1024:.2f}  " + " <- ".join(callers))
 
 
 def rss_mib_self() -> float:
