@@ -21,7 +21,7 @@ import sys
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import consul
 
@@ -42,13 +42,141 @@ from syncd.observability import DROPPED_ENTRIES
 from syncd.sources.base import Dropped, checked_entry
 from syncd.sources.consul_api import ConsulClients, Reply, get
 
+# --------------------------------------------------------------------------- what is kept
+
+
+class Check(NamedTuple):
+    """One health check of an instance: what syncd reads of it."""
+
+    node: str
+    check_id: str
+    service_id: str  # "" for a node check (on every instance of its node)
+    status: str
+    modify_index: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.node, self.check_id)
+
+
+class NodeRecord(NamedTuple):
+    """What an instance takes from its node, held once per node (see `slim_entry`)."""
+
+    name: str
+    address: str
+    tagged: str  # the node's tagged address the source chose; "" if none (or "service")
+    zone: Any  # the node's `zone_meta` value; None if it has none
+
+
+class Instance(NamedTuple):
+    """One /v1/health/service entry as syncd keeps it: a daemon holds every instance it
+    follows, so it keeps only what mapping and the health feeds read (a tuple costs a
+    third of the three dicts and a list Consul's JSON becomes)."""
+
+    node: NodeRecord
+    id: str
+    address: str  # the service's own address; "" if it has none
+    port: Any  # as Consul sent it (None when it left out a port of 0)
+    tagged: tuple[str, Any] | None  # the tagged service address the source chose, and port
+    zone: Any  # the service's `zone_meta` value; None if it has none
+    checks: tuple[Check, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(node, service id): which instance it is, in answers and in the health feeds."""
+        return (self.node.name, self.id)
+
+    @property
+    def name(self) -> str:
+        return f"{self.node.name or '?'}/{self.id or '?'}"
+
+
+def slim_entry(
+    entry: Mapping[str, Any],
+    address: ConsulAddress = ConsulAddress.SERVICE,
+    zone_meta: str = "zone",
+) -> Instance:
+    """What syncd keeps of a /v1/health/service entry: of the tagged addresses only the
+    `address` chosen, of the meta only the `zone_meta` key, none of the check outputs,
+    proxy settings or raft indexes. The node's record and its node checks are held once
+    however many instances sit on the node, and repeated strings (node names, statuses)
+    once in all."""
+    node = entry.get("Node") or {}
+    service = entry.get("Service") or {}
+    node_name = _shared(node.get("Node", ""))
+    instance_id = str(service.get("ID", ""))
+    chosen = address.value if address is not ConsulAddress.SERVICE else None
+    tagged = (service.get("TaggedAddresses") or {}).get(chosen) if chosen else None
+    return Instance(
+        node=_one_copy(
+            NodeRecord(
+                node_name,
+                str(node.get("Address") or ""),
+                str(((node.get("TaggedAddresses") or {}).get(chosen) or "") if chosen else ""),
+                _meta(node, zone_meta),
+            )
+        ),
+        id=instance_id,
+        address=str(service.get("Address") or ""),
+        port=service.get("Port"),
+        tagged=(
+            (str(tagged["Address"]), tagged.get("Port"))
+            if isinstance(tagged, Mapping) and tagged.get("Address")
+            else None
+        ),
+        zone=_meta(service, zone_meta),
+        checks=tuple(_check(check, node_name, instance_id) for check in entry.get("Checks") or ()),
+    )
+
+
+def _check(check: Mapping[str, Any], node: str, instance_id: str) -> Check:
+    service_id = str(check.get("ServiceID") or "")
+    kept = Check(
+        _shared(check.get("Node", node)),
+        str(check.get("CheckID", "")),
+        instance_id if service_id == instance_id else service_id,  # one copy of the id
+        _shared(check.get("Status", "")),
+        int(check.get("ModifyIndex") or 0),
+    )
+    return kept if service_id else _one_copy(kept)  # a node's: on every instance
+
+
+def _meta(record: Mapping[str, Any], key: str) -> Any:
+    meta = record.get("Meta")
+    return meta.get(key) if isinstance(meta, Mapping) else None
+
+
+# Node records and node checks, held once however many instances sit on the node (every
+# instance's entry repeats them). Records are tuples, so sharing is safe. Bounded: a
+# churning catalog starts the table over.
+_RECORDS: dict[Any, Any] = {}
+_MAX_RECORDS = 65_536
+
+Record = TypeVar("Record", NodeRecord, Check)
+
+
+def _one_copy(record: Record) -> Record:
+    try:
+        return _RECORDS.setdefault(record, record)
+    except TypeError:  # an unhashable value (not what Consul sends): keep it as it is
+        return record
+    finally:
+        if len(_RECORDS) > _MAX_RECORDS:
+            _RECORDS.clear()
+
+
+def _shared(value: Any) -> str:
+    """One copy of a string many entries hold (node names, check statuses)."""
+    text = str(value)
+    return sys.intern(text) if len(text) <= 128 else text
+
+
 # --------------------------------------------------------------------------- pure mapping
 
 
-def instance_ready(checks: Iterable[Mapping[str, Any]], warning_is_ready: bool) -> bool:
+def instance_ready(statuses: Iterable[str], warning_is_ready: bool) -> bool:
     """All checks passing -> ready; any critical (incl. maintenance mode) -> not ready."""
-    for check in checks:
-        status = check.get("Status")
+    for status in statuses:
         if status == "passing":
             continue
         if status == "warning" and warning_is_ready:
@@ -57,17 +185,13 @@ def instance_ready(checks: Iterable[Mapping[str, Any]], warning_is_ready: bool) 
     return True
 
 
-def _instance_address(entry: Mapping[str, Any], choice: ConsulAddress) -> tuple[str, Any]:
-    service = entry.get("Service") or {}
-    node = entry.get("Node") or {}
-    port = service.get("Port")
+def _instance_address(instance: Instance, choice: ConsulAddress) -> tuple[str, Any]:
     if choice is ConsulAddress.SERVICE:
-        return (service.get("Address") or node.get("Address") or ""), port
-    tagged = (service.get("TaggedAddresses") or {}).get(choice.value)
-    if isinstance(tagged, Mapping) and tagged.get("Address"):
-        return tagged["Address"], tagged.get("Port") or port
-    node_tagged = (node.get("TaggedAddresses") or {}).get(choice.value)
-    return (node_tagged or ""), port
+        return (instance.address or instance.node.address), instance.port
+    if instance.tagged is not None:
+        address, port = instance.tagged
+        return address, port or instance.port
+    return instance.node.tagged, instance.port
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +205,10 @@ class MappedEntry:
     dropped: str | None = None  # the metric's reason
 
 
-def map_entry(entry: Mapping[str, Any], source: ConsulSourceConfig) -> MappedEntry:
-    """One /v1/health/service entry -> MappedEntry (pure)."""
-    service = entry.get("Service") or {}
-    name = f"{(entry.get('Node') or {}).get('Node', '?')}/{service.get('ID', '?')}"
-    address, port = _instance_address(entry, source.address)
+def map_entry(instance: Instance, source: ConsulSourceConfig) -> MappedEntry:
+    """One instance -> MappedEntry (pure)."""
+    name = instance.name
+    address, port = _instance_address(instance, source.address)
     if not address:
         return MappedEntry(
             None,
@@ -104,95 +227,19 @@ def map_entry(entry: Mapping[str, Any], source: ConsulSourceConfig) -> MappedEnt
         return MappedEntry(None, warnings=(checked.warning,), dropped=checked.reason)
     address = checked
     warnings: list[str] = []
-    zone = _instance_zone(entry, source.zone_meta, name, warnings)
-    ready = instance_ready(entry.get("Checks") or (), source.warning_is_ready)
+    zone = _instance_zone(instance, source.zone_meta, warnings)
+    ready = instance_ready((check.status for check in instance.checks), source.warning_is_ready)
     return MappedEntry((address, port), ready, zone, tuple(warnings))
 
 
-def slim_entry(
-    entry: Mapping[str, Any],
-    address: ConsulAddress = ConsulAddress.SERVICE,
-    zone_meta: str = "zone",
-) -> dict[str, Any]:
-    """What syncd reads of a /v1/health/service entry, and nothing else: a daemon holds
-    every instance it follows, and check outputs, proxy settings, raft indexes, the tagged
-    addresses and meta it does not use would be most of it. Of the tagged addresses only
-    the `address` chosen is kept, of the meta only the `zone_meta` key; the strings many
-    entries repeat (node and service names, check statuses) are shared."""
-    node = entry.get("Node") or {}
-    service = entry.get("Service") or {}
-    return {
-        "Node": _one_copy(_slim_record(node, _NODE_KEYS, address, zone_meta)),
-        "Service": _slim_record(service, _SERVICE_KEYS, address, zone_meta),
-        "Checks": [_slim_check(check) for check in entry.get("Checks") or ()],
-    }
+EntryMemo = dict[int, tuple[Instance, "Backend | MappedEntry"]]
+"""id(instance) -> (instance, what it maps to): what a source remembers between answers. An
+instance that maps cleanly is remembered as its Backend alone (most do: 10,000 services hold
+one per instance); one dropped or with warnings as its MappedEntry."""
 
 
-def _slim_check(check: Mapping[str, Any]) -> dict[str, Any]:
-    kept = {key: _shared(key, check[key]) for key in _CHECK_KEYS if key in check}
-    return kept if kept.get("ServiceID") else _one_copy(kept)  # a node's: on every instance
-
-
-# Node records and node checks, held once however many instances sit on the node (every
-# instance's entry repeats them). Entries are never edited in place (consul_state copies
-# on write), so sharing is safe. Bounded: a churning catalog starts the table over.
-_RECORDS: dict[tuple[Any, ...], dict[str, Any]] = {}
-_MAX_RECORDS = 65_536
-
-
-def _one_copy(record: dict[str, Any]) -> dict[str, Any]:
-    key = tuple(
-        (k, tuple(sorted(v.items())) if isinstance(v, Mapping) else v) for k, v in record.items()
-    )
-    try:
-        return _RECORDS.setdefault(key, record)
-    except TypeError:  # an unhashable value (not what Consul sends): keep it as it is
-        return record
-    finally:
-        if len(_RECORDS) > _MAX_RECORDS:
-            _RECORDS.clear()
-
-
-def _slim_record(
-    record: Mapping[str, Any], keys: tuple[str, ...], address: ConsulAddress, zone_meta: str
-) -> dict[str, Any]:
-    kept = {key: _shared(key, record[key]) for key in keys if key in record}
-    tagged = record.get("TaggedAddresses")
-    chosen = address is not ConsulAddress.SERVICE
-    if chosen and isinstance(tagged, Mapping) and address.value in tagged:
-        kept["TaggedAddresses"] = {address.value: tagged[address.value]}
-    meta = record.get("Meta")
-    if isinstance(meta, Mapping) and zone_meta in meta:
-        kept["Meta"] = {zone_meta: meta[zone_meta]}
-    return kept
-
-
-def _shared(key: str, value: Any) -> Any:
-    """One copy of a string many entries hold (node and service names, check statuses);
-    unique ones (IDs, addresses) as they are: interning them would only cost."""
-    if key in _REPEATED and isinstance(value, str) and len(value) <= 128:
-        return sys.intern(value)
-    return value
-
-
-_REPEATED = frozenset(("Node", "Service", "Status"))
-
-
-_NODE_KEYS = ("Node", "Address")
-_SERVICE_KEYS = ("ID", "Service", "Address", "Port")
-_CHECK_KEYS = ("Node", "CheckID", "ServiceID", "Status", "ModifyIndex")
-
-
-EntryMemo = dict[int, tuple[Mapping[str, Any], "Backend | MappedEntry"]]
-"""id(entry) -> (entry, what it maps to): what a source remembers between answers. An entry
-that maps cleanly is remembered as its Backend alone (most are: 10,000 services hold one
-per instance); one dropped or with warnings as its MappedEntry."""
-
-
-def _mapped(
-    entry: Mapping[str, Any], source: ConsulSourceConfig, protocol: str
-) -> Backend | MappedEntry:
-    mapped = map_entry(entry, source)
+def _mapped(instance: Instance, source: ConsulSourceConfig, protocol: str) -> Backend | MappedEntry:
+    mapped = map_entry(instance, source)
     if mapped.identity is None or mapped.warnings:
         return mapped
     return _backend(mapped, source.port_name, protocol)
@@ -201,33 +248,41 @@ def _mapped(
 def _backend(mapped: MappedEntry, port_name: str, protocol: str) -> Backend:
     assert mapped.identity is not None
     address, port = mapped.identity
-    return Backend(
-        address, port_set(EndpointPort(port_name, port, protocol)), mapped.ready, mapped.zone
-    )
+    ports = port_set(EndpointPort(port_name, port, protocol))
+    return Backend(address, ports, mapped.ready, mapped.zone)
 
 
 def backends_from_health(
-    entries: Iterable[Mapping[str, Any]],
+    entries: Iterable[Mapping[str, Any]], source: ConsulSourceConfig, target: Target
+) -> tuple[frozenset[Backend], list[str]]:
+    """/v1/health/service entries (as Consul sent them) -> backends, plus a warning per
+    dropped entry."""
+    instances = [slim_entry(entry, source.address, source.zone_meta) for entry in entries]
+    return backends_from_instances(instances, source, target)
+
+
+def backends_from_instances(
+    instances: Iterable[Instance],
     source: ConsulSourceConfig,
     target: Target,
     memo: EntryMemo | None = None,
 ) -> tuple[frozenset[Backend], list[str]]:
-    """Turn /v1/health/service entries into backends, plus a warning per dropped entry.
+    """Instances -> backends, plus a warning per dropped instance.
 
-    `memo` (kept by the caller between answers) holds entries already seen: when an answer
-    is the last one with a few entries replaced, only those are mapped again. It is
-    updated to hold exactly this answer's entries.
+    `memo` (kept by the caller between answers) holds instances already seen: when an
+    answer is the last one with a few instances replaced, only those are mapped again. It
+    is updated to hold exactly this answer's instances.
     """
     protocol = next(p.protocol for p in target.ports if p.name == source.port_name)
     by_identity: dict[tuple[str, Any], Backend] = {}
     warnings: list[str] = []
     seen: EntryMemo = {}
     known: EntryMemo = memo if memo is not None else {}
-    for entry in entries:
-        remembered = known.get(id(entry))
-        if remembered is None or remembered[0] is not entry:
-            remembered = (entry, _mapped(entry, source, protocol))
-        seen[id(entry)] = remembered
+    for instance in instances:
+        remembered = known.get(id(instance))
+        if remembered is None or remembered[0] is not instance:
+            remembered = (instance, _mapped(instance, source, protocol))
+        seen[id(instance)] = remembered
         outcome = remembered[1]
         if isinstance(outcome, MappedEntry):
             warnings += outcome.warnings
@@ -239,10 +294,8 @@ def backends_from_health(
         identity = (backend.address, backend.ports)
         other = by_identity.get(identity)
         if other is not None:
-            service = entry.get("Service") or {}
-            name = f"{(entry.get('Node') or {}).get('Node', '?')}/{service.get('ID', '?')}"
             port = next(iter(backend.ports)).port
-            warnings.append(f"{name}: duplicates {backend.address} port {port}; merged")
+            warnings.append(f"{instance.name}: duplicates {backend.address} port {port}; merged")
             DROPPED_ENTRIES.labels(target.key, "duplicate").inc()
             backend = Backend(
                 backend.address,
@@ -257,17 +310,13 @@ def backends_from_health(
     return frozenset(by_identity.values()), warnings
 
 
-def _instance_zone(
-    entry: Mapping[str, Any], key: str, name: str, warnings: list[str]
-) -> str | None:
+def _instance_zone(instance: Instance, key: str, warnings: list[str]) -> str | None:
     """The instance's zone: its service meta `key`, else its node's; None if neither."""
-    service_meta = (entry.get("Service") or {}).get("Meta") or {}
-    node_meta = (entry.get("Node") or {}).get("Meta") or {}
-    zone = service_meta.get(key) or node_meta.get(key)
+    zone = instance.zone or instance.node.zone
     if zone is None:
         return None
     if not is_label_value(zone) or not zone:
-        warnings.append(f"{name}: meta {key}={zone!r} is not a zone name; zone left out")
+        warnings.append(f"{instance.name}: meta {key}={zone!r} is not a zone name; zone left out")
         return None
     return str(zone)
 
@@ -358,14 +407,15 @@ class ConsulSource:
             raise SourceError(f"{self.describe()}: unexpected answer from Consul")
         return reply
 
-    def snapshot(self, entries: list[dict[str, Any]], memo: EntryMemo | None = None) -> Snapshot:
-        backends, warnings = backends_from_health(entries, self.config, self.target, memo)
+    def snapshot(self, instances: list[Instance], memo: EntryMemo | None = None) -> Snapshot:
+        backends, warnings = backends_from_instances(instances, self.config, self.target, memo)
         return Snapshot(backends=backends, source=self.describe(), warnings=tuple(warnings))
 
     def fetch(self) -> Snapshot:
         with self.clients.borrow() as client:
             reply = self.read(client)
-        return self.snapshot(reply.body)
+        backends, warnings = backends_from_health(reply.body, self.config, self.target)
+        return Snapshot(backends=backends, source=self.describe(), warnings=tuple(warnings))
 
 
 class ConsulQuerySource:

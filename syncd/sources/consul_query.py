@@ -18,7 +18,7 @@ from typing import Any
 from syncd.errors import SourceError
 from syncd.model import ConsulAddress, ConsulSourceConfig, ready_count
 from syncd.sources.base import ChangeEmitter
-from syncd.sources.consul import ConsulSource, EntryMemo, slim_entry
+from syncd.sources.consul import ConsulSource, EntryMemo, Instance, slim_entry
 from syncd.sources.consul_api import HeldClient
 from syncd.sources.consul_state import QueryState
 
@@ -27,8 +27,13 @@ Scope = tuple[str | None, str | None, str | None]  # datacenter, namespace, part
 
 
 def query_key(config: ConsulSourceConfig) -> QueryKey:
+    """Sources with equal keys share one query. What an instance keeps of its entry depends
+    on the address and zone key the source reads (see `slim_entry`), so they are part of it:
+    two targets reading different addresses of one service ask twice."""
     return (
         config.service,
+        config.address,
+        config.zone_meta,
         config.tags,
         config.datacenter,
         config.node_meta,
@@ -154,9 +159,7 @@ class Query(QueryState):
 
 
 @functools.cache
-def _slimmer(
-    address: ConsulAddress, zone_meta: str
-) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+def _slimmer(address: ConsulAddress, zone_meta: str) -> Callable[[Mapping[str, Any]], Instance]:
     """One slimming function per (address, zone key), shared by the queries using it."""
     return functools.partial(slim_entry, address=address, zone_meta=zone_meta)
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.sources.consul import slim_entry
+from syncd.sources.consul import Check, Instance, slim_entry
 
 InstanceKey = tuple[str, str]  # (node, service id)
 CheckKey = tuple[str, str]  # (node, check id)
@@ -156,34 +156,23 @@ class PatchResult:
 _WORSE = {"passing": 0, "warning": 1, "critical": 2}
 
 
-def _instance_of(entry: Mapping[str, Any]) -> InstanceKey:
-    return (
-        str((entry.get("Node") or {}).get("Node", "")),
-        str((entry.get("Service") or {}).get("ID", "")),
-    )
-
-
-def _check_key(check: Mapping[str, Any], node: str) -> CheckKey:
-    return (str(check.get("Node", node)), str(check.get("CheckID", "")))
-
-
 class QueryState:
-    """The entries of one query as syncd knows them. Entries are replaced, never edited, so
-    a subscriber's memo maps an unchanged entry once (identity is the memo's key)."""
+    """The instances of one query as syncd knows them. Instances are tuples, replaced when
+    they change, so a subscriber's memo maps an unchanged one once (identity is its key)."""
 
     __slots__ = ("applied", "entries", "index", "lock", "on_node", "read_started", "slim")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.index = 0  # of the last full read applied
-        self.entries: dict[InstanceKey, dict[str, Any]] | None = None  # None: never read
+        self.entries: dict[InstanceKey, Instance] | None = None  # None: never read
         # node -> its instances (tuples: most nodes hold one or two of a query's instances,
         # and a set of one costs four times a tuple of one)
         self.on_node: dict[str, tuple[InstanceKey, ...]] = {}
         # feed edits not yet covered by a read: check -> (status, as of, service id or "")
         self.applied: dict[CheckKey, tuple[str, int, str]] = {}
         self.read_started = 0.0  # monotonic start of the last full read applied
-        self.slim: Callable[[Mapping[str, Any]], dict[str, Any]] = slim_entry  # what is kept
+        self.slim: Callable[[Mapping[str, Any]], Instance] = slim_entry  # what is kept
 
     @property
     def size(self) -> int:
@@ -200,7 +189,7 @@ class QueryState:
             self.entries = {}
             on_node: dict[str, list[InstanceKey]] = {}
             for entry in map(self.slim, body):
-                instance = _instance_of(entry)
+                instance = entry.key
                 if instance not in self.entries:
                     on_node.setdefault(instance[0], []).append(instance)
                 self.entries[instance] = entry
@@ -220,7 +209,7 @@ class QueryState:
             for instance in [i for i in self.entries if selected(i, selectors)]:
                 self._drop(instance)
             for entry in map(self.slim, body):
-                if selected(_instance_of(entry), selectors):
+                if selected(entry.key, selectors):
                     self._put(entry)
             for check, (status, as_of, service_id) in list(self.applied.items()):
                 if selected((check[0], service_id), selectors) or (
@@ -228,9 +217,9 @@ class QueryState:
                 ):
                     self._edit(check, status, as_of, service_id, read_index=index)
 
-    def _put(self, entry: dict[str, Any]) -> None:
+    def _put(self, entry: Instance) -> None:
         assert self.entries is not None
-        instance = _instance_of(entry)
+        instance = entry.key
         if instance in self.entries:
             self._drop(instance)
         self.entries[instance] = entry
@@ -287,10 +276,8 @@ class QueryState:
             return True
         assert self.entries is not None
         for instance in self._carriers(change.node, change.service_id):  # only from passing
-            for check in self.entries[instance].get("Checks") or ():
-                if _check_key(check, instance[0]) == change.check and (
-                    check.get("Status") != "passing"
-                ):
+            for check in self.entries[instance].checks:
+                if check.key == change.check and check.status != "passing":
                     return False
         return True
 
@@ -305,31 +292,23 @@ class QueryState:
         changed = newer = False
         for instance in self._carriers(node, service_id):
             entry = self.entries[instance]
-            checks = list(entry.get("Checks") or ())
-            position = next((n for n, c in enumerate(checks) if _check_key(c, node) == key), None)
+            checks = list(entry.checks)
+            position = next((n for n, c in enumerate(checks) if c.key == key), None)
             if position is None:
                 if as_of <= max(read_index, self.index if read_index else 0):
                     continue  # the read is newer: the check is gone, or never was
-                checks.append(
-                    {
-                        "Node": node,
-                        "CheckID": key[1],
-                        "ServiceID": service_id,
-                        "Status": status,
-                        "ModifyIndex": as_of,
-                    }
-                )
-            elif int(checks[position].get("ModifyIndex") or 0) < as_of:
-                if checks[position].get("Status") == status:
+                checks.append(Check(node, key[1], service_id, status, as_of))
+            elif checks[position].modify_index < as_of:
+                if checks[position].status == status:
                     newer = True
-                    checks[position] = {**checks[position], "ModifyIndex": as_of}
-                    self.entries[instance] = {**entry, "Checks": checks}
+                    checks[position] = checks[position]._replace(modify_index=as_of)
+                    self.entries[instance] = entry._replace(checks=tuple(checks))
                     continue
-                checks[position] = {**checks[position], "Status": status, "ModifyIndex": as_of}
+                checks[position] = checks[position]._replace(status=status, modify_index=as_of)
             else:
                 continue
             newer = changed = True
-            self.entries[instance] = {**entry, "Checks": checks}
+            self.entries[instance] = entry._replace(checks=tuple(checks))
         if newer:
             self.applied[key] = (status, as_of, service_id)
         return changed

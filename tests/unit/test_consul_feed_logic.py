@@ -124,7 +124,7 @@ def test_passing_to_warning_is_patched_as_it_cannot_make_anything_ready():
     q = state(entry("n1", "a", "192.0.2.1", "passing", 3))
     assert q.patch([change("n1", "c-a", "warning", 12, "a")]).changed
     assert q.entries is not None
-    assert q.entries[("n1", "a")]["Checks"][0]["Status"] == "warning"
+    assert q.entries[("n1", "a")].checks[0].status == "warning"
 
 
 def test_after_an_index_reset_feed_edits_are_forgotten():
@@ -218,3 +218,28 @@ def test_changed_nodes_are_those_whose_record_changed_or_that_left():
     )
     assert changed_nodes(before, after) == {"n1", "n2", "n3"}
     assert changed_nodes(after, after) == set()
+
+
+def test_targets_reading_different_addresses_of_one_service_ask_their_own_query():
+    """A query keeps of each entry only the address and zone key its source reads: a
+    target reading a service's wan address must not be handed what was kept for a target
+    reading its service address (it would find no wan address and drop every instance)."""
+    from dataclasses import replace
+
+    from syncd.model import ConsulAddress
+    from syncd.sources.consul_query import Queries, Subscriber
+
+    wan_config = replace(CONFIG, address=ConsulAddress.WAN)
+    wan_source = ConsulSource(wan_config, TARGET, SOURCE.clients)
+    queries = Queries()
+    service_query, _ = queries.add(SOURCE, Subscriber(SOURCE, None))  # type: ignore[arg-type]
+    wan_query, _ = queries.add(wan_source, Subscriber(wan_source, None))  # type: ignore[arg-type]
+    assert wan_query is not service_query
+    body = [entry("n1", "a", "192.0.2.1", "passing", 5)]
+    body[0]["Node"]["TaggedAddresses"] = {"wan": "198.51.100.7"}
+    for query in (service_query, wan_query):
+        query.replace(10, body, started=0, reset=False)
+    assert ready(service_query) == {("192.0.2.1", 8080): True}
+    assert {b.address for b in wan_source.snapshot(list(wan_query.entries.values())).backends} == {
+        "198.51.100.7"
+    }

@@ -51,7 +51,7 @@ def entry(
     ],
 )
 def test_health_mapping(statuses, warning_is_ready, ready):
-    assert instance_ready([{"Status": s} for s in statuses], warning_is_ready) is ready
+    assert instance_ready(statuses, warning_is_ready) is ready
 
 
 def test_service_address_falls_back_to_the_node_address():
@@ -134,9 +134,9 @@ def test_query_parameters_carry_every_filter():
     assert query_params(SOURCE, index=0, wait=300) == []  # first read never blocks
 
 
-def test_a_slimmed_entry_maps_like_the_full_one():
-    """The daemon keeps entries slimmed to what it reads; every address mode, zone and
-    health outcome must come out the same as from the entry Consul sent."""
+def test_what_an_instance_keeps_of_its_entry_maps_every_address_mode_zone_and_health():
+    """The daemon keeps each entry as a small tuple of what it reads: every address mode,
+    the zone and the health must come out as from the entry Consul sent."""
     from dataclasses import replace as with_
 
     from syncd.sources.consul import map_entry, slim_entry
@@ -154,8 +154,19 @@ def test_a_slimmed_entry_maps_like_the_full_one():
         for n, check in enumerate(full["Checks"])
     ]
     assert len(repr(slim_entry(full))) < len(repr(full)) / 2
+    expected = {
+        ConsulAddress.SERVICE: ("198.51.100.9", 8080),  # no service address: the node's
+        ConsulAddress.LAN_IPV4: ("192.0.2.7", 9000),  # the service's tagged address
+        ConsulAddress.LAN: ("192.0.2.8", 8080),  # the node's tagged address
+        ConsulAddress.WAN: ("192.0.2.9", 8080),
+        ConsulAddress.WAN_IPV4: None,
+        ConsulAddress.LAN_IPV6: None,
+        ConsulAddress.WAN_IPV6: None,
+    }
     for mode in ConsulAddress:
-        slim = slim_entry(full, address=mode, zone_meta=SOURCE.zone_meta)
+        kept = slim_entry(full, address=mode, zone_meta=SOURCE.zone_meta)
         for warning_is_ready in (True, False):
-            source = with_(SOURCE, address=mode, warning_is_ready=warning_is_ready)
-            assert map_entry(slim, source) == map_entry(full, source)
+            mapped = map_entry(kept, with_(SOURCE, address=mode, warning_is_ready=warning_is_ready))
+            assert mapped.identity == expected[mode], mode
+            if mapped.identity is not None:
+                assert (mapped.ready, mapped.zone) == (warning_is_ready, "z1")
