@@ -408,11 +408,12 @@ class TargetMemory:
     """A driver's running state for one target between steps (the daemon keeps one each)."""
 
     policy: PolicyState | None = None  # None: seed from the cluster before the next step
-    warned: set[str] = field(default_factory=set)
+    warned: frozenset[str] = frozenset()  # (frozen: the empty one is shared by every target)
 
     def new_warnings(self, warnings: Iterable[str]) -> list[str]:
         """Warnings not already logged for this target (each is logged once per streak)."""
-        current = set(warnings)
+        warnings = list(warnings)
+        current = frozenset(warnings)
         fresh = [w for w in warnings if w not in self.warned]
         self.warned = current
         return fresh
