@@ -18,6 +18,7 @@ What the cache selects, and why:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -406,4 +407,4 @@ def target_key_of(obj: Obj) -> str:
         service = labels_of(obj).get(SERVICE_NAME_LABEL, "")
     else:
         service = metadata.get("name", "")
-    return f"{metadata.get('namespace', '')}/{service}"
+    return sys.intern(f"{metadata.get('namespace', '')}/{service}")  # as Target.key

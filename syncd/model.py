@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import operator
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,7 +378,8 @@ class Target:
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.service}"
+        """namespace/service. One copy, however many tables of the daemon hold it."""
+        return sys.intern(f"{self.namespace}/{self.service}")
 
 
 @dataclass(frozen=True)
