@@ -27,6 +27,7 @@ import consul
 
 from syncd.errors import SourceError
 from syncd.kinds import is_label_value
+from syncd.memo import WORTH_REMEMBERING
 from syncd.model import (
     Backend,
     ConsulAddress,
@@ -408,6 +409,9 @@ class ConsulSource:
         return reply
 
     def snapshot(self, instances: list[Instance], memo: EntryMemo | None = None) -> Snapshot:
+        if memo is not None and len(instances) < WORTH_REMEMBERING:
+            memo.clear()  # a few instances are mapped again faster than they are remembered
+            memo = None
         backends, warnings = backends_from_instances(instances, self.config, self.target, memo)
         return Snapshot(backends=backends, source=self.describe(), warnings=tuple(warnings))
 
