@@ -19,6 +19,7 @@ import argparse
 import gc
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -63,6 +64,11 @@ def main() -> None:
         default="",
         help="with --frames > 1: these lines' allocations ('syncd/kinds.py:64,...'), by caller",
     )
+    parser.add_argument(
+        "--allocator",
+        action="store_true",
+        help="no tracemalloc: RSS and Python's allocator statistics (arenas, free pools)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="syncd-consul-memory-"))
@@ -104,8 +110,9 @@ def main() -> None:
         kube = Kube.connect(KubeSettings(kubeconfig=str(apiserver.syncd_kubeconfig), qps=0), stop)
         gc.collect()
         rss_before = rss_mib_self()
-        tracemalloc.start(args.frames)
-        baseline = tracemalloc.take_snapshot()
+        if not args.allocator:
+            tracemalloc.start(args.frames)
+        baseline = tracemalloc.take_snapshot() if not args.allocator else None
         controller = Controller(config, kube, "memory", DaemonSettings(), stop=stop)
         runner = threading.Thread(target=controller.run, daemon=True)
         started = time.monotonic()
@@ -117,6 +124,10 @@ def main() -> None:
             time.sleep(1.0)
         time.sleep(10.0)  # the feeds' first answers and their catch-up reads
         gc.collect()
+        if baseline is None:
+            print(f"\nRSS {rss_before:.0f} -> {rss_mib_self():.0f} MiB; Python's allocator:")
+            sys._debugmallocstats()
+            return
         snapshot = tracemalloc.take_snapshot()
         rss_after = rss_mib_self()
         by_group: Counter[str] = Counter()
