@@ -35,7 +35,7 @@ from syncd.once import ask_sources
 from syncd.ownership import derive_owner_id, is_generic_config_name, valid_owner_id
 from syncd.pipeline import OFFLINE, run
 from syncd.policy import PolicyState
-from syncd.process_memory import few_malloc_arenas
+from syncd.process_memory import tune_malloc
 from syncd.protected import valid_entry
 from syncd.reconcile import source_problems
 from syncd.served import probe_traffic_distribution
@@ -64,7 +64,7 @@ def entry() -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    few_malloc_arenas()
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.log_format not in ("text", "json"):  # from the environment

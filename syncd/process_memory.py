@@ -1,4 +1,5 @@
-"""How the process holds its memory: few glibc malloc arenas, and freed memory given back.
+"""How the process holds its memory: a glibc heap tuned for a long life, and freed memory
+given back.
 
 A daemon's memory is what it keeps, plus what the C allocator keeps after Python has
 freed it: a cold start parses every registry answer and writes every object, then drops
@@ -29,18 +30,33 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def few_malloc_arenas() -> None:
-    """At most two glibc malloc arenas, as MALLOC_ARENA_MAX=2 would (unless that is set).
+_M_MMAP_THRESHOLD = -3  # mallopt parameters (malloc.h)
+_M_ARENA_MAX = -8
+_MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, kept from then on
 
-    glibc gives threads that allocate at once arenas of their own, up to 8 per core, and
-    each keeps what it once held: with Consul readers and watches parsing answers on
-    dozens of threads, a daemon following 10,000 services held 460 MiB instead of 325.
-    Done before any thread starts."""
+
+def tune_malloc() -> None:
+    """Keep glibc's heap small for a long life. Done before any thread starts; a setting
+    given in the environment (MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES)
+    is left to win.
+
+    - At most two malloc arenas. glibc gives threads that allocate at once arenas of
+      their own, up to 8 per core, and each keeps what it once held: Consul readers and
+      watches parse answers on dozens of threads.
+    - Blocks of 128 KiB and more always mapped on their own, so freeing one returns it.
+      glibc otherwise raises that threshold to the largest block freed so far (up to
+      32 MiB): after one large answer (a service of thousands of instances, a page of a
+      cluster list) its buffers of that size are carved from the heap instead, where
+      they leave holes that the heap keeps."""
     libc = _libc()
-    if "MALLOC_ARENA_MAX" in os.environ or libc is None:
+    if libc is None:
         return
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
     with contextlib.suppress(AttributeError):
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        if "MALLOC_ARENA_MAX" not in os.environ and "arena_max" not in tunables:
+            libc.mallopt(_M_ARENA_MAX, 2)
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ and "mmap_threshold" not in tunables:
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 def give_back_free_memory() -> None:
@@ -59,4 +75,4 @@ def give_back_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-__all__ = ["few_malloc_arenas", "give_back_free_memory"]
+__all__ = ["give_back_free_memory", "tune_malloc"]
