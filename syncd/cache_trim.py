@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncd.kinds import ENDPOINT_SLICE, EXTERNAL_SERVICE, SERVICE, Obj
 
@@ -56,6 +56,27 @@ def _shared_ports(ports: Any) -> Any:
 _CONDITIONS = {ready: {"ready": ready} for ready in (True, False, None)}
 
 
+class CachedEndpoint(NamedTuple):
+    """A live slice endpoint as the cache keeps it: read like the dict it was (`get`), at a
+    third of its size, as a daemon holds one per backend. Of its addresses only the first
+    is kept: it is the only one syncd reads, and the only one a slice written by syncd or
+    by the EndpointSlice controller has."""
+
+    address: str | None
+    conditions: Mapping[str, Any]
+    zone: str | None
+    hints: Any
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "addresses":
+            return default if self.address is None else (self.address,)
+        value = getattr(self, key, None) if key in _ENDPOINT_KEYS else None
+        return default if value is None else value
+
+
+_ENDPOINT_KEYS = frozenset(("conditions", "zone", "hints"))
+
+
 def _trim_service(obj: Obj) -> dict[str, Any]:
     spec = obj.get("spec") or {}
     kept = {k: spec[k] for k in ("selector", "type", "trafficDistribution") if k in spec}
@@ -69,19 +90,15 @@ def _trim_service(obj: Obj) -> dict[str, Any]:
 def _trim_slice(obj: Obj) -> dict[str, Any]:
     """Endpoints keep their addresses and readiness: syncd writes slices whole from what
     it decided, so the rest of a live endpoint is never needed."""
-    endpoints = []
-    for e in obj.get("endpoints") or ():
-        endpoint = {
-            "addresses": tuple(_text(a) for a in e.get("addresses") or ()),
-            "conditions": _CONDITIONS.get(
-                (e.get("conditions") or {}).get("ready"), _CONDITIONS[None]
-            ),
-        }
-        if e.get("zone"):
-            endpoint["zone"] = _text(e["zone"])
-        if e.get("hints"):
-            endpoint["hints"] = e["hints"]
-        endpoints.append(endpoint)
+    endpoints = [
+        CachedEndpoint(
+            _text(next(iter(e.get("addresses") or ()), None)),
+            _CONDITIONS.get((e.get("conditions") or {}).get("ready"), _CONDITIONS[None]),
+            _text(e.get("zone")) or None,
+            e.get("hints") or None,
+        )
+        for e in obj.get("endpoints") or ()
+    ]
     return {
         "metadata": _trim_metadata(obj),
         "addressType": _text(obj.get("addressType")),
