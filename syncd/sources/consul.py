@@ -118,7 +118,7 @@ def slim_entry(
             )
         ),
         id=instance_id,
-        address=str(service.get("Address") or ""),
+        address=_shared(service.get("Address") or ""),  # as its canonical form is
         port=service.get("Port"),
         tagged=(
             (str(tagged["Address"]), tagged.get("Port"))
@@ -167,7 +167,8 @@ def _one_copy(record: Record) -> Record:
 
 
 def _shared(value: Any) -> str:
-    """One copy of a string many entries hold (node names, check statuses)."""
+    """One copy of a string many entries hold (node names, check statuses), or that the
+    cluster cache and the backends hold as well (addresses, see canonical_endpoint_ip)."""
     text = str(value)
     return sys.intern(text) if len(text) <= 128 else text
 
