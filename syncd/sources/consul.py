@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -382,10 +382,13 @@ class ConsulSource:
         index: int = 0,
         unless_index: int | None = None,
         selection: str | None = None,
+        keep: Callable[[Mapping[str, Any]], Instance] | None = None,
     ) -> Reply:
         """One read with `client`; blocking when index > 0; with `selection` (a filter
-        expression; only for a source without a `filter` of its own) just those instances.
-        Raises SourceError on any failure, including an answer Consul filtered by ACLs."""
+        expression; only for a source without a `filter` of its own) just those instances;
+        with `keep` (`slim_entry` for the query's address and zone key), the entries as
+        Instances, each kept as it is parsed. Raises SourceError on any failure, including
+        an answer Consul filtered by ACLs."""
         params = query_params(self.config, index, self.clients.connection.wait)
         if selection:
             params.append(("filter", selection))
@@ -397,6 +400,7 @@ class ConsulSource:
             name=self.describe(),
             denied="ACL token lacks read access",
             unless_index=unless_index,
+            keep=keep,
         )
         if reply.filtered_by_acls:
             # Consul hides what the token may not read and answers 200: an empty or partial

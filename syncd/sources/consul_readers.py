@@ -120,7 +120,9 @@ class Readers:
         started = time.monotonic()
         try:
             with self._clients.borrow() as client:
-                reply = query.source.read(client, 0, unless_index=query.index if known else None)
+                reply = query.source.read(
+                    client, 0, unless_index=query.index if known else None, keep=query.slim
+                )
         except SourceError as error:
             query.fail(error)
             if reset:
@@ -148,7 +150,9 @@ class Readers:
         CONSUL_READS.labels("confirm").inc()
         try:
             with self._clients.borrow() as client:
-                reply = query.source.read(client, 0, selection=selector_filter(selectors))
+                reply = query.source.read(
+                    client, 0, selection=selector_filter(selectors), keep=query.slim
+                )
         except SourceError:
             self._queue.add(key, "health")  # the full read retries with backoff
             return

@@ -188,7 +188,7 @@ class QueryState:
         with self.lock:
             self.entries = {}
             on_node: dict[str, list[InstanceKey]] = {}
-            for entry in map(self.slim, body):
+            for entry in map(self._kept, body):
                 instance = entry.key
                 if instance not in self.entries:
                     on_node.setdefault(instance[0], []).append(instance)
@@ -208,7 +208,7 @@ class QueryState:
                 return
             for instance in [i for i in self.entries if selected(i, selectors)]:
                 self._drop(instance)
-            for entry in map(self.slim, body):
+            for entry in map(self._kept, body):
                 if selected(entry.key, selectors):
                     self._put(entry)
             for check, (status, as_of, service_id) in list(self.applied.items()):
@@ -216,6 +216,11 @@ class QueryState:
                     not service_id and any(node == check[0] for node, _ in selectors)
                 ):
                     self._edit(check, status, as_of, service_id, read_index=index)
+
+    def _kept(self, entry: Instance | Mapping[str, Any]) -> Instance:
+        """An entry of an answer: kept already (a reader decodes answers with `slim`), or as
+        Consul sent it."""
+        return entry if isinstance(entry, Instance) else self.slim(entry)
 
     def _put(self, entry: Instance) -> None:
         assert self.entries is not None

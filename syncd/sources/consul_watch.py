@@ -184,7 +184,7 @@ class ConsulWatch:
         """One service's own blocking queries, until it is stopped or grows big."""
 
         def ask(held: HeldClient, index: int) -> Reply:
-            return query.source.read(held.client, index)
+            return query.source.read(held.client, index, keep=query.slim)
 
         def on_answer(answer: Update) -> bool:
             reply = answer.reply

@@ -170,3 +170,31 @@ def test_what_an_instance_keeps_of_its_entry_maps_every_address_mode_zone_and_he
             assert mapped.identity == expected[mode], mode
             if mapped.identity is not None:
                 assert (mapped.ready, mapped.zone) == (warning_is_ready, "z1")
+
+
+def test_an_answer_read_for_a_query_is_kept_entry_by_entry_as_it_is_parsed():
+    """A reader decodes a /v1/health/service answer straight into Instances (a service of
+    thousands of instances is never held whole as dicts); errors stay errors."""
+    import json
+
+    import consul
+
+    from syncd.sources.consul import Instance, slim_entry
+    from syncd.sources.consul_api import _parse_reply
+
+    class Response:
+        def __init__(self, code, body):
+            self.code, self.body, self.headers = code, body, {"X-Consul-Index": "7"}
+
+    raw = [entry(instance="i1"), entry(address="192.0.2.2", instance="i2")]
+    raw[0]["Service"]["Meta"] = {"Checks": "", "Service": "x", "Node": "y"}  # not an entry
+    raw[1]["Service"]["Proxy"] = {"Config": {"Node": {}, "Service": {}, "Checks": [1]}}
+    reply = _parse_reply(Response(200, json.dumps(raw)), None, slim_entry)
+    assert reply.index == 7
+    assert all(isinstance(kept, Instance) for kept in reply.body)
+    assert reply.body == [slim_entry(e) for e in raw]
+    for code, error in ((403, consul.ACLPermissionDenied), (500, consul.ConsulException)):
+        with pytest.raises(error):
+            _parse_reply(Response(code, "no"), None, slim_entry)
+    with pytest.raises(consul.ConsulException, match="decode"):
+        _parse_reply(Response(200, "[{"), None, slim_entry)
