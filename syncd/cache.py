@@ -50,6 +50,7 @@ from syncd.ownership import prunable_by
 from syncd.pipeline import LiveState
 from syncd.ratelimit import backoff
 from syncd.served import ServedFields
+from syncd.tuple_index import index_add, index_remove
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ class _Store:
     def __init__(self, kind: Kind):
         self.kind = kind
         self.by_name: dict[tuple[str, str], dict[str, Any]] = {}
-        # target -> its objects' names; a tuple, as most targets have one object of a kind
-        # (a set of one costs four times as much, and 10,000 targets hold two each)
+        # target -> its objects' names (most targets have one object of a kind)
         self.by_target: dict[str, tuple[tuple[str, str], ...]] = {}
 
     @staticmethod
@@ -96,25 +96,18 @@ class _Store:
         name = self._name(stored)
         old = self.by_name.get(name)
         if old is not None:
-            self._unindex(target_key_of(old), name)
+            index_remove(self.by_target, target_key_of(old), name)
         self.by_name[name] = stored
         key = target_key_of(stored)
         if not key.endswith("/"):  # a slice of no Service belongs to no target
-            self.by_target[key] = (*self.by_target.get(key, ()), name)
+            index_add(self.by_target, key, name)
         return old
 
     def pop(self, name: tuple[str, str]) -> dict[str, Any] | None:
         old = self.by_name.pop(name, None)
         if old is not None:
-            self._unindex(target_key_of(old), name)
+            index_remove(self.by_target, target_key_of(old), name)
         return old
-
-    def _unindex(self, key: str, name: tuple[str, str]) -> None:
-        names = tuple(n for n in self.by_target.get(key, ()) if n != name)
-        if names:
-            self.by_target[key] = names
-        else:
-            self.by_target.pop(key, None)
 
     def replace(
         self, pages: Iterable[Iterable[Obj]], namespace: str | None

@@ -451,7 +451,7 @@ def _parse_reply(
 
     try:
         return Reply(index, json.loads(text, object_hook=kept), filtered)
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError) as exc:  # not JSON (`kept` lets nothing else through)
         raise consul.ConsulException(f"Failed to decode JSON: {exc}") from None
 
 

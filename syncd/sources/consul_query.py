@@ -21,6 +21,7 @@ from syncd.sources.base import ChangeEmitter
 from syncd.sources.consul import ConsulSource, EntryMemo, Instance, slim_entry
 from syncd.sources.consul_api import HeldClient
 from syncd.sources.consul_state import QueryState
+from syncd.tuple_index import index_add, index_remove
 
 QueryKey = tuple  # what makes two sources ask Consul the same question
 Scope = tuple[str | None, str | None, str | None]  # datacenter, namespace, partition
@@ -170,8 +171,7 @@ class Queries:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._by_key: dict[QueryKey, Query] = {}
-        # (scope, service) -> its queries' keys: most services are asked one question, and a
-        # tuple of one costs a quarter of a set of one
+        # (scope, service) -> its queries' keys (most services are asked one question)
         self._by_service: dict[tuple[Scope, str], tuple[QueryKey, ...]] = {}
         self._ids = 0
 
@@ -193,8 +193,7 @@ class Queries:
             query = self._by_key.get(key)
             if query is None:
                 query = self._by_key[key] = Query(key, source)
-                name = (query.scope, query.service)
-                self._by_service[name] = (*self._by_service.get(name, ()), key)
+                index_add(self._by_service, (query.scope, query.service), key)
             subscription = Subscription(key, self.next_id())
             query.subscribers[subscription.id] = subscriber
         return query, subscription
@@ -209,12 +208,7 @@ class Queries:
             if query.subscribers:
                 return None
             del self._by_key[query.key]
-            name = (query.scope, query.service)
-            keys = tuple(k for k in self._by_service.get(name, ()) if k != query.key)
-            if keys:
-                self._by_service[name] = keys
-            else:
-                self._by_service.pop(name, None)
+            index_remove(self._by_service, (query.scope, query.service), query.key)
             return query
 
     def of_service(self, scope: Scope, service: str) -> Iterable[QueryKey]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.sources.consul import Check, Instance, slim_entry
+from syncd.tuple_index import index_add, index_remove
 
 InstanceKey = tuple[str, str]  # (node, service id)
 CheckKey = tuple[str, str]  # (node, check id)
@@ -166,8 +167,7 @@ class QueryState:
         self.lock = threading.RLock()
         self.index = 0  # of the last full read applied
         self.entries: dict[InstanceKey, Instance] | None = None  # None: never read
-        # node -> its instances (tuples: most nodes hold one or two of a query's instances,
-        # and a set of one costs four times a tuple of one)
+        # node -> its instances (most nodes hold one or two of a query's instances)
         self.on_node: dict[str, tuple[InstanceKey, ...]] = {}
         # feed edits not yet covered by a read: check -> (status, as of, service id or "")
         self.applied: dict[CheckKey, tuple[str, int, str]] = {}
@@ -228,18 +228,13 @@ class QueryState:
         if instance in self.entries:
             self._drop(instance)
         self.entries[instance] = entry
-        self.on_node[instance[0]] = (*self.on_node.get(instance[0], ()), instance)
+        index_add(self.on_node, instance[0], instance)
 
     def _drop(self, instance: InstanceKey) -> None:
         assert self.entries is not None
-        entry = self.entries.pop(instance, None)
-        if entry is None:
+        if self.entries.pop(instance, None) is None:
             return
-        mates = tuple(i for i in self.on_node.get(instance[0], ()) if i != instance)
-        if mates:
-            self.on_node[instance[0]] = mates
-        else:
-            self.on_node.pop(instance[0], None)
+        index_remove(self.on_node, instance[0], instance)
 
     def _carriers(self, node: str, service_id: str) -> list[InstanceKey]:
         """The instances a check is on: its instance's, or every instance on its node (a
