@@ -33,6 +33,15 @@ TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
 
 log() { printf '[build-test-servers] %s\n' "$*" >&2; }
 
+# One build at a time: a second run (a test starting while `make servers` builds) waits
+# for the first instead of wiping its work directory.
+mkdir -p "$TOOLS_DIR"
+exec 9>"$TOOLS_DIR/.lock"
+if ! flock -n 9; then
+  log "another build is running; waiting for it"
+  flock 9
+fi
+
 bin_path() { printf '%s/%s-%s/%s' "$TOOLS_DIR" "$1" "$2" "$1"; }
 
 require_go() {
