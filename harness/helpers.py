@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -53,8 +54,12 @@ def ceph_target(namespace: str, **extra: Any) -> dict:
     return {**data["targets"][0], "namespace": namespace, **extra}
 
 
-def syncd(*args: str | Path, check: int | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would (a new process); optionally assert the exit code."""
+def syncd(
+    *args: str | Path, check: int | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (a new process); optionally assert the exit code.
+    `env` adds to (or, with "" values, removes from) the environment."""
+    environment = {**os.environ, **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "syncd", *map(str, args)],
         capture_output=True,
@@ -62,6 +67,7 @@ def syncd(*args: str | Path, check: int | None = None) -> subprocess.CompletedPr
         cwd=REPO,
         timeout=120,
         check=False,
+        env={k: v for k, v in environment.items() if v},
     )
     if check is not None:
         assert result.returncode == check, (

@@ -44,7 +44,10 @@ _KINDS = {
     "endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
     "events": ("Event", "v1"),
     "leases": ("Lease", "coordination.k8s.io/v1"),
+    "nodes": ("Node", "v1"),  # cluster-scoped: namespace ""
+    "servicecidrs": ("ServiceCIDR", "networking.k8s.io/v1"),
 }
+_DISCOVERY = re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>v1)$")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -227,6 +230,13 @@ class MemoryApiServer:
             return _status(self._failure, "InternalError", "the in-memory API fails on request")
         if path == "/version":
             return MemoryResponse(200, {"major": "1", "minor": "36", "gitVersion": "memory"})
+        discovery = _DISCOVERY.match(path)
+        if discovery is not None and method == "GET":
+            group_version = f"{discovery['group']}/{discovery['version']}"
+            served = [{"name": res} for res, (_k, v) in _KINDS.items() if v == group_version]
+            if not served:
+                return _status(404, "NotFound", f"the server could not find {path}")
+            return MemoryResponse(200, {"groupVersion": group_version, "resources": served})
         match = _PATH.match(path)
         if match is None or match["resource"] not in _KINDS:
             return _status(404, "NotFound", f"the server could not find {path}")

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return EXIT_USAGE
     try:
         try:
-            kube.version()
+            kube.read_path("/version")
         except KubeError as exc:
             print(f"syncd: cannot use the Kubernetes API at {kube.host}: {exc}", file=sys.stderr)
             return EXIT_TARGET_FAILED

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from syncd.kinds import ENDPOINT_SLICE, EXTERNAL_SERVICE, SERVICE, Obj
+from syncd.kinds import ENDPOINT_SLICE, EXTERNAL_SERVICE, NODE, SERVICE, SERVICE_CIDR, Obj
 
 # Thousands of objects share a handful of label keys and values,
 # namespaces, port lists and readiness conditions: those are stored once (interned or
@@ -120,6 +120,23 @@ def _trim_resource(obj: Obj) -> dict[str, Any]:
     }
 
 
+def _trim_node(obj: Obj) -> dict[str, Any]:
+    """A Node is large (images, conditions, capacity): only its networks are kept."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    return {
+        "metadata": _trim_metadata(obj),
+        "spec": {k: spec[k] for k in ("podCIDR", "podCIDRs") if k in spec},
+        "status": {"addresses": list(status.get("addresses") or ())},
+    }
+
+
+def _trim_service_cidr(obj: Obj) -> dict[str, Any]:
+    return {
+        "metadata": _trim_metadata(obj),
+        "spec": {"cidrs": list((obj.get("spec") or {}).get("cidrs") or ())},
+    }
+
+
 def _trim_whole(obj: Obj) -> dict[str, Any]:
     return {**obj, "metadata": _trim_metadata(obj)}
 
@@ -128,6 +145,8 @@ TRIMS: dict[str, Callable[[Obj], dict[str, Any]]] = {
     SERVICE.name: _trim_service,
     ENDPOINT_SLICE.name: _trim_slice,
     EXTERNAL_SERVICE.name: _trim_resource,
+    NODE.name: _trim_node,
+    SERVICE_CIDR.name: _trim_service_cidr,
 }
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from syncd import __version__, app
 from syncd.cli_parser import build_parser, namespace_list
+from syncd.cluster_networks import file_target_warnings
 from syncd.config import load_config
 from syncd.errors import ConfigError, KubeConfigError
 from syncd.frozen import plain
@@ -30,9 +31,16 @@ from syncd.model import (
     ConsulSourceConfig,
     StaticSourceConfig,
 )
+from syncd.network_watch import ClusterNetworkWatch
 from syncd.observability import setup_logging
 from syncd.once import ask_sources
-from syncd.ownership import derive_owner_id, is_generic_config_name, valid_owner_id
+from syncd.ownership import (
+    OWNER_ID_RULE,
+    derivation_note,
+    derive_owner_id,
+    is_generic_config_name,
+    valid_owner_id,
+)
 from syncd.pipeline import OFFLINE, run
 from syncd.policy import PolicyState
 from syncd.process_memory import tune_malloc
@@ -72,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     if not args.config:
         parser.error("--config FILE is required (or set SYNCD_CONFIG)")
-    if args.owner_id is not None and not valid_owner_id(args.owner_id):  # from the environment
-        parser.error(f"SYNCD_OWNER_ID: {args.owner_id!r} is not a valid label value")
+    _check_owner_variables(parser, args)
     bad = [e for e in args.allow_protected if not valid_entry(e)]
     if bad:
         parser.error(f"--allow-protected: {bad[0]!r} is not 'namespace/service' or 'namespace/*'")
@@ -91,9 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args.owner_id, origin = _identity(args.owner_id, config)
     log.info("owner id %r (%s)", args.owner_id, origin)
-    generic = _generic_identity_warning(config, args.owner_id, origin)
+    generic = _generic_identity(config, args.owner_id, origin)
+    if generic is not None and args.command == "run" and _in_a_pod():
+        print(f"{config.path}: {generic}; not running in a pod without one", file=sys.stderr)
+        return EXIT_USAGE
     if generic is not None:
-        print(generic, file=sys.stderr)
+        print(f"{config.path}: warning: {generic}", file=sys.stderr)
     if args.command == "run" and isinstance(args.namespaces, str):  # from the environment
         try:
             args.namespaces = namespace_list(args.namespaces)
@@ -120,6 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.run(args, config)
 
 
+def _check_owner_variables(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Owner ids from the environment are checked like --owner-id (exit 2 if not valid)."""
+    for variable, value in (
+        ("SYNCD_OWNER_ID", args.owner_id),
+        ("SYNCD_DEFAULT_OWNER_ID", os.environ.get("SYNCD_DEFAULT_OWNER_ID") or None),
+    ):
+        if value is not None and not valid_owner_id(value):
+            parser.error(f"{variable}: {value!r} is not a valid owner id ({OWNER_ID_RULE})")
+
+
 def _environment_problems(config: Config, args: argparse.Namespace) -> list[str]:
     """What the config leaves to the environment, checked before anything is contacted:
     the CONSUL_* variables (when a source uses Consul) and, given one, the kubeconfig."""
@@ -144,15 +164,14 @@ def _environment_problems(config: Config, args: argparse.Namespace) -> list[str]
 
 
 def _cluster_warnings(config: Config, args: argparse.Namespace) -> list[str]:
-    """`check --kubeconfig`: field values the cluster would not keep (see syncd.served).
-    A cluster that cannot be reached is no config problem: nothing is said then."""
+    """`check --kubeconfig`: static backends in the cluster's own networks, and field values
+    the cluster would not keep (see syncd.served). A cluster that cannot be reached is no
+    config problem: nothing is said then."""
     values = {
         t.traffic_distribution: t
         for t in config.targets
         if t.traffic_distribution and t.manage_service
     }
-    if not values:
-        return []
     try:
         kube = Kube.connect(
             KubeSettings(kubeconfig=args.kubeconfig, context=args.context, retry_attempts=1)
@@ -161,6 +180,15 @@ def _cluster_warnings(config: Config, args: argparse.Namespace) -> list[str]:
         return []
     warnings = []
     try:
+        networks = ClusterNetworkWatch(kube, config.address_policy, probe_namespace=None).load()
+        for target in config.targets:
+            backends = [
+                b for s in target.sources if isinstance(s, StaticSourceConfig) for b in s.backends
+            ]
+            warnings += [
+                f"{config.path}: warning: target {target.key}: {line}"
+                for line in file_target_warnings(target, networks, backends)
+            ]
         for value, target in values.items():
             why = probe_traffic_distribution(kube, target.namespace, value)
             if why is not None:
@@ -180,17 +208,30 @@ def _identity(given: str | None, config: Config) -> tuple[str, str]:
         return given, "from --owner-id or $SYNCD_OWNER_ID"
     if config.owner_id is not None:
         return config.owner_id, "from the config's owner_id"
-    return derive_owner_id(config.path), "from the config file's name"
+    default = os.environ.get("SYNCD_DEFAULT_OWNER_ID")
+    if default:
+        return default, "from $SYNCD_DEFAULT_OWNER_ID"
+    note = derivation_note(config.path)
+    return derive_owner_id(config.path), _FROM_FILE_NAME + (f": {note}" if note else "")
 
 
-def _generic_identity_warning(config: Config, owner_id: str, origin: str) -> str | None:
-    """A warning when the owner id comes from a file name every install might use."""
-    if origin != "from the config file's name" or not is_generic_config_name(config.path):
+_FROM_FILE_NAME = "from the config file's name"
+
+
+def _in_a_pod() -> bool:
+    """Running in a Kubernetes pod (the kubelet sets this in every container)?"""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def _generic_identity(config: Config, owner_id: str, origin: str) -> str | None:
+    """What is wrong with an owner id that comes from a file name every install might use
+    (config.yaml, stdin): two such installs share it and prune each other's targets."""
+    if not origin.startswith(_FROM_FILE_NAME) or not is_generic_config_name(config.path):
         return None
     return (
-        f"{config.path}: warning: owner id {owner_id!r} comes from a generic file name; "
-        "another install whose config has that name would share it and prune this one's "
-        "targets: set owner_id in the config (or --owner-id)"
+        f"owner id {owner_id!r} comes from a generic file name; another install whose config "
+        "has that name would share it and prune this one's targets: set owner_id in the "
+        "config (or --owner-id)"
     )
 
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 from syncd import __version__
 from syncd.config.checks import DNS1123_LABEL
 from syncd.observability import parse_listen_address
-from syncd.ownership import valid_owner_id
+from syncd.ownership import OWNER_ID_RULE, valid_owner_id
 
 EXIT_USAGE = 2
 
@@ -68,9 +68,7 @@ def _number(kind: type, low: float, high: float) -> Callable[[str], float]:
 
 def _owner_id(text: str) -> str:
     if not valid_owner_id(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a valid label value (letters, digits, '-', '_', '.', at most 63)"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid owner id ({OWNER_ID_RULE})")
     return text
 
 
@@ -118,9 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a config file, every static backends file it names, and what "
         "it leaves to the environment (CONSUL_* variables when a source uses Consul; the "
         "kubeconfig when --kubeconfig is given). Prints every problem (file:line: target: "
-        "field: message) and exits 2, or exits 0. Contacts nothing.",
+        "field: message) and exits 2, or exits 0. Contacts nothing, unless --kubeconfig is "
+        "given: then it also reads that cluster, and writes nothing (its credential plugin "
+        "runs, if the kubeconfig names one): Nodes and ServiceCIDRs, to warn of static "
+        "backends in the cluster's own networks, and, for a traffic_distribution, a "
+        "server-side dry run that stores nothing, to warn of a value the server drops.",
     )
-    check.add_argument("--kubeconfig", metavar="FILE", help="also check that it loads")
+    check.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="also check that it loads, and check the config against that cluster (reads only)",
+    )
     check.add_argument("--context", help="kubeconfig context (default: the current one)")
     run = commands.add_parser(
         "run",
@@ -154,9 +160,11 @@ def _common_options() -> _Parser:
         "--owner-id",
         type=_owner_id,
         default=os.environ.get("SYNCD_OWNER_ID") or None,
-        help="this instance's identity, a label value on every object it writes: it updates "
-        "and prunes only objects of its own identity (default: $SYNCD_OWNER_ID, else the "
-        "config's owner_id, else the config file's name, e.g. ceph-rgw)",
+        help="this instance's identity, a label value on every object it writes and its "
+        "Lease's name: it updates and prunes only objects of its own identity; lowercase "
+        "letters, digits, '-', '.' (default: $SYNCD_OWNER_ID, else the config's owner_id, "
+        "else $SYNCD_DEFAULT_OWNER_ID (the Helm chart sets it to <namespace>-<release>), "
+        "else the config file's name, e.g. ceph-rgw)",
     )
     common.add_argument(
         "--allow-protected",

@@ -52,6 +52,7 @@ from syncd.kube import Kube
 from syncd.leader import LeaderElector
 from syncd.leadership import Leadership
 from syncd.model import Config, Target
+from syncd.network_follower import NetworkFollower
 from syncd.observability import LEADER, RECONCILES, WORKQUEUE_DEPTH
 from syncd.ownership import prunable_by
 from syncd.pipeline import Outcome, TargetResult
@@ -131,7 +132,20 @@ class Controller:
         self._targets = TargetRegistry(
             self._runner, self._scheduler, self._probe_pool, self._queue.add, self._stop
         )
-        self._reconciler = DaemonReconciler(
+        self._networks = NetworkFollower(
+            kube, config.address_policy, self._targets, self._queue.add, self._scheduler
+        )
+        self._reconciler = self._daemon_reconciler(owner_id, report)
+        self._workers = Workers(
+            self._queue, self._process, self._leadership.leading, self._stop, clock
+        )
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Event()  # the cache has synced; workers run
+        self._resync = ResyncPacer(self._settings.resync_interval, _TICK)
+
+    def _daemon_reconciler(self, owner_id: str, report: Report) -> DaemonReconciler:
+        """One target's reconcile, with what the daemon adds (syncd.daemon_reconcile)."""
+        reconciler = DaemonReconciler(
             self._targets,
             self._cache,
             self._sink,
@@ -139,16 +153,12 @@ class Controller:
             self._leadership,
             owner_id,
             report,
-            clock,
+            self._clock,
+            self._networks.current,
+            self._reconciled,
         )
-        self._reconciler.address_policy = config.address_policy
-        self._reconciler.on_reconciled = self._reconciled
-        self._workers = Workers(
-            self._queue, self._process, self._leadership.leading, self._stop, clock
-        )
-        self._threads: list[threading.Thread] = []
-        self._ready = threading.Event()  # the cache has synced; workers run
-        self._resync = ResyncPacer(self._settings.resync_interval, _TICK)
+        reconciler.address_policy = self._config.address_policy
+        return reconciler
 
     def _wired(self, resources: ResourceSet | None) -> ResourceSet | None:
         """ExternalServices: their changes reload, their status is the leader's to write,
@@ -163,10 +173,6 @@ class Controller:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
-
-    @property
-    def cache(self) -> ClusterCache:
-        return self._cache
 
     def request_reload(self) -> None:
         """Safe from a signal handler: a worker reloads between two reconciles."""
@@ -185,9 +191,11 @@ class Controller:
         observability.health = self.health
         observability.readiness = self.readiness
         self._threads += self._cache.start(self._stop)
+        self._threads += self._networks.start(self._stop)
         if self._resources is not None:  # their targets start with the file's
             self._threads += self._resources.cache.start(self._stop)
             self._resources.wait_listed(self._stop, _RESOURCES_WAIT)
+            self._networks.wait(self._stop, _RESOURCES_WAIT)
             self._config = self._source.current()
         for target in self._config.targets:
             self._targets.start(target)
@@ -196,6 +204,7 @@ class Controller:
             return self._shutdown()
         self._sink.learn_served_fields(self._config.targets)
         self._ready.set()
+        self._networks.follow()  # what was read of them while starting, and changes
         self._resync.reset(self._targets.keys())
         elector = self._leadership.elector
         if elector is None:
@@ -351,6 +360,7 @@ class Controller:
         self._config = config
         self._sink.allow_protected = config.allow_protected
         self._reconciler.address_policy = config.address_policy
+        self._networks.use_policy(config.address_policy)
         for key in diff.removed + diff.changed:
             self._targets.stop(key)
             self._reconciler.forget(key)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from syncd.cache import ClusterCache
+from syncd.cluster_networks import ClusterNetworks
 from syncd.leadership import Leadership
 from syncd.model import AddressPolicy, Target, ready_count
 from syncd.observability import (
@@ -51,8 +52,11 @@ class DaemonReconciler:
         owner_id: str,
         report: Report,
         clock: Callable[[], float] = time.monotonic,
+        networks: Callable[[], ClusterNetworks | None] = lambda: None,
+        on_reconciled: Callable[[Target, TargetResult], None] | None = None,
     ):
         self._registry = registry
+        self._networks = networks  # the cluster's own, as last read (syncd.network_watch)
         self._cache = cache
         self._sink = sink
         self._queue = queue
@@ -62,7 +66,7 @@ class DaemonReconciler:
         self._clock = clock
         self.address_policy = AddressPolicy()  # the config's, replaced on reload
         # told of every reconcile's result (an ExternalService's status follows it)
-        self.on_reconciled: Callable[[Target, TargetResult], None] | None = None
+        self._on_reconciled = on_reconciled
         self.failed: set[str] = set()  # targets whose last write failed (retried on recovery)
         self._failed_lock = threading.Lock()
 
@@ -75,8 +79,9 @@ class DaemonReconciler:
         if state.memory.policy is None:
             state.memory.policy = seed_memory(target, live, self._owner_id, one_shot=False)
         health = state.prober.health() if state.prober else None
+        networks = self._networks()
         inputs = DecisionInputs(
-            (*answers, live.service, live.endpoints, *live.slices, state.memory.policy),
+            (*answers, live.service, live.endpoints, *live.slices, networks, state.memory.policy),
             (self.address_policy, health),
         )
         if reason == "resync" and inputs.same_as(state.converged_on):
@@ -95,8 +100,10 @@ class DaemonReconciler:
             address_policy=self.address_policy,
             owner_id=self._owner_id,
             health=health,
+            networks=networks,
         )
         state.memory.policy = done.memory
+        state.refused = done.result.outcome is Outcome.CLUSTER_ADDRESS
         self._note_evaluation(state, done)
         if done.recheck_at is not None:  # e.g. a failback waiting for failback_after
             self._queue.add_after(target.key, done.recheck_at - now, "recheck")
@@ -106,8 +113,8 @@ class DaemonReconciler:
         else:
             self._written(state, done, inputs)
         self._leadership.passed(target.key)  # its first pass is done: written, or why not
-        if self.on_reconciled is not None:
-            self.on_reconciled(target, done.result)
+        if self._on_reconciled is not None:
+            self._on_reconciled(target, done.result)
 
     def _note_evaluation(self, state: TargetState, done: Reconciled) -> None:
         for warning in state.memory.new_warnings(done.step.evaluation.warnings):
@@ -119,6 +126,10 @@ class DaemonReconciler:
         """The plan went to the sink: changed, converged or failed."""
         target, result = state.target, done.result
         assert done.step.plan is not None
+        if done.step.result is not None:  # a refused resource's withdrawal failed: retry it
+            if not self._leadership.fenced():
+                self._failed_attempt(state, result)
+            return
         decision = done.step.plan.decision
         self._ended(state, decision.source)
         if not decision.backends:

@@ -377,8 +377,60 @@ EXTERNAL_SERVICE = Kind(
     identity=_identity,
 )
 
+
+def _node_fields(obj: Obj) -> View:
+    """What makes a Node one of the cluster's networks (syncd.cluster_networks)."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    return {
+        "podCIDRs": sorted(
+            spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        ),
+        "addresses": sorted(
+            (a.get("type") or "", a.get("address") or "") for a in status.get("addresses") or ()
+        ),
+    }
+
+
+def _service_cidr_fields(obj: Obj) -> View:
+    return {"cidrs": sorted((obj.get("spec") or {}).get("cidrs") or ())}
+
+
+# The cluster's own networks, read (never written) so that resources cannot point into them.
+NODE = Kind(
+    name="Node",
+    api_version="v1",
+    plural="nodes",
+    managed_by_label=APP_MANAGED_BY_LABEL,
+    cache_selector="",
+    merge_patch=None,
+    apply_order=9,
+    fields=_node_fields,
+    identity=_identity,
+)
+SERVICE_CIDR = Kind(  # networking.k8s.io/v1 since Kubernetes 1.33
+    name="ServiceCIDR",
+    api_version="networking.k8s.io/v1",
+    plural="servicecidrs",
+    managed_by_label=APP_MANAGED_BY_LABEL,
+    cache_selector="",
+    merge_patch=None,
+    apply_order=9,
+    fields=_service_cidr_fields,
+    identity=_identity,
+)
+
 KINDS: dict[str, Kind] = {
-    kind.name: kind for kind in (SERVICE, ENDPOINTS, ENDPOINT_SLICE, EVENT, LEASE, EXTERNAL_SERVICE)
+    kind.name: kind
+    for kind in (
+        SERVICE,
+        ENDPOINTS,
+        ENDPOINT_SLICE,
+        EVENT,
+        LEASE,
+        EXTERNAL_SERVICE,
+        NODE,
+        SERVICE_CIDR,
+    )
 }
 CACHED_KINDS: tuple[Kind, ...] = (SERVICE, ENDPOINTS, ENDPOINT_SLICE)
 

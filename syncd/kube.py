@@ -272,9 +272,10 @@ class Kube:
 
     # -- verbs
 
-    def version(self) -> dict[str, Any]:
-        """GET /version: proves the API server is reachable and the credentials work."""
-        return self._call("get", "/version", "GET", "/version")
+    def read_path(self, path: str) -> Any:
+        """GET what is not an object (`/version`: reachable, credentials work; `/apis/<group>/
+        <version>`: which kinds the server has), as JSON. KubeNotFound: not served."""
+        return self._call("get", path, "GET", path)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         row = KINDS[kind]

@@ -305,9 +305,15 @@ DEFAULT_DENIED_CIDRS: tuple[IPNetwork, ...] = tuple(
 
 @dataclass(frozen=True)
 class AddressPolicy:
-    """Addresses no target may point at (global), checked on every registry answer."""
+    """Addresses no target may point at (global), checked on every registry answer, and
+    the cluster's own networks, which targets declared by resources may not point into
+    (syncd.cluster_networks)."""
 
-    denied: tuple[IPNetwork, ...] = DEFAULT_DENIED_CIDRS
+    denied: tuple[IPNetwork, ...] = DEFAULT_DENIED_CIDRS  # service_cidrs included
+    service_cidrs: tuple[IPNetwork, ...] = ()  # the Service network, when configured
+    cluster_cidrs: tuple[IPNetwork, ...] = ()  # networks of the cluster it does not publish
+    cluster_network_namespaces: tuple[str, ...] = ()  # resources there may point into them
+    discover_cluster_networks: bool = True  # read Nodes and ServiceCIDRs (else: config only)
 
 
 @dataclass(frozen=True)

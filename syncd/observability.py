@@ -155,6 +155,7 @@ class TargetStatus:
     not_ready: int
     tier: int | None  # only for targets with several tiers
     last_success: float | None = None  # unix time the target was last in sync (converged)
+    refused: bool = False  # a resource pointing into the cluster's own networks
 
 
 # The daemon sets these: the per-target gauges are read from its state at scrape time, and
@@ -175,7 +176,10 @@ _TARGET_HELP = """\
 # TYPE syncd_target_stale gauge
 {stale}# HELP syncd_target_drain_protected 1 while an answer that would drain the target is held
 # TYPE syncd_target_drain_protected gauge
-{protected}# HELP syncd_target_backends Backends applied for the target, by readiness
+{protected}# HELP syncd_target_cluster_address 1 while a resource's target lists an address in \
+the cluster's own networks (refused; its endpoints withdrawn)
+# TYPE syncd_target_cluster_address gauge
+{refused}# HELP syncd_target_backends Backends applied for the target, by readiness
 # TYPE syncd_target_backends gauge
 {backends}# HELP syncd_active_tier Index of the source tier in use (targets with several tiers)
 # TYPE syncd_active_tier gauge
@@ -192,11 +196,12 @@ def render_metrics() -> bytes:
     (lowercase letters, digits, '-' and one '/'), so nothing needs escaping, and 30,000
     series render in milliseconds rather than the library's third of a second.
     """
-    stale, protected, backends, tier, success = [], [], [], [], []
+    stale, protected, backends, tier, success, refused = [], [], [], [], [], []
     for status in target_statuses() if target_statuses else ():
         label = f'target="{status.key}"'
         stale.append(f"syncd_target_stale{{{label}}} {int(status.stale)}\n")
         protected.append(f"syncd_target_drain_protected{{{label}}} {int(status.protected)}\n")
+        refused.append(f"syncd_target_cluster_address{{{label}}} {int(status.refused)}\n")
         backends.append(f'syncd_target_backends{{{label},ready="true"}} {status.ready}\n')
         backends.append(f'syncd_target_backends{{{label},ready="false"}} {status.not_ready}\n')
         if status.tier is not None:
@@ -207,6 +212,7 @@ def render_metrics() -> bytes:
     targets = _TARGET_HELP.format(
         stale="".join(stale),
         protected="".join(protected),
+        refused="".join(refused),
         backends="".join(backends),
         tier="".join(tier),
         success="".join(success),

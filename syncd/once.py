@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from syncd.cache import ClusterCache
+from syncd.cluster_networks import ClusterNetworks, describe_networks
 from syncd.errors import KubeError, KubeNotFound, SourceError
 from syncd.health import Prober
 from syncd.kube import Kube
 from syncd.model import Answer, Config, ProbeKey, Target
+from syncd.network_watch import ClusterNetworkWatch
 from syncd.pipeline import Outcome, TargetResult, seed_memory
 from syncd.policy import PolicyState, probe_keys
 from syncd.reconcile import reconcile, record_blocked
@@ -100,6 +102,7 @@ def run_once(
         return [failed]
     if resources is not None:
         config = resources.merge(config).config  # the file's targets and the resources'
+    networks = read_networks(kube, config, settings)
     sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
     sink.allow_protected = config.allow_protected
     sink.prunes_resources = resources is not None
@@ -116,7 +119,7 @@ def run_once(
 
     def one(target: Target) -> TargetResult:
         try:
-            result = _one_target(target, config, consul, cache, sink, settings, stop)
+            result = _one_target(target, config, consul, cache, sink, settings, stop, networks)
         except KubeError as exc:
             result = TargetResult(target.key, Outcome.FAILED, message=str(exc))
         if resources is not None and target.resource is not None and not settings.dry_run:
@@ -130,6 +133,24 @@ def run_once(
         resources.publish_unapplied()
     results.extend(reported(result) for result in sink.prune(keep))
     return results
+
+
+def read_networks(kube: Kube, config: Config, settings: OnceSettings) -> ClusterNetworks:
+    """The cluster's own networks, read once (syncd.network_watch): resources may not point
+    into them, and the file's targets are warned when they do."""
+    probe_namespace = (settings.namespaces or ("default",))[0]
+    networks = ClusterNetworkWatch(kube, config.address_policy, probe_namespace).load()
+    if networks.unknown:
+        log.warning(
+            "cannot read the cluster's own networks (%s): %s",
+            networks.unknown,
+            "ExternalServices are not applied"
+            if settings.resources
+            else "the targets' backends are not checked against them",
+        )
+    else:
+        log.info(describe_networks(networks))
+    return networks
 
 
 def _read_cluster(cache: ClusterCache, resources: ResourceSet | None) -> str | None:
@@ -160,6 +181,7 @@ def _one_target(
     sink: Sink,
     settings: OnceSettings,
     stop: threading.Event,
+    networks: ClusterNetworks,
 ) -> TargetResult:
     """Reconcile one target; wait once for a held removal, re-read after a 409."""
     memory: PolicyState | None = None  # None: seed from the cluster
@@ -178,6 +200,7 @@ def _one_target(
             address_policy=config.address_policy,
             owner_id=settings.owner_id,
             health=probe_round(target, answers),
+            networks=networks,
         )
         for warning in done.step.evaluation.warnings:
             log.warning("%s: %s", target.key, warning, extra={"target": target.key})

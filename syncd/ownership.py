@@ -32,7 +32,6 @@ from syncd.kinds import (
     SERVICE_NAME_LABEL,
     SKIP_MIRROR_LABEL,
     Obj,
-    is_label_value,
     labels_of,
 )
 
@@ -51,10 +50,12 @@ __all__ = [
     "LEGACY_OWNER_ID",
     "MANAGED_BY",
     "MANAGED_LABEL_KEYS",
+    "OWNER_ID_RULE",
     "OWNER_LABEL",
     "RESOURCE_LABEL",
     "SERVICE_NAME_LABEL",
     "SKIP_MIRROR_LABEL",
+    "derivation_note",
     "derive_owner_id",
     "owner_description",
     "ownership_labels",
@@ -64,20 +65,45 @@ __all__ = [
 ]
 
 
+# An owner id is a label value on every object syncd writes, and the suffix of its Lease's
+# name (syncd-<owner id>), which must be a DNS-1123 subdomain: both hold for lowercase
+# letters, digits, '-' and '.' (dot-separated labels), starting and ending alphanumeric.
+_OWNER_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+OWNER_ID_RULE = (
+    "lowercase letters, digits, '-' and '.', at most 63, starting and ending with a letter "
+    "or digit: it is a label value and names the Lease"
+)
+
+
 def valid_owner_id(value: str) -> bool:
-    return bool(value) and is_label_value(value)
+    return bool(value) and len(value) <= 63 and bool(_OWNER_ID.match(value))
+
+
+def _as_owner_id(name: str) -> str:
+    """`name` lowercased, with what an owner id may not hold replaced by '-' (uncut)."""
+    text = re.sub(r"[^a-z0-9.-]+", "-", name.lower())
+    text = re.sub(r"\.[^a-z0-9]+|[^a-z0-9]+\.", ".", text)  # each dotted part alphanumeric
+    return re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", text)
 
 
 def derive_owner_id(config_path: Path) -> str:
-    """The default identity: the config file's name, as a label value.
+    """The default identity: the config file's name, made a valid owner id.
 
-    config/ceph-rgw.yaml -> "ceph-rgw". Stable while the file keeps its name, different for
-    every differently named config; renaming the file changes it (objects written under the
-    old name are then someone else's: reported as conflicts, never touched).
+    config/ceph-rgw.yaml -> "ceph-rgw"; "My Config.v2.yaml" -> "my-config.v2". Stable while
+    the file keeps its name, different for every differently named config; renaming the
+    file changes it (objects written under the old name are then someone else's: reported
+    as conflicts, never touched).
     """
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", config_path.stem)
-    stem = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", stem[:63])
-    return stem or "syncd"
+    return _as_owner_id(_as_owner_id(config_path.stem)[:63]) or "syncd"
+
+
+def derivation_note(config_path: Path) -> str:
+    """How the file's name was made an owner id, when it was not one as it is ("")."""
+    stem = config_path.stem
+    if stem == derive_owner_id(config_path):
+        return ""
+    cut = ", cut to 63 characters" if len(_as_owner_id(stem)) > 63 else ""
+    return f"{stem!r} made a valid owner id (lowercase, '-' for other characters{cut})"
 
 
 GENERIC_CONFIG_NAMES = frozenset({"config", "syncd", "stdin", "values", "settings", "conf"})

@@ -20,6 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from syncd.cluster_networks import (
+    ClusterNetworks,
+    Refusal,
+    applies_to,
+    file_target_warnings,
+    refusal,
+)
 from syncd.errors import OwnershipConflict, TargetError
 from syncd.kinds import (
     ENDPOINT_SLICE,
@@ -35,6 +42,7 @@ from syncd.model import (
     Backend,
     EndpointPort,
     ProbeKey,
+    Snapshot,
     Target,
     port_set,
 )
@@ -45,7 +53,7 @@ from syncd.ownership import (
     updatable_by,
 )
 from syncd.plan import Action, Change, plan_changes
-from syncd.policy import Decision, Evaluation, PolicyState, evaluate
+from syncd.policy import Decision, Evaluation, PolicyState, Verdict, evaluate
 from syncd.render import placement_of, render_target, slice_key_of
 
 # The uid a new Service will get is only known once it is created: objects planned in the
@@ -175,6 +183,8 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # the API or the target's setup failed
     PROTECTED = "protected"  # a registry answer would drain the target; last state kept
     REFUSED = "refused"  # a protected Service nobody opted in (syncd.protected): untouched
+    CLUSTER_ADDRESS = "cluster-address"  # a resource points into the cluster's own networks
+    #                                      (syncd.cluster_networks): its endpoints withdrawn
 
     @property
     def ok(self) -> bool:
@@ -208,7 +218,9 @@ class TargetPlan:
 
 @dataclass(frozen=True)
 class Step:
-    """What the pipeline concluded for one target at one moment."""
+    """What the pipeline concluded for one target at one moment: a plan to apply, a
+    result saying why nothing may be written, or both (a refused resource's withdrawal:
+    apply the plan, and the outcome is the result's)."""
 
     evaluation: Evaluation  # the policy's verdict, its memory for next time, warnings
     plan: TargetPlan | None = None  # None: nothing may be written now (see `result`)
@@ -230,10 +242,24 @@ def run(
     owner_id: str,
     health: Mapping[ProbeKey, bool] | None = None,
     problems: Sequence[str] = (),
+    networks: ClusterNetworks | None = None,
 ) -> Step:
-    """Decide and plan for one target. `problems` are the sources' failures, for messages."""
+    """Decide and plan for one target. `problems` are the sources' failures, for messages;
+    `networks` the cluster's own (None where no cluster is known: render)."""
+    if networks is not None and applies_to(target, address_policy):
+        refused = refusal(target, address_policy, networks, _addresses(answers, live, owner_id))
+        if refused is not None and refused.unknown:  # nothing written, nothing withdrawn
+            message = refused.message()
+            result = TargetResult(target.key, Outcome.STALE, message=message)
+            return Step(Evaluation(Verdict(None, memory, reason=message)), result=result)
+        if refused is not None:
+            return withdrawal(target, refused, memory, live, owner_id)
     evaluation = evaluate(answers, memory, now, target, address_policy, health)
     verdict = evaluation.verdict
+    if verdict.decision is not None and networks is not None:
+        noted = file_target_warnings(target, networks, verdict.decision.backends)
+        if noted:
+            evaluation = replace(evaluation, warnings=(*evaluation.warnings, *noted))
     if verdict.decision is None:
         if verdict.hold_until is not None:
             outcome = Outcome.HELD
@@ -251,6 +277,36 @@ def run(
     except TargetError as exc:
         return Step(evaluation, result=_blocked(target, Outcome.FAILED, exc, verdict.decision))
     return Step(evaluation, plan=plan)
+
+
+def _addresses(answers: Sequence[Answer], live: LiveState, owner_id: str) -> list[str]:
+    """Every address the target's answers list, and every address applied for it now."""
+    listed = [b.address for a in answers if isinstance(a, Snapshot) for b in a.backends]
+    applied = backends_of_slices(live.owned_slices(owner_id))
+    if live.endpoints is not None and updatable_by(live.endpoints, owner_id):
+        applied |= backends_of_endpoints(live.endpoints)
+    return listed + [b.address for b in applied]
+
+
+def withdrawal(
+    target: Target, refused: Refusal, memory: PolicyState, live: LiveState, owner_id: str
+) -> Step:
+    """A refused resource: nothing is written for it, and the endpoint objects written for
+    it before (the network changed, or the spec) are deleted. Its Service stays, so its
+    name still resolves and clients are refused rather than sent into the cluster; the
+    policy forgets what was applied, so nothing holds the refusal's removals back."""
+    message = refused.message()
+    forgotten = replace(memory, applied=None, pending=None, pending_since=None)
+    evaluation = Evaluation(Verdict(None, forgotten, reason=message))
+    result = TargetResult(target.key, Outcome.CLUSTER_ADDRESS, message=message)
+    owned: list[Obj] = list(live.owned_slices(owner_id))
+    if live.endpoints is not None and updatable_by(live.endpoints, owner_id):
+        owned.append(live.endpoints)
+    if not owned:
+        return Step(evaluation, result=result)
+    decision = Decision(frozenset(), 0, "(withdrawn)", message)
+    plan = TargetPlan(target, decision, tuple(plan_changes([], owned)))
+    return Step(evaluation, plan=plan, result=result)
 
 
 def _blocked(target: Target, outcome: Outcome, exc: Exception, decision: Decision) -> TargetResult:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from syncd.cluster_networks import ClusterNetworks
 from syncd.errors import SourceError
 from syncd.model import AddressPolicy, Answer, ProbeKey, Target
 from syncd.pipeline import LiveState, Outcome, Step, TargetResult, run
@@ -22,7 +23,11 @@ from syncd.policy import PolicyState
 from syncd.sink import Sink
 
 # A result that lasts is told to `kubectl describe service` once, as an Event of this reason.
-BLOCKED_EVENT_REASONS = {Outcome.PROTECTED: "DrainProtected", Outcome.CONFLICT: "SyncConflict"}
+BLOCKED_EVENT_REASONS = {
+    Outcome.PROTECTED: "DrainProtected",
+    Outcome.CONFLICT: "SyncConflict",
+    Outcome.CLUSTER_ADDRESS: "ClusterAddressRefused",
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class Reconciled:
         return self.step.evaluation.verdict.hold_until
 
 
-_BLOCKED_BY_SINK = (Outcome.CONFLICT, Outcome.REFUSED)  # found before any write
+# found before any write, or refused by the cluster for a reason a retry does not change
+_BLOCKED_BY_SINK = (Outcome.CONFLICT, Outcome.REFUSED, Outcome.CLUSTER_ADDRESS)
 
 
 def source_problems(target: Target, answers: Sequence[Answer]) -> list[str]:
@@ -75,6 +81,7 @@ def reconcile(
     address_policy: AddressPolicy,
     owner_id: str,
     health: Mapping[ProbeKey, bool] | None = None,
+    networks: ClusterNetworks | None = None,
 ) -> Reconciled:
     """Decide with the pipeline and, when something may be written, apply it."""
     step = run(
@@ -87,11 +94,16 @@ def reconcile(
         owner_id=owner_id,
         health=health,
         problems=source_problems(target, answers),
+        networks=networks,
     )
     if step.plan is None:
         assert step.result is not None
         return Reconciled(step, step.result)
     result = sink.apply(step.plan)
+    if step.result is not None and result.outcome is not Outcome.FAILED:
+        # a refused resource's withdrawal: written, and still blocked (see pipeline.run)
+        result = replace(step.result, changes=result.changes)
+        return Reconciled(replace(step, plan=None, result=result), result)
     if result.outcome in _BLOCKED_BY_SINK:
         step = replace(step, plan=None, result=result)
     return Reconciled(step, result)

@@ -22,6 +22,7 @@ _READY = {
     "conflict": ("Conflict", False),
     "failed": ("WriteFailed", False),
     "refused": ("Refused", False),
+    "cluster-address": ("ClusterAddress", False),
 }
 
 

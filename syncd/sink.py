@@ -28,6 +28,7 @@ from syncd.cache import ClusterCache
 from syncd.errors import KubeConflict, KubeError
 from syncd.kinds import (
     CACHED_KINDS,
+    EXTERNAL_SERVICE,
     KINDS,
     RESOURCE_LABEL,
     SERVICE,
@@ -52,6 +53,23 @@ log = logging.getLogger(__name__)
 
 
 REMOVED_FROM_CONFIG = "target removed from the config"
+
+
+def restricted_endpoints_refusal(exc: KubeError) -> str | None:
+    """The cluster's own refusal of an endpoint address in its networks, said as such, or
+    None for any other error. OpenShift's RestrictedEndpointsAdmission answers 403 "endpoint
+    address X is not allowed" to a writer without `create` on endpoints/restricted (or
+    endpointslices/restricted); retrying would change nothing."""
+    text = str(exc)
+    if exc.status != 403 or "endpoint address" not in text or "is not allowed" not in text:
+        return None
+    detail = text[text.index("endpoint address") :].split(";")[0].strip()
+    return (
+        f"the cluster refused the write: {detail} (OpenShift's RestrictedEndpointsAdmission: "
+        "the address is in the cluster's own networks); fix the address, or, if it is meant, "
+        "grant syncd create on endpointslices/restricted (deploy/components/openshift-"
+        "restricted-endpoints, docs/openshift.md)"
+    )
 
 
 class Sink:
@@ -107,6 +125,12 @@ class Sink:
                     service_uid = written["metadata"]["uid"]
                 applied.append(change)
         except KubeError as exc:
+            refused = restricted_endpoints_refusal(exc)
+            if refused is not None:
+                log.error("%s: %s", target.key, refused, extra={"target": target.key})
+                return TargetResult(
+                    target.key, Outcome.CLUSTER_ADDRESS, tuple(applied), refused, decision
+                )
             stale = isinstance(exc, KubeConflict)
             return TargetResult(
                 target.key,
@@ -239,13 +263,24 @@ class Sink:
         type_: str = "Warning",
         once: bool = False,
     ) -> None:
-        """An Event on the target's Service, as `kubectl describe service` shows it.
+        """An Event on the target's Service, as `kubectl describe service` shows it, or on
+        the ExternalService that declared the target, where its team looks
+        (`kubectl describe externalservice`).
 
         With `once`, the Event is named after what it says: recording the same again is a
         409 and nothing more, until the API server expires it (an hour), so a condition
         that lasts is reported once, not on every pass, even by a one-shot run.
         """
-        self._event(target.namespace, target.service, reason, message, type_, once)
+        about = None
+        if target.resource is not None:
+            about = {
+                "apiVersion": EXTERNAL_SERVICE.api_version,
+                "kind": EXTERNAL_SERVICE.name,
+                "name": target.resource.name,
+                "namespace": target.namespace,
+                "uid": target.resource.uid,
+            }
+        self._event(target.namespace, target.service, reason, message, type_, once, about)
 
     def _event(
         self,
@@ -255,12 +290,22 @@ class Sink:
         message: str,
         type_: str = "Warning",
         once: bool = True,
+        about: dict[str, str] | None = None,
     ) -> None:
+        """An Event about `about`, else the Service `service_name`."""
         if self._dry_run:
             return
         target_key = f"{namespace}/{service_name}"
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        service = self._cache.get(SERVICE.name, namespace, service_name) or {}
+        if about is None:
+            service = self._cache.get(SERVICE.name, namespace, service_name) or {}
+            about = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "name": service_name,
+                "namespace": namespace,
+                "uid": (service.get("metadata") or {}).get("uid", ""),
+            }
         if once:
             digest = hashlib.sha256(f"{self._owner_id}\0{reason}\0{message}".encode()).hexdigest()
             name: dict[str, str] = {"name": f"{service_name}.syncd-{digest[:16]}"}
@@ -268,13 +313,7 @@ class Sink:
             name = {"generateName": f"{service_name}."}
         event = {
             "metadata": {**name, "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "name": service_name,
-                "namespace": namespace,
-                "uid": (service.get("metadata") or {}).get("uid", ""),
-            },
+            "involvedObject": about,
             "reason": reason,
             "message": message[:1000],
             "type": type_,

@@ -57,6 +57,7 @@ class TargetState:
     memory: TargetMemory = field(default_factory=TargetMemory)
     stale: bool = False
     protected: bool = False  # drain protection is keeping the last applied state
+    refused: bool = False  # a resource pointing into the cluster's networks (withdrawn)
     held_since: float | None = None  # the held removal already reported
     reported: str | None = None  # the conflict or failure already reported
     converged_on: DecisionInputs | None = None  # the inputs of its last converged reconcile
@@ -181,7 +182,14 @@ class TargetRegistry:
     def statuses(self) -> list[TargetStatus]:
         return [
             TargetStatus(
-                s.target.key, s.stale, s.protected, s.ready, s.not_ready, s.tier, s.last_success
+                s.target.key,
+                s.stale,
+                s.protected,
+                s.ready,
+                s.not_ready,
+                s.tier,
+                s.last_success,
+                s.refused,
             )
             for s in self.states()
         ]

@@ -26,7 +26,7 @@ from syncd.config.schema import (
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
 from syncd.model import AddressPolicy, Config, ConsulConnection, ConsulSourceConfig, Target
-from syncd.ownership import valid_owner_id
+from syncd.ownership import OWNER_ID_RULE, valid_owner_id
 from syncd.protected import refusal, valid_entry
 
 
@@ -156,10 +156,7 @@ def _owner_id(data: dict, root: Scope) -> str | None:
         return None
     owner_id = string(data["owner_id"], root.at("owner_id"))
     if owner_id is not None and not valid_owner_id(owner_id):
-        root.at("owner_id").error(
-            f"{owner_id!r} is not a valid label value (letters, digits, '-', '_', '.', "
-            "at most 63, starting and ending with a letter or digit)"
-        )
+        root.at("owner_id").error(f"{owner_id!r} is not a valid owner id ({OWNER_ID_RULE})")
         return None
     return owner_id
 

@@ -588,8 +588,17 @@ def _status_ranges(raw: Any, scope: Scope) -> tuple[tuple[int, int], ...]:
     return tuple(ranges) or ((200, 399),)
 
 
+_ADDRESS_POLICY_KEYS = {
+    "denied_cidrs",
+    "service_cidr",
+    "cluster_cidrs",
+    "cluster_network_namespaces",
+    "discover_cluster_networks",
+}
+
+
 def parse_address_policy(raw: Any, scope: Scope) -> AddressPolicy | None:
-    data = expect_mapping(raw, scope, {"denied_cidrs", "service_cidr"}, set())
+    data = expect_mapping(raw, scope, _ADDRESS_POLICY_KEYS, set())
     if data is None:
         return None
     denied = DEFAULT_DENIED_CIDRS
@@ -597,9 +606,33 @@ def parse_address_policy(raw: Any, scope: Scope) -> AddressPolicy | None:
         denied = (
             cidrs(data["denied_cidrs"], scope.at("denied_cidrs")) if data["denied_cidrs"] else ()
         )
+    values: dict[str, Any] = {}
     if "service_cidr" in data:
-        denied = denied + cidrs(data["service_cidr"], scope.at("service_cidr"))
-    return AddressPolicy(denied=denied)
+        values["service_cidrs"] = cidrs(data["service_cidr"], scope.at("service_cidr"))
+        denied = denied + values["service_cidrs"]
+    if "cluster_cidrs" in data:
+        values["cluster_cidrs"] = cidrs(data["cluster_cidrs"], scope.at("cluster_cidrs"))
+    if "cluster_network_namespaces" in data:
+        values["cluster_network_namespaces"] = _namespace_names(
+            data["cluster_network_namespaces"], scope.at("cluster_network_namespaces")
+        )
+    if flag(data, "discover_cluster_networks", scope) is not None:
+        values["discover_cluster_networks"] = data["discover_cluster_networks"]
+    return AddressPolicy(denied=denied, **values)
+
+
+def _namespace_names(raw: Any, scope: Scope) -> tuple[str, ...]:
+    """A list of namespace names (DNS-1123 labels)."""
+    if not isinstance(raw, list):
+        scope.error(f"must be a list of namespace names, got {kind_name(raw)}")
+        return ()
+    names = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, str) or not DNS1123_LABEL.match(item) or len(item) > 63:
+            scope.at(index).error(f"{item!r} is not a namespace {DNS1123_WHAT}")
+            continue
+        names.append(item)
+    return tuple(dict.fromkeys(names))
 
 
 def _check_static_policy(

@@ -47,6 +47,35 @@ def test_an_owner_id_from_a_generic_file_name_is_warned_about(tmp_path):
     assert "generic" not in syncd("check", "--config", named, check=0).stderr
 
 
+def test_run_in_a_pod_refuses_an_owner_id_from_a_generic_file_name(tmp_path):
+    """deploy/ and the chart mount every config as config.yaml: two installs on the derived
+    id would prune each other. In a pod, run stops before contacting anything."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CEPH_EXAMPLE.read_text().replace("owner_id: ceph-rgw", "# no owner_id"))
+    in_a_pod = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    result = syncd("run", "--config", config, "--once", check=2, env=in_a_pod)
+    assert f"{config}: owner id 'config' comes from a generic file name" in result.stderr
+    assert "not running in a pod without one" in result.stderr
+    assert "Traceback" not in result.stderr
+    named = syncd("run", "--config", config, "--once", env={**in_a_pod, "SYNCD_OWNER_ID": "odf"})
+    assert "generic file name" not in named.stderr  # it went on (to the cluster it lacks)
+    chart = syncd("check", "--config", config, env={"SYNCD_DEFAULT_OWNER_ID": "syncd-rgw"})
+    assert "owner id 'syncd-rgw' from $SYNCD_DEFAULT_OWNER_ID" in chart.stdout
+
+
+def test_an_owner_id_that_cannot_name_a_lease_is_refused_by_check(tmp_path):
+    config = tmp_path / "gateways.yaml"
+    config.write_text(CEPH_EXAMPLE.read_text().replace("owner_id: ceph-rgw", "owner_id: Ceph_RGW"))
+    result = syncd("check", "--config", config, check=2)
+    assert "owner_id: 'Ceph_RGW' is not a valid owner id (lowercase letters" in result.stderr
+    flag = syncd("check", "--config", CEPH_EXAMPLE, "--owner-id", "My_Id", check=2)
+    assert "'My_Id' is not a valid owner id" in flag.stderr
+    derived = tmp_path / "My Gateways.yaml"
+    derived.write_text(CEPH_EXAMPLE.read_text().replace("owner_id: ceph-rgw", "# none"))
+    said = syncd("check", "--config", derived, check=0).stdout
+    assert "owner id 'my-gateways' from the config file's name: 'My Gateways' made a valid" in said
+
+
 def test_check_prints_every_problem_on_stderr_and_exits_2(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", target("ns", "svc", ["127.0.0.1:80", "192.0.2.1:0"]))
     result = syncd("check", "--config", bad, check=2)

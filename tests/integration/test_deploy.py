@@ -48,7 +48,13 @@ VARIANTS = {
 # roles and a settings ConfigMap, and touches nothing the others do)
 VARIANTS |= {
     "+".join(order): [f"components/{name}" for name in order]
-    for order in (("resources",), ("namespaced", "resources"), ("resources", "cronjob"))
+    for order in (
+        ("resources",),
+        ("namespaced", "resources"),
+        ("resources", "cronjob"),
+        ("resources-for-editors", "resources"),
+        ("resources", "openshift-restricted-endpoints"),
+    )
 }
 
 
@@ -100,11 +106,28 @@ def test_every_manifest_is_accepted_and_every_pod_passes_pod_security_restricted
     ]
     assert bool(writes_endpoints) == ("endpoints" in chosen)
     cluster_roles = {d["metadata"]["name"] for d in documents if d["kind"] == "ClusterRole"}
+    assert "syncd-cluster-networks" in cluster_roles  # namespaced too: read-only Nodes
     if "resources" in chosen:
         assert "CustomResourceDefinition" in kinds
         assert {"syncd-externalservices", "syncd-externalservices-edit"} <= cluster_roles
+        aggregated = {
+            d["metadata"]["name"]
+            for d in documents
+            if d["kind"] == "ClusterRole"
+            and d["metadata"]["labels"].get("rbac.authorization.k8s.io/aggregate-to-edit")
+        }
+        wanted = {"syncd-externalservices-edit-aggregated"}
+        assert aggregated == (wanted if "resources-for-editors" in chosen else set())
         (settings,) = [d for d in documents if d["metadata"]["name"] == "syncd-resources"]
         assert settings["data"]["SYNCD_RESOURCES"] == "true"
+    restricted = [
+        rule
+        for d in documents
+        if d["kind"] == "ClusterRole"
+        for rule in d["rules"]
+        if any(r.endswith("/restricted") for r in rule["resources"])
+    ]
+    assert bool(restricted) == ("openshift-restricted-endpoints" in chosen)
     if "namespaced" in chosen:
         assert "syncd" not in cluster_roles
         (settings,) = [d for d in documents if d["metadata"]["name"] == "syncd-settings"]

@@ -15,7 +15,14 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from harness.helpers import dry_run_apply, kustomize_build, pod_templates, syncd
+from harness.helpers import (
+    dry_run_apply,
+    kustomize_build,
+    pod_templates,
+    slices_of,
+    syncd,
+    target,
+)
 from harness.kube_apiserver import REPO, server_binaries
 
 pytestmark = pytest.mark.apiserver
@@ -33,7 +40,12 @@ CHOICES = {
     ],
     "single": ["--set", "replicas=1"],
 }
-EXTRA_CHOICES = {"external-services": ["--set", "externalServices.enabled=true"]}
+EXTRA_CHOICES = {
+    "external-services": ["--set", "externalServices.enabled=true"],
+    "for-editors": ["--set", "externalServices.forEditors=true"],
+    "restricted-endpoints": ["--set", "openshift.restrictedEndpoints=true"],
+    "owner-id": ["--set", "ownerId=odf-rgw"],
+}
 VARIANTS = {
     "+".join(subset) or "defaults": subset
     for size in range(len(CHOICES) + 1)
@@ -128,8 +140,39 @@ def test_the_chart_and_deploy_render_the_same_config_and_syncd_checks_it(tmp_pat
     assert not any(arg.startswith("--lease-name") for arg in args)  # syncd-<owner id>
 
 
+def _owner_env(documents: list[dict]) -> dict[str, str]:
+    container = pod_templates(documents)[0]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if e["name"].endswith("OWNER_ID")}
+
+
+def test_two_releases_with_no_owner_id_in_their_config_do_not_prune_each_other(
+    apiserver, admin, namespace, tmp_path
+):
+    """Each release has its own identity (namespace and name), though both mount their
+    config as config.yaml; ownerId beats the config's owner_id. Run as the pods would, on
+    a real API server: the second release's run leaves the first's target alone."""
+    one = _owner_env(_template((), "gateways"))
+    assert one == {"SYNCD_DEFAULT_OWNER_ID": "syncd-gateways"}
+    other = _owner_env(_template((), "databases"))
+    assert other == {"SYNCD_DEFAULT_OWNER_ID": "syncd-databases"}
+    assert _owner_env(_template(("owner-id",))) == {"SYNCD_OWNER_ID": "odf-rgw"}
+    for release, env, service in (("a", one, "rgw"), ("b", other, "db")):
+        directory = tmp_path / release
+        directory.mkdir()
+        config = directory / "config.yaml"  # as the chart mounts it
+        config.write_text(
+            yaml.safe_dump(
+                {"version": 1, "targets": [target(namespace, service, ["192.0.2.7:80"])]}
+            )
+        )
+        syncd("run", "--config", config, "--kubeconfig", apiserver.syncd_kubeconfig, "--once",
+              check=0, env=env)  # fmt: skip
+    assert slices_of(admin, namespace, "rgw") and slices_of(admin, namespace, "db")
+
+
 # What only Helm adds: its release bookkeeping (labels, the annotation that rolls the pods
-# on a config change, which kustomize does with a hash in the ConfigMap's name).
+# on a config change, which kustomize does with a hash in the ConfigMap's name, the default
+# owner id of the release).
 HELM_ONLY_LABELS = {
     "app.kubernetes.io/instance",
     "app.kubernetes.io/version",
@@ -162,6 +205,12 @@ def _comparable(document: dict, rendered_by: str) -> dict:
         return node
 
     document["metadata"].pop("namespace", None)
+    if rendered_by == "helm":  # the default owner id per release (deploy/'s config has one)
+        for template in pod_templates([document]):
+            for container in template["spec"]["containers"]:
+                container["env"] = [
+                    e for e in container["env"] if e["name"] != "SYNCD_DEFAULT_OWNER_ID"
+                ]
     if rendered_by == "kustomize":
         for template in pod_templates([document]):
             spec = template["spec"]
@@ -216,8 +265,18 @@ def test_external_services_bring_the_crd_of_deploy_and_their_roles(admin_api):
         {"apiGroups": ["syncd.io"], "resources": ["externalservices"], "verbs": ["list", "watch"]},
         {"apiGroups": ["syncd.io"], "resources": ["externalservices/status"], "verbs": ["patch"]},
     ]
-    aggregated = roles["syncd-externalservices-edit"]["metadata"]["labels"]
-    assert aggregated["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    labels = roles["syncd-externalservices-edit"]["metadata"]["labels"]
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in labels  # a choice (below)
+    assert (
+        roles["syncd-externalservices-view"]["metadata"]["labels"][
+            "rbac.authorization.k8s.io/aggregate-to-view"
+        ]
+        == "true"
+    )
+    for_editors = _template(("external-services", "for-editors"))
+    (edit,) = [d for d in for_editors if d["metadata"]["name"] == "syncd-externalservices-edit"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     args = pod_templates(documents)[0]["spec"]["containers"][0]["args"]
     assert "--resources" in args
     dry_run_apply(admin_api, documents, RELEASE_NAMESPACE)

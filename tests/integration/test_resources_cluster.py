@@ -1,15 +1,16 @@
 """ExternalServices with the cluster's own controllers (the real kube-controller-manager's
 garbage collector and ClusterRole aggregation, on an API server of this module's own):
 what syncd wrote for a resource goes with it even when syncd is not running, and the
-built-in edit and view roles let a namespace's editors declare them and its viewers read
-them."""
+built-in view role lets a namespace's viewers read them, and the edit role lets its
+editors declare them once the admin chooses so (components/resources-for-editors)."""
 
 from __future__ import annotations
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes import utils as k8s_utils
 
-from harness.helpers import run_once, slices_of, target, wait_for, write_config
+from harness.helpers import REPO, run_once, slices_of, target, wait_for, write_config
 from harness.kube_apiserver import stop_process
 from harness.syncd_process import start_syncd
 from syncd.kube import Kube, KubeSettings
@@ -130,12 +131,16 @@ def test_namespace_editors_declare_resources_and_viewers_read_them(cluster):
                     ],
                 },
             )
-        # the built-in roles gain the aggregated rules (the controller manager does it)
+        # view gains the rules (the controller manager aggregates them); edit does not until
+        # the admin chooses it (components/resources-for-editors): CVE-2021-25740
+        wait_for(lambda: _allowed(api, "auditor", "list", "externalservices"), "view aggregated")
+        assert not _allowed(api, "auditor", "create", "externalservices")
+        assert not _allowed(api, "dev", "create", "externalservices")
+        aggregate = REPO / "deploy/components/resources-for-editors/aggregate.yaml"
+        k8s_utils.create_from_yaml(api, str(aggregate))
         wait_for(lambda: _allowed(api, "dev", "create", "externalservices"), "edit aggregated")
         assert _allowed(api, "dev", "delete", "externalservices")
         assert not _allowed(api, "dev", "patch", "externalservices/status")  # syncd's alone
-        wait_for(lambda: _allowed(api, "auditor", "list", "externalservices"), "view aggregated")
-        assert not _allowed(api, "auditor", "create", "externalservices")
         syncd = "system:serviceaccount:syncd:syncd"
         assert _allowed(api, syncd, "watch", "externalservices")
         assert _allowed(api, syncd, "patch", "externalservices/status")

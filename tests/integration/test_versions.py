@@ -180,3 +180,54 @@ def test_a_service_of_someone_else_is_a_conflict_left_untouched(cluster, tmp_pat
     result = once(server, config, namespace, check=1)
     assert "CONFLICT" in result.stderr
     assert [w for w in server.audit.writes_since(mark) if w.resource != "events"] == []
+
+
+def test_a_resource_pointing_at_a_cluster_ip_is_refused_on_every_version(cluster, tmp_path):
+    """The Service network is the cluster's own on every version: from its ServiceCIDR
+    objects where it has them (1.33+), else learned from the API server itself, else the
+    config's service_cidr; a resource pointing at a ClusterIP is refused either way."""
+    server, admin, namespace = cluster
+    server.install_resources_component()
+    api = server.admin_client()
+    try:
+        service = k8s.CoreV1Api(api).create_namespaced_service(
+            namespace, {"metadata": {"name": "db"}, "spec": {"ports": [{"port": 5432}]}}
+        )
+    finally:
+        api.close()
+    cluster_ip = service.spec.cluster_ip
+    admin.create(
+        {
+            "apiVersion": "syncd.io/v1alpha1",
+            "kind": "ExternalService",
+            "metadata": {"name": "sneaky", "namespace": namespace},
+            "spec": {
+                "ports": [{"name": "pg", "port": 5432}],
+                "sources": [{"type": "static", "backends": [f"{cluster_ip}:5432"]}],
+            },
+        }
+    )
+    learned = tmp_path / "learned.yaml"
+    learned.write_text("version: 1\n")
+    served = minor(server.version or VERSIONS[0]) >= 33
+    result = run_once(
+        learned, server.syncd_kubeconfig, "--owner-id", namespace, "--resources",
+        "--namespaces", namespace, check=1,
+    )  # fmt: skip
+    assert f"CLUSTER-ADDRESS: {cluster_ip} is in {server.service_cidr}" in result.stderr
+    where = "ServiceCIDR kubernetes" if served else "the Service network)"
+    assert where in result.stderr, result.stderr
+    assert admin.get("Service", namespace, "sneaky") is None
+    # the config's service_cidr is denied to every target: the resource is not even valid
+    configured = tmp_path / "configured.yaml"
+    configured.write_text(f"version: 1\naddress_policy:\n  service_cidr: {server.service_cidr}\n")
+    run_once(
+        configured, server.syncd_kubeconfig, "--owner-id", namespace, "--resources",
+        "--namespaces", namespace, check=None,
+    )  # fmt: skip
+    status = (admin.get("ExternalService", namespace, "sneaky") or {}).get("status") or {}
+    ready = next(c for c in status.get("conditions", ()) if c["type"] == "Ready")
+    assert (
+        ready["reason"] == "Invalid" and f"denied range {server.service_cidr}" in (ready["message"])
+    )
+    assert admin.get("Service", namespace, "sneaky") is None

@@ -10,7 +10,7 @@ import pytest
 from syncd.addresses import parse_http_address
 from syncd.errors import ConfigError
 from syncd.model import ConsulConnection, Snapshot
-from syncd.ownership import derive_owner_id, valid_owner_id
+from syncd.ownership import derivation_note, derive_owner_id, valid_owner_id
 from syncd.sources.base import ChangeEmitter
 from syncd.sources.consul_api import resolve_endpoint
 
@@ -23,11 +23,27 @@ from syncd.sources.consul_api import resolve_endpoint
         ("team a (prod).yml", "team-a-prod"),
         ("-.yaml", "syncd"),
         ("x" * 80 + ".yaml", "x" * 63),
+        ("My Config.v2.yaml", "my-config.v2"),
+        ("Ceph_RGW.yaml", "ceph-rgw"),
+        ("a._b..c.yaml", "a.b.c"),
     ],
 )
-def test_the_default_identity_is_the_config_file_name_as_a_label_value(path, owner):
+def test_the_default_identity_is_the_config_file_name_made_a_valid_owner_id(path, owner):
     assert derive_owner_id(Path(path)) == owner
     assert valid_owner_id(derive_owner_id(Path(path)))
+
+
+@pytest.mark.parametrize(
+    "owner", ["Ceph_RGW", "ceph_rgw", "Ceph", "a..b", "-a", "a-", "x" * 64, "", "a b"]
+)
+def test_an_owner_id_must_be_a_label_value_and_a_lease_name_suffix(owner):
+    assert not valid_owner_id(owner)
+
+
+def test_a_file_name_made_an_owner_id_says_so_and_a_cut_one_says_that_too():
+    assert derivation_note(Path("ceph-rgw.yaml")) == ""
+    assert "'Ceph_RGW' made a valid owner id" in derivation_note(Path("Ceph_RGW.yaml"))
+    assert "cut to 63 characters" in derivation_note(Path("y" * 70 + ".yaml"))
 
 
 @pytest.mark.parametrize(

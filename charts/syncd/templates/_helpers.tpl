@@ -7,6 +7,12 @@
 {{- end -}}
 {{- end -}}
 
+{{/* This install's identity unless the config or ownerId names one: unique per release
+     (namespace and name), a valid owner id (lowercase, at most 63). */}}
+{{- define "syncd.defaultOwnerId" -}}
+{{- printf "%s-%s" .Release.Namespace .Release.Name | lower | replace "_" "-" | trunc 63 | trimSuffix "-" | trimSuffix "." -}}
+{{- end -}}
+
 {{- define "syncd.labels" -}}
 app.kubernetes.io/name: syncd
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -47,6 +53,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   env:
     - name: POD_NAMESPACE
       valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    {{- if .root.Values.ownerId }}
+    - name: SYNCD_OWNER_ID        # beats the config's owner_id
+      value: {{ .root.Values.ownerId | quote }}
+    {{- else }}
+    - name: SYNCD_DEFAULT_OWNER_ID  # used when the config sets no owner_id
+      value: {{ include "syncd.defaultOwnerId" .root | quote }}
+    {{- end }}
     - name: HOST_IP
       valueFrom: {fieldRef: {fieldPath: status.hostIP}}
     {{- if .root.Values.consul.enabled }}
