@@ -79,7 +79,9 @@ _ENDPOINT_KEYS = frozenset(("conditions", "zone", "hints"))
 
 def _trim_service(obj: Obj) -> dict[str, Any]:
     spec = obj.get("spec") or {}
-    kept = {k: spec[k] for k in ("selector", "type", "trafficDistribution") if k in spec}
+    kept = {
+        k: spec[k] for k in ("selector", "type", "trafficDistribution", "ipFamilies") if k in spec
+    }
     kept["ports"] = _shared_ports(spec.get("ports"))
     return {
         "metadata": _trim_metadata(obj),

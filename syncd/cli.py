@@ -20,7 +20,7 @@ import yaml
 
 from syncd import __version__, app
 from syncd.cli_parser import build_parser, namespace_list
-from syncd.cluster_networks import file_target_warnings
+from syncd.cluster_networks import file_target_warnings, single_stack_warnings
 from syncd.config import load_config
 from syncd.errors import ConfigError, KubeConfigError
 from syncd.frozen import plain
@@ -185,10 +185,9 @@ def _cluster_warnings(config: Config, args: argparse.Namespace) -> list[str]:
             backends = [
                 b for s in target.sources if isinstance(s, StaticSourceConfig) for b in s.backends
             ]
-            warnings += [
-                f"{config.path}: warning: target {target.key}: {line}"
-                for line in file_target_warnings(target, networks, backends)
-            ]
+            lines = file_target_warnings(target, networks, backends)
+            lines += single_stack_warnings(networks, backends)
+            warnings += [f"{config.path}: warning: target {target.key}: {line}" for line in lines]
         for value, target in values.items():
             why = probe_traffic_distribution(kube, target.namespace, value)
             if why is not None:
@@ -270,9 +269,17 @@ def _render(config: Config, owner_id: str) -> int:
             print(f"{target.key}: warning: {warning}", file=sys.stderr)
         if step.plan is None:
             reason = step.evaluation.verdict.reason or (step.result.message if step.result else "")
+            reason = reason.replace("; keeping what is applied", "")  # render applies nothing
             print(f"{target.key}: {reason}; nothing rendered", file=sys.stderr)
             status = EXIT_TARGET_FAILED
             continue
+        decision = step.plan.decision
+        if decision.tier > 0:  # a failover: the higher tiers did not qualify
+            print(
+                f"{target.key}: rendering tier {decision.tier} ({decision.source}): "
+                f"no higher tier has {target.failover.min_ready} ready backends",
+                file=sys.stderr,
+            )
         documents.extend(plain(change.desired or {}) for change in step.plan.changes)
     print(f"# Rendered by syncd {__version__} from {config.path}")
     print(yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True), end="")

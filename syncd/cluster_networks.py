@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd.addresses import IPNetwork, ip_sort_key
+from syncd.addresses import IPNetwork, ip_sort_key, ip_version
 from syncd.model import AddressPolicy, Backend, Target
 
 
@@ -174,6 +174,20 @@ def describe_networks(networks: ClusterNetworks) -> str:
     )
 
 
+def single_stack_warnings(networks: ClusterNetworks, backends: Iterable[Backend]) -> list[str]:
+    """Backends of an address family the cluster's Service network does not have: their
+    Service gets no ClusterIP of that family, and kube-proxy programs none of them."""
+    services = {n.network.version for n in networks.networks if "Service network" in n.what}
+    if not services:
+        return []  # not known: nothing to say
+    missing = sorted({b.family.value for b in backends if ip_version(b.address) not in services})
+    return [
+        f"{family} backends, and this cluster's Service network has no {family} range: "
+        f"kube-proxy will program none of them"
+        for family in missing
+    ]
+
+
 # --------------------------------------------------------------------------- from the cluster
 
 
@@ -257,4 +271,5 @@ __all__ = [
     "in_cluster_networks",
     "networks_of",
     "refusal",
+    "single_stack_warnings",
 ]

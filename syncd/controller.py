@@ -334,7 +334,10 @@ class Controller:
     def _reconciled(self, target: Target, result: TargetResult) -> None:
         if self._resources is not None and target.resource is not None:
             live = self._cache.live_state(target)
-            self._resources.publish(target, result, live, self._owner_id)
+            state = self._targets.get(target.key)
+            prober = state.prober if state is not None else None
+            unhealthy = prober.failing() if prober is not None else None
+            self._resources.publish(target, result, live, self._owner_id, unhealthy)
 
     def _reload(self) -> None:
         config = self._source.current()

@@ -76,8 +76,9 @@ RECONCILES = Counter(
 
 PROBES = Counter(
     "syncd_probes_total",
-    "Active health probes by type and result",
-    ["type", "result"],
+    "Active health probes by type, result and, for failures, why: refused, timeout, tls, "
+    "status (an unexpected HTTP status), reset, error",
+    ["type", "result", "reason"],
     registry=REGISTRY,
 )
 PROBE_PANICS = Counter(

@@ -68,14 +68,14 @@ def ask_sources(target: Target, consul: ConsulClients | None = None) -> list[Ans
     return answers
 
 
-def probe_round(target: Target, answers: list[Answer]) -> Mapping[ProbeKey, bool] | None:
+def probe_round(target: Target, answers: list[Answer]) -> Prober | None:
     """Probe every registry-ready backend once (no rise/fall history in one run)."""
     if target.health_check is None:
         return None
     check = replace(target.health_check, rise=1, fall=1)
     prober = Prober(check, target.key)
     prober.run_round(probe_keys(answers, check.port))
-    return prober.health()
+    return prober
 
 
 def run_once(
@@ -118,12 +118,16 @@ def run_once(
         return replace(result, changes=(), decision=None)
 
     def one(target: Target) -> TargetResult:
+        unhealthy = None
         try:
-            result = _one_target(target, config, consul, cache, sink, settings, stop, networks)
+            result, unhealthy = _one_target(
+                target, config, consul, cache, sink, settings, stop, networks
+            )
         except KubeError as exc:
             result = TargetResult(target.key, Outcome.FAILED, message=str(exc))
         if resources is not None and target.resource is not None and not settings.dry_run:
-            resources.publish(target, result, cache.live_state(target), settings.owner_id)
+            live = cache.live_state(target)
+            resources.publish(target, result, live, settings.owner_id, unhealthy)
         return reported(result)
 
     with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="once") as pool:
@@ -182,14 +186,17 @@ def _one_target(
     settings: OnceSettings,
     stop: threading.Event,
     networks: ClusterNetworks,
-) -> TargetResult:
-    """Reconcile one target; wait once for a held removal, re-read after a 409."""
+) -> tuple[TargetResult, Mapping[ProbeKey, str] | None]:
+    """Reconcile one target; wait once for a held removal, re-read after a 409. Returns
+    the result and what its probes call unhealthy, and why (None: it has no probes)."""
     memory: PolicyState | None = None  # None: seed from the cluster
     held_once = False
     attempts = 0
     while True:
         answers = ask_sources(target, consul)
         live = cache.live_state(target)
+        prober = probe_round(target, answers)
+        unhealthy = prober.failing() if prober is not None else None
         done = reconcile(
             target,
             answers,
@@ -199,7 +206,7 @@ def _one_target(
             now=time.monotonic(),
             address_policy=config.address_policy,
             owner_id=settings.owner_id,
-            health=probe_round(target, answers),
+            health=prober.health() if prober is not None else None,
             networks=networks,
         )
         for warning in done.step.evaluation.warnings:
@@ -212,14 +219,14 @@ def _one_target(
                 "%s: %s", target.key, reason, extra={"target": target.key, "action": "hold"}
             )
             if stop.wait(max(0.0, done.hold_until - time.monotonic())):
-                return result
+                return result, unhealthy
             cache.refresh_target(target)  # the cluster may have changed while we waited
             memory = done.memory
             continue
         record_blocked(sink, target, result)
         attempts += 1
         if not (result.stale_read and attempts < _WRITE_ATTEMPTS):
-            return result
+            return result, unhealthy
         log.info(
             "%s: an object changed while syncing (%s); re-reading",
             target.key,

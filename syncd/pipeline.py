@@ -183,6 +183,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # the API or the target's setup failed
     PROTECTED = "protected"  # a registry answer would drain the target; last state kept
     REFUSED = "refused"  # a protected Service nobody opted in (syncd.protected): untouched
+    EMPTY = "empty"  # its sources list no backends and nothing was ever applied for it
     CLUSTER_ADDRESS = "cluster-address"  # a resource points into the cluster's own networks
     #                                      (syncd.cluster_networks): its endpoints withdrawn
 
@@ -270,6 +271,14 @@ def run(
         detail = "; ".join(problems)
         message = verdict.reason + (f": {detail}" if detail else "")
         return Step(evaluation, result=TargetResult(target.key, outcome, message=message))
+    if not verdict.decision.backends and not _applied_before(live, owner_id):
+        message = (
+            f"{verdict.decision.source} lists no backends, and nothing was ever applied for "
+            "this target: not creating an empty Service (the first answer with backends "
+            "creates it)"
+        )
+        result = TargetResult(target.key, Outcome.EMPTY, message=message)
+        return Step(evaluation, result=result)
     try:
         plan = plan_target(target, verdict.decision, live, owner_id)
     except OwnershipConflict as exc:
@@ -277,6 +286,14 @@ def run(
     except TargetError as exc:
         return Step(evaluation, result=_blocked(target, Outcome.FAILED, exc, verdict.decision))
     return Step(evaluation, plan=plan)
+
+
+def _applied_before(live: LiveState, owner_id: str) -> bool:
+    """Does the cluster hold anything this instance wrote for the target?"""
+    return any(
+        obj is not None and updatable_by(obj, owner_id)
+        for obj in (live.service, live.endpoints, *live.slices)
+    )
 
 
 def _addresses(answers: Sequence[Answer], live: LiveState, owner_id: str) -> list[str]:
@@ -370,6 +387,27 @@ def topology_hints(
     return True, None
 
 
+def family_warning(target: Target, live: LiveState, backends: Iterable[Backend]) -> str | None:
+    """The live Service has no ClusterIP of a family its ready backends are in: kube-proxy
+    programs a Service's endpoints of its own families only, so those are never used."""
+    families = ((live.service or {}).get("spec") or {}).get("ipFamilies")
+    if not families:
+        return None
+    counts = {"IPv4": 0, "IPv6": 0}
+    for backend in backends:
+        if backend.ready:
+            counts[backend.family.value] += 1
+    unused = [(family, n) for family, n in counts.items() if n and family not in families]
+    if not unused:
+        return None
+    family, count = unused[0]
+    return (
+        f"Service {target.key} has ClusterIPs of {'/'.join(families)} only: kube-proxy "
+        f"programs none of its {count} {family} endpoints; set ipFamilyPolicy: "
+        "PreferDualStack on it (on a dual-stack cluster it then gets both)"
+    )
+
+
 def tier_annotations(target: Target, decision: Decision) -> dict[str, str] | None:
     """Where the backends come from, on the Service, for targets with several tiers."""
     if len(target.sources) < 2:
@@ -420,6 +458,9 @@ def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: s
     hints, why_not = topology_hints(target, live, decision.backends)
     if why_not:
         warnings.append(why_not)
+    missing_family = family_warning(target, live, decision.backends)
+    if missing_family:
+        warnings.append(missing_family)
     desired = render_target(
         target,
         decision.backends,

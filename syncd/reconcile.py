@@ -62,12 +62,15 @@ _BLOCKED_BY_SINK = (Outcome.CONFLICT, Outcome.REFUSED, Outcome.CLUSTER_ADDRESS)
 
 
 def source_problems(target: Target, answers: Sequence[Answer]) -> list[str]:
-    """One line per source that could not answer, naming it the way `check` does."""
-    return [
-        f"sources[{index}] ({target.sources[index].describe()}): {answer}"
-        for index, answer in enumerate(answers)
-        if isinstance(answer, SourceError)
-    ]
+    """One line per source that could not answer, naming it the way `check` does (once:
+    a source's own error often begins with its name too)."""
+    problems = []
+    for index, answer in enumerate(answers):
+        if isinstance(answer, SourceError):
+            name = target.sources[index].describe()
+            text = str(answer).removeprefix(f"{name}: ")
+            problems.append(f"sources[{index}] ({name}): {text}")
+    return problems
 
 
 def reconcile(

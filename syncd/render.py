@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.addresses import ip_sort_key
+from syncd.addresses import ip_sort_key, ip_version
 from syncd.frozen import freeze
 from syncd.kinds import EXTERNAL_SERVICE
 from syncd.memo import WORTH_REMEMBERING, IdentityMemo, Memo
@@ -241,12 +241,21 @@ def _ports_list(ports: PortSet) -> list[dict[str, Any]]:
 
 
 def render_service(
-    target: Target, owner_id: str, annotations: dict[str, str] | None = None
+    target: Target,
+    owner_id: str,
+    annotations: dict[str, str] | None = None,
+    dual_stack: bool = False,
 ) -> dict[str, Any]:
     """The selectorless Service syncd creates when `manage_service` is on.
 
     No `targetPort`: without a selector the endpoint ports decide where traffic goes.
-    `annotations` carry what syncd decided (the active failover tier).
+    `annotations` carry what syncd decided (the active failover tier). `dual_stack` (a
+    target with IPv6 backends) asks for `ipFamilyPolicy: PreferDualStack` without naming
+    families: a dual-stack cluster gives the Service a ClusterIP of each family, so
+    kube-proxy programs the IPv6 endpoints too (a Service of one family only gets that
+    family's); a single-stack cluster gives it its one family, and refuses nothing. It is
+    set when the Service is created and not compared after: the server defaults it, and
+    changing an existing Service's families is the owner's call (syncd warns instead).
     """
     metadata: dict[str, Any] = {
         "name": target.service,
@@ -262,6 +271,8 @@ def render_service(
     }
     if target.traffic_distribution:
         spec["trafficDistribution"] = target.traffic_distribution
+    if dual_stack:
+        spec["ipFamilyPolicy"] = "PreferDualStack"
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
 
@@ -392,7 +403,8 @@ def render_target(
     backends = list(backends)
     objects: list[dict[str, Any]] = []
     if target.manage_service if include_service is None else include_service:
-        objects.append(render_service(target, owner_id, service_annotations))
+        dual_stack = any(ip_version(b.address) == 6 for b in backends)
+        objects.append(render_service(target, owner_id, service_annotations, dual_stack))
     if target.output.endpoints:
         objects.append(render_endpoints(target, backends, owner_id, service_uid))
     if target.output.slices:

@@ -23,6 +23,7 @@ _READY = {
     "failed": ("WriteFailed", False),
     "refused": ("Refused", False),
     "cluster-address": ("ClusterAddress", False),
+    "empty": ("NoBackends", False),
 }
 
 
@@ -38,6 +39,7 @@ class Observation:
     tier: int | None = None
     source: str | None = None
     objects: tuple[str, ...] | None = None
+    unhealthy: tuple[str, ...] | None = None  # "address:port - why", from the probes
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ def desired_status(previous: Mapping[str, Any], standing: Standing, now: str) ->
         known["backendSummary"] = f"{seen.ready}/{seen.total}"
     if seen is not None and seen.objects is not None:
         known["objects"] = list(seen.objects)
+    if seen is not None and seen.unhealthy is not None:
+        known.pop("unhealthyBackends", None)
+        if seen.unhealthy:
+            known["unhealthyBackends"] = list(seen.unhealthy[:20])
     if seen is not None and seen.source is not None:
         known["activeSource"] = seen.source
         known["activeTier"] = seen.tier or 0
@@ -118,7 +124,15 @@ def _conditions(standing: Standing) -> list[Condition]:
     ]
 
 
-_KEPT = ("backends", "backendSummary", "objects", "activeSource", "activeTier", "lastSyncTime")
+_KEPT = (
+    "backends",
+    "backendSummary",
+    "objects",
+    "activeSource",
+    "activeTier",
+    "lastSyncTime",
+    "unhealthyBackends",
+)
 
 
 def _condition(

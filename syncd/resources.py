@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from syncd.cache import ClusterCache
@@ -21,7 +22,7 @@ from syncd.config.resource import Merged, ParsedResource, merge_resources, parse
 from syncd.errors import KubeError, KubeNotFound
 from syncd.kinds import EXTERNAL_SERVICE
 from syncd.kube import Kube
-from syncd.model import Config, Target, ready_count
+from syncd.model import Config, ProbeKey, Target, ready_count
 from syncd.ownership import prunable_by
 from syncd.pipeline import LiveState, TargetResult
 from syncd.resource_status import Observation, Standing, desired_status
@@ -115,15 +116,27 @@ class ResourceSet:
                 not in (None, resource.generation)
             ]
 
-    def publish(self, target: Target, result: TargetResult, live: LiveState, owner_id: str) -> None:
-        """After a resource's target was reconciled: its status, if it changed."""
+    def publish(
+        self,
+        target: Target,
+        result: TargetResult,
+        live: LiveState,
+        owner_id: str,
+        unhealthy: Mapping[ProbeKey, str] | None = None,
+    ) -> None:
+        """After a resource's target was reconciled: its status, if it changed.
+        `unhealthy`: what its probes call unhealthy, and why (None: it has no probes)."""
         if target.resource is None:
             return
         with self._lock:
             resource = self._by_key.get(target.key)
         if resource is None or resource.uid != target.resource.uid:
             return  # replaced or gone since
-        self._publish(resource, None, observe(target, result, live, owner_id))
+        observation = observe(target, result, live, owner_id)
+        if unhealthy is not None:
+            failing = tuple(f"{_host_port(key)} - {why}" for key, why in sorted(unhealthy.items()))
+            observation = replace(observation, unhealthy=failing)
+        self._publish(resource, None, observation)
 
     def _publish(
         self, resource: ParsedResource, conflict: str | None, observation: Observation | None
@@ -181,6 +194,11 @@ def observe(target: Target, result: TargetResult, live: LiveState, owner_id: str
         source=decision.source,
         objects=objects,
     )
+
+
+def _host_port(key: ProbeKey) -> str:
+    address, port = key
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _now() -> str:

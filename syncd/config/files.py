@@ -8,6 +8,7 @@ path, before a byte is read, so `check` answers within a second whatever it is g
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 from pathlib import Path
 
@@ -61,3 +62,22 @@ def read_text_file(path: Path, limit: int = MAX_FILE_BYTES) -> str:
 
 
 __all__ = ["MAX_FILE_BYTES", "read_text_file"]
+
+
+MAX_CA_BYTES = 1024 * 1024  # a CA bundle (the system's is about 200 KB)
+
+
+def ca_bundle_problem(path: Path) -> str | None:
+    """Why `path` is no usable CA bundle (PEM certificates), or None when it is one: said by
+    `check`, instead of every probe failing its TLS handshake at run time."""
+    try:
+        text = read_text_file(path, MAX_CA_BYTES)
+    except ConfigError as exc:
+        return exc.problems[0]
+    try:
+        context = ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, ValueError) as exc:
+        return f"{path}: not a PEM CA bundle ({getattr(exc, 'reason', None) or exc})"
+    if not context.get_ca_certs():
+        return f"{path}: holds no CA certificate"
+    return None

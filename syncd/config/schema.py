@@ -34,6 +34,7 @@ from syncd.config.checks import (
     port_number,
     string,
 )
+from syncd.config.files import ca_bundle_problem
 from syncd.config.yamldoc import YamlPath
 from syncd.errors import ConfigError
 from syncd.model import (
@@ -555,6 +556,9 @@ def _http_options(data: dict, scope: Scope, base_dir: Path) -> dict[str, Any]:
         name = nonempty_string(data["ca_file"], scope.at("ca_file"))
         if name:
             values["ca_file"] = beside(base_dir, name)
+            problem = ca_bundle_problem(values["ca_file"])
+            if problem is not None:
+                scope.at("ca_file").error(problem)
     if flag(data, "insecure_skip_verify", scope) is not None:
         values["insecure_skip_verify"] = data["insecure_skip_verify"]
     return values

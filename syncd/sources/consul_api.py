@@ -15,6 +15,7 @@ import os
 import queue
 import re
 import socket
+import ssl
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -411,10 +412,42 @@ def get(
     except requests.RequestException as exc:
         SOURCE_REQUESTS.labels(kind, "unreachable").inc()
         raise SourceError(
-            f"{name}: cannot reach Consul at {client.http.base_uri}: {type(exc).__name__}"
+            f"{name}: cannot reach Consul at {client.http.base_uri}: {network_cause(exc)}"
         ) from None
     SOURCE_REQUESTS.labels(kind, "ok").inc()
     return reply
+
+
+_CAUSES: tuple[tuple[Any, str], ...] = (
+    ((urllib3.exceptions.NameResolutionError, socket.gaierror), "the host name does not resolve"),
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    ((TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError), "timed out"),
+)
+
+
+def network_cause(exc: BaseException) -> str:
+    """Why a request could not be made, in a few words: a name that does not resolve, a
+    refused connection, a timeout, a certificate that does not verify (and why), a reset.
+    requests wraps the cause in urllib3's errors two or three levels down."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 10:
+        current = todo.pop(0)
+        seen.append(current)
+        todo += [c for c in (getattr(current, "reason", None), current.__cause__,
+                             current.__context__, *current.args)
+                 if isinstance(c, BaseException) and c not in seen]  # fmt: skip
+    for found in seen:  # the most telling first: what the whole chain says
+        if isinstance(found, ssl.SSLCertVerificationError):
+            return f"TLS: the certificate does not verify ({found.verify_message})"
+    for found in seen:
+        if isinstance(found, ssl.SSLError):
+            return f"TLS: {found.reason or found}"
+    for kinds, said in _CAUSES:
+        if any(isinstance(found, kinds) for found in seen):
+            return said
+    return type(exc).__name__
 
 
 def _parse_reply(

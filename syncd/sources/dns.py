@@ -9,8 +9,9 @@
   chains are followed by the resolver.
 - Refresh follows the records: the next lookup happens when the shortest TTL of the answer
   runs out, clamped to [min_ttl, max_ttl]; negative answers use the zone's negative TTL.
-- NXDOMAIN or an empty answer is a real answer (zero backends). SERVFAIL, REFUSED, timeouts
-  and unreachable nameservers are errors (SourceError): the caller keeps what is applied.
+- NXDOMAIN or an empty answer is a real answer (zero backends); NXDOMAIN is warned about
+  (a typo looks just like it). SERVFAIL, REFUSED, timeouts and unreachable nameservers are
+  errors (SourceError): the caller keeps what is applied.
 - Untrusted data: addresses the API server rejects are dropped with a warning and counted,
   duplicates are merged, a target that does not resolve is skipped and reported.
 """
@@ -152,16 +153,19 @@ class DnsSource:
     def _resolve_name(self, name: str) -> Resolution:
         entries: list[tuple[str, tuple[EndpointPort, ...], bool]] = []
         ttls: list[float] = []
+        missing = True
         for family in self._config.families:
             found = self._addresses(name, _RDTYPE[family], {})
             ttls.append(found.ttl)
+            missing &= found.nxdomain
             entries += [(address, self._config.ports, True) for address in found.addresses]
-        return self._resolution(entries, min(ttls))
+        resolution = self._resolution(entries, min(ttls))
+        return _said_missing(resolution, name) if missing else resolution
 
     def _resolve_srv(self, name: str) -> Resolution:
         answer, negative_ttl = self._lookup(name, dns.rdatatype.SRV)
         if answer is None:
-            return self._resolution([], negative_ttl)
+            return _said_missing(self._resolution([], negative_ttl), name)
         records = sorted(answer.rrset or (), key=lambda r: (r.priority, str(r.target), r.port))
         ttls = [_answer_lookup(answer, self._config.min_ttl).ttl]
         additional = {(rrset.name, rrset.rdtype): rrset for rrset in answer.response.additional}
@@ -237,6 +241,13 @@ def _answer_lookup(answer: dns.resolver.Answer, default_ttl: float) -> _Lookup:
     remaining = max(0.0, answer.expiration - time.time())
     addresses = tuple(r.address for r in answer.rrset if hasattr(r, "address"))
     return _Lookup(addresses, remaining)
+
+
+def _said_missing(resolution: Resolution, name: str) -> Resolution:
+    """An answer of nothing because the name does not exist: real, and worth a warning
+    (most often a typo: rgw.ceph.exmaple.com)."""
+    warning = f"{name} does not exist (NXDOMAIN): no backends"
+    return Resolution(resolution.backends, resolution.ttl, (warning, *resolution.warnings))
 
 
 def _usable(address: str, ports: Iterable[EndpointPort]) -> bool:

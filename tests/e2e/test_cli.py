@@ -260,3 +260,26 @@ def syncd_env(env):
         )
 
     return run
+
+
+def test_render_says_which_tier_it_renders_and_never_that_it_keeps_anything(tmp_path):
+    """render applies nothing: a failed source is "nothing rendered", named once, and a
+    fallback to a lower tier is said."""
+    consul = {"type": "consul", "service": "rgw"}
+    static = {"type": "static", "backends": ["192.0.2.5:8080"]}
+    unreachable = {"address": f"127.0.0.1:{free_port()}", "timeout": 0.5}
+    tiers = write_config(
+        tmp_path / "tiers.yaml", target_with("ns", "rgw", consul, static), consul=unreachable
+    )
+    result = syncd("render", "--config", tiers, check=0)
+    assert "ns/rgw: rendering tier 1 (static list): no higher tier has 1 ready backends" in (
+        result.stderr
+    )
+    alone = write_config(
+        tmp_path / "alone.yaml", target_with("ns", "rgw", consul), consul=unreachable
+    )
+    result = syncd("render", "--config", alone, check=1)
+    assert "ns/rgw: no source answered; nothing rendered" in result.stderr
+    assert "keeping what is applied" not in result.stderr
+    assert "sources[0] (consul service rgw): cannot reach Consul" in result.stderr
+    assert result.stderr.count("consul service rgw") == 1

@@ -10,6 +10,7 @@ from harness.helpers import (
     endpoint_pairs,
     readiness,
     slices_of,
+    syncd,
     target_with,
     wait_for,
     write_config,
@@ -89,6 +90,26 @@ def test_nxdomain_is_a_real_empty_answer(run_syncd, bind, admin, namespace, tmp_
     run_syncd(config)
     (placeholder,) = slices_of(admin, namespace, "gone")
     assert placeholder["metadata"]["name"] == "gone-empty"
+
+
+def test_a_name_that_does_not_exist_is_warned_and_never_creates_an_empty_service(
+    run_syncd, bind, admin, namespace, tmp_path
+):
+    """A typo (rgw.ceph.exmaple.com) looks like NXDOMAIN: render and run say so, and a
+    target never applied is not created empty from it; once the name exists it is."""
+    name = f"typo.{namespace}.example.test"
+    config = dns_config(tmp_path / "c.yaml", bind, namespace, "typo", name=name, port=80)
+    rendered = syncd("render", "--config", config, check=1)
+    assert f"{name} does not exist (NXDOMAIN)" in rendered.stderr
+    assert "not creating an empty Service" in rendered.stderr
+    result = run_syncd(config, check=1)
+    assert "EMPTY" in result.stderr and "does not exist (NXDOMAIN)" in result.stderr
+    assert admin.get("Service", namespace, "typo") is None and not slices_of(
+        admin, namespace, "typo"
+    )
+    bind.update(("add", f"typo.{namespace}", 2, "A", "192.0.2.35"))
+    run_syncd(config)
+    assert endpoint_pairs(slices_of(admin, namespace, "typo")) == {("192.0.2.35", 80)}
 
 
 def test_refused_is_an_error_that_keeps_what_is_applied(

@@ -460,3 +460,16 @@ def test_static_backends_must_obey_the_address_policy():
     assert any("198.51.100.1: outside the target's allowed_cidrs" in p for p in outside)
     multicast = _problems(GOOD.replace("192.0.2.1:8080", "239.1.2.3:8080"))
     assert any("239.1.2.3: in the denied range 224.0.0.0/4" in p for p in multicast)
+
+
+def test_a_probe_ca_file_that_is_missing_or_not_a_ca_bundle_is_refused_by_check(tmp_path):
+    """Else `check` says OK and every https probe fails at run time, then PANIC."""
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("hello\n")
+    for ca_file, says in (
+        ("missing.pem", "missing.pem: no such file"),
+        ("notes.txt", "notes.txt: not a PEM CA bundle"),
+    ):
+        text = GOOD + f"    health_check: {{type: https, ca_file: {ca_file}}}\n"
+        (problem,) = _problems(text, str(tmp_path / "c.yaml"))
+        assert "health_check.ca_file" in problem and says in problem, problem

@@ -250,3 +250,19 @@ def test_backends_that_compare_equal_hash_equal():
     b = replace(replace(a, ready=False), ready=True)
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert hash(replace(a, ready=False)) != hash(a) or replace(a, ready=False) != a
+
+
+def test_a_target_with_ipv6_backends_asks_for_a_dual_stack_service():
+    """A Service of one family only gets that family's ClusterIP, and kube-proxy programs
+    only its endpoints: IPv6 backends behind an IPv4-only Service are never used."""
+    from syncd.model import Backend, EndpointPort, ServicePort, StaticSourceConfig, Target
+    from syncd.render import render_target
+
+    target = Target("ns", "db", (ServicePort("pg", 5432),), (StaticSourceConfig(),))
+    port = (EndpointPort("pg", 5432),)
+    v6 = render_target(target, [Backend("2001:db8::10", port)], "me")[0]
+    mixed = render_target(target, [Backend("2001:db8::10", port), Backend("192.0.2.1", port)], "me")
+    v4 = render_target(target, [Backend("192.0.2.1", port)], "me")[0]
+    assert v6["spec"]["ipFamilyPolicy"] == "PreferDualStack" and "ipFamilies" not in v6["spec"]
+    assert mixed[0]["spec"]["ipFamilyPolicy"] == "PreferDualStack"
+    assert "ipFamilyPolicy" not in v4["spec"]  # as before: the cluster's default

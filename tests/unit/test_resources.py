@@ -159,3 +159,58 @@ def test_an_invalid_or_conflicting_resource_is_not_ready_and_says_why():
     assert (
         conditions["Conflict"]["status"] == "True" and conditions["Ready"]["reason"] == "Conflict"
     )
+
+
+def _enums(schema: dict, path: str = "") -> list[tuple[str, list]]:
+    """(path, values) of every enum in a CRD schema; list items as `[]`."""
+    found = []
+    if "enum" in schema:
+        found.append((path, schema["enum"]))
+    for name, child in (schema.get("properties") or {}).items():
+        found += _enums(child, f"{path}.{name}" if path else name)
+    if "items" in schema:
+        found += _enums(schema["items"], f"{path}[]")
+    return found
+
+
+# Where each enum of the CRD's spec goes, in a spec that is valid otherwise.
+_DNS = {"type": "dns", "name": "rgw.example.com", "port": 8080}
+_ENUM_SPECS = {
+    "ports[].protocol": lambda v: {"ports": [{"name": "http", "port": 80, "protocol": v}]},
+    "sources[].type": lambda v: {
+        "sources": [
+            {
+                "static": {"type": v, "backends": ["192.0.2.1:80"]},
+                "consul": {"type": v, "service": "rgw"},
+                "consul_query": {"type": v, "query": "rgw"},
+                "dns": {**_DNS, "type": v},
+            }[v]
+        ]
+    },
+    "sources[].address": lambda v: {"sources": [{"type": "consul", "service": "x", "address": v}]},
+    "sources[].consistency": lambda v: {
+        "sources": [{"type": "consul", "service": "x", "consistency": v}]
+    },
+    "sources[].families[]": lambda v: {"sources": [{**_DNS, "families": [v]}]},
+    "output": lambda v: {"output": v},
+    "traffic_distribution": lambda v: {"traffic_distribution": v},
+    "health_check.type": lambda v: {"health_check": {"type": v}},
+}
+
+
+def test_every_value_the_crd_allows_is_one_syncd_understands():
+    """The CRD and syncd's parser speak one vocabulary: `families` once said IPv4 in the
+    CRD and ipv4 in syncd, so it worked in no spelling in a resource."""
+    crd = yaml.safe_load((REPO / "deploy/components/resources/crd.yaml").read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    enums = _enums(spec_schema)
+    assert {path for path, _ in enums} == set(_ENUM_SPECS), "a new enum: add it here"
+    for path, values in enums:
+        for value in values:
+            spec = {
+                "ports": [{"name": "http", "port": 80}],
+                "sources": [{"type": "static", "backends": ["192.0.2.1:80"]}],
+                **_ENUM_SPECS[path](value),
+            }
+            parsed = parse_resource(_resource("x", spec), AddressPolicy())
+            assert parsed.problems == (), (path, value, parsed.problems)
