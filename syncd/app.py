@@ -13,19 +13,19 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import uuid
 from pathlib import Path
 
 from syncd.controller import Controller, DaemonSettings
 from syncd.errors import KubeConfigError, KubeError
+from syncd.http_server import serve_metrics
 from syncd.kube import Kube, KubeSettings
 from syncd.leader import LeaderElector, LeaderSettings
 from syncd.model import Config
-from syncd.observability import serve_metrics
+from syncd.observability import say
 from syncd.once import OnceSettings, run_once
-from syncd.output import ResultPrinter
+from syncd.output import ResultPrinter, plural
 from syncd.pipeline import TargetResult
 from syncd.resources import ResourceSet
 from syncd.sink import REMOVED_FROM_CONFIG
@@ -52,21 +52,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         kube = Kube.connect(settings, stop)
     except KubeConfigError as exc:
-        print(f"syncd: {exc}", file=sys.stderr)
+        say(f"syncd: {exc}", stamp=True)
         return EXIT_USAGE
     try:
         try:
             kube.read_path("/version")
         except KubeError as exc:
-            print(f"syncd: cannot use the Kubernetes API at {kube.host}: {exc}", file=sys.stderr)
+            say(f"syncd: cannot use the Kubernetes API at {kube.host}: {exc}", stamp=True)
             return EXIT_TARGET_FAILED
         if args.metrics_address:
             try:
                 host, port = serve_metrics(args.metrics_address)
             except OSError as exc:
-                print(
+                say(
                     f"syncd: --metrics-address {args.metrics_address}: {exc.strerror or exc}",
-                    file=sys.stderr,
+                    stamp=True,
                 )
                 return EXIT_USAGE
             log.info("metrics at http://%s:%d/metrics", host, port)
@@ -160,15 +160,16 @@ def _one_pass(
     failed = [r for r in results if not r.outcome.ok]
     writes = kube.writes - writes_before
     if settings.dry_run:
-        printer.summary(f"dry run: {planned} changes planned, nothing written", True)
+        printer.summary(f"dry run: {plural(planned, 'change')} planned, nothing written", True)
     elif failed:
         printer.summary(
-            f"not converged: {len(failed)} of {len(results)} targets failed; {writes} writes",
+            f"not converged: {len(failed)} of {plural(len(results), 'target')} failed; "
+            f"{plural(writes, 'write')}",
             False,
         )
     else:
         targets = sum(1 for r in results if r.message != REMOVED_FROM_CONFIG)
-        printer.summary(f"converged: {targets} targets, {writes} writes", True)
+        printer.summary(f"converged: {plural(targets, 'target')}, {plural(writes, 'write')}", True)
     return EXIT_TARGET_FAILED if failed or stop.is_set() else EXIT_OK
 
 

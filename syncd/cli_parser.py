@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from syncd import __version__
 from syncd.config.checks import DNS1123_LABEL
-from syncd.observability import parse_listen_address
+from syncd.http_server import parse_listen_address
 from syncd.ownership import OWNER_ID_RULE, valid_owner_id
 
 EXIT_USAGE = 2

@@ -20,9 +20,11 @@ classes: they would cost a conversion of every object in both directions.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import os
+import stat
 import threading
 import warnings
 from collections import Counter
@@ -67,7 +69,11 @@ class KubeSettings:
 
 
 def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
-    """Kubeconfig from --kubeconfig, else $KUBECONFIG / ~/.kube/config, else in-cluster."""
+    """Kubeconfig from --kubeconfig, else $KUBECONFIG / ~/.kube/config, else in-cluster.
+
+    Each kubeconfig file must be a regular file of at most 1 MiB (a FIFO would block the
+    loader for ever). Its credential plugin, if any, runs here: if it fails, that is
+    said as the kubeconfig's problem, not left as a stray line of the client library's."""
     configuration = k8s.Configuration()
     path = settings.kubeconfig or os.environ.get("KUBECONFIG")
     default = Path.home() / ".kube" / "config"
@@ -76,10 +82,22 @@ def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
     try:
         if use_file:
             file = path or str(default)
-            if not any(Path(p).exists() for p in file.split(os.pathsep) if p):
-                raise KubeConfigError(f"{file}: kubeconfig not found")
-            k8s_config.load_kube_config(
-                config_file=file, context=settings.context, client_configuration=configuration
+            files = [p for p in file.split(os.pathsep) if p]
+            if not any(Path(p).exists() for p in files):
+                raise KubeConfigError(
+                    f"{file}: kubeconfig not found (no such file; without one, syncd uses "
+                    "the pod's service account only when it runs in a pod)"
+                )
+            for name in files:
+                _regular_kubeconfig(Path(name))
+            with _plugin_errors(where):
+                k8s_config.load_kube_config(
+                    config_file=file, context=settings.context, client_configuration=configuration
+                )
+        elif not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise KubeConfigError(
+                "no kubeconfig: give --kubeconfig, set $KUBECONFIG or create ~/.kube/config "
+                "(in a pod, syncd uses its service account instead)"
             )
         else:
             k8s_config.load_incluster_config(client_configuration=configuration)
@@ -95,6 +113,48 @@ def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
         ) from None
     configuration.retries = False  # syncd retries itself, with backoff, and counts it
     return configuration
+
+
+_MAX_KUBECONFIG = 1024 * 1024
+
+
+def _regular_kubeconfig(path: Path) -> None:
+    """A kubeconfig that exists is a regular file of at most 1 MiB, else KubeConfigError."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return  # KUBECONFIG may list files that do not exist (kubectl skips them too)
+    except OSError as exc:
+        raise KubeConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KubeConfigError(f"{path}: not a regular file; a kubeconfig must be one")
+    if info.st_size > _MAX_KUBECONFIG:
+        raise KubeConfigError(f"{path}: {info.st_size} bytes; a kubeconfig is at most 1 MiB")
+
+
+class _Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _plugin_errors(where: str) -> Iterator[None]:
+    """The client library logs a failed credential plugin to the root logger and goes on
+    without credentials: here it is a KubeConfigError naming the kubeconfig."""
+    root = logging.getLogger()
+    captured = _Captured()
+    handlers, root.handlers = root.handlers, [captured]
+    try:
+        yield
+    finally:
+        root.handlers = handlers
+    if captured.messages:
+        said = "; ".join(_one_line(m) for m in captured.messages)
+        raise KubeConfigError(f"{where}: its credential plugin failed: {said}")
 
 
 class HttpError(Exception):

@@ -6,22 +6,16 @@ Counters live in one registry so tests and the benchmark can read them in-proces
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import http.server
 import json
 import logging
-import selectors
-import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
@@ -32,7 +26,7 @@ from prometheus_client import (
 )
 
 from syncd import __version__
-from syncd.redact import without_userinfo
+from syncd.redact import printable, without_userinfo
 
 REGISTRY = CollectorRegistry()
 # The standard process_* (memory, CPU, file descriptors: what pods are sized by) and
@@ -221,145 +215,6 @@ def render_metrics() -> bytes:
     return generate_latest(REGISTRY) + targets.encode()
 
 
-def parse_listen_address(text: str) -> tuple[str, int]:
-    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError says what is wrong.
-    No host ('':PORT) means every address, IPv4 and IPv6."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT (port 0-65535)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "syncd"
-    timeout = 5.0  # seconds a connection may take to send its request (a slow client)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, render_metrics(), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":  # liveness: the process and its loops work
-            problems = health()
-            text = "\n".join(problems) if problems else "ok"
-            self._send(500 if problems else 200, f"{text}\n".encode(), "text/plain")
-        elif path == "/readyz":  # readiness: caches synced; the leader has done a first pass
-            ready, why = readiness()
-            self._send(200 if ready else 503, f"{why}\n".encode(), "text/plain")
-        else:
-            self._send(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # scrapes are not news
-
-
-class _BoundedServer:
-    """/metrics, /healthz and /readyz with bounded threads and connections.
-
-    One thread waits on every open connection at once (selectors); a connection is handed
-    to one of `workers` threads only when it has sent something, so idle or slow clients
-    cost a file descriptor, not a thread. At most `max_connections` are open (the oldest
-    idle one is closed for a new one), and an idle one is closed after `idle_timeout`."""
-
-    def __init__(
-        self,
-        listener: socket.socket,
-        workers: int = 4,
-        max_connections: int = 64,
-        idle_timeout: float = 10.0,
-    ):
-        self._listener = listener
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metrics-worker")
-        self._max = max_connections
-        self._idle_timeout = idle_timeout
-        self._selector = selectors.DefaultSelector()
-        self._open: dict[socket.socket, float] = {}  # waiting connection -> since
-
-    def serve_forever(self) -> None:
-        self._listener.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ)
-        while True:
-            for key, _events in self._selector.select(timeout=1.0):
-                if key.fileobj is self._listener:
-                    self._accept()
-                else:
-                    connection = key.fileobj
-                    assert isinstance(connection, socket.socket)
-                    self._selector.unregister(connection)
-                    del self._open[connection]
-                    self._pool.submit(self._handle, connection)
-            now = time.monotonic()
-            for connection, since in list(self._open.items()):
-                if now - since > self._idle_timeout:
-                    self._close(connection)
-
-    def _accept(self) -> None:
-        try:
-            connection, _address = self._listener.accept()
-        except OSError:
-            return
-        if len(self._open) >= self._max:
-            self._close(min(self._open, key=self._open.__getitem__))  # the oldest waiting
-        self._open[connection] = time.monotonic()
-        self._selector.register(connection, selectors.EVENT_READ)
-
-    def _close(self, connection: socket.socket) -> None:
-        self._open.pop(connection, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(connection)
-        connection.close()
-
-    def _handle(self, connection: socket.socket) -> None:
-        try:
-            connection.setblocking(True)
-            _Handler(connection, connection.getpeername(), self)  # type: ignore[arg-type]
-        except OSError:
-            pass  # the client went away
-        finally:
-            connection.close()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket: no host means every address, IPv6 and IPv4 on one socket
-    (falling back to IPv4 where the kernel has no IPv6)."""
-    if not host or host == "::":
-        try:
-            listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        except OSError:
-            host = host or "0.0.0.0"
-        else:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("::", port))
-            listener.listen(128)
-            return listener
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(128)
-    return listener
-
-
-def serve_metrics(address: str) -> tuple[str, int]:
-    """Serve /metrics, /healthz and /readyz on host:port (port 0 picks one; no host: every
-    address, IPv4 and IPv6); returns where it listens."""
-    host, port = parse_listen_address(address)
-    listener = _listen(host, port)
-    server = _BoundedServer(listener)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    bound_host, bound_port = listener.getsockname()[:2]
-    return str(bound_host), int(bound_port)
-
-
 class _Redacting(logging.Filter):
     """No log line carries a URL's user and password (see syncd.redact)."""
 
@@ -371,17 +226,50 @@ class _Redacting(logging.Filter):
         return True
 
 
+_LOG_FORMAT = ["text"]  # what setup_logging chose: say() writes the same way
+
+
 def setup_logging(level: str, log_format: str = "text") -> None:
-    """Logs on stderr, one line each: text, or one JSON object per line (`json`)."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Logs on stderr, one line each: text (a UTC time first), or one JSON object per line
+    (`json`)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr)
+    _LOG_FORMAT[0] = log_format
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Redacting())
-        if log_format == "json":
-            handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
+
+
+def utc_stamp(created: float | None = None) -> str:
+    """2026-12-06T21:00:00.123Z: the time every line syncd prints starts with."""
+    moment = datetime.datetime.fromtimestamp(
+        time.time() if created is None else created, datetime.UTC
+    )
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def say(text: str, level: str = "error", stamp: bool = False, stream: Any = None) -> None:
+    """One line that is not a log record (a config problem, check's verdict, run's fatal
+    error), written as the logs are: one JSON object with --log-format json; else the
+    text, with the time first when `stamp` (check's lines read like a compiler's)."""
+    stream = stream or sys.stderr
+    if _LOG_FORMAT[0] == "json":
+        line = {"time": utc_stamp(), "level": level, "logger": "syncd", "message": text}
+        stream.write(json.dumps(line) + "\n")
+    else:
+        text = printable(text)
+        stream.write(f"{utc_stamp()} {text}\n" if stamp else f"{text}\n")
+    stream.flush()
+
+
+class _TextFormatter(logging.Formatter):
+    """`2026-12-06T21:00:00.123Z WARNING syncd.cache: message`: UTC, as documented."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{utc_stamp(record.created)} {record.levelname} {record.name}: "
+        line += printable(record.getMessage())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 # What a log line about one target may say besides its message (passed as `extra=`): the
@@ -395,9 +283,8 @@ class _JsonFormatter(logging.Formatter):
     the middle when the line is about a target; the exception, when there is one)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         line: dict[str, str] = {
-            "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": utc_stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
         }

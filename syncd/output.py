@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from syncd.model import ready_count
 from syncd.pipeline import Outcome, TargetResult
+from syncd.redact import printable
 
 _OUTPUT_LOCK = threading.Lock()  # the daemon's workers report at once: never mix lines
 
@@ -84,8 +85,13 @@ class ResultPrinter:
             )
         if not self.dry_run:  # a diagnostic, like a log line
             stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z "
-            return "".join(stamp + line.text + "\n" for line in lines)
-        return "".join(line.text + "\n" for line in lines)
+            return "".join(stamp + printable(line.text) + "\n" for line in lines)
+        return "".join(_printable_lines(line.text) + "\n" for line in lines)
+
+
+def plural(count: int, noun: str) -> str:
+    """1 target, 2 targets."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def result_lines(result: TargetResult, dry_run: bool) -> tuple[list[Line], list[Line]]:
@@ -115,11 +121,19 @@ def result_lines(result: TargetResult, dry_run: bool) -> tuple[list[Line], list[
         verb = "planned" if dry_run else "applied"
         note = f"; {result.message}" if result.message else ""
         out.append(
-            Line(f"{result.target}: {len(result.changes)} changes {verb}{size}{note}", outcome)
+            Line(
+                f"{result.target}: {plural(len(result.changes), 'change')} {verb}{size}{note}",
+                outcome,
+            )
         )
     else:
         out.append(Line(f"{result.target}: {outcome.upper()}: {result.message}", outcome))
     return out, err
+
+
+def _printable_lines(text: str) -> str:
+    """A dry run's plan keeps its own line breaks (a diff); nothing else may act."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def _indent(text: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.config.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
-from syncd.config.files import read_text_file
+from syncd.config.files import MAX_BACKENDS_FILE_BYTES, MAX_BACKENDS_PER_TARGET, read_text_file
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
 from syncd.kinds import is_label_value
@@ -18,7 +18,7 @@ from syncd.model import Backend, EndpointPort, ServicePort, port_set
 
 def read_backends_file(file: Path, ports: tuple[ServicePort, ...]) -> tuple[Backend, ...]:
     """Parse a static backends file: a YAML list of backends, or a mapping with `backends:`."""
-    doc = parse_yaml(read_text_file(file), str(file))
+    doc = parse_yaml(read_text_file(file, MAX_BACKENDS_FILE_BYTES), str(file))
     checker = Checker(str(file), doc, redact=True)  # it may hold anything: show no values
     scope = Scope(checker, ())
     raw = doc.data
@@ -35,6 +35,12 @@ def read_backends_file(file: Path, ports: tuple[ServicePort, ...]) -> tuple[Back
 def parse_backend_list(raw: Any, scope: Scope, ports) -> tuple[Backend, ...] | None:
     if not isinstance(raw, list):
         scope.error(f"must be a list of backends, got {kind_name(raw)}")
+        return None
+    if len(raw) > MAX_BACKENDS_PER_TARGET:
+        scope.error(
+            f"{len(raw):,} backends, more than the {MAX_BACKENDS_PER_TARGET:,} a target may "
+            "list; split them over several targets (Services)"
+        )
         return None
     backends: list[Backend] = []
     seen: dict[tuple, int] = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd.config.yamldoc import Document, YamlPath
-from syncd.redact import without_userinfo, without_values
+from syncd.redact import KNOWN_KEYS, without_userinfo, without_values
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -32,7 +32,7 @@ class Checker:
         line = self.doc.line(path)
         where = f"{self.file}:{line}" if line else self.file
         relative = path[len(scope) :] if scope and path[: len(scope)] == scope else path
-        field_name = format_path(relative)
+        field_name = format_path(relative, self.redact)
         parts = [where]
         if label:
             parts.append(label)
@@ -44,11 +44,15 @@ class Checker:
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def format_path(path: YamlPath) -> str:
-    """targets[0].sources[1].backends[2]; odd keys quoted so a message stays on one line."""
+def format_path(path: YamlPath, redact: bool = False) -> str:
+    """targets[0].sources[1].backends[2]; odd keys quoted so a message stays on one line.
+    With `redact` (a file that may hold anything), a key that is not one syncd knows is not
+    shown: in a file that is not what it should be, a key may be a whole secret line."""
     text = ""
     for part in path:
-        if isinstance(part, int) or not _PLAIN_KEY.match(part):
+        if redact and isinstance(part, str) and part not in KNOWN_KEYS:
+            text += ("." if text else "") + "(a key, not shown)"
+        elif isinstance(part, int) or not _PLAIN_KEY.match(part):
             text += f"[{part!r}]" if not isinstance(part, int) else f"[{part}]"
         else:
             text += f".{part}" if text else part
@@ -72,15 +76,20 @@ class Scope:
 
 
 def expect_mapping(value: Any, scope: Scope, allowed: set[str], required: set[str]) -> dict | None:
+    if value is None:
+        scope.error("is empty: give its keys, or remove it")
+        return None
     if not isinstance(value, dict):
         scope.error(f"must be a mapping, got {kind_name(value)}")
         return None
     for key in value:
         if key not in allowed:
             hint = closest(str(key), allowed)
-            scope.at(str(key)).error(
-                f"unknown key {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-            )
+            where = scope.at(str(key))
+            if scope.checker.redact and str(key) not in KNOWN_KEYS:
+                where.error("unknown key: is this a backends file?")
+                continue
+            where.error(f"unknown key {key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
     for key in sorted(required - set(value)):
         scope.error(f"missing required key {key!r}")
     return value

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from syncd.errors import ConfigError
 
-MAX_FILE_BYTES = 32 * 1024 * 1024  # a 10,000-target config is about 3 MB
+# What a config may hold is bounded by what a pod's memory limit (512Mi) can run: a
+# 10,000-target config of 10 backends each is about 3 MB, and the daemon holds it in about
+# 160 MiB; 8 MiB is about 250,000 static backends (docs/performance.md).
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_BACKENDS_FILE_BYTES = 2 * 1024 * 1024  # 10,000 backends in their longest form
+MAX_BACKENDS_PER_TARGET = 10_000  # as the ExternalService CRD (maxItems)
+MAX_STATIC_BACKENDS = 250_000  # in a whole config, backends files included
 
 
 def _kind(mode: int) -> str:
@@ -61,7 +67,14 @@ def read_text_file(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         raise ConfigError(f"{path}: not UTF-8 text (at byte {exc.start})") from None
 
 
-__all__ = ["MAX_FILE_BYTES", "read_text_file"]
+__all__ = [
+    "MAX_BACKENDS_FILE_BYTES",
+    "MAX_BACKENDS_PER_TARGET",
+    "MAX_FILE_BYTES",
+    "MAX_STATIC_BACKENDS",
+    "ca_bundle_problem",
+    "read_text_file",
+]
 
 
 MAX_CA_BYTES = 1024 * 1024  # a CA bundle (the system's is about 200 KB)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from syncd.config.checks import Checker, Scope, expect_mapping, is_int, kind_name, string
-from syncd.config.files import read_text_file
+from syncd.config.files import MAX_STATIC_BACKENDS, read_text_file
 from syncd.config.schema import (
     SUPPORTED_VERSIONS,
     parse_address_policy,
@@ -25,7 +25,14 @@ from syncd.config.schema import (
 )
 from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
-from syncd.model import AddressPolicy, Config, ConsulConnection, ConsulSourceConfig, Target
+from syncd.model import (
+    AddressPolicy,
+    Config,
+    ConsulConnection,
+    ConsulSourceConfig,
+    StaticSourceConfig,
+    Target,
+)
 from syncd.ownership import OWNER_ID_RULE, valid_owner_id
 from syncd.protected import refusal, valid_entry
 
@@ -85,6 +92,7 @@ def load_config_text(
     if "address_policy" in data:
         policy = parse_address_policy(data["address_policy"], root.at("address_policy")) or policy
     targets = _targets(data, root, path.parent, policy, targets_required)
+    _static_total(targets, root)
     allowed = _protected_refused(data, root, tuple(allow_protected))
     owner_id = _owner_id(data, root)
     consul = _consul(data, root, path.parent, targets)
@@ -134,6 +142,21 @@ def _targets(
         if target is not None:
             targets.append(target)
     return targets
+
+
+def _static_total(targets: list[Target], root: Scope) -> None:
+    """All the static backends of a config together stay within what a pod's memory holds."""
+    total = sum(
+        len(source.backends)
+        for target in targets
+        for source in target.sources
+        if isinstance(source, StaticSourceConfig)
+    )
+    if total > MAX_STATIC_BACKENDS:
+        root.at("targets").error(
+            f"{total:,} static backends in all, more than the {MAX_STATIC_BACKENDS:,} a config "
+            "may list (about 400 MiB of memory); split it over several configs (installs)"
+        )
 
 
 def _protected_refused(data: dict, root: Scope, allowed: tuple[str, ...]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from syncd.addresses import parse_http_address
 from syncd.errors import ConfigError, SourceError
 from syncd.model import CONSUL_PORT, ConsulConnection
 from syncd.observability import SOURCE_REQUESTS
+from syncd.redact import without_query
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +224,18 @@ def _address(
     ssl_text = env.get("CONSUL_HTTP_SSL", "").strip().lower()
     if ssl_text not in _TRUE + _FALSE:
         problems.append(f"CONSUL_HTTP_SSL: {env['CONSUL_HTTP_SSL']!r} is not true or false")
+    _said_ssl_verify(env)
     if connection.address:
         address, where = connection.address, "consul.address"
     elif env.get("CONSUL_HTTP_ADDR"):
         address, where = _expand(env["CONSUL_HTTP_ADDR"], env), "CONSUL_HTTP_ADDR"
+        unset = _VARIABLE.search(address)
+        if unset:
+            problems.append(
+                f"CONSUL_HTTP_ADDR: {unset.group(0)} is not set in the environment (syncd "
+                "expands $(NAME) and ${NAME} in it from the environment)"
+            )
+            return "http", "127.0.0.1", CONSUL_PORT
     else:
         address, where = f"127.0.0.1:{CONSUL_PORT}", "the default address"
     if "://" not in address and ssl_text in _TRUE:
@@ -234,8 +243,24 @@ def _address(
     try:
         return parse_http_address(address, CONSUL_PORT)
     except ValueError as exc:
-        problems.append(f"{where}: {exc}")
+        problems.append(f"{where}: {without_query(str(exc))}")
         return "http", "127.0.0.1", CONSUL_PORT
+
+
+_SAID: set[str] = set()
+
+
+def _said_ssl_verify(env: Mapping[str, str]) -> None:
+    """CONSUL_HTTP_SSL_VERIFY=false asks the Consul CLI not to verify the agent's
+    certificate; syncd always does: said once, rather than silently ignored."""
+    value = env.get("CONSUL_HTTP_SSL_VERIFY", "").strip().lower()
+    if value in _FALSE[1:] and "ssl_verify" not in _SAID:
+        _SAID.add("ssl_verify")
+        log.warning(
+            "CONSUL_HTTP_SSL_VERIFY=%s is ignored: syncd always verifies Consul's "
+            "certificate (give its CA in consul.ca_file or CONSUL_CACERT)",
+            value,
+        )
 
 
 def _token(

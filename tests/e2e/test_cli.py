@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_console_script_is_installed():
 def test_check_accepts_the_example():
     result = syncd("check", "--config", CEPH_EXAMPLE, check=0)
     assert result.stdout.strip() == (
-        f"{CEPH_EXAMPLE}: OK (1 targets, 12 static backends; "
+        f"{CEPH_EXAMPLE}: OK (1 target, 12 static backends; "
         "owner id 'ceph-rgw' from the config's owner_id)"
     )
 
@@ -283,3 +284,111 @@ def test_render_says_which_tier_it_renders_and_never_that_it_keeps_anything(tmp_
     assert "keeping what is applied" not in result.stderr
     assert "sources[0] (consul service rgw): cannot reach Consul" in result.stderr
     assert result.stderr.count("consul service rgw") == 1
+
+
+def _json_lines(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_json_logs_cover_config_errors_check_render_and_fatal_errors(tmp_path):
+    """docs/commands.md: with --log-format json every diagnostic line is one JSON object;
+    the lines that matter most (a bad config, a fatal error) were plain text."""
+    bad = write_config(tmp_path / "bad.yaml", target("ns", "svc", ["127.0.0.1:80"]))
+    problems = _json_lines(syncd("check", "--config", bad, "--log-format", "json", check=2).stderr)
+    assert problems[0]["level"] == "error" and "loopback" in problems[0]["message"]
+    ok = _json_lines(syncd("check", "--config", CEPH_EXAMPLE, "--log-format", "json").stdout)
+    assert ok[0]["level"] == "info" and ok[0]["message"].endswith("from the config's owner_id)")
+    assert "OK (1 target, 12 static backends" in ok[0]["message"]
+    rendered = syncd("render", "--config", CEPH_EXAMPLE, "--log-format", "json", check=0)
+    assert _json_lines(rendered.stderr) == [] or all(_json_lines(rendered.stderr))
+    nowhere = tmp_path / "kubeconfig"
+    nowhere.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    fatal = syncd(
+        "run", "--config", CEPH_EXAMPLE, "--kubeconfig", nowhere, "--once", "--log-format",
+        "json", "--request-timeout", "2", check=1,
+    )  # fmt: skip
+    lines = _json_lines(fatal.stderr)
+    assert lines[-1]["message"].startswith("syncd: cannot use the Kubernetes API at")
+    assert lines[-1]["time"].endswith("Z")
+
+
+def test_text_logs_are_stamped_in_utc_as_documented(tmp_path):
+    import re
+
+    result = syncd("run", "--config", CEPH_EXAMPLE, "--kubeconfig", tmp_path / "none", "--once",
+                   "--log-level", "info", check=2)  # fmt: skip
+    stamped = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+    assert result.stderr.splitlines(), result.stderr
+    assert all(stamped.match(line) for line in result.stderr.splitlines()), result.stderr
+
+
+def test_a_kubeconfig_is_read_bounded_and_its_failing_plugin_is_its_problem(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = syncd("check", "--config", CEPH_EXAMPLE, "--kubeconfig", fifo, check=2)
+    assert f"syncd: {fifo}: not a regular file; a kubeconfig must be one" in result.stderr
+    plugin = tmp_path / "exec"
+    plugin.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [
+                    {
+                        "name": "u",
+                        "user": {
+                            "exec": {
+                                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                                "command": "false",
+                                "interactiveMode": "Never",
+                            }
+                        },
+                    }
+                ],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    result = syncd("check", "--config", CEPH_EXAMPLE, "--kubeconfig", plugin, check=2)
+    assert result.stderr.strip() == (
+        f"syncd: {plugin}: its credential plugin failed: exec: process returned 1"
+    )
+    nothing = {"HOME": str(tmp_path), "KUBECONFIG": "", "KUBERNETES_SERVICE_HOST": ""}
+    alone = syncd("run", "--config", CEPH_EXAMPLE, "--once", check=2, env=nothing)
+    assert "no kubeconfig: give --kubeconfig" in alone.stderr
+    assert "Service host/port" not in alone.stderr
+
+
+def test_control_characters_from_a_config_never_reach_the_terminal(tmp_path):
+    """A value can forge a line (`\\n`), hide text (NUL) or reverse it (U+202E): every
+    line syncd prints escapes them."""
+    config = tmp_path / "forged.yaml"
+    config.write_text(
+        'version: 1\ntargets:\n  - namespace: "ns\\u202e\\u0000x"\n'
+        '    service: "rgw\\nforged.yaml: OK (forged line)"\n'
+        "    ports: [{name: http, port: 80}]\n"
+        "    sources: [{type: static, backends: ['192.0.2.1:80']}]\n"
+    )
+    for args in (("check",), ("render",), ("check", "--log-format", "json")):
+        result = syncd(*args, "--config", config, check=2)
+        lines = result.stderr.splitlines()
+        assert not any(line.startswith("forged.yaml: OK") for line in lines), lines
+        assert "\u202e" not in result.stderr and "\x00" not in result.stderr
+        assert "rgw\\nforged.yaml" in result.stderr or "rgw\\\\nforged.yaml" in result.stderr

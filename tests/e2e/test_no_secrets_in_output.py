@@ -22,6 +22,8 @@ MARKERS = {
     "token": "Tk-19c0d3-marker",
     "variable": "Ev-5e6f21-marker",
     "kubeconfig": "Kc-0b8a44-marker",
+    "shadow-keys": "Sk-3d9e10-marker",
+    "query": "Qt-8c2f55-marker",
 }
 
 
@@ -29,6 +31,11 @@ def _files(tmp_path: Path) -> dict[str, Path]:
     closed = f"127.0.0.1:{free_port()}"  # nothing listens: every request fails
     (tmp_path / "shadow.yaml").write_text(
         f"- root:$6${MARKERS['shadow']}$Zx9:19000:0:99999:7:::\n- 'daemon:*:{MARKERS['shadow']}'\n"
+    )
+    # a real shadow file: each line ends in ':::', so YAML makes it a key (the leak was there)
+    (tmp_path / "keys.yaml").write_text(
+        f"root:$6${MARKERS['shadow-keys']}$Zx9:19000:0:99999:7:::\n"
+        f"daemon:*:{MARKERS['shadow-keys']}:0:99999:7:::\n"
     )
     (tmp_path / "token").write_text(MARKERS["token"] + "\n")
     kubeconfig = tmp_path / "kubeconfig"
@@ -53,7 +60,15 @@ def _files(tmp_path: Path) -> dict[str, Path]:
             "ports": [{"name": "http", "port": 80}],
             "sources": [source],
         }
-        path.write_text(yaml.safe_dump({"version": 1, "consul": consul, "targets": [target]}))
+        document = (
+            {"version": 1, "consul": consul, "targets": [target]}
+            if consul
+            else {
+                "version": 1,
+                "targets": [target],
+            }
+        )
+        path.write_text(yaml.safe_dump(document))
         return path
 
     return {
@@ -71,6 +86,8 @@ def _files(tmp_path: Path) -> dict[str, Path]:
         "variable": config(
             "variable", {"address": f"http://{closed}"}, {"type": "consul", "service": "rgw"}
         ),
+        "shadow-keys": config("shadow-keys", {}, {"type": "static", "file": "keys.yaml"}),
+        "query": config("query", {}, {"type": "consul", "service": "rgw"}),
         "kubeconfig": kubeconfig,
     }
 
@@ -99,8 +116,11 @@ def test_no_marker_secret_appears_in_any_output(command, tmp_path):
     if verb == ["check"]:
         extra = kube
     outputs = []
-    for name in ("password", "shadow", "token", "variable"):
-        env = {"CONSUL_HTTP_TOKEN": MARKERS["variable"]} if name == "variable" else None
+    for name in ("password", "shadow", "shadow-keys", "token", "variable", "query"):
+        env = {
+            "variable": {"CONSUL_HTTP_TOKEN": MARKERS["variable"]},
+            "query": {"CONSUL_HTTP_ADDR": f"http://consul:8500/?token={MARKERS['query']}"},
+        }.get(name)
         outputs.append(
             _run(*verb, "--config", files[name], "--log-level", "debug", *extra, env=env)
         )
@@ -108,3 +128,14 @@ def test_no_marker_secret_appears_in_any_output(command, tmp_path):
     assert text, "nothing was said at all"
     for what, marker in MARKERS.items():
         assert marker not in text, f"the {what} secret appeared in `syncd {command}`:\n{text}"
+
+
+def test_consul_variables_that_would_mislead_are_said(tmp_path):
+    files = _files(tmp_path)
+    unset = _run("check", "--config", files["query"], env={"CONSUL_HTTP_ADDR": "http://$(NOPE)"})
+    assert "CONSUL_HTTP_ADDR: $(NOPE) is not set in the environment" in unset
+    lax = _run(
+        "check", "--config", files["query"],
+        env={"CONSUL_HTTP_ADDR": "https://consul:8501", "CONSUL_HTTP_SSL_VERIFY": "false"},
+    )  # fmt: skip
+    assert "CONSUL_HTTP_SSL_VERIFY=false is ignored: syncd always verifies" in lax

@@ -142,7 +142,7 @@ def test_an_arbitrary_uid_as_openshift_assigns_works_too(image, docker_api):
         user="1000650000:0",
         volumes=[(REPO / "config", "/config")],
     )
-    assert code == 0 and "OK (1 targets, 12 static backends" in logs, logs
+    assert code == 0 and "OK (1 target, 12 static backends" in logs, logs
 
 
 def test_run_once_with_in_cluster_config_and_a_service_account_token(
@@ -152,10 +152,10 @@ def test_run_once_with_in_cluster_config_and_a_service_account_token(
     volumes = [(service_account, SERVICE_ACCOUNT_DIR), (config, "/etc/syncd")]
     command = ["run", "--once", "--config", "/etc/syncd/c.yaml", "--owner-id", namespace]
     code, logs = _run(image, command, volumes=volumes, env=_in_cluster(apiserver))
-    assert code == 0 and "converged: 1 targets, 2 writes" in logs, logs
+    assert code == 0 and "converged: 1 target, 2 writes" in logs, logs
     assert slices_of(admin, namespace, "inpod")
     code, logs = _run(image, command, volumes=volumes, env=_in_cluster(apiserver))
-    assert code == 0 and "converged: 1 targets, 0 writes" in logs, logs
+    assert code == 0 and "converged: 1 target, 0 writes" in logs, logs
 
 
 def test_the_daemon_in_the_container_applies_and_answers_its_probes(

@@ -81,7 +81,7 @@ def test_first_run_creates_everything_and_a_second_run_writes_nothing(
     second = run_syncd(config)
     assert _writes(apiserver, mark) == []
     assert f"{namespace}/{SERVICE}: no changes" in second.stderr
-    assert "converged: 1 targets, 0 writes" in second.stderr
+    assert "converged: 1 target, 0 writes" in second.stderr
 
 
 def test_removing_one_gateway_and_failing_another_rewrites_only_their_slices(

@@ -19,6 +19,7 @@ from kubernetes import utils as k8s_utils
 from harness.helpers import REPO, run_once, sample, scrape, slices_of, target, wait_for
 from harness.kube_apiserver import free_port, stop_process
 from harness.syncd_process import start_syncd
+from syncd.errors import KubeError
 from syncd.kube import Kube, KubeSettings
 
 pytestmark = pytest.mark.apiserver
@@ -246,12 +247,25 @@ def test_openshifts_refusal_of_a_cluster_address_is_reported_as_such_and_lifted_
     config.write_text(
         yaml.safe_dump({"version": 1, "targets": [target(team, "pods", ["10.244.9.9:8080"])]})
     )
+    syncd_kube = Kube.connect(KubeSettings(kubeconfig=str(server.syncd_kubeconfig)))
+    probe = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"generateName": "probe-", "namespace": team},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.9.8"]}],
+    }
 
-    def refused() -> bool:
-        result = run_once(config, server.syncd_kubeconfig, check=None)
-        return result.returncode == 1 and "CLUSTER-ADDRESS" in result.stderr and result
+    def in_force() -> bool:  # a policy takes a moment to be enforced once created
+        try:
+            syncd_kube.create(probe, dry_run=True)
+        except KubeError as exc:
+            return exc.status == 403
+        return False
 
-    result = wait_for(refused, "the policy in force", timeout=30, interval=1)
+    wait_for(in_force, "the policy in force", timeout=60, interval=0.5)
+    result = run_once(config, server.syncd_kubeconfig, check=1)
+    assert "CLUSTER-ADDRESS" in result.stderr, result.stderr
     assert "endpoint address 10.244.9.9 is not allowed" in result.stderr
     assert "RestrictedEndpointsAdmission" in result.stderr
     assert not slices_of(admin, team, "pods")

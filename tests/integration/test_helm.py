@@ -61,9 +61,17 @@ def _helm(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _template(choices: tuple[str, ...], release: str = "syncd") -> list[dict]:
+# deploy/'s config: the chart has no default one (an install must not point Services
+# anywhere by itself)
+CONFIG = ["--set-file", f"config={REPO / 'deploy' / 'config.yaml'}"]
+
+
+def _template(choices: tuple[str, ...], release: str = "syncd", *values: str) -> list[dict]:
     flags = [flag for choice in choices for flag in {**CHOICES, **EXTRA_CHOICES}[choice]]
-    result = _helm("template", release, str(CHART), "--namespace", RELEASE_NAMESPACE, *flags)
+    result = _helm(
+        "template", release, str(CHART), "--namespace", RELEASE_NAMESPACE, *CONFIG, *flags,
+        *values,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -71,8 +79,104 @@ def _template(choices: tuple[str, ...], release: str = "syncd") -> list[dict]:
 def test_helm_lint_passes_for_every_combination_of_values():
     for choices in VARIANTS.values():
         flags = [flag for choice in choices for flag in CHOICES[choice]]
-        result = _helm("lint", "--strict", str(CHART), *flags)
+        result = _helm("lint", "--strict", str(CHART), *CONFIG, *flags)
         assert result.returncode == 0, (choices, result.stdout, result.stderr)
+
+
+def test_a_mistake_in_the_values_is_refused_at_install_not_ignored():
+    """`--set mode=cron` used to install no workload and "succeed"; no config installed
+    the Ceph example's targets."""
+    cron = _helm("template", "x", str(CHART), *CONFIG, "--set", "mode=cron")
+    assert cron.returncode != 0 and "at '/mode': value must be one of 'daemon', 'cronjob'" in (
+        cron.stderr
+    )
+    typo = _helm("template", "x", str(CHART), *CONFIG, "--set", "replica=3")
+    assert typo.returncode != 0 and "additional properties 'replica' not allowed" in typo.stderr
+    bad_id = _helm("template", "x", str(CHART), *CONFIG, "--set", "ownerId=Ceph_RGW")
+    assert bad_id.returncode != 0 and "/ownerId" in bad_id.stderr
+    nothing = _helm("template", "x", str(CHART))
+    assert nothing.returncode != 0 and "config: give syncd's config file" in nothing.stderr
+
+
+def test_resources_alone_need_no_config_and_syncd_accepts_the_one_written(tmp_path):
+    documents = _helm("template", "x", str(CHART), "--set", "externalServices.enabled=true")
+    assert documents.returncode == 0, documents.stderr
+    (config_map,) = [
+        d
+        for d in yaml.safe_load_all(documents.stdout)
+        if d and d["metadata"]["name"] == "x-syncd-config"
+    ]
+    config = tmp_path / "config.yaml"
+    config.write_text(config_map["data"]["config.yaml"])
+    syncd("check", "--config", config, "--resources", check=0)
+
+
+def test_one_replica_keeps_leader_election_as_a_rolling_update_runs_two_pods():
+    documents = _template(("single",))
+    args = pod_templates(documents)[0]["spec"]["containers"][0]["args"]
+    assert "--leader-elect" in args
+    assert any(d["metadata"]["name"] == "syncd-leader-election" for d in documents)
+
+
+def test_operator_values_reach_the_pods_and_the_monitoring(tmp_path):
+    """What operators set in charts like external-dns's (charts/syncd/README.md)."""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "imagePullSecrets": [{"name": "registry"}],
+                "extraArgs": ["--resync-interval=600"],
+                "env": [{"name": "TZ", "value": "UTC"}],
+                "envFrom": [{"secretRef": {"name": "extra"}}],
+                "serviceAccount": {"create": True, "name": "robot", "annotations": {"a": "b"}},
+                "podLabels": {"team": "storage"},
+                "podSecurityContext": {"fsGroup": 1000},
+                "containerSecurityContext": {"runAsUser": 1000},
+                "priorityClassName": "system-cluster-critical",
+                "topologySpreadConstraints": [
+                    {"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+                ],
+                "extraVolumes": [{"name": "backends", "configMap": {"name": "rgw"}}],
+                "extraVolumeMounts": [{"name": "backends", "mountPath": "/etc/syncd/backends"}],
+                "monitoring": {
+                    "serviceMonitor": True,
+                    "prometheusRule": True,
+                    "interval": "15s",
+                    "serviceMonitorLabels": {"release": "kube-prometheus-stack"},
+                    "prometheusRuleLabels": {"release": "kube-prometheus-stack"},
+                },
+                "networkPolicy": {"extraFrom": [{"namespaceSelector": {}}]},
+                "livenessProbe": {"tcpSocket": {"port": "http"}},
+                "fullnameOverride": "rgw-sync",
+            }
+        )
+    )
+    documents = _template((), "x", "--values", str(values))
+    by_kind = {d["kind"]: d for d in documents}
+    pod = pod_templates(documents)[0]
+    container = pod["spec"]["containers"][0]
+    assert by_kind["Deployment"]["metadata"]["name"] == "rgw-sync"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["spec"]["serviceAccountName"] == "robot"
+    assert by_kind["ServiceAccount"]["metadata"]["annotations"] == {"a": "b"}
+    assert pod["metadata"]["labels"]["team"] == "storage"
+    assert pod["spec"]["securityContext"] == {
+        "fsGroup": 1000, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    assert container["securityContext"]["runAsUser"] == 1000
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert pod["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "zone"
+    assert "--resync-interval=600" in container["args"]
+    assert {"name": "TZ", "value": "UTC"} in container["env"]
+    assert container["envFrom"] == [{"secretRef": {"name": "extra"}}]
+    assert {"name": "backends", "mountPath": "/etc/syncd/backends"} in container["volumeMounts"]
+    assert container["livenessProbe"] == {"tcpSocket": {"port": "http"}}
+    monitor = by_kind["ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    assert by_kind["PrometheusRule"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert {"namespaceSelector": {}} in by_kind["NetworkPolicy"]["spec"]["ingress"][0]["from"]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -99,13 +203,15 @@ def test_every_rendered_object_is_accepted_and_every_pod_passes_restricted(
     workload = "CronJob" if "cronjob" in chosen else "Deployment"
     assert {workload, "ServiceAccount", "ConfigMap", "NetworkPolicy"} <= kinds, kinds
     assert ("Role" in kinds) or "namespaced" not in chosen
-    assert ("ClusterRole" in kinds) == ("namespaced" not in chosen)
+    cluster_roles = {d["metadata"]["name"] for d in documents if d["kind"] == "ClusterRole"}
+    assert ("syncd" in cluster_roles) == ("namespaced" not in chosen)
+    assert "syncd-cluster-networks" in cluster_roles  # read-only, in namespaced mode too
     container = pod_templates(documents)[0]["spec"]["containers"][0]
     args = container["args"]
     assert ("--once" in args) == ("cronjob" in chosen)
-    leading = workload == "Deployment" and "single" not in chosen
-    assert ("--leader-elect" in args) == leading
-    assert ("PodDisruptionBudget" in kinds) == leading
+    # a rolling update overlaps two pods even with one replica: a Lease whenever a Deployment
+    assert ("--leader-elect" in args) == (workload == "Deployment")
+    assert ("PodDisruptionBudget" in kinds) == (workload == "Deployment" and "single" not in chosen)
     if "namespaced" in chosen:
         assert "--namespaces=storage" in args
         roles = [d for d in documents if d["kind"] == "Role"]
@@ -125,12 +231,13 @@ def test_every_rendered_object_is_accepted_and_every_pod_passes_restricted(
         assert ("ServiceMonitor" in kinds) == (workload == "Deployment")
 
 
-def test_the_chart_and_deploy_render_the_same_config_and_syncd_checks_it(tmp_path):
-    """The chart's default config is a valid syncd config (`syncd check`), and the release
-    name gives every object its own name (two releases never share RBAC or a Lease)."""
+def test_the_chart_renders_the_config_given_and_the_release_names_every_object(tmp_path):
+    """The config given is the one mounted (`syncd check` takes it), and the release name
+    gives every object its own name (two releases never share RBAC or a Lease)."""
     (config_map,) = [d for d in _template(()) if d["kind"] == "ConfigMap"]
     config = tmp_path / "config.yaml"
     config.write_text(config_map["data"]["config.yaml"])
+    assert config.read_text() == (REPO / "deploy" / "config.yaml").read_text()
     syncd("check", "--config", config, check=0)
     names_a = {(d["kind"], d["metadata"]["name"]) for d in _template((), "team-a")}
     names_b = {(d["kind"], d["metadata"]["name"]) for d in _template((), "team-b")}

@@ -473,3 +473,15 @@ def test_a_probe_ca_file_that_is_missing_or_not_a_ca_bundle_is_refused_by_check(
         text = GOOD + f"    health_check: {{type: https, ca_file: {ca_file}}}\n"
         (problem,) = _problems(text, str(tmp_path / "c.yaml"))
         assert "health_check.ca_file" in problem and says in problem, problem
+
+
+def test_what_a_config_may_list_is_bounded_by_what_a_pod_can_hold(monkeypatch):
+    """A 3.4 MB config of 200,000 backends once took 365 MB to render; a pod's limit is
+    512Mi. At most 10,000 backends per target (as the CRD), 250,000 in all."""
+    many = "\n".join(f"          - 10.1.{i // 256}.{i % 256}:8080" for i in range(10_001))
+    text = GOOD.replace("          - 192.0.2.1:8080", many)
+    (problem, *_) = _problems(text)
+    assert "10,002 backends, more than the 10,000 a target may list" in problem
+    monkeypatch.setattr("syncd.config.loader.MAX_STATIC_BACKENDS", 1)
+    (problem,) = _problems(GOOD)
+    assert "2 static backends in all, more than the 1 a config may list" in problem

@@ -1,9 +1,23 @@
-{{/* The objects' name: the release's, with "syncd" in it. */}}
+{{/* The objects' name: fullnameOverride, else the release's with "syncd" (or
+     nameOverride) in it. */}}
 {{- define "syncd.fullname" -}}
-{{- if contains "syncd" .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := .Values.nameOverride | default "syncd" -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-syncd" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "syncd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "syncd.fullname" .) -}}
+{{- else -}}
+{{- required "serviceAccount.name: the ServiceAccount to use when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
 
@@ -26,9 +40,17 @@ app.kubernetes.io/name: syncd
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{/* The config file: the value given, or files/config.yaml (deploy/'s example). */}}
+{{/* The config file: the value given; with ExternalServices alone, one with no targets.
+     There is no default target: an install must not point Services anywhere by itself. */}}
 {{- define "syncd.config" -}}
-{{- .Values.config | default (.Files.Get "files/config.yaml") -}}
+{{- if .Values.config -}}
+{{- .Values.config -}}
+{{- else if .Values.externalServices.enabled -}}
+# Written by the chart: no targets of its own; ExternalServices declare them.
+version: 1
+{{- else -}}
+{{- fail "config: give syncd's config file (--set-file config=my-config.yaml; docs/configuration.md), or set externalServices.enabled=true to run on ExternalServices alone" -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "syncd.image" -}}
@@ -49,6 +71,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     {{- end }}
     {{- if .root.Values.externalServices.enabled }}
     - --resources
+    {{- end }}
+    {{- with .root.Values.extraArgs }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
   env:
     - name: POD_NAMESPACE
@@ -72,16 +97,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       value: /etc/consul/ca.pem
     {{- end }}
     {{- end }}
+    {{- with .root.Values.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .root.Values.envFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   resources:
     {{- toYaml .root.Values.resources | nindent 4 }}
   securityContext:
-    allowPrivilegeEscalation: false
-    readOnlyRootFilesystem: true
-    capabilities: {drop: ["ALL"]}
+    {{- $defaults := dict "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "capabilities" (dict "drop" (list "ALL")) }}
+    {{- toYaml (merge (deepCopy .root.Values.containerSecurityContext) $defaults) | nindent 4 }}
   volumeMounts:
     - {name: config, mountPath: /etc/syncd, readOnly: true}
     {{- if .root.Values.consul.enabled }}
     - {name: consul, mountPath: /etc/consul, readOnly: true}
+    {{- end }}
+    {{- with .root.Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end -}}
 
@@ -92,13 +126,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: consul
   secret: {secretName: {{ .Values.consul.secretName }}}
 {{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "syncd.podSpec" -}}
-serviceAccountName: {{ include "syncd.fullname" . }}
+serviceAccountName: {{ include "syncd.serviceAccountName" . }}
 securityContext:
-  runAsNonRoot: true
-  seccompProfile: {type: RuntimeDefault}
+  {{- $defaults := dict "runAsNonRoot" true "seccompProfile" (dict "type" "RuntimeDefault") }}
+  {{- toYaml (merge (deepCopy .Values.podSecurityContext) $defaults) | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
 {{- with .Values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
