@@ -1,6 +1,7 @@
+# syntax=docker/dockerfile:1
 # syncd's container image: a virtual environment on a Python base, run as a non-root user.
 #
-#   podman build -t registry.example.com/syncd:0.1.0 .
+#   podman build -t registry.example.com/syncd:0.2.0 .
 #   podman build --build-arg BASE=registry.example.com/debian-python:bookworm \
 #                --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t ... .
 #
@@ -8,8 +9,10 @@
 # image by default, or one made from Debian packages (python3, python3-venv,
 # ca-certificates). For a release, give it by digest, so the build takes exactly that
 # image whatever the tag points at later (scripts/build-test-image.sh does):
-#   --build-arg BASE=docker.io/library/python:3.11-slim@sha256:<digest> The CA bundle secret is for builds behind a TLS-intercepting proxy:
-# pip trusts it while installing, and it is never written into a layer.
+#   --build-arg BASE=docker.io/library/python:3.11-slim@sha256:<digest>
+# The CA bundle secret is for builds behind a TLS-intercepting proxy: pip trusts it while
+# installing, and it is never written into a layer. (`RUN --mount` needs BuildKit's
+# Dockerfile syntax 1.2 or later, hence the first line; podman and buildah have it.)
 #
 # Dependencies come from requirements.lock: exact versions, each file checked against its
 # sha256 (pip --require-hashes), setuptools included, so syncd itself builds with no

@@ -13,16 +13,25 @@ export SYNCD_WHEELHOUSE ?= $(HOME)/.cache/syncd/wheelhouse
 
 .PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover bench-resources wheelhouse
 
+RUN_STAMP := $(VENV)/.installed-run
+
 # -qq: errors only (setuptools' notice about editable installs is not news to anyone)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -qq -e '.[test]'
+	touch $@ $(RUN_STAMP)
+
+# syncd alone, without the test tools: what `make run` needs
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -qq -e .
 	touch $@
 
 setup: $(STAMP)
 
-run: setup
+run: $(RUN_STAMP)
 	$(BIN)/syncd render --config config/ceph-rgw.yaml
 
 check: setup

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
@@ -22,10 +23,13 @@ from syncd import __version__, app
 from syncd.cli_parser import build_parser, namespace_list
 from syncd.cluster_networks import file_target_warnings, single_stack_warnings
 from syncd.config import load_config
+from syncd.config.files import read_text_file
+from syncd.config.resource import check_resource_manifests, is_resource_manifest
 from syncd.errors import ConfigError, KubeConfigError
 from syncd.frozen import plain
 from syncd.kube import Kube, KubeSettings, load_client_configuration
 from syncd.model import (
+    AddressPolicy,
     Config,
     ConsulQuerySourceConfig,
     ConsulSourceConfig,
@@ -85,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [e for e in args.allow_protected if not valid_entry(e)]
     if bad:
         parser.error(f"--allow-protected: {bad[0]!r} is not 'namespace/service' or 'namespace/*'")
+    if args.command == "check" and args.config != "-":
+        manifest = _resource_manifest(args.config)
+        if manifest is not None:
+            return _check_resources(args.config, manifest, args.allow_protected)
     try:
         config = load_config(args.config, args.allow_protected, not args.resources)
     except ConfigError as exc:
@@ -105,22 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if generic is not None:
         say(f"{config.path}: warning: {generic}", "warning")
-    if args.command == "run" and isinstance(args.namespaces, str):  # from the environment
-        try:
-            args.namespaces = namespace_list(args.namespaces)
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"SYNCD_NAMESPACES: {exc}")
-    if args.command == "run" and args.namespaces:
-        outside = [t.key for t in config.targets if t.namespace not in args.namespaces]
-        if outside:
-            parser.error(
-                f"targets outside --namespaces {','.join(args.namespaces)}: {', '.join(outside)}"
-            )
-    if args.command == "run" and not args.lease_duration > args.renew_deadline > args.retry_period:
-        parser.error(
-            "--lease-duration must be longer than --renew-deadline, and that longer than "
-            "--retry-period"
-        )
+    if args.command == "run":
+        _check_run_options(parser, args, config)
     if args.command == "check":
         if args.kubeconfig:
             for warning in _cluster_warnings(config, args):
@@ -129,6 +123,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "render":
         return _render(config, args.owner_id)
     return app.run(args, config)
+
+
+def _resource_manifest(path: str) -> list[Any] | None:
+    """The documents of a file of ExternalServices (`check` takes those too), else None."""
+    try:
+        text = read_text_file(Path(path))
+    except ConfigError:
+        return None  # load_config says what is wrong with it
+    if "ExternalService" not in text:
+        return None
+    try:
+        documents = list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError:
+        return None
+    return documents if documents and is_resource_manifest(documents[0]) else None
+
+
+def _check_resources(path: str, documents: list[Any], allow_protected: list[str]) -> int:
+    """`check` of ExternalService manifests: what syncd would make of each (the address
+    policy is the default one here: the daemon's config may add to it)."""
+    checked = check_resource_manifests(documents, AddressPolicy(), allow_protected)
+    problems = [f"{path}: {line}" for resource in checked for line in resource.problems]
+    for problem in problems:
+        say(problem)
+    if problems:
+        return EXIT_USAGE
+    names = ", ".join(f"{r.namespace}/{r.name}" for r in checked)
+    say(
+        f"{path}: OK ({plural(len(checked), 'ExternalService')}: {names})",
+        "info",
+        stream=sys.stdout,
+    )
+    return EXIT_OK
+
+
+def _check_run_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, config: Config
+) -> None:
+    """What `run`'s options must agree on, with the environment's and the config (exit 2)."""
+    if isinstance(args.namespaces, str):  # from the environment
+        try:
+            args.namespaces = namespace_list(args.namespaces)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"SYNCD_NAMESPACES: {exc}")
+    if args.namespaces:
+        outside = [t.key for t in config.targets if t.namespace not in args.namespaces]
+        if outside:
+            parser.error(
+                f"targets outside --namespaces {','.join(args.namespaces)}: {', '.join(outside)}"
+            )
+    if not args.lease_duration > args.renew_deadline > args.retry_period:
+        parser.error(
+            "--lease-duration must be longer than --renew-deadline, and that longer than "
+            "--retry-period"
+        )
 
 
 def _check_owner_variables(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -251,6 +300,7 @@ def _check(config: Config, owner_id: str, origin: str) -> int:
 
 
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: ten times faster
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _render(config: Config, owner_id: str) -> int:

@@ -154,7 +154,7 @@ def _common_options() -> _Parser:
         "-c",
         metavar="FILE",
         default=os.environ.get("SYNCD_CONFIG"),
-        help="config file (default: $SYNCD_CONFIG)",
+        help="config file, or - for standard input (default: $SYNCD_CONFIG)",
     )
     common.add_argument(
         "--owner-id",

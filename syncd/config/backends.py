@@ -61,6 +61,13 @@ def parse_backend_list(raw: Any, scope: Scope, ports) -> tuple[Backend, ...] | N
 def _backend(raw: Any, scope: Scope, ports: tuple[ServicePort, ...]) -> Backend | None:
     if isinstance(raw, str):
         return _backend_shorthand(raw, scope, ports)
+    if isinstance(raw, dict) and len(raw) == 1:
+        ((key, value),) = raw.items()
+        if isinstance(key, str) and key[:1].isdigit() and isinstance(value, int):
+            scope.error(
+                f"'{key}: {value}' reads as a mapping (a space after ':'); write '{key}:{value}'"
+            )
+            return None
     data = expect_mapping(raw, scope, {"address", "port", "ports", "ready", "zone"}, {"address"})
     if data is None:
         return None
@@ -135,13 +142,16 @@ def _backend_shorthand(text: str, scope: Scope, ports) -> Backend | None:
     if len(ports) != 1:
         scope.error(f"{text!r}: 'address:port' works for one-port Services only; use a mapping")
         return None
-    host, sep, port_text = text.strip().rpartition(":")
+    if any(c.isspace() for c in text):
+        scope.error(f"{text!r}: no spaces in 'address:port'")
+        return None
+    host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         scope.error(f"{text!r}: write IPv6 backends as '[address]:port'")
         return None
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         scope.error(f"{text!r} is not 'address:port'")
         return None
     address = _address(host, scope)
@@ -154,6 +164,9 @@ def _backend_shorthand(text: str, scope: Scope, ports) -> Backend | None:
 def _address(value: Any, scope: Scope) -> str | None:
     if not isinstance(value, str):
         scope.error(f"must be an IP address, got {kind_name(value)}")
+        return None
+    if value != value.strip():
+        scope.error(f"{value!r}: no spaces around the address")
         return None
     try:
         return canonical_endpoint_ip(value)

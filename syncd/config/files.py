@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import ssl
 import stat
+import sys
 from pathlib import Path
 
 from syncd.errors import ConfigError
@@ -73,8 +74,20 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_STATIC_BACKENDS",
     "ca_bundle_problem",
+    "read_stdin",
     "read_text_file",
 ]
+
+
+def read_stdin(limit: int = MAX_FILE_BYTES) -> str:
+    """The config from standard input (`--config -`), under the same cap as a file."""
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"stdin: more than the {limit} bytes a config may have")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"stdin: not UTF-8 text (at byte {exc.start})") from None
 
 
 MAX_CA_BYTES = 1024 * 1024  # a CA bundle (the system's is about 200 KB)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from syncd.config.checks import Checker, Scope, expect_mapping, is_int, kind_name, string
-from syncd.config.files import MAX_STATIC_BACKENDS, read_text_file
+from syncd.config.files import MAX_STATIC_BACKENDS, read_stdin, read_text_file
 from syncd.config.schema import (
     SUPPORTED_VERSIONS,
     parse_address_policy,
@@ -60,6 +60,8 @@ def load_config(
     `allow_protected` adds opt-ins to the config's own (--allow-protected); without
     `targets_required` (--resources: targets come from ExternalServices too) the file may
     have no targets."""
+    if str(path) == "-":  # a pipeline's config; relative files resolve from here
+        return load_config_text(read_stdin(), Path("stdin"), allow_protected, targets_required)
     path = Path(path)
     return load_config_text(read_text_file(path), path, allow_protected, targets_required)
 
@@ -87,7 +89,8 @@ def load_config_text(
     if "version" in data:
         version = data["version"]
         if not is_int(version) or version not in SUPPORTED_VERSIONS:
-            root.at("version").error(f"unsupported version {version!r}; supported: 1")
+            hint = " (the number, not a string: version: 1)" if str(version) == "1" else ""
+            root.at("version").error(f"unsupported version {version!r}{hint}; supported: 1")
     policy = AddressPolicy()
     if "address_policy" in data:
         policy = parse_address_policy(data["address_policy"], root.at("address_policy")) or policy

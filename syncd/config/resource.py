@@ -90,6 +90,40 @@ def parse_resource(
     return replace(parsed, target=replace(target, resource=ResourceRef(name, parsed.uid)))
 
 
+RESOURCE_GROUP = "syncd.io/"
+
+
+def is_resource_manifest(data: Any) -> bool:
+    """Is this YAML document an ExternalService (what `kubectl apply -f` takes)?"""
+    return (
+        isinstance(data, Mapping)
+        and str(data.get("apiVersion", "")).startswith(RESOURCE_GROUP)
+        and data.get("kind") == "ExternalService"
+    )
+
+
+def check_resource_manifests(
+    documents: Iterable[Any], policy: AddressPolicy, allow_protected: Iterable[str] = ()
+) -> list[ParsedResource]:
+    """`syncd check` of a manifest of ExternalServices: each parsed as syncd would (a
+    manifest without a namespace is checked as if in `default`, as kubectl would apply it).
+    The ones that are not valid carry their problems."""
+    checked = []
+    for index, document in enumerate(documents):
+        if document is None:
+            continue
+        if not is_resource_manifest(document):
+            checked.append(
+                ParsedResource("", f"document {index + 1}", "", 0, "", None,
+                               (f"document {index + 1}: not an ExternalService",))
+            )  # fmt: skip
+            continue
+        metadata = dict(document.get("metadata") or {})
+        metadata.setdefault("namespace", "default")
+        checked.append(parse_resource({**document, "metadata": metadata}, policy, allow_protected))
+    return checked
+
+
 @dataclass(frozen=True)
 class Merged:
     """The file's targets and the resources', side by side."""
@@ -158,4 +192,11 @@ def _invalid(parsed: ParsedResource, problems: Iterable[str]) -> ParsedResource:
     return replace(parsed, problems=tuple(problems))
 
 
-__all__ = ["Merged", "ParsedResource", "merge_resources", "parse_resource"]
+__all__ = [
+    "Merged",
+    "ParsedResource",
+    "check_resource_manifests",
+    "is_resource_manifest",
+    "merge_resources",
+    "parse_resource",
+]

@@ -104,7 +104,11 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
     if "service" in data:
         service = kube_name(data["service"], scope.at("service"), DNS1035_LABEL, DNS1035_WHAT)
 
-    ports = _service_ports(data.get("ports"), scope.at("ports")) if "ports" in data else None
+    parsed_ports: tuple[ServicePort, ...] = ()
+    ports = None
+    if "ports" in data:
+        parsed_ports, ports_ok = _service_ports(data["ports"], scope.at("ports"))
+        ports = parsed_ports if ports_ok else None
 
     output = _output(data, scope)
 
@@ -113,22 +117,11 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
 
     capacity = _slice_capacity(data, scope)
 
-    sources = _sources(data, scope, ports, base_dir)
+    # the sources are checked even when the ports are not valid (with the names given), so
+    # one pass says every problem
+    sources = _sources(data, scope, parsed_ports or _ports_as_given(data), base_dir)
 
-    extras: dict[str, Any] = {}
-    if "failover" in data:
-        extras["failover"] = _failover(data["failover"], scope.at("failover"))
-    if "guards" in data:
-        extras["guards"] = _guards(data["guards"], scope.at("guards"))
-    if "health_check" in data and ports is not None:
-        extras["health_check"] = _health_check(
-            data["health_check"], scope.at("health_check"), ports, base_dir
-        )
-    if "allowed_cidrs" in data:
-        extras["allowed_cidrs"] = cidrs(data["allowed_cidrs"], scope.at("allowed_cidrs"))
-    extras.update(numbers(data, scope, {"drain_floor": (0, 100_000, True)}))
-    if "traffic_distribution" in data:
-        extras.update(_traffic_distribution(data, scope, manage_service))
+    extras = _target_extras(data, scope, ports, base_dir, manage_service)
     for index, source in enumerate(sources):
         if isinstance(source, StaticSourceConfig):
             _check_static_policy(
@@ -224,10 +217,45 @@ def _target_label(data: dict, path: YamlPath) -> str:
     return f"target #{path[-1]}"
 
 
-def _service_ports(raw: Any, scope: Scope) -> tuple[ServicePort, ...] | None:
+def _target_extras(
+    data: dict,
+    scope: Scope,
+    ports: tuple[ServicePort, ...] | None,
+    base_dir: Path,
+    manage_service: bool,
+) -> dict[str, Any]:
+    """The target's optional sections: failover, guards, probes, CIDRs, floor, hints."""
+    extras: dict[str, Any] = {}
+    if "failover" in data:
+        extras["failover"] = _failover(data["failover"], scope.at("failover"))
+    if "guards" in data:
+        extras["guards"] = _guards(data["guards"], scope.at("guards"))
+    if "health_check" in data and ports is not None:
+        extras["health_check"] = _health_check(
+            data["health_check"], scope.at("health_check"), ports, base_dir
+        )
+    if "allowed_cidrs" in data:
+        extras["allowed_cidrs"] = cidrs(data["allowed_cidrs"], scope.at("allowed_cidrs"))
+    extras.update(numbers(data, scope, {"drain_floor": (0, 100_000, True)}))
+    if "traffic_distribution" in data:
+        extras.update(_traffic_distribution(data, scope, manage_service))
+    return extras
+
+
+def _ports_as_given(data: dict) -> tuple[ServicePort, ...] | None:
+    """The Service ports' names as written (for checking the sources only), or None."""
+    raw = data.get("ports")
+    if not isinstance(raw, list) or not raw:
+        return None
+    names = [str(p.get("name", "")) if isinstance(p, dict) else "" for p in raw]
+    return tuple(ServicePort(name, 1) for name in dict.fromkeys(names))
+
+
+def _service_ports(raw: Any, scope: Scope) -> tuple[tuple[ServicePort, ...], bool]:
+    """The ports that are valid, and whether all are."""
     if not isinstance(raw, list) or not raw:
         scope.error("must be a non-empty list of ports (name, port, protocol)")
-        return None
+        return (), False
     ports: list[ServicePort] = []
     ok = True
     for index, item in enumerate(raw):
@@ -238,9 +266,7 @@ def _service_ports(raw: Any, scope: Scope) -> tuple[ServicePort, ...] | None:
             continue
         name: str | None = ""
         if "name" in data:
-            name = kube_name(
-                data["name"], where.at("name"), DNS1123_LABEL, "port name " + DNS1123_WHAT
-            )
+            name = kube_name(data["name"], where.at("name"), DNS1123_LABEL, "port " + DNS1123_WHAT)
             ok &= name is not None
         elif len(raw) > 1:
             where.error("a name is required when the Service has more than one port")
@@ -266,7 +292,7 @@ def _service_ports(raw: Any, scope: Scope) -> tuple[ServicePort, ...] | None:
         ):
             scope.at(index).error(f"duplicate port {port.port}/{port.protocol}")
             ok = False
-    return tuple(ports) if ok else None
+    return tuple(ports), ok
 
 
 def _source(raw: Any, scope: Scope, ports: tuple[ServicePort, ...], base_dir: Path):
@@ -450,10 +476,10 @@ def _nameservers(value: Any, scope: Scope) -> tuple[tuple[str, int], ...]:
         if item.startswith("["):
             host, _, rest = item[1:].partition("]")
             if rest:
-                port = int(rest[1:]) if rest[1:].isdigit() else -1
+                port = int(rest[1:]) if rest[1:].isascii() and rest[1:].isdigit() else -1
         elif item.count(":") == 1:
             host, _, text = item.partition(":")
-            port = int(text) if text.isdigit() else -1
+            port = int(text) if text.isascii() and text.isdigit() else -1
         try:
             host = str(ipaddress.ip_address(host))
         except ValueError:
@@ -583,7 +609,13 @@ def _status_ranges(raw: Any, scope: Scope) -> tuple[tuple[int, int], ...]:
     for index, item in enumerate(raw):
         text = str(item)
         low, _, high = text.partition("-")
-        if low.isdigit() and (high.isdigit() or not high) and not isinstance(item, bool):
+        if (
+            low.isascii()
+            and high.isascii()
+            and low.isdigit()
+            and (high.isdigit() or not high)
+            and not isinstance(item, bool)
+        ):
             pair = (int(low), int(high or low))
             if 100 <= pair[0] <= pair[1] <= 599:
                 ranges.append(pair)

@@ -144,6 +144,8 @@ _MAX_TOKEN_BYTES = 64 * 1024
 def read_token(path: Path, where: str) -> tuple[str | None, str | None]:
     """A token file's token, or the problem with it (one line naming `where`)."""
     try:
+        if not os.path.exists(path):
+            return None, f"{where}: {path}: no such file"
         if not os.path.isfile(path):  # a device or pipe would never end, or never answer
             return None, f"{where}: {path} is not a regular file"
         with open(path, "rb") as handle:

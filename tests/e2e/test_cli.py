@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -392,3 +393,59 @@ def test_control_characters_from_a_config_never_reach_the_terminal(tmp_path):
         assert not any(line.startswith("forged.yaml: OK") for line in lines), lines
         assert "\u202e" not in result.stderr and "\x00" not in result.stderr
         assert "rgw\\nforged.yaml" in result.stderr or "rgw\\\\nforged.yaml" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (("version: 1", 'version: "1"'), "(the number, not a string: version: 1)"),
+        (("name: http", "name: HTTP"), "'HTTP' is not a valid port name (lowercase"),
+        (("- 192.168.7.50:8080", "- ' 192.168.7.50 :8080'"), "no spaces in 'address:port'"),
+        (("- 192.168.7.50:8080", "- 192.168.7.50: 8080"), "reads as a mapping (a space after"),
+        (("- 192.168.7.50:8080", "- 192.168.7.50:\uff18\uff10\uff18\uff10"), "is not 'addr"),
+        (("- address: 192.168.7.55", "- address: ' 192.168.7.55'"), "no spaces around the address"),
+    ],
+)
+def test_paper_cuts_are_one_clear_line(tmp_path, change, says):
+    config = tmp_path / "gateways.yaml"
+    config.write_text(CEPH_EXAMPLE.read_text().replace(*change, 1))
+    result = syncd("check", "--config", config, check=2)
+    assert says in result.stderr, result.stderr
+    assert "name name" not in result.stderr
+
+
+def test_check_says_every_problem_in_one_pass_and_reads_stdin(tmp_path):
+    """A bad port no longer hides the bad backends behind it."""
+    both = write_config(
+        tmp_path / "both.yaml",
+        {**target("ns", "svc", ["10.0.0.300:80"]), "ports": [{"name": "Http", "port": 80}]},
+    )
+    lines = syncd("check", "--config", both, check=2).stderr.splitlines()
+    assert any("is not a valid port name" in line for line in lines)
+    assert any("'10.0.0.300' is not an IP address" in line for line in lines)
+    piped = subprocess.run(
+        [sys.executable, "-m", "syncd", "check", "--config", "-"],
+        input=CEPH_EXAMPLE.read_text(), capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout.startswith("stdin: OK (1 target"), piped
+
+
+def test_check_takes_an_externalservice_manifest_too(tmp_path):
+    manifest = REPO / "config" / "resources" / "ceph-rgw.yaml"
+    ok = syncd("check", "--config", manifest, check=0)
+    assert ok.stdout.strip() == (f"{manifest}: OK (1 ExternalService: storage/ocs-external-rgw-lb)")
+    bad = tmp_path / "xsvc.yaml"
+    bad.write_text(manifest.read_text().replace("192.168.7.50:8080", "10.0.0.300:80"))
+    result = syncd("check", "--config", bad, check=2)
+    assert "'10.0.0.300' is not an IP address" in result.stderr
+    assert "apiVersion: unknown key" not in result.stderr
+
+
+def test_a_missing_token_file_says_no_such_file(tmp_path):
+    config = write_config(
+        tmp_path / "c.yaml",
+        target_with("ns", "svc", {"type": "consul", "service": "rgw"}),
+        consul={"address": "127.0.0.1:8500", "token_file": "missing-token"},
+    )
+    result = syncd("check", "--config", config, check=2)
+    assert "missing-token: no such file" in result.stderr

@@ -155,7 +155,7 @@ def test_the_cronjob_component_in_an_overlay_of_your_own_gets_your_image(tmp_pat
     )
     (cronjob,) = [d for d in kustomize_build(overlay) if d["kind"] == "CronJob"]
     (container,) = pod_templates([cronjob])[0]["spec"]["containers"]
-    assert container["image"] == "registry.example.com/syncd:0.1.0"
+    assert container["image"] == "registry.example.com/syncd:0.2.0"
 
 
 def test_the_deployment_asks_for_no_fixed_uid_and_two_replicas_with_probes(tmp_path):
@@ -172,7 +172,7 @@ def test_the_deployment_asks_for_no_fixed_uid_and_two_replicas_with_probes(tmp_p
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert {"livenessProbe", "readinessProbe", "startupProbe"} <= set(container)
     assert "--leader-elect" in container["args"]
-    assert container["image"] == "registry.example.com/syncd:0.1.0"  # from images:
+    assert container["image"] == "registry.example.com/syncd:0.2.0"  # from images:
 
 
 def _namespaced_service_account(api, namespace: str) -> str:

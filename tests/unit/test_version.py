@@ -23,3 +23,11 @@ def test_the_chart_and_deploy_install_the_image_of_this_version():
     kustomization = yaml.safe_load((REPO / "deploy" / "kustomization.yaml").read_text())
     (image,) = kustomization["images"]
     assert image["newTag"] == __version__
+
+
+def test_the_changelog_names_the_version_the_code_carries():
+    """What the CHANGELOG lists under the top heading ships as that version, not as the
+    previous one under 'Unreleased'."""
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    top = next(line for line in changelog.splitlines() if line.startswith("## "))
+    assert top.startswith(f"## {__version__}"), top
