@@ -23,7 +23,6 @@ from syncd import __version__, app
 from syncd.cli_parser import build_parser, namespace_list
 from syncd.cluster_networks import file_target_warnings, single_stack_warnings
 from syncd.config import load_config
-from syncd.config.files import read_text_file
 from syncd.config.resource import check_resource_manifests, is_resource_manifest
 from syncd.errors import ConfigError, KubeConfigError
 from syncd.frozen import plain
@@ -31,9 +30,6 @@ from syncd.kube import Kube, KubeSettings, load_client_configuration
 from syncd.model import (
     AddressPolicy,
     Config,
-    ConsulQuerySourceConfig,
-    ConsulSourceConfig,
-    StaticSourceConfig,
 )
 from syncd.network_watch import ClusterNetworkWatch
 from syncd.observability import say, setup_logging
@@ -54,6 +50,8 @@ from syncd.reconcile import source_problems
 from syncd.served import probe_traffic_distribution
 from syncd.sources import ConsulClients
 from syncd.sources.consul_api import resolve_endpoint
+from syncd.sources.types import type_of
+from syncd.syntax.files import read_text_file
 
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
@@ -194,11 +192,7 @@ def _environment_problems(config: Config, args: argparse.Namespace) -> list[str]
     """What the config leaves to the environment, checked before anything is contacted:
     the CONSUL_* variables (when a source uses Consul) and, given one, the kubeconfig."""
     problems: list[str] = []
-    if any(
-        isinstance(s, ConsulSourceConfig | ConsulQuerySourceConfig)
-        for t in config.targets
-        for s in t.sources
-    ):
+    if any("consul" in type_of(s).needs for t in config.targets for s in t.sources):
         try:
             resolve_endpoint(config.consul)
         except ConfigError as exc:
@@ -232,9 +226,7 @@ def _cluster_warnings(config: Config, args: argparse.Namespace) -> list[str]:
     try:
         networks = ClusterNetworkWatch(kube, config.address_policy, probe_namespace=None).load()
         for target in config.targets:
-            backends = [
-                b for s in target.sources if isinstance(s, StaticSourceConfig) for b in s.backends
-            ]
+            backends = [b for s in target.sources for b in s.listed]
             lines = file_target_warnings(target, networks, backends)
             lines += single_stack_warnings(networks, backends)
             warnings += [f"{config.path}: warning: target {target.key}: {line}" for line in lines]
@@ -286,8 +278,8 @@ def _generic_identity(config: Config, owner_id: str, origin: str) -> str | None:
 
 def _check(config: Config, owner_id: str, origin: str) -> int:
     sources = [s for t in config.targets for s in t.sources]
-    backends = sum(len(s.backends) for s in sources if isinstance(s, StaticSourceConfig))
-    registries = sum(1 for s in sources if not isinstance(s, StaticSourceConfig))
+    backends = sum(len(s.listed) for s in sources)
+    registries = sum(1 for s in sources if not s.listed)
     extra = f", {plural(registries, 'registry source')}" if registries else ""
     targets = plural(len(config.targets), "target")
     say(

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from syncd import __version__
-from syncd.config.checks import DNS1123_LABEL
 from syncd.http_server import parse_listen_address
 from syncd.ownership import OWNER_ID_RULE, valid_owner_id
+from syncd.syntax.checks import DNS1123_LABEL
 
 EXIT_USAGE = 2
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from syncd.addresses import IPNetwork, ip_version
 from syncd.errors import SourceError
@@ -151,111 +152,31 @@ def ready_count(backends: Iterable[Backend]) -> int:
 _READY = operator.attrgetter("ready")
 
 
-@dataclass(frozen=True)
-class StaticSourceConfig:
-    """Backends listed in the config itself, or in a YAML file next to it."""
-
-    backends: tuple[Backend, ...] = ()
-    file: Path | None = None
+class SourceConfig(Protocol):
+    """A configured source of one type: the dataclass of its module in syncd.sources
+    (frozen and hashable). The config loader, the drivers and `check` know a source by
+    this much only; the rest is its type's (syncd.sources.types)."""
 
     @property
     def kind(self) -> str:
-        return "static"
-
-    def describe(self) -> str:
-        return f"static file {self.file}" if self.file else "static list"
-
-
-class ConsulAddress(enum.StrEnum):
-    """Which address of a Consul instance becomes the endpoint address."""
-
-    SERVICE = "service"  # the service's address, else its node's address
-    LAN_IPV4 = "lan_ipv4"
-    WAN_IPV4 = "wan_ipv4"
-    LAN_IPV6 = "lan_ipv6"
-    WAN_IPV6 = "wan_ipv6"
-    LAN = "lan"
-    WAN = "wan"
-
-
-class ConsulConsistency(enum.StrEnum):
-    DEFAULT = "default"
-    STALE = "stale"
-    CONSISTENT = "consistent"
-
-
-@dataclass(frozen=True)
-class ConsulSourceConfig:
-    """Instances of one Consul service, read from /v1/health/service/<service>."""
-
-    service: str
-    port_name: str  # the Service port the instances' port serves
-    tags: tuple[str, ...] = ()
-    datacenter: str | None = None
-    node_meta: tuple[tuple[str, str], ...] = ()
-    filter: str | None = None
-    namespace: str | None = None  # Consul Enterprise
-    partition: str | None = None  # Consul Enterprise
-    address: ConsulAddress = ConsulAddress.SERVICE
-    consistency: ConsulConsistency = ConsulConsistency.DEFAULT
-    warning_is_ready: bool = True
-    zone_meta: str = "zone"  # the service (else node) meta key that names an instance's zone
+        """Its type's name, as the config writes it (`type: static`)."""
+        ...
 
     @property
-    def kind(self) -> str:
-        return "consul"
-
-    def describe(self) -> str:
-        where = f"@{self.datacenter}" if self.datacenter else ""
-        tags = f" tags={','.join(self.tags)}" if self.tags else ""
-        return f"consul service {self.service}{where}{tags}"
-
-
-@dataclass(frozen=True)
-class DnsSourceConfig:
-    """Backends from DNS: an SRV name (targets and ports), or a name's A/AAAA plus ports."""
-
-    srv: str | None = None  # _service._proto.name
-    name: str | None = None  # A/AAAA mode
-    ports: PortSet = ()  # A/AAAA mode: the port per Service port
-    service_port: str = ""  # SRV mode: the Service port the SRV ports serve
-    families: tuple[AddressFamily, ...] = (AddressFamily.IPV4, AddressFamily.IPV6)
-    nameservers: tuple[tuple[str, int], ...] = ()  # empty: the system resolver
-    timeout: float = 2.0  # seconds for one lookup, retries included
-    tcp: bool = False  # UDP with TCP fallback on truncation, or TCP only
-    min_ttl: float = 5.0  # refresh no more often than this ...
-    max_ttl: float = 300.0  # ... and no less often than this, whatever the TTL says
-    zone: str | None = None  # the zone of every backend this source lists
+    def listed(self) -> tuple[Backend, ...]:
+        """The backends written in the config itself (a static list), checked when the
+        config is loaded. Empty for a registry."""
+        ...
 
     @property
-    def kind(self) -> str:
-        return "dns"
+    def operators_own(self) -> bool:
+        """Is what it answers the operator's own word (a static list)? Drain protection
+        never second-guesses that; a registry's answer it does."""
+        ...
 
     def describe(self) -> str:
-        return f"dns SRV {self.srv}" if self.srv else f"dns A/AAAA {self.name}"
-
-
-@dataclass(frozen=True)
-class ConsulQuerySourceConfig:
-    """A Consul prepared query (/v1/query/<name>/execute): Consul's own cross-datacenter
-    failover as one tier. Polled (prepared queries do not block)."""
-
-    query: str
-    port_name: str
-    address: ConsulAddress = ConsulAddress.SERVICE
-    warning_is_ready: bool = True
-    poll_interval: float = 5.0
-    zone_meta: str = "zone"
-
-    @property
-    def kind(self) -> str:
-        return "consul_query"
-
-    def describe(self) -> str:
-        return f"consul prepared query {self.query}"
-
-
-SourceConfig = StaticSourceConfig | ConsulSourceConfig | DnsSourceConfig | ConsulQuerySourceConfig
+        """Short human name used in logs, e.g. 'consul service rgw'."""
+        ...
 
 
 CONSUL_PORT = 8500  # where a Consul agent serves HTTP unless told otherwise

@@ -39,7 +39,6 @@ from syncd.model import (
     PortSet,
     ProbeKey,
     Snapshot,
-    StaticSourceConfig,
     Target,
     ready_count,
 )
@@ -266,7 +265,7 @@ def _drain_protection(decision: Decision, state: PolicyState, target: Target) ->
     floor = target.drain_floor
     if floor <= 0 or state.applied is None:
         return None
-    if isinstance(target.sources[decision.tier], StaticSourceConfig):
+    if target.sources[decision.tier].operators_own:
         return None
     ready, applied = ready_count(decision.backends), ready_count(state.applied)
     if ready >= floor or applied < floor:

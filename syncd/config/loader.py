@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from syncd.config.checks import Checker, Scope, expect_mapping, is_int, kind_name, string
-from syncd.config.files import MAX_STATIC_BACKENDS, read_stdin, read_text_file
 from syncd.config.schema import (
     SUPPORTED_VERSIONS,
     parse_address_policy,
@@ -23,18 +21,19 @@ from syncd.config.schema import (
     parse_target,
     raw_target_key,
 )
-from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
 from syncd.model import (
     AddressPolicy,
     Config,
     ConsulConnection,
-    ConsulSourceConfig,
-    StaticSourceConfig,
     Target,
 )
 from syncd.ownership import OWNER_ID_RULE, valid_owner_id
 from syncd.protected import refusal, valid_entry
+from syncd.sources.types import source_types
+from syncd.syntax.checks import Checker, Scope, expect_mapping, is_int, kind_name, string
+from syncd.syntax.files import MAX_STATIC_BACKENDS, read_stdin, read_text_file
+from syncd.syntax.yamldoc import parse_yaml
 
 
 def parse_allow_protected(raw: object, scope: Scope) -> tuple[str, ...]:
@@ -149,12 +148,7 @@ def _targets(
 
 def _static_total(targets: list[Target], root: Scope) -> None:
     """All the static backends of a config together stay within what a pod's memory holds."""
-    total = sum(
-        len(source.backends)
-        for target in targets
-        for source in target.sources
-        if isinstance(source, StaticSourceConfig)
-    )
+    total = sum(len(source.listed) for target in targets for source in target.sources)
     if total > MAX_STATIC_BACKENDS:
         root.at("targets").error(
             f"{total:,} static backends in all, more than the {MAX_STATIC_BACKENDS:,} a config "
@@ -188,20 +182,14 @@ def _owner_id(data: dict, root: Scope) -> str | None:
 
 
 def _consul(data: dict, root: Scope, base: Path, targets: list[Target]) -> ConsulConnection:
-    """The connection, with enough connections for every datacenter the targets use."""
+    """The connection; then each source type's checks across the whole config (the Consul
+    budget for its datacenters, say)."""
     consul = ConsulConnection()
     if "consul" in data:
         consul = parse_consul_connection(data["consul"], root.at("consul"), base) or consul
-    datacenters = {
-        (s.datacenter, s.namespace, s.partition)
-        for t in targets
-        for s in t.sources
-        if isinstance(s, ConsulSourceConfig)
-    }
-    needed = consul.least_connections(len(datacenters))
-    if consul.max_connections < needed:
-        root.at("consul", "max_connections").error(
-            f"{consul.max_connections} is too few for {len(datacenters)} Consul datacenters "
-            f"(or namespaces): at least {needed} (the shared readers and four change feeds each)"
-        )
+    for name, row in source_types().items():
+        if row.check_all is not None:
+            sources = [s for t in targets for s in t.sources if s.kind == name]
+            if sources:
+                row.check_all(sources, consul, root)
     return consul

@@ -26,11 +26,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from syncd.config.checks import Checker, Scope
 from syncd.config.schema import parse_target
-from syncd.config.yamldoc import Document
 from syncd.model import AddressPolicy, Config, ResourceRef, Target
 from syncd.protected import refusal
+from syncd.sources.types import source_types
+from syncd.syntax.checks import Checker, Scope
+from syncd.syntax.yamldoc import Document
 
 
 @dataclass(frozen=True)
@@ -174,14 +175,17 @@ def _refused_keys(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     refused = []
     if "namespace" in spec:
         refused.append(("namespace", "a resource's target is in the resource's own namespace"))
+    types = source_types()
     for index, source in enumerate(spec.get("sources") or ()):
-        if isinstance(source, Mapping) and "file" in source:
-            refused.append(
-                (
-                    f"sources[{index}].file",
-                    "a resource cannot read files in syncd's pod; list the backends inline",
+        row = types.get(str(source.get("type"))) if isinstance(source, Mapping) else None
+        for key in row.file_keys if row is not None else ():
+            if key in source:
+                refused.append(
+                    (
+                        f"sources[{index}].{key}",
+                        "a resource cannot read files in syncd's pod; give the values inline",
+                    )
                 )
-            )
     health = spec.get("health_check")
     if isinstance(health, Mapping) and "ca_file" in health:
         refused.append(("health_check.ca_file", "a resource cannot read files in syncd's pod"))

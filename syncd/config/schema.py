@@ -1,28 +1,34 @@
-"""The config's sections: targets, ports, sources (static, consul, consul_query, dns),
-health checks, failover, guards, address policy and the Consul connection."""
+"""The config's sections: targets, ports, health checks, failover, guards, the address
+policy and the Consul connection. A source's own section is its type's (syncd.sources):
+the target hands each entry of `sources` to the row its `type` names."""
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from pathlib import Path
 from typing import Any
 
 from syncd.addresses import address_refusal, parse_http_address
-from syncd.config.backends import (
-    parse_backend_list,
-    parse_endpoint_ports,
-    parse_zone,
-    read_backends_file,
+from syncd.model import (
+    CONSUL_PORT,
+    DEFAULT_DENIED_CIDRS,
+    AddressPolicy,
+    ConsulConnection,
+    FailoverConfig,
+    GuardConfig,
+    HealthCheckConfig,
+    Output,
+    ServicePort,
+    SourceConfig,
+    Target,
 )
-from syncd.config.checks import (
+from syncd.sources.types import source_types
+from syncd.syntax.checks import (
     DNS1035_LABEL,
     DNS1035_WHAT,
     DNS1123_LABEL,
     DNS1123_WHAT,
     Scope,
     beside,
-    choice,
     cidrs,
     expect_mapping,
     flag,
@@ -32,31 +38,9 @@ from syncd.config.checks import (
     nonempty_string,
     numbers,
     port_number,
-    string,
 )
-from syncd.config.files import ca_bundle_problem
-from syncd.config.yamldoc import YamlPath
-from syncd.errors import ConfigError
-from syncd.model import (
-    CONSUL_PORT,
-    DEFAULT_DENIED_CIDRS,
-    AddressFamily,
-    AddressPolicy,
-    ConsulAddress,
-    ConsulConnection,
-    ConsulConsistency,
-    ConsulQuerySourceConfig,
-    ConsulSourceConfig,
-    DnsSourceConfig,
-    FailoverConfig,
-    GuardConfig,
-    HealthCheckConfig,
-    Output,
-    ServicePort,
-    SourceConfig,
-    StaticSourceConfig,
-    Target,
-)
+from syncd.syntax.files import ca_bundle_problem
+from syncd.syntax.yamldoc import YamlPath
 
 SUPPORTED_VERSIONS = (1,)
 
@@ -122,10 +106,14 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
     sources = _sources(data, scope, parsed_ports or _ports_as_given(data), base_dir)
 
     extras = _target_extras(data, scope, ports, base_dir, manage_service)
-    for index, source in enumerate(sources):
-        if isinstance(source, StaticSourceConfig):
-            _check_static_policy(
-                source, scope.at("sources", index), policy, extras.get("allowed_cidrs", ())
+    for index, source in sources:
+        if source.listed:
+            _check_listed_policy(
+                source,
+                data["sources"][index],
+                scope.at("sources", index),
+                policy,
+                extras.get("allowed_cidrs", ()),
             )
 
     if len(scope.checker.problems) > before or namespace is None or service is None:
@@ -136,7 +124,7 @@ def parse_target(raw: Any, scope: Scope, base_dir: Path, policy: AddressPolicy) 
         namespace=namespace,
         service=service,
         ports=ports,
-        sources=tuple(sources),
+        sources=tuple(source for _index, source in sources),
         output=output,
         manage_service=manage_service,
         max_endpoints_per_slice=capacity,
@@ -167,9 +155,9 @@ def _slice_capacity(data: dict, scope: Scope) -> int:
 
 def _sources(
     data: dict, scope: Scope, ports: tuple[ServicePort, ...] | None, base_dir: Path
-) -> list[SourceConfig]:
-    """The target's sources (its tiers, in order); checked only once its ports are valid."""
-    sources: list[SourceConfig] = []
+) -> list[tuple[int, SourceConfig]]:
+    """The target's valid sources (its tiers, in order), with their place in the list."""
+    sources: list[tuple[int, SourceConfig]] = []
     raw_sources = data.get("sources")
     if "sources" not in data:
         return sources
@@ -181,7 +169,7 @@ def _sources(
         for index, raw in enumerate(raw_sources):
             source = _source(raw, scope.at("sources", index), ports, base_dir)
             if source is not None:
-                sources.append(source)
+                sources.append((index, source))
     return sources
 
 
@@ -295,201 +283,23 @@ def _service_ports(raw: Any, scope: Scope) -> tuple[tuple[ServicePort, ...], boo
     return tuple(ports), ok
 
 
-def _source(raw: Any, scope: Scope, ports: tuple[ServicePort, ...], base_dir: Path):
+def _source(
+    raw: Any, scope: Scope, ports: tuple[ServicePort, ...], base_dir: Path
+) -> SourceConfig | None:
+    """One source, parsed by its type's own row (syncd.sources.types)."""
     if not isinstance(raw, dict):
         scope.error(f"must be a mapping with a 'type', got {kind_name(raw)}")
         return None
-    kind = raw.get("type")
-    if kind == "static":
-        return _static_source(raw, scope, ports, base_dir)
-    if kind == "consul":
-        return _consul_source(raw, scope, ports)
-    if kind == "dns":
-        return _dns_source(raw, scope, ports)
-    if kind == "consul_query":
-        return _consul_query_source(raw, scope, ports)
+    types = source_types()
+    names = ", ".join(types)
     if "type" not in raw:
-        scope.error(f"missing required key 'type' (one of: {_SOURCE_TYPES})")
-    else:
-        scope.at("type").error(f"unknown source type {kind!r} (one of: {_SOURCE_TYPES})")
-    return None
-
-
-_SOURCE_TYPES = "static, consul, consul_query, dns"
-
-
-_CONSUL_SOURCE_KEYS = {
-    "type",
-    "service",
-    "port",
-    "tags",
-    "datacenter",
-    "node_meta",
-    "filter",
-    "namespace",
-    "partition",
-    "address",
-    "consistency",
-    "warning_is_ready",
-    "zone_meta",
-}
-
-
-def _consul_source(raw: dict, scope: Scope, ports) -> ConsulSourceConfig | None:
-    data = expect_mapping(raw, scope, _CONSUL_SOURCE_KEYS, {"type", "service"})
-    if data is None:
+        scope.error(f"missing required key 'type' (one of: {names})")
         return None
-    before = len(scope.checker.problems)
-    service = (
-        nonempty_string(data.get("service"), scope.at("service")) if "service" in data else None
-    )
-    names = [p.name for p in ports]
-    port_name = _served_port(data, "port", names, scope, "the instances serve")
-    tags: tuple[str, ...] = ()
-    if "tags" in data:
-        value = data["tags"]
-        if isinstance(value, list) and all(isinstance(t, str) and t for t in value):
-            tags = tuple(value)
-        else:
-            scope.at("tags").error("must be a list of tag strings (all must match)")
-    node_meta: tuple[tuple[str, str], ...] = ()
-    if "node_meta" in data:
-        value = data["node_meta"]
-        if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            node_meta = tuple(sorted(value.items()))
-        else:
-            scope.at("node_meta").error("must be a mapping of string keys to string values")
-    optional: dict[str, Any] = {}
-    for key in ("datacenter", "filter", "namespace", "partition"):
-        if key in data:
-            optional[key] = nonempty_string(data[key], scope.at(key))
-    address = choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
-    consistency = choice(data, "consistency", ConsulConsistency, ConsulConsistency.DEFAULT, scope)
-    warning_is_ready = flag(data, "warning_is_ready", scope)
-    if "zone_meta" in data:
-        optional["zone_meta"] = _meta_key(data["zone_meta"], scope.at("zone_meta"))
-    if len(scope.checker.problems) > before or service is None:
+    row = types.get(raw["type"]) if isinstance(raw["type"], str) else None
+    if row is None:
+        scope.at("type").error(f"unknown source type {raw['type']!r} (one of: {names})")
         return None
-    return ConsulSourceConfig(
-        service=service,
-        port_name=port_name,
-        tags=tags,
-        node_meta=node_meta,
-        address=address,
-        consistency=consistency,
-        warning_is_ready=True if warning_is_ready is None else warning_is_ready,
-        **optional,
-    )
-
-
-_DNS_SOURCE_KEYS = {
-    "type",
-    "srv",
-    "name",
-    "port",
-    "ports",
-    "service_port",
-    "families",
-    "nameservers",
-    "timeout",
-    "tcp",
-    "min_ttl",
-    "max_ttl",
-    "zone",
-}
-
-
-_DNS_NAME = re.compile(
-    r"^(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
-    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$"
-)
-
-
-_FAMILIES = {"ipv4": AddressFamily.IPV4, "ipv6": AddressFamily.IPV6}
-
-
-def _dns_source(raw: dict, scope: Scope, ports) -> DnsSourceConfig | None:
-    data = expect_mapping(raw, scope, _DNS_SOURCE_KEYS, {"type"})
-    if data is None:
-        return None
-    before = len(scope.checker.problems)
-    if ("srv" in data) == ("name" in data):
-        scope.error("a dns source needs exactly one of 'srv' (an SRV name) or 'name' (A/AAAA)")
-        return None
-    mode = "srv" if "srv" in data else "name"
-    qname = nonempty_string(data[mode], scope.at(mode))
-    if qname and not _DNS_NAME.match(qname):
-        scope.at(mode).error(f"{qname!r} is not a valid DNS name")
-    values: dict[str, Any] = {mode: qname}
-    names = [p.name for p in ports]
-    if mode == "srv":
-        for key in ("port", "ports"):
-            if key in data:
-                scope.at(key).error(
-                    "SRV records carry the ports; use 'service_port' to say "
-                    "which Service port they serve"
-                )
-        values["service_port"] = _served_port(
-            data, "service_port", names, scope, "the SRV ports serve"
-        )
-    else:
-        if "service_port" in data:
-            scope.at("service_port").error("only for 'srv'; with 'name' use 'port' or 'ports'")
-        endpoint_ports = parse_endpoint_ports(data, scope, ports)
-        if endpoint_ports is not None:
-            values["ports"] = endpoint_ports
-    if "families" in data:
-        value = data["families"]
-        if isinstance(value, list) and value and all(f in _FAMILIES for f in value):
-            values["families"] = tuple(_FAMILIES[f] for f in dict.fromkeys(value))
-        else:
-            scope.at("families").error("must be a non-empty list of: ipv4, ipv6")
-    if "nameservers" in data:
-        values["nameservers"] = _nameservers(data["nameservers"], scope.at("nameservers"))
-    if flag(data, "tcp", scope) is not None:
-        values["tcp"] = data["tcp"]
-    values.update(
-        numbers(data, scope, {"timeout": (0.1, 60), "min_ttl": (0, 86400), "max_ttl": (1, 86400)})
-    )
-    if values.get("min_ttl", 5.0) > values.get("max_ttl", 300.0):
-        scope.error("min_ttl must not be larger than max_ttl")
-    if "zone" in data:
-        values["zone"] = parse_zone(data, "zone", scope)
-    if len(scope.checker.problems) > before:
-        return None
-    return DnsSourceConfig(**values)
-
-
-def _nameservers(value: Any, scope: Scope) -> tuple[tuple[str, int], ...]:
-    if not isinstance(value, list) or not value:
-        scope.error("must be a non-empty list of 'address' or 'address:port'")
-        return ()
-    result = []
-    for index, item in enumerate(value):
-        where = scope.at(index)
-        if not isinstance(item, str):
-            where.error(f"must be 'address' or 'address:port', got {kind_name(item)}")
-            continue
-        host, port = item, 53
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            if rest:
-                port = int(rest[1:]) if rest[1:].isascii() and rest[1:].isdigit() else -1
-        elif item.count(":") == 1:
-            host, _, text = item.partition(":")
-            port = int(text) if text.isascii() and text.isdigit() else -1
-        try:
-            host = str(ipaddress.ip_address(host))
-        except ValueError:
-            where.error(f"{item!r}: a nameserver is an IP address, optionally with :port")
-            continue
-        if not 1 <= port <= 65535:
-            where.error(f"{item!r}: port out of range 1-65535")
-            continue
-        result.append((host, port))
-    return tuple(result)
+    return row.parse(raw, scope, ports, base_dir)
 
 
 def _failover(raw: Any, scope: Scope) -> FailoverConfig:
@@ -671,62 +481,17 @@ def _namespace_names(raw: Any, scope: Scope) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _check_static_policy(
-    source: StaticSourceConfig, scope: Scope, policy: AddressPolicy, allowed: tuple
+def _check_listed_policy(
+    source: SourceConfig, raw: Any, scope: Scope, policy: AddressPolicy, allowed: tuple
 ) -> None:
-    """A static backend the address policy forbids is a typo to fix, not to apply."""
-    for index, backend in enumerate(source.backends):
+    """A backend written in the config that the address policy forbids is a typo to fix,
+    not to apply (registries' entries are dropped and reported as they come)."""
+    in_file = isinstance(raw, dict) and "backends" not in raw
+    for index, backend in enumerate(source.listed):
         reason = address_refusal(backend.address, policy.denied, allowed)
         if reason:
-            where = scope.at("backends", index) if source.file is None else scope.at("file")
+            where = scope.at("file") if in_file else scope.at("backends", index)
             where.error(f"{backend.address}: {reason}")
-
-
-def _consul_query_source(raw: dict, scope: Scope, ports) -> ConsulQuerySourceConfig | None:
-    data = expect_mapping(
-        raw,
-        scope,
-        {"type", "query", "port", "address", "warning_is_ready", "poll_interval", "zone_meta"},
-        {"type", "query"},
-    )
-    if data is None:
-        return None
-    before = len(scope.checker.problems)
-    query = nonempty_string(data.get("query"), scope.at("query")) if "query" in data else None
-    names = [p.name for p in ports]
-    port_name = _served_port(data, "port", names, scope, "the instances serve")
-    values = numbers(data, scope, {"poll_interval": (0.1, 3600)})
-    values["address"] = choice(data, "address", ConsulAddress, ConsulAddress.SERVICE, scope)
-    if flag(data, "warning_is_ready", scope) is not None:
-        values["warning_is_ready"] = data["warning_is_ready"]
-    if "zone_meta" in data:
-        values["zone_meta"] = _meta_key(data["zone_meta"], scope.at("zone_meta"))
-    if len(scope.checker.problems) > before or query is None:
-        return None
-    return ConsulQuerySourceConfig(query=query, port_name=port_name, **values)
-
-
-_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def _meta_key(value: Any, scope: Scope) -> str:
-    """A Consul metadata key (letters, digits, '-', '_'; at most 128)."""
-    if not isinstance(value, str) or not _META_KEY.match(value):
-        scope.error(f"{value!r} is not a Consul meta key (letters, digits, '-', '_')")
-        return "zone"
-    return value
-
-
-def _served_port(data: dict, key: str, names: list[str], scope: Scope, what: str) -> str:
-    """Which Service port a source's instances serve: data[key], or the only port."""
-    if key not in data:
-        if len(names) > 1:
-            scope.error(f"the Service has several ports; say which one {what}: '{key}'")
-        return names[0]
-    if data[key] not in names:
-        known = ", ".join(repr(n) for n in names)
-        scope.at(key).error(f"{data[key]!r} is not a port of the Service (ports: {known})")
-    return data[key]
 
 
 _CONSUL_CONNECTION_KEYS = {
@@ -785,26 +550,3 @@ def parse_consul_connection(raw: Any, scope: Scope, base_dir: Path) -> ConsulCon
     if len(scope.checker.problems) > before:
         return None
     return ConsulConnection(**values)
-
-
-def _static_source(raw: dict, scope: Scope, ports, base_dir: Path) -> StaticSourceConfig | None:
-    data = expect_mapping(raw, scope, {"type", "backends", "file"}, {"type"})
-    if data is None:
-        return None
-    if ("backends" in data) == ("file" in data):
-        scope.error("a static source needs exactly one of 'backends' or 'file'")
-        return None
-    if "backends" in data:
-        backends = parse_backend_list(data["backends"], scope.at("backends"), ports)
-        return None if backends is None else StaticSourceConfig(backends=backends)
-    name = string(data["file"], scope.at("file"))
-    if name is None:
-        return None
-    file = beside(base_dir, name)
-    try:
-        backends = read_backends_file(file, ports)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            scope.at("file").error(problem)
-        return None
-    return StaticSourceConfig(backends=backends, file=file)

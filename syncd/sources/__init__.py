@@ -1,21 +1,15 @@
 """Registries syncd reads backends from. Each source answers one question: what does the
-registry list for this target right now? (a `Snapshot`, or `SourceError` if it cannot say)."""
+registry list for this target right now? (a `Snapshot`, or `SourceError` if it cannot say).
+
+Each kind of source is a module of this package with its row (syncd.sources.types): its
+config section, its dataclass, how it is built and what it needs."""
 
 from __future__ import annotations
 
-from syncd.model import (
-    ConsulConnection,
-    ConsulQuerySourceConfig,
-    ConsulSourceConfig,
-    DnsSourceConfig,
-    SourceConfig,
-    Target,
-)
+from syncd.model import SourceConfig, Target
 from syncd.sources.base import Source
-from syncd.sources.consul import ConsulQuerySource, ConsulSource
 from syncd.sources.consul_api import ConsulClients
-from syncd.sources.dns import DnsSource
-from syncd.sources.static import StaticSource
+from syncd.sources.types import SourceNeeds, source_types, type_of
 
 
 def build_source(
@@ -24,15 +18,7 @@ def build_source(
     """The live source object for one configured source of a target. Consul sources use
     the `consul` clients (at most its size of connections at once, shared by every source
     built with it); without one, a private pool of one connection."""
-    if isinstance(config, ConsulSourceConfig | ConsulQuerySourceConfig):
-        if consul is None:
-            consul = ConsulClients(ConsulConnection(), 1)
-        if isinstance(config, ConsulSourceConfig):
-            return ConsulSource(config, target, consul)
-        return ConsulQuerySource(config, target, consul)
-    if isinstance(config, DnsSourceConfig):
-        return DnsSource(config, target)
-    return StaticSource(config, target)
+    return type_of(config).build(config, target, SourceNeeds(consul=consul))
 
 
-__all__ = ["ConsulClients", "Source", "build_source"]
+__all__ = ["ConsulClients", "Source", "SourceNeeds", "build_source", "source_types"]

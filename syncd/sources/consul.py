@@ -30,10 +30,7 @@ from syncd.kinds import is_label_value
 from syncd.memo import WORTH_REMEMBERING
 from syncd.model import (
     Backend,
-    ConsulAddress,
-    ConsulConsistency,
-    ConsulQuerySourceConfig,
-    ConsulSourceConfig,
+    ConsulConnection,
     EndpointPort,
     Snapshot,
     Target,
@@ -42,6 +39,16 @@ from syncd.model import (
 from syncd.observability import DROPPED_ENTRIES
 from syncd.sources.base import Dropped, checked_entry
 from syncd.sources.consul_api import ConsulClients, Reply, get
+from syncd.sources.consul_config import (
+    ConsulAddress,
+    ConsulConsistency,
+    ConsulQuerySourceConfig,
+    ConsulSourceConfig,
+    check_budget,
+    parse_query,
+    parse_service,
+)
+from syncd.sources.types import SourceNeeds, SourceType
 
 # --------------------------------------------------------------------------- what is kept
 
@@ -472,3 +479,109 @@ class ConsulQuerySource:
     def poll(self) -> tuple[Snapshot, float | None]:
         """Prepared queries cannot block: ask again every poll_interval."""
         return self.fetch(), self._config.poll_interval
+
+
+# --------------------------------------------------------------------------- the rows
+
+
+def _clients(needs: SourceNeeds) -> ConsulClients:
+    """The driver's shared pool, else a private one of a single connection."""
+    return needs.consul if needs.consul is not None else ConsulClients(ConsulConnection(), 1)
+
+
+def _build_service(config: ConsulSourceConfig, target: Target, needs: SourceNeeds) -> ConsulSource:
+    return ConsulSource(config, target, _clients(needs))
+
+
+def _build_query(
+    config: ConsulQuerySourceConfig, target: Target, needs: SourceNeeds
+) -> ConsulQuerySource:
+    return ConsulQuerySource(config, target, _clients(needs))
+
+
+_SHARED_CRD = {
+    "port": {
+        "x-kubernetes-int-or-string": True,
+        "description": "consul: which Service port the instances serve",
+    },
+    "address": {
+        "type": "string",
+        "enum": [a.value for a in ConsulAddress],
+        "description": "consul: which address of an instance becomes the endpoint",
+    },
+    "warning_is_ready": {
+        "type": "boolean",
+        "description": "consul: a warning check still counts as ready (default true)",
+    },
+    "zone_meta": {
+        "type": "string",
+        "description": "consul: the meta key holding the zone (default zone)",
+    },
+}
+
+SOURCE_TYPES = (
+    SourceType(
+        name="consul",
+        parse=parse_service,
+        build=_build_service,
+        crd={
+            "service": {
+                "type": "string",
+                "minLength": 1,
+                "description": "consul: the service name",
+            },
+            **_SHARED_CRD,
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "consul: instances with all of these tags",
+            },
+            "datacenter": {
+                "type": "string",
+                "description": "consul: the datacenter (default the agent's)",
+            },
+            "node_meta": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "consul: nodes with this meta",
+            },
+            "filter": {"type": "string", "description": "consul: a filter expression"},
+            "namespace": {"type": "string"},
+            "partition": {"type": "string"},
+            "consistency": {
+                "type": "string",
+                "enum": [c.value for c in ConsulConsistency],
+                "description": "consul: the read mode",
+            },
+        },
+        crd_rules=(
+            {
+                "rule": "self.type != 'consul' || has(self.service)",
+                "message": "a consul source needs 'service'",
+            },
+        ),
+        needs=frozenset({"consul"}),
+        check_all=check_budget,
+    ),
+    SourceType(
+        name="consul_query",
+        parse=parse_query,
+        build=_build_query,
+        crd={
+            "query": {
+                "type": "string",
+                "minLength": 1,
+                "description": "consul_query: the prepared query",
+            },
+            **_SHARED_CRD,
+            "poll_interval": {"type": "number", "minimum": 0.1, "maximum": 3600},
+        },
+        crd_rules=(
+            {
+                "rule": "self.type != 'consul_query' || has(self.query)",
+                "message": "a consul_query source needs 'query'",
+            },
+        ),
+        needs=frozenset({"consul"}),
+    ),
+)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.errors import SourceError
-from syncd.model import ConsulAddress, ConsulSourceConfig, ready_count
+from syncd.model import ready_count
 from syncd.sources.base import ChangeEmitter
 from syncd.sources.consul import ConsulSource, EntryMemo, Instance, slim_entry
 from syncd.sources.consul_api import HeldClient
+from syncd.sources.consul_config import ConsulAddress, ConsulSourceConfig
 from syncd.sources.consul_state import QueryState
 from syncd.tuple_index import index_add, index_remove
 

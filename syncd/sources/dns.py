@@ -18,9 +18,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -32,16 +36,176 @@ from syncd.errors import SourceError
 from syncd.model import (
     AddressFamily,
     Backend,
-    DnsSourceConfig,
     EndpointPort,
+    PortSet,
+    ServicePort,
     Snapshot,
     Target,
     port_set,
 )
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
 from syncd.sources.base import Dropped, checked_entry
+from syncd.sources.types import SourceNeeds, SourceType
+from syncd.syntax.backends import parse_endpoint_ports, parse_zone
+from syncd.syntax.checks import (
+    Scope,
+    expect_mapping,
+    flag,
+    kind_name,
+    nonempty_string,
+    numbers,
+    served_port,
+)
 
 _RDTYPE = {AddressFamily.IPV4: dns.rdatatype.A, AddressFamily.IPV6: dns.rdatatype.AAAA}
+
+
+@dataclass(frozen=True)
+class DnsSourceConfig:
+    """Backends from DNS: an SRV name (targets and ports), or a name's A/AAAA plus ports."""
+
+    srv: str | None = None  # _service._proto.name
+    name: str | None = None  # A/AAAA mode
+    ports: PortSet = ()  # A/AAAA mode: the port per Service port
+    service_port: str = ""  # SRV mode: the Service port the SRV ports serve
+    families: tuple[AddressFamily, ...] = (AddressFamily.IPV4, AddressFamily.IPV6)
+    nameservers: tuple[tuple[str, int], ...] = ()  # empty: the system resolver
+    timeout: float = 2.0  # seconds for one lookup, retries included
+    tcp: bool = False  # UDP with TCP fallback on truncation, or TCP only
+    min_ttl: float = 5.0  # refresh no more often than this ...
+    max_ttl: float = 300.0  # ... and no less often than this, whatever the TTL says
+    zone: str | None = None  # the zone of every backend this source lists
+
+    @property
+    def kind(self) -> str:
+        return "dns"
+
+    @property
+    def operators_own(self) -> bool:
+        return False
+
+    @property
+    def listed(self) -> tuple[Backend, ...]:
+        return ()
+
+    def describe(self) -> str:
+        return f"dns SRV {self.srv}" if self.srv else f"dns A/AAAA {self.name}"
+
+
+# --------------------------------------------------------------------------- its config
+
+
+_DNS_SOURCE_KEYS = {
+    "type",
+    "srv",
+    "name",
+    "port",
+    "ports",
+    "service_port",
+    "families",
+    "nameservers",
+    "timeout",
+    "tcp",
+    "min_ttl",
+    "max_ttl",
+    "zone",
+}
+
+
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$"
+)
+
+
+_FAMILIES = {"ipv4": AddressFamily.IPV4, "ipv6": AddressFamily.IPV6}
+
+
+def parse(
+    raw: dict, scope: Scope, ports: tuple[ServicePort, ...], base_dir: Path
+) -> DnsSourceConfig | None:
+    data = expect_mapping(raw, scope, _DNS_SOURCE_KEYS, {"type"})
+    if data is None:
+        return None
+    before = len(scope.checker.problems)
+    if ("srv" in data) == ("name" in data):
+        scope.error("a dns source needs exactly one of 'srv' (an SRV name) or 'name' (A/AAAA)")
+        return None
+    mode = "srv" if "srv" in data else "name"
+    qname = nonempty_string(data[mode], scope.at(mode))
+    if qname and not _DNS_NAME.match(qname):
+        scope.at(mode).error(f"{qname!r} is not a valid DNS name")
+    values: dict[str, Any] = {mode: qname}
+    names = [p.name for p in ports]
+    if mode == "srv":
+        for key in ("port", "ports"):
+            if key in data:
+                scope.at(key).error(
+                    "SRV records carry the ports; use 'service_port' to say "
+                    "which Service port they serve"
+                )
+        values["service_port"] = served_port(
+            data, "service_port", names, scope, "the SRV ports serve"
+        )
+    else:
+        if "service_port" in data:
+            scope.at("service_port").error("only for 'srv'; with 'name' use 'port' or 'ports'")
+        endpoint_ports = parse_endpoint_ports(data, scope, ports)
+        if endpoint_ports is not None:
+            values["ports"] = endpoint_ports
+    if "families" in data:
+        value = data["families"]
+        if isinstance(value, list) and value and all(f in _FAMILIES for f in value):
+            values["families"] = tuple(_FAMILIES[f] for f in dict.fromkeys(value))
+        else:
+            scope.at("families").error("must be a non-empty list of: ipv4, ipv6")
+    if "nameservers" in data:
+        values["nameservers"] = _nameservers(data["nameservers"], scope.at("nameservers"))
+    if flag(data, "tcp", scope) is not None:
+        values["tcp"] = data["tcp"]
+    values.update(
+        numbers(data, scope, {"timeout": (0.1, 60), "min_ttl": (0, 86400), "max_ttl": (1, 86400)})
+    )
+    if values.get("min_ttl", 5.0) > values.get("max_ttl", 300.0):
+        scope.error("min_ttl must not be larger than max_ttl")
+    if "zone" in data:
+        values["zone"] = parse_zone(data, "zone", scope)
+    if len(scope.checker.problems) > before:
+        return None
+    return DnsSourceConfig(**values)
+
+
+def _nameservers(value: Any, scope: Scope) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or not value:
+        scope.error("must be a non-empty list of 'address' or 'address:port'")
+        return ()
+    result = []
+    for index, item in enumerate(value):
+        where = scope.at(index)
+        if not isinstance(item, str):
+            where.error(f"must be 'address' or 'address:port', got {kind_name(item)}")
+            continue
+        host, port = item, 53
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                port = int(rest[1:]) if rest[1:].isascii() and rest[1:].isdigit() else -1
+        elif item.count(":") == 1:
+            host, _, text = item.partition(":")
+            port = int(text) if text.isascii() and text.isdigit() else -1
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            where.error(f"{item!r}: a nameserver is an IP address, optionally with :port")
+            continue
+        if not 1 <= port <= 65535:
+            where.error(f"{item!r}: port out of range 1-65535")
+            continue
+        result.append((host, port))
+    return tuple(result)
+
+
+# --------------------------------------------------------------------------- asking DNS
 
 
 @dataclass(frozen=True)
@@ -257,3 +421,62 @@ def _usable(address: str, ports: Iterable[EndpointPort]) -> bool:
 
 def _first_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:300]
+
+
+def _build(config: DnsSourceConfig, target: Target, needs: SourceNeeds) -> DnsSource:
+    return DnsSource(config, target)
+
+
+SOURCE_TYPES = (
+    SourceType(
+        name="dns",
+        parse=parse,
+        build=_build,
+        crd={
+            "srv": {"type": "string", "description": "dns: an SRV name"},
+            "name": {"type": "string", "description": "dns: an A/AAAA name"},
+            "port": {
+                "x-kubernetes-int-or-string": True,
+                "description": "dns with name: the backend port",
+            },
+            "ports": {
+                "type": "object",
+                "description": "dns with name: Service port name -> backend port",
+                "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 65535},
+            },
+            "service_port": {
+                "type": "string",
+                "description": "dns with srv: the Service port the SRV ports serve",
+            },
+            "families": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(_FAMILIES)},
+                "description": "dns with name: which records (A: ipv4, AAAA: ipv6)",
+            },
+            "nameservers": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "dns: address or address:port (default the resolver's)",
+            },
+            "timeout": {"type": "number", "minimum": 0.1, "maximum": 60},
+            "tcp": {"type": "boolean"},
+            "min_ttl": {"type": "number", "minimum": 0, "maximum": 86400},
+            "max_ttl": {"type": "number", "minimum": 1, "maximum": 86400},
+            "zone": {
+                "type": "string",
+                "description": "The zone of every backend this source lists.",
+            },
+        },
+        crd_rules=(
+            {
+                "rule": "self.type != 'dns' || (has(self.srv) != has(self.name))",
+                "message": "a dns source needs exactly one of 'srv' or 'name'",
+            },
+            {
+                "rule": "(has(self.min_ttl) ? self.min_ttl : 5.0) <= "
+                "(has(self.max_ttl) ? self.max_ttl : 300.0)",
+                "message": "min_ttl must not be larger than max_ttl",
+            },
+        ),
+    ),
+)

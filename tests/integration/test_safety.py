@@ -217,17 +217,11 @@ def test_the_sink_refuses_a_protected_service_however_it_got_there(apiserver, ad
     (a reload, a future source of targets), nothing is written and an Event says why."""
     from syncd.cache import ClusterCache
     from syncd.kube import Kube, KubeSettings
-    from syncd.model import (
-        Backend,
-        EndpointPort,
-        ServicePort,
-        StaticSourceConfig,
-        Target,
-        port_set,
-    )
+    from syncd.model import Backend, EndpointPort, ServicePort, Target, port_set
     from syncd.pipeline import LiveState, Outcome, plan_target
     from syncd.policy import Decision
     from syncd.sink import Sink
+    from syncd.sources.static import StaticSourceConfig
 
     kube = Kube.connect(KubeSettings(kubeconfig=str(apiserver.syncd_kubeconfig)))
     try:

@@ -17,18 +17,18 @@ from syncd.errors import SourceError
 from syncd.model import (
     AddressPolicy,
     Backend,
-    ConsulSourceConfig,
     EndpointPort,
     ResourceRef,
     ServicePort,
     Snapshot,
-    StaticSourceConfig,
     Target,
 )
 from syncd.pipeline import LiveState, Outcome, run, seed_memory
 from syncd.plan import Action
 from syncd.policy import PolicyState
 from syncd.render import render_target
+from syncd.sources.consul_config import ConsulSourceConfig
+from syncd.sources.static import StaticSourceConfig
 
 NODES = [
     {

@@ -258,7 +258,7 @@ def test_a_device_or_pipe_is_refused_in_one_line_before_it_is_read(special, tmp_
 
 
 def test_a_file_over_the_size_cap_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("syncd.config.files.MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr("syncd.syntax.files.MAX_FILE_BYTES", 1000)
     big = tmp_path / "big.yaml"
     big.write_text("# " + "x" * 2000 + "\n")
     monkeypatch.setattr("syncd.config.loader.read_text_file", _capped(1000))
@@ -267,7 +267,7 @@ def test_a_file_over_the_size_cap_is_refused(tmp_path, capsys, monkeypatch):
 
 
 def _capped(limit):
-    from syncd.config.files import read_text_file
+    from syncd.syntax.files import read_text_file
 
     return lambda path: read_text_file(path, limit)
 
@@ -395,7 +395,7 @@ def test_consul_source_and_connection_load_with_defaults():
         (("address: https://consul.example:8501", "address: 'a b'"), "is not host:port"),
         (
             ("type: consul", "type: etcd"),
-            "unknown source type 'etcd' (one of: static, consul, consul_query, dns)",
+            "unknown source type 'etcd' (one of: consul, consul_query, dns, static)",
         ),
     ],
 )

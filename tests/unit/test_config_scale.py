@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from syncd.config import load_config_text
-from syncd.config.yamldoc import MAX_ALIAS_VALUES
 from syncd.errors import ConfigError
+from syncd.syntax.yamldoc import MAX_ALIAS_VALUES
 
 
 def _targets(count: int, backends: int) -> str:

@@ -4,9 +4,10 @@ syncd holds without ever going back in time."""
 
 from __future__ import annotations
 
-from syncd.model import ConsulConnection, ConsulSourceConfig, ServicePort, Target
+from syncd.model import ConsulConnection, ServicePort, Target
 from syncd.sources.consul import ConsulSource
 from syncd.sources.consul_api import ConsulClients
+from syncd.sources.consul_config import ConsulAddress, ConsulSourceConfig
 from syncd.sources.consul_state import (
     CheckChange,
     QueryState,
@@ -226,7 +227,6 @@ def test_targets_reading_different_addresses_of_one_service_ask_their_own_query(
     reading its service address (it would find no wan address and drop every instance)."""
     from dataclasses import replace
 
-    from syncd.model import ConsulAddress
     from syncd.sources.consul_query import Queries, Subscriber
 
     wan_config = replace(CONFIG, address=ConsulAddress.WAN)

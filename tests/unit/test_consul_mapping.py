@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from syncd.model import (
-    ConsulAddress,
-    ConsulConsistency,
-    ConsulSourceConfig,
-    ServicePort,
-    StaticSourceConfig,
-    Target,
-)
+from syncd.model import ServicePort, Target
 from syncd.sources.consul import backends_from_health, instance_ready, query_params
+from syncd.sources.consul_config import ConsulAddress, ConsulConsistency, ConsulSourceConfig
+from syncd.sources.static import StaticSourceConfig
 
 TARGET = Target("ns", "svc", (ServicePort("http", 80),), (StaticSourceConfig(),))
 SOURCE = ConsulSourceConfig(service="rgw", port_name="http")

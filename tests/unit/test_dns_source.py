@@ -6,8 +6,8 @@ import pytest
 
 from syncd.config import load_config_text
 from syncd.errors import ConfigError
-from syncd.model import AddressFamily, DnsSourceConfig
-from syncd.sources.dns import refresh_after
+from syncd.model import AddressFamily
+from syncd.sources.dns import DnsSourceConfig, refresh_after
 
 BASE = """\
 version: 1

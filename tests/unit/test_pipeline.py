@@ -8,7 +8,6 @@ from syncd.model import (
     EndpointPort,
     ServicePort,
     Snapshot,
-    StaticSourceConfig,
     Target,
 )
 from syncd.pipeline import (
@@ -23,6 +22,7 @@ from syncd.pipeline import (
 from syncd.plan import Action
 from syncd.policy import PolicyState
 from syncd.render import render_target
+from syncd.sources.static import StaticSourceConfig
 
 PORT = (EndpointPort("http", 8080),)
 TARGET = Target("ns", "rgw", (ServicePort("http", 80),), (StaticSourceConfig(),))

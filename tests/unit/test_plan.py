@@ -5,9 +5,16 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from syncd.model import Backend, EndpointPort, Output, ServicePort, StaticSourceConfig, Target
+from syncd.model import (
+    Backend,
+    EndpointPort,
+    Output,
+    ServicePort,
+    Target,
+)
 from syncd.plan import Action, plan_changes
 from syncd.render import render_target
+from syncd.sources.static import StaticSourceConfig
 
 TARGET = Target(
     "ns", "svc", (ServicePort("http", 80),), (StaticSourceConfig(),), output=Output.BOTH

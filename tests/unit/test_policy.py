@@ -11,17 +11,17 @@ from syncd.errors import SourceError
 from syncd.model import (
     AddressPolicy,
     Backend,
-    ConsulSourceConfig,
     EndpointPort,
     FailoverConfig,
     GuardConfig,
     HealthCheckConfig,
     ServicePort,
     Snapshot,
-    StaticSourceConfig,
     Target,
 )
 from syncd.policy import PolicyState, apply_probes, choose, evaluate, filter_addresses
+from syncd.sources.consul_config import ConsulSourceConfig
+from syncd.sources.static import StaticSourceConfig
 
 PORT = (EndpointPort("http", 8080),)
 

@@ -12,7 +12,13 @@ import pytest
 from harness.helpers import CEPH_EXAMPLE, REPO
 from syncd.cli import main
 from syncd.config import load_config
-from syncd.model import Backend, EndpointPort, Output, ServicePort, StaticSourceConfig, Target
+from syncd.model import (
+    Backend,
+    EndpointPort,
+    Output,
+    ServicePort,
+    Target,
+)
 from syncd.render import (
     pack_slices,
     placement_of,
@@ -20,6 +26,7 @@ from syncd.render import (
     render_endpoints,
     render_target,
 )
+from syncd.sources.static import StaticSourceConfig
 
 GOLDEN = REPO / "tests" / "golden" / "ceph-rgw.yaml"
 HTTP = ServicePort("http", 80)
@@ -255,7 +262,12 @@ def test_backends_that_compare_equal_hash_equal():
 def test_a_target_with_ipv6_backends_asks_for_a_dual_stack_service():
     """A Service of one family only gets that family's ClusterIP, and kube-proxy programs
     only its endpoints: IPv6 backends behind an IPv4-only Service are never used."""
-    from syncd.model import Backend, EndpointPort, ServicePort, StaticSourceConfig, Target
+    from syncd.model import (
+        Backend,
+        EndpointPort,
+        ServicePort,
+        Target,
+    )
     from syncd.render import render_target
 
     target = Target("ns", "db", (ServicePort("pg", 5432),), (StaticSourceConfig(),))

@@ -214,3 +214,11 @@ def test_every_value_the_crd_allows_is_one_syncd_understands():
             }
             parsed = parse_resource(_resource("x", spec), AddressPolicy())
             assert parsed.problems == (), (path, value, parsed.problems)
+
+
+def test_the_crds_source_schema_is_the_source_types_own():
+    """`python -m syncd.crd` writes it from the rows (syncd.sources.types): a source type
+    added or changed without regenerating the CRD fails here."""
+    from syncd.crd import main
+
+    assert main(["--check"]) == 0

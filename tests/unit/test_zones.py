@@ -11,16 +11,16 @@ from syncd.errors import ConfigError
 from syncd.model import (
     AddressPolicy,
     Backend,
-    ConsulSourceConfig,
     EndpointPort,
     ServicePort,
     Snapshot,
-    StaticSourceConfig,
     Target,
 )
 from syncd.pipeline import OFFLINE, LiveState, run
 from syncd.policy import PolicyState
 from syncd.sources.consul import backends_from_health
+from syncd.sources.consul_config import ConsulSourceConfig
+from syncd.sources.static import StaticSourceConfig
 
 PORT = (EndpointPort("http", 8080),)
 TARGET = Target(

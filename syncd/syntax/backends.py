@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
-from syncd.config.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
-from syncd.config.files import MAX_BACKENDS_FILE_BYTES, MAX_BACKENDS_PER_TARGET, read_text_file
-from syncd.config.yamldoc import parse_yaml
 from syncd.errors import ConfigError
 from syncd.kinds import is_label_value
 from syncd.model import Backend, EndpointPort, ServicePort, port_set
+from syncd.syntax.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
+from syncd.syntax.files import MAX_BACKENDS_FILE_BYTES, MAX_BACKENDS_PER_TARGET, read_text_file
+from syncd.syntax.yamldoc import parse_yaml
 
 
 def read_backends_file(file: Path, ports: tuple[ServicePort, ...]) -> tuple[Backend, ...]:

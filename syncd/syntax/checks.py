@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncd.config.yamldoc import Document, YamlPath
 from syncd.redact import KNOWN_KEYS, without_userinfo, without_values
+from syncd.syntax.yamldoc import Document, YamlPath
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -214,3 +214,15 @@ def cidrs(raw: Any, scope: Scope) -> tuple:
         except (ValueError, TypeError):
             scope.at(index).error(f"{item!r} is not a CIDR like 192.168.7.0/24")
     return tuple(result)
+
+
+def served_port(data: dict, key: str, names: list[str], scope: Scope, what: str) -> str:
+    """Which Service port a source's backends serve: data[key], or the only port."""
+    if key not in data:
+        if len(names) > 1:
+            scope.error(f"the Service has several ports; say which one {what}: '{key}'")
+        return names[0]
+    if data[key] not in names:
+        known = ", ".join(repr(n) for n in names)
+        scope.at(key).error(f"{data[key]!r} is not a port of the Service (ports: {known})")
+    return data[key]
