@@ -522,6 +522,7 @@ _SHARED_CRD = {
 SOURCE_TYPES = (
     SourceType(
         name="consul",
+        example={"type": "consul", "service": "rgw"},
         parse=parse_service,
         build=_build_service,
         crd={
@@ -565,6 +566,7 @@ SOURCE_TYPES = (
     ),
     SourceType(
         name="consul_query",
+        example={"type": "consul_query", "query": "rgw"},
         parse=parse_query,
         build=_build_query,
         crd={

@@ -430,6 +430,7 @@ def _build(config: DnsSourceConfig, target: Target, needs: SourceNeeds) -> DnsSo
 SOURCE_TYPES = (
     SourceType(
         name="dns",
+        example={"type": "dns", "name": "rgw.example.com", "port": 8080},
         parse=parse,
         build=_build,
         crd={

@@ -109,6 +109,7 @@ def _build(config: StaticSourceConfig, target: Target, needs: SourceNeeds) -> St
 SOURCE_TYPES = (
     SourceType(
         name="static",
+        example={"type": "static", "backends": ["192.0.2.10:8080"]},
         parse=parse,
         build=_build,
         crd={

@@ -41,6 +41,7 @@ class SourceType:
 
     name: str
     parse: Parse  # reports every problem through `scope`; None when there was one
+    example: Mapping[str, Any]  # a small valid source of this type, for docs and tests
     build: Callable[[Any, Target, SourceNeeds], Source]
     crd: Mapping[str, Any] = field(default_factory=dict)  # its keys' CRD schema
     crd_rules: tuple[Mapping[str, str], ...] = ()  # CEL rules on a source of this type

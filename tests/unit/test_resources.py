@@ -14,6 +14,7 @@ from syncd.config import load_config
 from syncd.config.resource import merge_resources, parse_resource
 from syncd.model import AddressPolicy, Config, ResourceRef
 from syncd.resource_status import Observation, Standing, desired_status
+from syncd.sources.types import source_types
 
 EXAMPLE = REPO / "config" / "resources" / "ceph-rgw.yaml"
 NOW, LATER = "2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z"
@@ -177,16 +178,8 @@ def _enums(schema: dict, path: str = "") -> list[tuple[str, list]]:
 _DNS = {"type": "dns", "name": "rgw.example.com", "port": 8080}
 _ENUM_SPECS = {
     "ports[].protocol": lambda v: {"ports": [{"name": "http", "port": 80, "protocol": v}]},
-    "sources[].type": lambda v: {
-        "sources": [
-            {
-                "static": {"type": v, "backends": ["192.0.2.1:80"]},
-                "consul": {"type": v, "service": "rgw"},
-                "consul_query": {"type": v, "query": "rgw"},
-                "dns": {**_DNS, "type": v},
-            }[v]
-        ]
-    },
+    # each source type's own example (its row): a new type needs nothing here
+    "sources[].type": lambda v: {"sources": [dict(source_types()[v].example)]},
     "sources[].address": lambda v: {"sources": [{"type": "consul", "service": "x", "address": v}]},
     "sources[].consistency": lambda v: {
         "sources": [{"type": "consul", "service": "x", "consistency": v}]
