@@ -19,15 +19,14 @@ from pathlib import Path
 
 from syncd.controller import Controller, DaemonSettings
 from syncd.errors import KubeConfigError, KubeError
-from syncd.http_server import serve_metrics
+from syncd.http_server import ONE_SHOT, ProcessStatus, serve_metrics
 from syncd.kube import Kube, KubeSettings
-from syncd.leader import LeaderElector, LeaderSettings
+from syncd.leader import LeaderSettings
+from syncd.logs import say
 from syncd.model import Config
-from syncd.observability import say
 from syncd.once import OnceSettings, run_once
 from syncd.output import ResultPrinter, plural
 from syncd.pipeline import TargetResult
-from syncd.resources import ResourceSet
 from syncd.sink import REMOVED_FROM_CONFIG
 
 EXIT_OK = 0
@@ -60,16 +59,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         except KubeError as exc:
             say(f"syncd: cannot use the Kubernetes API at {kube.host}: {exc}", stamp=True)
             return EXIT_TARGET_FAILED
-        if args.metrics_address:
-            try:
-                host, port = serve_metrics(args.metrics_address)
-            except OSError as exc:
-                say(
-                    f"syncd: --metrics-address {args.metrics_address}: {exc.strerror or exc}",
-                    stamp=True,
-                )
-                return EXIT_USAGE
-            log.info("metrics at http://%s:%d/metrics", host, port)
         _on_signals(stop)
         if one_shot:
             once = OnceSettings(
@@ -79,6 +68,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 namespaces=args.namespaces,
                 resources=args.resources,
             )
+            if not _served(args.metrics_address, ONE_SHOT):
+                return EXIT_USAGE
             # results are diagnostics (stderr, timestamped); a dry run's plan is output
             printer = ResultPrinter(args.dry_run, json=args.log_format == "json")
             return _one_pass(kube, config, once, stop, printer)
@@ -88,11 +79,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
             stuck_after=args.stuck_after,
             namespaces=args.namespaces,
             allow_protected=tuple(args.allow_protected),
+            resources=args.resources,
         )
-        elector = _elector(args, kube, replica) if args.leader_elect else None
+        lease = _lease(args, replica) if args.leader_elect else None
         printer = ResultPrinter(json=args.log_format == "json")
-        resources = ResourceSet(kube, args.namespaces) if args.resources else None
-        return _daemon(kube, config, args.owner_id, daemon, stop, printer, elector, resources)
+        # A daemon's caches (views, slices, backends) keep the young generation busy:
+        # collecting it less often halves the cost of a change to a large target. Not for
+        # --once, whose short life is all allocation (its peak memory grew by a tenth).
+        gc.set_threshold(50_000, 20, 100)
+        controller = Controller(config, kube, args.owner_id, daemon, printer, stop, lease)
+        if not _served(args.metrics_address, controller):
+            return EXIT_USAGE
+        return _daemon(controller, config)
     finally:
         kube.close()
 
@@ -112,7 +110,7 @@ def _kube_settings(args: argparse.Namespace, replica: str, one_shot: bool) -> Ku
     )
 
 
-def _elector(args: argparse.Namespace, kube: Kube, replica: str) -> LeaderElector:
+def _lease(args: argparse.Namespace, replica: str) -> LeaderSettings:
     lease = LeaderSettings(
         namespace=args.lease_namespace or _own_namespace(),
         name=args.lease_name or f"syncd-{args.owner_id}"[:253],
@@ -122,7 +120,20 @@ def _elector(args: argparse.Namespace, kube: Kube, replica: str) -> LeaderElecto
         retry_period=args.retry_period,
     )
     log.info("leader election on lease %s/%s as %s", lease.namespace, lease.name, replica)
-    return LeaderElector(kube, lease)
+    return lease
+
+
+def _served(address: str | None, status: ProcessStatus) -> bool:
+    """/metrics, /healthz and /readyz on `address` (if given), answered by `status`."""
+    if not address:
+        return True
+    try:
+        host, port = serve_metrics(address, status)
+    except OSError as exc:
+        say(f"syncd: --metrics-address {address}: {exc.strerror or exc}", stamp=True)
+        return False
+    log.info("metrics at http://%s:%d/metrics", host, port)
+    return True
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -187,25 +198,8 @@ def _own_namespace() -> str:
         return "syncd"
 
 
-def _daemon(
-    kube: Kube,
-    config: Config,
-    owner_id: str,
-    settings: DaemonSettings,
-    stop: threading.Event,
-    report: ResultPrinter,
-    elector: LeaderElector | None = None,
-    resources: ResourceSet | None = None,
-) -> int:
+def _daemon(controller: Controller, config: Config) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
-
-    # A daemon's caches (views, slices, backends) keep the young generation busy: collecting
-    # it less often halves the cost of a change to a large target. Not for --once, whose
-    # short life is all allocation (its peak memory grew by a tenth with this).
-    gc.set_threshold(50_000, 20, 100)
-    controller = Controller(
-        config, kube, owner_id, settings, report, stop, elector, resources=resources
-    )
 
     def request_reload(_signum, _frame):
         log.info("received SIGHUP; reloading %s", config.path)

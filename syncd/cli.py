@@ -27,12 +27,12 @@ from syncd.config.resource import check_resource_manifests, is_resource_manifest
 from syncd.errors import ConfigError, KubeConfigError
 from syncd.frozen import plain
 from syncd.kube import Kube, KubeSettings, load_client_configuration
+from syncd.logs import say, setup_logging
 from syncd.model import (
     AddressPolicy,
     Config,
 )
 from syncd.network_watch import ClusterNetworkWatch
-from syncd.observability import say, setup_logging
 from syncd.once import ask_sources
 from syncd.output import plural
 from syncd.ownership import (

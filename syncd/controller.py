@@ -2,7 +2,9 @@
 
 This module is the composition; each part has a module of its own:
 
-    syncd.targets           the running targets, their sources and probes; reload diffing
+    syncd.targets           the running targets, their sources and probes
+    syncd.reload            where the targets come from, what a reload changes
+    syncd.network_follower  the cluster's own networks, followed
     syncd.workers           worker threads over the work queue; the reload gate; stuck workers
     syncd.leadership        may this replica write; first pass after taking over; readiness
     syncd.daemon_reconcile  one target's reconcile as a loop needs it (syncd.reconcile inside)
@@ -33,6 +35,10 @@ This module is the composition; each part has a module of its own:
   logged with every problem and the old config keeps running.
 - Stop: no new target is started; a worker finishes the target in flight (a few writes),
   and the process exits within `stop_grace` seconds even if the API server hangs.
+
+Everything is built here, with its callbacks and what it reads of the running config (a
+function of `CurrentConfig`, which a reload swaps whole): nothing is written into a part
+after it is made.
 """
 
 from __future__ import annotations
@@ -43,31 +49,29 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from syncd import observability
 from syncd.cache import ClusterCache
-from syncd.config_source import ConfigSource
 from syncd.daemon_reconcile import DaemonReconciler, Report
 from syncd.kinds import Kind, Obj, target_key_of
 from syncd.kube import Kube
-from syncd.leader import LeaderElector
+from syncd.leader import LeaderElector, LeaderSettings
 from syncd.leadership import Leadership
-from syncd.model import Config, Target
+from syncd.model import AddressPolicy, Config, Target
 from syncd.network_follower import NetworkFollower
-from syncd.observability import LEADER, RECONCILES, WORKQUEUE_DEPTH
+from syncd.observability import LEADER, RECONCILES, WORKQUEUE_DEPTH, TargetStatus
 from syncd.ownership import prunable_by
 from syncd.pipeline import Outcome, TargetResult
 from syncd.process_memory import give_back_free_memory
+from syncd.reload import ConfigSource, CurrentConfig, Reloader, Running
 from syncd.resources import ResourceSet
 from syncd.scheduler import DaemonPool, Scheduler
 from syncd.sink import Sink
-from syncd.targets import ConfigDiff, TargetRegistry, diff_configs
+from syncd.targets import TargetRegistry
 from syncd.watchers import SourceRunner
 from syncd.workers import Job, Workers
 from syncd.workqueue import ResyncPacer, RetryLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
 
-_TICK = 1.0  # seconds between resync batches
 _RESOURCES_WAIT = 30.0  # seconds the daemon waits for ExternalServices before going on
 
 
@@ -82,13 +86,15 @@ class DaemonSettings:
     namespaces: tuple[str, ...] | None = None  # None: the whole cluster
     allow_protected: tuple[str, ...] = ()  # --allow-protected, kept across reloads
     stuck_after: float = 120.0  # a worker busy with one target longer than this is wedged
+    resources: bool = False  # also the ExternalServices (--resources)
+    tick: float = 1.0  # seconds between resync batches
+    source_retry_cap: float = 5.0  # most seconds between asks of a failing polled source
+    file_poll_interval: float = 1.0  # seconds between looks at a backends file
 
 
 class Controller:
-    """Wires the parts together and runs them until the stop event is set.
-
-    `kube` is the API client; `cache`, `sink` and `clock` may be given (tests give an
-    in-memory API's), else they are made from `kube`."""
+    """Builds the parts and runs them until the stop event is set. `lease`: leader election
+    (one of several replicas); `clock`: tests give their own."""
 
     def __init__(
         self,
@@ -98,54 +104,72 @@ class Controller:
         settings: DaemonSettings | None = None,
         report: Report = lambda result: None,
         stop: threading.Event | None = None,
-        elector: LeaderElector | None = None,
-        cache: ClusterCache | None = None,
-        sink: Sink | None = None,
+        lease: LeaderSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
-        resources: ResourceSet | None = None,
     ):
-        self._config = config
+        self._current = CurrentConfig(config)
         self._owner_id = owner_id
-        self._settings = settings or DaemonSettings()
+        self._settings = settings = settings or DaemonSettings()
         self._report = report
         self._stop = stop or threading.Event()
         self._clock = clock
         self._queue = WorkQueue(RetryLimiter(), on_depth=WORKQUEUE_DEPTH.set)
-        self._cache = cache or ClusterCache(kube, self._settings.namespaces)
-        self._cache.on_change = self._on_cluster_change
-        self._cache.on_recovered = self._on_api_recovered
-        self._leadership = Leadership(elector)
-        if elector is not None:
-            elector.on_started = lambda: self._start_leading("leader")
-            elector.on_stopped = self._leadership.end
-        self._sink = sink or Sink(
-            kube, self._cache, owner_id, stop=self._stop, may_write=self._leadership.fence
+        self._cache = ClusterCache(
+            kube, settings.namespaces, self._on_cluster_change, self._on_api_recovered
         )
-        self._sink.allow_protected = config.allow_protected
-        self._source = ConfigSource(
-            config, self._settings.allow_protected, self._settings.namespaces, resources
+        self._leadership = Leadership(self._elector(kube, lease))
+        self._resources = self._resource_set(kube) if settings.resources else None
+        self._sink = Sink(
+            kube,
+            self._cache,
+            owner_id,
+            stop=self._stop,
+            may_write=self._leadership.fence,
+            allow_protected=lambda: self._current.config.allow_protected,
+            prunes_resources=lambda: self._resources is not None and self._resources.listed,
         )
-        self._resources = self._wired(resources)
-        self._scheduler = Scheduler(self._settings.source_threads, "sources")
-        self._probe_pool = DaemonPool(self._settings.probe_threads, "probes")
-        self._runner = SourceRunner(self._scheduler, config.consul)
+        self._scheduler = Scheduler(settings.source_threads, "sources")
+        self._probe_pool = DaemonPool(settings.probe_threads, "probes")
+        self._runner = SourceRunner(
+            self._scheduler, config.consul, settings.source_retry_cap, settings.file_poll_interval
+        )
         self._targets = TargetRegistry(
             self._runner, self._scheduler, self._probe_pool, self._queue.add, self._stop
         )
         self._networks = NetworkFollower(
-            kube, config.address_policy, self._targets, self._queue.add, self._scheduler
+            kube, self._policy, self._targets, self._queue.add, self._scheduler
         )
         self._reconciler = self._daemon_reconciler(owner_id, report)
         self._workers = Workers(
             self._queue, self._process, self._leadership.leading, self._stop, clock
         )
+        self._resync = ResyncPacer(settings.resync_interval, settings.tick)
+        self._reloader = self._config_reloader(config)
         self._threads: list[threading.Thread] = []
         self._ready = threading.Event()  # the cache has synced; workers run
-        self._resync = ResyncPacer(self._settings.resync_interval, _TICK)
+
+    def _policy(self) -> AddressPolicy:
+        return self._current.config.address_policy
+
+    def _elector(self, kube: Kube, lease: LeaderSettings | None) -> LeaderElector | None:
+        if lease is None:
+            return None
+        return LeaderElector(
+            kube,
+            lease,
+            on_started=lambda: self._start_leading("leader"),
+            on_stopped=lambda: self._leadership.end(),
+        )
+
+    def _resource_set(self, kube: Kube) -> ResourceSet:
+        """ExternalServices: their changes reload, their status is the leader's to write."""
+        return ResourceSet(
+            kube, self._settings.namespaces, self._leadership.fence, self._on_resource_change
+        )
 
     def _daemon_reconciler(self, owner_id: str, report: Report) -> DaemonReconciler:
         """One target's reconcile, with what the daemon adds (syncd.daemon_reconcile)."""
-        reconciler = DaemonReconciler(
+        return DaemonReconciler(
             self._targets,
             self._cache,
             self._sink,
@@ -156,17 +180,19 @@ class Controller:
             self._clock,
             self._networks.current,
             self._reconciled,
+            self._policy,
         )
-        reconciler.address_policy = self._config.address_policy
-        return reconciler
 
-    def _wired(self, resources: ResourceSet | None) -> ResourceSet | None:
-        """ExternalServices: their changes reload, their status is the leader's to write,
-        and what was written for them is pruned when they go."""
-        if resources is not None:
-            resources.fence = self._leadership.fence
-            resources.cache.on_change = lambda kind, old, new: self._on_resource_change()
-        return resources
+    def _config_reloader(self, config: Config) -> Reloader:
+        settings = self._settings
+        source = ConfigSource(
+            config, settings.allow_protected, settings.namespaces, self._resources
+        )
+        running = Running(
+            self._targets, self._runner, self._sink, self._queue, self._resync,
+            self._reconciler.forget,
+        )  # fmt: skip
+        return Reloader(source, self._current, running)
 
     # -- public
 
@@ -180,29 +206,27 @@ class Controller:
 
     def run(self) -> int:
         """Until the stop event is set; returns the exit code."""
+        config = self._current.config
         log.info(
             "starting: %d targets from %s, owner id %r, %d workers",
-            len(self._config.targets),
-            self._config.path,
+            len(config.targets),
+            config.path,
             self._owner_id,
             self._settings.workers,
         )
-        observability.target_statuses = self._targets.statuses
-        observability.health = self.health
-        observability.readiness = self.readiness
         self._threads += self._cache.start(self._stop)
         self._threads += self._networks.start(self._stop)
         if self._resources is not None:  # their targets start with the file's
             self._threads += self._resources.cache.start(self._stop)
             self._resources.wait_listed(self._stop, _RESOURCES_WAIT)
             self._networks.wait(self._stop, _RESOURCES_WAIT)
-            self._config = self._source.current()
-        for target in self._config.targets:
+            self._current.config = config = self._reloader.source.current()
+        for target in config.targets:
             self._targets.start(target)
         self._runner.commit()
         if not self._cache.wait_logged(self._stop, "the cluster", self._clock):
             return self._shutdown()
-        self._sink.learn_served_fields(self._config.targets)
+        self._sink.learn_served_fields(config.targets)
         self._ready.set()
         self._networks.follow()  # what was read of them while starting, and changes
         self._resync.reset(self._targets.keys())
@@ -213,7 +237,7 @@ class Controller:
         else:
             log.info("standing by until this replica holds the lease (%s)", elector.identity)
             self._threads.append(elector.start(self._stop))
-        self._scheduler.call_later(_TICK, self._resync_tick)
+        self._scheduler.call_later(self._settings.tick, self._resync_tick)
         self._scheduler.call_later(self._settings.config_poll_interval, self._config_tick)
         self._workers.start(self._settings.workers)
         self._stop.wait()
@@ -260,12 +284,16 @@ class Controller:
     def readiness(self) -> tuple[bool, str]:
         return self._leadership.readiness(self._ready.is_set())
 
+    def target_statuses(self) -> list[TargetStatus]:
+        """What the per-target gauges show (read at each scrape)."""
+        return self._targets.statuses()
+
     # -- what the workers do
 
     def _process(self, key: Hashable, reason: str) -> None:
         if key is Job.RELOAD:
             with self._workers.gate.exclusive():
-                self._reload()
+                self._reloader.reload(self._leadership.leading.is_set())
         elif key is Job.PRUNE:
             self._prune(reason)
         else:
@@ -275,8 +303,7 @@ class Controller:
 
     def _prune(self, reason: str) -> None:
         failed = False
-        self._sink.prunes_resources = self._resources is not None and self._resources.listed
-        for result in self._sink.prune(set(self._targets.keys()) | self._source.held):
+        for result in self._sink.prune(set(self._targets.keys()) | self._reloader.source.held):
             RECONCILES.labels(result.outcome.value, reason).inc()
             failed |= result.outcome is Outcome.FAILED
             self._report(result)
@@ -317,12 +344,12 @@ class Controller:
             self._queue.add(key, "resync")
         if round_done:
             self._queue.add(Job.PRUNE, "resync")
-        self._scheduler.call_later(_TICK, self._resync_tick)
+        self._scheduler.call_later(self._settings.tick, self._resync_tick)
 
     def _config_tick(self) -> None:
         if self._stop.is_set():
             return
-        if self._source.file_changed():
+        if self._reloader.source.file_changed():
             self.request_reload()
         self._scheduler.call_later(self._settings.config_poll_interval, self._config_tick)
 
@@ -338,43 +365,3 @@ class Controller:
             prober = state.prober if state is not None else None
             unhealthy = prober.failing() if prober is not None else None
             self._resources.publish(target, result, live, self._owner_id, unhealthy)
-
-    def _reload(self) -> None:
-        config = self._source.current()
-        if self._resources is not None and self._leadership.leading.is_set():
-            self._resources.publish_unapplied()
-            for key in self._resources.stale_generations():
-                self._queue.add(key, "resource")  # seen, though its target did not change
-        diff = diff_configs(self._config, config)
-        if diff.empty:
-            return
-        self._apply_config(config, diff)
-        log.info(
-            "config reloaded: %d targets (added %s, changed %s, removed %s)",
-            len(config.targets),
-            list(diff.added) or "none",
-            list(diff.changed) or "none",
-            list(diff.removed) or "none",
-        )
-
-    def _apply_config(self, config: Config, diff: ConfigDiff) -> None:
-        """Restart exactly the targets the diff names; their memory is re-seeded from the
-        cluster on first use."""
-        self._config = config
-        self._sink.allow_protected = config.allow_protected
-        self._reconciler.address_policy = config.address_policy
-        self._networks.use_policy(config.address_policy)
-        for key in diff.removed + diff.changed:
-            self._targets.stop(key)
-            self._reconciler.forget(key)
-        self._runner.use_consul(config.consul)
-        new = {t.key: t for t in config.targets}
-        self._sink.learn_served_fields(new[key] for key in diff.added + diff.changed)
-        for key in diff.added + diff.changed:
-            self._targets.start(new[key])
-        self._runner.commit()
-        self._resync.reset(self._targets.keys())
-        if diff.policy_changed:
-            for key in new:
-                self._queue.add(key, "reload")
-        self._queue.add(Job.PRUNE, "reload")

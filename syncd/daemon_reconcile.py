@@ -54,6 +54,7 @@ class DaemonReconciler:
         clock: Callable[[], float] = time.monotonic,
         networks: Callable[[], ClusterNetworks | None] = lambda: None,
         on_reconciled: Callable[[Target, TargetResult], None] | None = None,
+        address_policy: Callable[[], AddressPolicy] = AddressPolicy,
     ):
         self._registry = registry
         self._networks = networks  # the cluster's own, as last read (syncd.network_watch)
@@ -64,7 +65,7 @@ class DaemonReconciler:
         self._owner_id = owner_id
         self._report = report
         self._clock = clock
-        self.address_policy = AddressPolicy()  # the config's, replaced on reload
+        self._address_policy = address_policy  # the running config's
         # told of every reconcile's result (an ExternalService's status follows it)
         self._on_reconciled = on_reconciled
         self.failed: set[str] = set()  # targets whose last write failed (retried on recovery)
@@ -80,9 +81,10 @@ class DaemonReconciler:
             state.memory.policy = seed_memory(target, live, self._owner_id, one_shot=False)
         health = state.prober.health() if state.prober else None
         networks = self._networks()
+        policy = self._address_policy()
         inputs = DecisionInputs(
             (*answers, live.service, live.endpoints, *live.slices, networks, state.memory.policy),
-            (self.address_policy, health),
+            (policy, health),
         )
         if reason == "resync" and inputs.same_as(state.converged_on):
             RECONCILES.labels(Outcome.CONVERGED.value, reason).inc()
@@ -97,7 +99,7 @@ class DaemonReconciler:
             live,
             self._sink,
             now=now,
-            address_policy=self.address_policy,
+            address_policy=policy,
             owner_id=self._owner_id,
             health=health,
             networks=networks,

@@ -23,12 +23,14 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from syncd import observability
+from syncd.observability import TargetStatus, render_metrics
 
 _MAX_REQUEST = 8192  # bytes of request line and headers (a GET has no body)
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Too Large"}
@@ -45,19 +47,48 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def answer(method: str, path: str) -> tuple[int, bytes, str]:
+class ProcessStatus(Protocol):
+    """What answers: the daemon (its loops, its readiness, its targets' gauges), or
+    `ONE_SHOT` for a run that ends by itself."""
+
+    def health(self) -> list[str]:
+        """What is wrong with the process's own loops ([] when alive)."""
+        ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+    def target_statuses(self) -> Iterable[TargetStatus]: ...
+
+
+class _OneShot:
+    """`run --once`: alive while it runs, never a replica to send traffic to."""
+
+    def health(self) -> list[str]:
+        return []
+
+    def readiness(self) -> tuple[bool, str]:
+        return False, "a one-shot run"
+
+    def target_statuses(self) -> Iterable[TargetStatus]:
+        return ()
+
+
+ONE_SHOT: ProcessStatus = _OneShot()
+
+
+def answer(method: str, path: str, status: ProcessStatus) -> tuple[int, bytes, str]:
     """(status, body, content type) for one request."""
     if method not in ("GET", "HEAD"):
         return 405, b"only GET\n", "text/plain"
     path = path.split("?", 1)[0]
     if path == "/metrics":
-        return 200, observability.render_metrics(), CONTENT_TYPE_LATEST
+        return 200, render_metrics(status.target_statuses()), CONTENT_TYPE_LATEST
     if path == "/healthz":  # liveness: the process and its loops work
-        problems = observability.health()
+        problems = status.health()
         text = "\n".join(problems) if problems else "ok"
         return (500 if problems else 200), f"{text}\n".encode(), "text/plain"
     if path == "/readyz":  # readiness: caches synced; the leader has done a first pass
-        ready, why = observability.readiness()
+        ready, why = status.readiness()
         return (200 if ready else 503), f"{why}\n".encode(), "text/plain"
     return 404, b"not found: /metrics, /healthz, /readyz\n", "text/plain"
 
@@ -85,12 +116,14 @@ class BoundedServer:
     def __init__(
         self,
         listener: socket.socket,
+        status: ProcessStatus,
         workers: int = 4,
         max_connections: int = 64,
         request_deadline: float = 5.0,
         write_deadline: float = 10.0,
     ):
         self._listener = listener
+        self._status = status
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metrics-worker")
         self._max = max_connections
         self._request_deadline = request_deadline
@@ -157,7 +190,7 @@ class BoundedServer:
             else:
                 line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
                 method, path = [*line, "", ""][:2]
-                reply = _response(*answer(method, path), method == "HEAD")
+                reply = _response(*answer(method, path, self._status), method == "HEAD")
             _send_all(connection, reply, time.monotonic() + self._write_deadline)
         except OSError:
             pass  # the client went away
@@ -204,15 +237,22 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def serve_metrics(address: str) -> tuple[str, int]:
+def serve_metrics(address: str, status: ProcessStatus) -> tuple[str, int]:
     """Serve /metrics, /healthz and /readyz on host:port (port 0 picks one; no host: every
-    address, IPv4 and IPv6); returns where it listens."""
+    address, IPv4 and IPv6), answered by `status`; returns where it listens."""
     host, port = parse_listen_address(address)
     listener = _listen(host, port)
-    server = BoundedServer(listener)
+    server = BoundedServer(listener, status)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound_host, bound_port = listener.getsockname()[:2]
     return str(bound_host), int(bound_port)
 
 
-__all__ = ["BoundedServer", "answer", "parse_listen_address", "serve_metrics"]
+__all__ = [
+    "ONE_SHOT",
+    "BoundedServer",
+    "ProcessStatus",
+    "answer",
+    "parse_listen_address",
+    "serve_metrics",
+]

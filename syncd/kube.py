@@ -84,10 +84,7 @@ def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
             file = path or str(default)
             files = [p for p in file.split(os.pathsep) if p]
             if not any(Path(p).exists() for p in files):
-                raise KubeConfigError(
-                    f"{file}: kubeconfig not found (no such file; without one, syncd uses "
-                    "the pod's service account only when it runs in a pod)"
-                )
+                raise KubeConfigError(f"{file}: kubeconfig not found")
             for name in files:
                 _regular_kubeconfig(Path(name))
             with _plugin_errors(where):

@@ -31,7 +31,7 @@ class NetworkFollower:
     def __init__(
         self,
         kube: Kube,
-        policy: AddressPolicy,
+        policy: Callable[[], AddressPolicy],
         targets: TargetRegistry,
         enqueue: Callable[[str, str], None],
         scheduler: Scheduler,
@@ -66,9 +66,6 @@ class NetworkFollower:
         """From now on, changes reconcile targets; what changed while starting is looked at."""
         self._following.set()
         self._changed()
-
-    def use_policy(self, policy: AddressPolicy) -> None:
-        self._watch.use_policy(policy)
 
     def _changed(self) -> None:
         if self._following.is_set() and not self._pending.is_set():

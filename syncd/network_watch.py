@@ -77,14 +77,16 @@ class ClusterNetworkWatch:
     def __init__(
         self,
         kube: Kube,
-        policy: AddressPolicy,
+        policy: AddressPolicy | Callable[[], AddressPolicy],
         probe_namespace: str | None = "default",
         on_change: Callable[[], None] | None = None,
     ):
-        """`probe_namespace`: where a dry-run Service may learn the Service range when the
+        """`policy`: the config's (a function: the running config's, read at each look);
+        `probe_namespace`: where a dry-run Service may learn the Service range when the
         server has no ServiceCIDRs (None: never; `check` writes nothing, not even that)."""
         self._kube = kube
-        self._policy = policy
+        self._policy_of = policy if callable(policy) else (lambda: policy)
+        self._policy = self._policy_of()
         self._probe_namespace = probe_namespace
         self._on_change = on_change
         self._lock = threading.Lock()
@@ -97,14 +99,6 @@ class ClusterNetworkWatch:
     @property
     def discovering(self) -> bool:
         return self._policy.discover_cluster_networks
-
-    def use_policy(self, policy: AddressPolicy) -> None:
-        """A reloaded config (its networks and opt-ins); whether to read the cluster is
-        fixed at start."""
-        discovering = self.discovering
-        with self._lock:
-            self._policy = replace(policy, discover_cluster_networks=discovering)
-            self._current = None
 
     def _kinds(self) -> tuple:
         """Nodes, and ServiceCIDRs where served; else the Service range learned once."""
@@ -164,8 +158,14 @@ class ClusterNetworkWatch:
             self._on_change()
 
     def current(self) -> ClusterNetworks:
-        """The networks as last read (computed again only after a change)."""
+        """The networks as last read (computed again only after a change, of the cluster's
+        or of the config's address policy; whether to read the cluster is fixed at start)."""
         with self._lock:
+            policy = self._policy_of()
+            if policy is not self._policy:
+                discovering = self._policy.discover_cluster_networks
+                self._policy = replace(policy, discover_cluster_networks=discovering)
+                self._current = None
             if self._current is None:
                 self._current = self._compute()
             return self._current

@@ -103,13 +103,7 @@ def run_once(
     if resources is not None:
         config = resources.merge(config).config  # the file's targets and the resources'
     networks = read_networks(kube, config, settings)
-    sink = Sink(kube, cache, settings.owner_id, settings.dry_run, stop)
-    sink.allow_protected = config.allow_protected
-    sink.prunes_resources = resources is not None
-    try:
-        sink.learn_served_fields(config.targets)
-    except KubeError as exc:  # the writes will tell; a probe failing is no reason to stop
-        log.info("could not ask the API server which fields it keeps: %s", exc)
+    sink = _sink(kube, cache, config, settings, stop, resources is not None)
     consul = ConsulClients(config.consul, min(settings.workers, config.consul.max_connections))
 
     def reported(result: TargetResult) -> TargetResult:
@@ -137,6 +131,31 @@ def run_once(
         resources.publish_unapplied()
     results.extend(reported(result) for result in sink.prune(keep))
     return results
+
+
+def _sink(
+    kube: Kube,
+    cache: ClusterCache,
+    config: Config,
+    settings: OnceSettings,
+    stop: threading.Event,
+    prunes_resources: bool,
+) -> Sink:
+    """The sink of one pass, knowing which fields this API server keeps."""
+    sink = Sink(
+        kube,
+        cache,
+        settings.owner_id,
+        settings.dry_run,
+        stop,
+        allow_protected=lambda: config.allow_protected,
+        prunes_resources=lambda: prunes_resources,
+    )
+    try:
+        sink.learn_served_fields(config.targets)
+    except KubeError as exc:  # the writes will tell; a probe failing is no reason to stop
+        log.info("could not ask the API server which fields it keeps: %s", exc)
+    return sink
 
 
 def read_networks(kube: Kube, config: Config, settings: OnceSettings) -> ClusterNetworks:

@@ -38,10 +38,18 @@ class ResourceSet:
         kube: Kube,
         namespaces: tuple[str, ...] | None = None,
         fence: Callable[[], bool] | None = None,
+        on_change: Callable[[], None] | None = None,
     ):
+        """`fence`: the leader's (only the leader writes status); `on_change`: told when a
+        resource was created, edited or deleted (its status alone changes nothing)."""
         self._kube = kube
-        self.fence = fence  # the leader's (the daemon sets it): only the leader writes status
-        self.cache = ClusterCache(kube, namespaces, kinds=(EXTERNAL_SERVICE,))
+        self._fence = fence
+        self.cache = ClusterCache(
+            kube,
+            namespaces,
+            on_change=(lambda kind, old, new: on_change()) if on_change else None,
+            kinds=(EXTERNAL_SERVICE,),
+        )
         self._lock = threading.Lock()
         self._merged: Merged | None = None
         self._by_key: dict[str, ParsedResource] = {}  # target key -> the resource applied
@@ -158,7 +166,7 @@ class ResourceSet:
                 resource.namespace,
                 resource.name,
                 {"status": status},
-                fence=self.fence,
+                fence=self._fence,
                 subresource="status",
             )
         except KubeNotFound:

@@ -84,6 +84,8 @@ class Sink:
         stop: threading.Event | None = None,
         component: str = "syncd",
         may_write: Callable[[], bool] | None = None,
+        allow_protected: Callable[[], tuple[str, ...]] = tuple,
+        prunes_resources: Callable[[], bool] = lambda: False,
     ):
         self._kube = kube
         self._may_write = may_write  # the leader's fence, checked right before every write
@@ -92,11 +94,11 @@ class Sink:
         self._dry_run = dry_run
         self._stop = stop or threading.Event()
         self._component = component
-        # protected Services this config may write, by name (syncd.protected)
-        self.allow_protected: tuple[str, ...] = ()
+        # protected Services the running config may write, by name (syncd.protected)
+        self._allow_protected = allow_protected
         # objects written for ExternalServices are pruned only by a run that reads them
         # (--resources): another run with the same identity does not know they exist
-        self.prunes_resources = False
+        self._prunes_resources = prunes_resources
 
     def apply(self, plan: TargetPlan) -> TargetResult:
         """Apply one target's plan; the result says what was written and what went wrong."""
@@ -153,7 +155,7 @@ class Sink:
         config loader refuses such targets first). Logged, counted, and an Event."""
         for change in plan.changes:
             service = plan.target.service if change.kind != SERVICE.name else change.name
-            message = refusal(change.namespace, service, self.allow_protected)
+            message = refusal(change.namespace, service, self._allow_protected())
             if message is not None:
                 about = {"target": plan.target.key, "action": "refuse"}
                 log.error("%s: REFUSED: %s; nothing written", plan.target.key, message, extra=about)
@@ -337,11 +339,12 @@ class Sink:
         """Delete what this instance owns for Services no longer in the config (per target,
         from the cache: no list requests)."""
         keep = set(configured)
+        prunes_resources = self._prunes_resources()
         leftovers: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for kind in CACHED_KINDS:
             for obj in self._cache.owned(kind.name, self._owner_id):
                 key = target_key_of(obj)
-                if key in keep or (RESOURCE_LABEL in labels_of(obj) and not self.prunes_resources):
+                if key in keep or (RESOURCE_LABEL in labels_of(obj) and not prunes_resources):
                     continue
                 leftovers[key].append(obj)
         results = []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from syncd.health import Prober
-from syncd.model import Answer, Config, Target
+from syncd.model import Answer, Target
 from syncd.observability import TargetStatus
 from syncd.pipeline import TargetMemory
 from syncd.policy import probe_keys
@@ -70,35 +70,6 @@ class TargetState:
         """Read what is applied from the cluster again before the next decision."""
         self.memory.policy = None
         self.converged_on = None
-
-
-@dataclass(frozen=True)
-class ConfigDiff:
-    """What a reload changes: targets by key, and whether every target must be looked at."""
-
-    added: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()  # restarted: sources and memory start over
-    removed: tuple[str, ...] = ()
-    policy_changed: bool = False  # the address policy: every target decides again
-
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.changed or self.removed or self.policy_changed)
-
-
-def diff_configs(old: Config, new: Config) -> ConfigDiff:
-    """A target changed when its own settings did, or the Consul connection it may use."""
-    before = {t.key: t for t in old.targets}
-    after = {t.key: t for t in new.targets}
-    consul_changed = new.consul != old.consul
-    return ConfigDiff(
-        added=tuple(k for k in after if k not in before),
-        changed=tuple(
-            k for k in after if k in before and (after[k] != before[k] or consul_changed)
-        ),
-        removed=tuple(k for k in before if k not in after),
-        policy_changed=new.address_policy != old.address_policy,
-    )
 
 
 class TargetRegistry:

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 OnAnswer = Callable[[int, Answer], None]  # (source index, answer)
 
 RETRY_BASE = 0.5  # seconds before asking a failing registry again, doubling ...
-RETRY_CAP = 5.0  # ... up to this
 
 
 class Stopped:
@@ -66,11 +65,13 @@ class _PolledJob:
         emitter: ChangeEmitter,
         scheduler: Scheduler,
         stop: Stopped,
+        retry_cap: float,
     ):
         self._source = source
         self._emitter = emitter
         self._scheduler = scheduler
         self._stop = stop
+        self._retry_cap = retry_cap
         self._failures = 0
 
     def run(self) -> None:
@@ -93,14 +94,24 @@ class _PolledJob:
 
     def _backoff(self) -> float:
         self._failures += 1
-        return backoff(self._failures, RETRY_BASE, RETRY_CAP)
+        return backoff(self._failures, RETRY_BASE, self._retry_cap)
 
 
 class SourceRunner:
-    """Starts every source of a target; each answer goes to `on_answer(index, answer)`."""
+    """Starts every source of a target; each answer goes to `on_answer(index, answer)`.
+    A failing polled source is asked again after a backoff of at most `retry_cap`
+    seconds; a backends file is looked at every `file_poll` seconds."""
 
-    def __init__(self, scheduler: Scheduler, consul: ConsulConnection):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        consul: ConsulConnection,
+        retry_cap: float = 5.0,
+        file_poll: float = 1.0,
+    ):
         self._scheduler = scheduler
+        self._retry_cap = retry_cap
+        self._file_poll = file_poll
         self._consul = ConsulWatch(ConsulClients(consul, consul.readers))
 
     @property
@@ -116,7 +127,9 @@ class SourceRunner:
     def start(self, target: Target, on_answer: OnAnswer) -> TargetSources:
         running = TargetSources()
         for index, source_config in enumerate(target.sources):
-            source: Source = build_source(source_config, target, self._consul.clients)
+            source: Source = build_source(
+                source_config, target, self._consul.clients, file_poll_interval=self._file_poll
+            )
 
             def emit(answer: Answer, index: int = index) -> None:
                 if not running.stop.is_set():  # a replaced source's late answer is dropped
@@ -125,9 +138,8 @@ class SourceRunner:
             if isinstance(source, ConsulSource):
                 running.subscriptions.append(self._consul.subscribe(source, emit))
             elif isinstance(source, PolledSource):
-                job = _PolledJob(
-                    source, ChangeEmitter(emit, target.key), self._scheduler, running.stop
-                )
+                emitter = ChangeEmitter(emit, target.key)
+                job = _PolledJob(source, emitter, self._scheduler, running.stop, self._retry_cap)
                 self._scheduler.call_later(0, job.run)
             else:  # pragma: no cover - every source type is one of these
                 raise TypeError(f"{source.describe()}: neither polled nor a Consul service")

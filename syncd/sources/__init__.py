@@ -13,12 +13,13 @@ from syncd.sources.types import SourceNeeds, source_types, type_of
 
 
 def build_source(
-    config: SourceConfig, target: Target, consul: ConsulClients | None = None
+    config: SourceConfig, target: Target, consul: ConsulClients | None = None, **needs: float
 ) -> Source:
     """The live source object for one configured source of a target. Consul sources use
     the `consul` clients (at most its size of connections at once, shared by every source
-    built with it); without one, a private pool of one connection."""
-    return type_of(config).build(config, target, SourceNeeds(consul=consul))
+    built with it); without one, a private pool of one connection. `needs`: the rest of
+    SourceNeeds (file_poll_interval)."""
+    return type_of(config).build(config, target, SourceNeeds(consul=consul, **needs))
 
 
 __all__ = ["ConsulClients", "Source", "SourceNeeds", "build_source", "source_types"]

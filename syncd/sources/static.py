@@ -12,8 +12,6 @@ from syncd.sources.types import SourceNeeds, SourceType
 from syncd.syntax.backends import parse_backend_list, read_backends_file
 from syncd.syntax.checks import Scope, beside, expect_mapping, string
 
-FILE_POLL_INTERVAL = 1.0  # seconds between checks of a backends file's modification time
-
 
 @dataclass(frozen=True)
 class StaticSourceConfig:
@@ -64,9 +62,10 @@ def parse(
 
 
 class StaticSource:
-    def __init__(self, config: StaticSourceConfig, target: Target):
+    def __init__(self, config: StaticSourceConfig, target: Target, file_poll: float = 1.0):
         self._config = config
         self._target = target
+        self._file_poll = file_poll  # seconds between looks at the file's modification time
         self._seen: int | None = None  # mtime of the file behind `_last`
         self._last: Snapshot | None = None
 
@@ -93,7 +92,7 @@ class StaticSource:
         if self._last is None or mtime != self._seen:
             self._last = self.fetch()
             self._seen = mtime
-        return self._last, FILE_POLL_INTERVAL
+        return self._last, self._file_poll
 
     def _mtime(self) -> int | None:
         try:
@@ -103,7 +102,7 @@ class StaticSource:
 
 
 def _build(config: StaticSourceConfig, target: Target, needs: SourceNeeds) -> StaticSource:
-    return StaticSource(config, target)
+    return StaticSource(config, target, needs.file_poll_interval)
 
 
 SOURCE_TYPES = (

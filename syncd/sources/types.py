@@ -33,6 +33,7 @@ class SourceNeeds:
     (syncd.sources.consul_api.ConsulClients) for every Consul source, say."""
 
     consul: Any = None  # ConsulClients, or None: each builds a private one
+    file_poll_interval: float = 1.0  # seconds between looks at a file's modification time
 
 
 @dataclass(frozen=True)

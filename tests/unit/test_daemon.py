@@ -16,29 +16,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-import syncd.controller
 import syncd.daemon_reconcile
-import syncd.sources.static
-import syncd.watchers
 from harness.helpers import target, wait_for, write_config
 from harness.memory_api import MemoryApiServer
 from syncd.config import load_config
 from syncd.controller import Controller, DaemonSettings
 from syncd.kube import Kube, KubeSettings
-from syncd.leader import LeaderElector, LeaderSettings
+from syncd.leader import LeaderSettings
 from syncd.observability import RECONCILES
 from syncd.pipeline import Outcome, TargetResult
-from syncd.targets import diff_configs
+from syncd.reload import diff_configs
 
 OWNER = "unit"
 SLICES = "endpointslices"
-
-
-@pytest.fixture(autouse=True)
-def _fast_polls(monkeypatch):
-    monkeypatch.setattr(syncd.sources.static, "FILE_POLL_INTERVAL", 0.05)
-    monkeypatch.setattr(syncd.watchers, "RETRY_CAP", 0.1)
-    monkeypatch.setattr(syncd.controller, "_TICK", 0.05)
 
 
 @pytest.fixture
@@ -56,18 +46,24 @@ class Daemon:
         self.stop = threading.Event()
         self.kube = Kube(api, KubeSettings(retry_attempts=2, retry_max_backoff=0.05), self.stop)
         self.results: list[TargetResult] = []
-        elector = None
+        lease = None
         if elector_identity:
             lease = LeaderSettings("syncd", "syncd", elector_identity, 2.0, 1.5, 0.05)
-            elector = LeaderElector(self.kube, lease)
         self.controller = Controller(
             load_config(config_path),
             self.kube,
             OWNER,
-            DaemonSettings(resync_interval=0.2, workers=2, config_poll_interval=0.05),
+            DaemonSettings(
+                resync_interval=0.2,
+                workers=2,
+                config_poll_interval=0.05,
+                tick=0.05,  # fast: the resync batches, a failing source's retries, files
+                source_retry_cap=0.1,
+                file_poll_interval=0.05,
+            ),
             self.results.append,
             self.stop,
-            elector,
+            lease,
         )
         self.thread = threading.Thread(target=self.controller.run, daemon=True)
 

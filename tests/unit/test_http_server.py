@@ -11,15 +11,23 @@ import urllib.request
 
 import pytest
 
-from syncd import observability
 from syncd.http_server import serve_metrics
 
 
-@pytest.fixture(autouse=True)
-def _healthy(monkeypatch):
-    """What the daemon would answer (another test may have left its own hooks here)."""
-    monkeypatch.setattr(observability, "health", list)
-    monkeypatch.setattr(observability, "readiness", lambda: (True, "ok"))
+class _Healthy:
+    """What the daemon would answer."""
+
+    def health(self) -> list[str]:
+        return []
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def target_statuses(self):
+        return ()
+
+
+HEALTHY = _Healthy()
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -31,7 +39,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_a_port_without_a_host_serves_ipv4_and_ipv6():
-    _host, port = serve_metrics(":0")
+    _host, port = serve_metrics(":0", HEALTHY)
     assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
     assert _get(f"http://[::1]:{port}/healthz") == (200, "ok\n")
     status, text = _get(f"http://[::1]:{port}/metrics")
@@ -39,7 +47,7 @@ def test_a_port_without_a_host_serves_ipv4_and_ipv6():
 
 
 def test_a_thousand_idle_connections_cost_no_threads_and_healthz_still_answers():
-    _host, port = serve_metrics("127.0.0.1:0")
+    _host, port = serve_metrics("127.0.0.1:0", HEALTHY)
     before = threading.active_count()
     idle = []
     try:
@@ -59,7 +67,7 @@ def test_clients_sending_a_byte_at_a_time_cannot_starve_the_kubelets_probe():
     """Four workers; eight clients each trickling a request a byte every half second (a
     deadline per read would keep them forever): /healthz answers at once all along, and
     each trickler is closed when its request deadline runs out."""
-    _host, port = serve_metrics("127.0.0.1:0")
+    _host, port = serve_metrics("127.0.0.1:0", HEALTHY)
     tricklers = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
     stop = threading.Event()
 
@@ -92,7 +100,7 @@ def test_clients_sending_a_byte_at_a_time_cannot_starve_the_kubelets_probe():
 
 
 def test_head_and_other_methods():
-    _host, port = serve_metrics("127.0.0.1:0")
+    _host, port = serve_metrics("127.0.0.1:0", HEALTHY)
     request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", method="HEAD")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200 and response.read() == b""

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 
-from syncd.observability import setup_logging
+from syncd.logs import setup_logging
 from syncd.output import ResultPrinter
 from syncd.pipeline import Outcome, TargetResult
 from syncd.plan import Action, Change
