@@ -26,7 +26,7 @@ from syncd.logs import say
 from syncd.model import Config
 from syncd.once import OnceSettings, run_once
 from syncd.output import ResultPrinter, plural
-from syncd.pipeline import TargetResult
+from syncd.results import TargetResult
 from syncd.sink import REMOVED_FROM_CONFIG
 
 EXIT_OK = 0

@@ -25,11 +25,11 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.cache_trim import trimmed
+from syncd.cache_store import Store, newer
 from syncd.errors import KubeError
 from syncd.kinds import (
     CACHED_KINDS,
@@ -42,15 +42,13 @@ from syncd.kinds import (
     Obj,
     ObjectId,
     View,
-    target_key_of,
 )
 from syncd.kube import Kube
+from syncd.live import LiveState
 from syncd.model import Target
 from syncd.ownership import prunable_by
-from syncd.pipeline import LiveState
 from syncd.ratelimit import backoff
 from syncd.served import ServedFields
-from syncd.tuple_index import index_add, index_remove
 
 log = logging.getLogger(__name__)
 
@@ -64,68 +62,6 @@ def _coming_back(status: int | None) -> bool:
     """Errors of a server that is down, starting or overloaded: unreachable, 429, 5xx, and
     the 401/403 a starting kube-apiserver gives until its authorizers are loaded."""
     return status is None or status in (401, 403, 429) or status >= 500
-
-
-def _newer(candidate: Obj, current: Obj | None) -> bool:
-    """Is `candidate` at least as new as `current`? (resourceVersions are etcd revisions)."""
-    if current is None:
-        return True
-    new = (candidate.get("metadata") or {}).get("resourceVersion") or ""
-    old = (current.get("metadata") or {}).get("resourceVersion") or ""
-    if new.isdigit() and old.isdigit():
-        return int(new) >= int(old)
-    return True
-
-
-class _Store:
-    """Objects of one kind by (namespace, name), indexed by the target they belong to."""
-
-    def __init__(self, kind: Kind):
-        self.kind = kind
-        self.by_name: dict[tuple[str, str], dict[str, Any]] = {}
-        # target -> its objects' names (most targets have one object of a kind)
-        self.by_target: dict[str, tuple[tuple[str, str], ...]] = {}
-
-    @staticmethod
-    def _name(obj: Obj) -> tuple[str, str]:
-        metadata = obj.get("metadata") or {}
-        return (metadata.get("namespace", ""), metadata.get("name", ""))
-
-    def put(self, obj: Obj) -> dict[str, Any] | None:
-        stored = trimmed(self.kind.name, self.kind.api_version, obj)
-        name = self._name(stored)
-        old = self.by_name.get(name)
-        if old is not None:
-            index_remove(self.by_target, target_key_of(old), name)
-        self.by_name[name] = stored
-        key = target_key_of(stored)
-        if not key.endswith("/"):  # a slice of no Service belongs to no target
-            index_add(self.by_target, key, name)
-        return old
-
-    def pop(self, name: tuple[str, str]) -> dict[str, Any] | None:
-        old = self.by_name.pop(name, None)
-        if old is not None:
-            index_remove(self.by_target, target_key_of(old), name)
-        return old
-
-    def replace(
-        self, pages: Iterable[Iterable[Obj]], namespace: str | None
-    ) -> list[tuple[Obj | None, Obj | None]]:
-        """A fresh list, page by page: store it, and return what changed as (old, new)."""
-        changes: list[tuple[Obj | None, Obj | None]] = []
-        seen = set()
-        for page in pages:
-            for item in page:
-                name = self._name(item)
-                seen.add(name)
-                old = self.put(item)
-                new = self.by_name[name]
-                if old is None or old.get("metadata") != new.get("metadata"):
-                    changes.append((old, new))
-        for name in [n for n in self.by_name if n not in seen and namespace in (None, n[0])]:
-            changes.append((self.pop(name), None))
-        return changes
 
 
 @dataclass
@@ -155,7 +91,7 @@ class ClusterCache:
         self.on_change = on_change
         self.on_recovered = on_recovered
         self._kinds = kinds
-        self._stores = {kind.name: _Store(kind) for kind in kinds}
+        self._stores = {kind.name: Store(kind) for kind in kinds}
         self._expected: dict[ObjectId, View] = {}
         # objects syncd deleted whose DELETED event has not come yet -> their uid: a late
         # event of an earlier write must not bring them back (a second delete, a 404)
@@ -266,8 +202,8 @@ class ClusterCache:
                             self._dispatch(kind, *stored)
                     elif event == "DELETED":
                         with self._lock:
-                            self._gone.pop((kind.name, *_Store._name(obj)), None)
-                            old = self._stores[kind.name].pop(_Store._name(obj))
+                            self._gone.pop((kind.name, *Store.name_of(obj)), None)
+                            old = self._stores[kind.name].pop(Store.name_of(obj))
                         self._dispatch(kind, old, None)
                     if stop.is_set():
                         return
@@ -297,7 +233,7 @@ class ClusterCache:
     def _stored_event(self, kind: Kind, obj: Obj) -> tuple[Obj | None, Obj] | None:
         """Store an ADDED/MODIFIED event; None when it is older than what syncd holds (its
         own write's answer came first) or describes an object syncd has since deleted."""
-        name = _Store._name(obj)
+        name = Store.name_of(obj)
         oid = (kind.name, *name)
         with self._lock:
             store = self._stores[kind.name]
@@ -307,7 +243,7 @@ class ClusterCache:
                     return None
                 del self._gone[oid]  # created again since: a new object
             current = store.by_name.get(name)
-            if current is not None and not _newer(obj, current):
+            if current is not None and not newer(obj, current):
                 return None
             old = store.put(obj)
             return old, store.by_name[name]
@@ -361,8 +297,8 @@ class ClusterCache:
             return
         with self._lock:
             store = self._stores[kind.name]
-            name = _Store._name(obj)
-            if _newer(obj, store.by_name.get(name)):
+            name = Store.name_of(obj)
+            if newer(obj, store.by_name.get(name)):
                 store.put(obj)
             self._expected.pop((kind.name, *name), None)
 

@@ -26,7 +26,9 @@ from syncd.config import load_config
 from syncd.config.resource import check_resource_manifests, is_resource_manifest
 from syncd.errors import ConfigError, KubeConfigError
 from syncd.frozen import plain
-from syncd.kube import Kube, KubeSettings, load_client_configuration
+from syncd.kube import Kube
+from syncd.kube_transport import KubeSettings, load_client_configuration
+from syncd.live import OFFLINE
 from syncd.logs import say, setup_logging
 from syncd.model import (
     AddressPolicy,
@@ -42,7 +44,7 @@ from syncd.ownership import (
     is_generic_config_name,
     valid_owner_id,
 )
-from syncd.pipeline import OFFLINE, run
+from syncd.pipeline import run
 from syncd.policy import PolicyState
 from syncd.process_memory import tune_malloc
 from syncd.protected import valid_entry

@@ -59,10 +59,10 @@ from syncd.model import AddressPolicy, Config, Target
 from syncd.network_follower import NetworkFollower
 from syncd.observability import LEADER, RECONCILES, WORKQUEUE_DEPTH, TargetStatus
 from syncd.ownership import prunable_by
-from syncd.pipeline import Outcome, TargetResult
 from syncd.process_memory import give_back_free_memory
 from syncd.reload import ConfigSource, CurrentConfig, Reloader, Running
 from syncd.resources import ResourceSet
+from syncd.results import Outcome, TargetResult
 from syncd.scheduler import DaemonPool, Scheduler
 from syncd.sink import Sink
 from syncd.targets import TargetRegistry

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from syncd.cache import ClusterCache
 from syncd.cluster_networks import ClusterNetworks
 from syncd.leadership import Leadership
+from syncd.live import seed_memory
 from syncd.model import AddressPolicy, Target, ready_count
 from syncd.observability import (
     HELD_REMOVALS,
@@ -28,8 +29,8 @@ from syncd.observability import (
     TIER_SWITCHES,
     WORKQUEUE_RETRIES,
 )
-from syncd.pipeline import Outcome, TargetResult, seed_memory
 from syncd.reconcile import Reconciled, reconcile, record_blocked
+from syncd.results import Outcome, TargetResult
 from syncd.sink import Sink
 from syncd.targets import DecisionInputs, TargetRegistry, TargetState
 from syncd.workqueue import WorkQueue

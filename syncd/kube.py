@@ -20,217 +20,37 @@ classes: they would cost a conversion of every object in both directions.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import logging
-import os
-import stat
 import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import tenacity
 import urllib3
-import yaml
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
 from syncd import __version__
-from syncd.errors import KubeConfigError, KubeConflict, KubeError, KubeNotFound
+from syncd.errors import KubeError, KubeNotFound
 from syncd.kinds import EVENT, KINDS, Kind
+from syncd.kube_transport import (
+    NETWORK_ERRORS,
+    WRITE_VERBS,
+    HttpError,
+    HttpTransport,
+    KubeSettings,
+    Transport,
+    api_error,
+    describe_failure,
+    load_client_configuration,
+    retry_policy,
+)
 from syncd.observability import KUBE_REQUESTS
 from syncd.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
-
-WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-_NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)
-
-
-@dataclass(frozen=True)
-class KubeSettings:
-    """How to reach the API server, how hard to try, and how fast to go."""
-
-    kubeconfig: str | None = None
-    context: str | None = None
-    request_timeout: float = 30.0
-    retry_attempts: int = 5
-    retry_max_backoff: float = 5.0
-    qps: float = 50.0  # sustained requests per second (0: no limit)
-    burst: int = 100  # requests allowed at once above qps
-    page_size: int = 500  # objects per list page, as client-go's reflector
-    identity: str = ""  # who this process is, in the User-Agent (audit logs show it)
-
-
-def load_client_configuration(settings: KubeSettings) -> k8s.Configuration:
-    """Kubeconfig from --kubeconfig, else $KUBECONFIG / ~/.kube/config, else in-cluster.
-
-    Each kubeconfig file must be a regular file of at most 1 MiB (a FIFO would block the
-    loader for ever). Its credential plugin, if any, runs here: if it fails, that is
-    said as the kubeconfig's problem, not left as a stray line of the client library's."""
-    configuration = k8s.Configuration()
-    path = settings.kubeconfig or os.environ.get("KUBECONFIG")
-    default = Path.home() / ".kube" / "config"
-    use_file = bool(path) or default.exists()
-    where = (path or str(default)) if use_file else "in-cluster config"
-    try:
-        if use_file:
-            file = path or str(default)
-            files = [p for p in file.split(os.pathsep) if p]
-            if not any(Path(p).exists() for p in files):
-                raise KubeConfigError(f"{file}: kubeconfig not found")
-            for name in files:
-                _regular_kubeconfig(Path(name))
-            with _plugin_errors(where):
-                k8s_config.load_kube_config(
-                    config_file=file, context=settings.context, client_configuration=configuration
-                )
-        elif not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            raise KubeConfigError(
-                "no kubeconfig: give --kubeconfig, set $KUBECONFIG or create ~/.kube/config "
-                "(in a pod, syncd uses its service account instead)"
-            )
-        else:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-    except KubeConfigError:
-        raise
-    except ConfigException as exc:
-        raise KubeConfigError(f"{where}: {_one_line(exc)}") from None
-    except yaml.YAMLError as exc:
-        raise KubeConfigError(f"{where}: not valid YAML: {_one_line(exc)}") from None
-    except Exception as exc:  # the loader fails in many ways on bad files: all are one line
-        raise KubeConfigError(
-            f"{where}: cannot load kubeconfig: {type(exc).__name__}: {_one_line(exc)}"
-        ) from None
-    configuration.retries = False  # syncd retries itself, with backoff, and counts it
-    return configuration
-
-
-_MAX_KUBECONFIG = 1024 * 1024
-
-
-def _regular_kubeconfig(path: Path) -> None:
-    """A kubeconfig that exists is a regular file of at most 1 MiB, else KubeConfigError."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return  # KUBECONFIG may list files that do not exist (kubectl skips them too)
-    except OSError as exc:
-        raise KubeConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise KubeConfigError(f"{path}: not a regular file; a kubeconfig must be one")
-    if info.st_size > _MAX_KUBECONFIG:
-        raise KubeConfigError(f"{path}: {info.st_size} bytes; a kubeconfig is at most 1 MiB")
-
-
-class _Captured(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _plugin_errors(where: str) -> Iterator[None]:
-    """The client library logs a failed credential plugin to the root logger and goes on
-    without credentials: here it is a KubeConfigError naming the kubeconfig."""
-    root = logging.getLogger()
-    captured = _Captured()
-    handlers, root.handlers = root.handlers, [captured]
-    try:
-        yield
-    finally:
-        root.handlers = handlers
-    if captured.messages:
-        said = "; ".join(_one_line(m) for m in captured.messages)
-        raise KubeConfigError(f"{where}: its credential plugin failed: {said}")
-
-
-class HttpError(Exception):
-    """A non-2xx answer, before it becomes a KubeError."""
-
-    def __init__(self, status: int, body: bytes, headers: Any = None):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = headers or {}
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, HttpError):
-        return exc.status == 429 or 500 <= exc.status <= 599
-    return isinstance(exc, _NETWORK_ERRORS)
-
-
-def _status_message(exc: HttpError) -> tuple[str, str]:
-    try:
-        body = json.loads(exc.body or b"{}")
-        return body.get("message") or str(exc.status), body.get("reason") or ""
-    except (ValueError, TypeError, AttributeError):
-        return (exc.body or b"").decode(errors="replace")[:200] or str(exc.status), ""
-
-
-class Transport(Protocol):
-    """Where requests go: HTTP to an API server, or (tests) an in-memory API."""
-
-    host: str
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        query: list[tuple[str, Any]],
-        body: bytes | None,
-        content_type: str,
-        timeout: urllib3.Timeout,
-    ) -> Any:  # a urllib3 response, or what reads like one (status, data, stream())
-        ...
-
-
-class HttpTransport:
-    """Requests over HTTP with the kubeconfig's credentials (the official client's)."""
-
-    def __init__(self, api_client: k8s.ApiClient, user_agent: str):
-        self._api_client = api_client
-        self._pool = api_client.rest_client.pool_manager
-        api_client.user_agent = user_agent
-        self.host: str = api_client.configuration.host
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        query: list[tuple[str, Any]],
-        body: bytes | None,
-        content_type: str,
-        timeout: urllib3.Timeout,
-    ) -> urllib3.BaseHTTPResponse:
-        _method, url, headers, _body, _post = self._api_client.param_serialize(
-            method, path, query_params=query, auth_settings=["BearerToken"]
-        )
-        headers["Accept"] = "application/json"
-        if body is not None:
-            headers["Content-Type"] = content_type
-        return self._pool.request(
-            method,
-            url,
-            body=body,
-            headers=headers,
-            timeout=timeout,
-            preload_content=False,
-            retries=False,
-        )
-
-    def close(self) -> None:
-        self._api_client.close()
 
 
 class Kube:
@@ -321,11 +141,11 @@ class Kube:
             response.release_conn()
             return json.loads(data) if data else None
 
-        retrying = _retrying(self._settings, self._stop, f"{verb} {what}")
+        retried = retry_policy(self._settings, self._stop, f"{verb} {what}")
         try:
-            return retrying(attempt)
-        except (HttpError, *_NETWORK_ERRORS) as exc:
-            raise _error(verb, what, exc, self.host) from None
+            return retried(attempt)
+        except (HttpError, *NETWORK_ERRORS) as exc:
+            raise api_error(verb, what, exc, self.host) from None
 
     # -- verbs
 
@@ -423,8 +243,8 @@ class Kube:
                     connect=self._settings.request_timeout, read=timeout_seconds + 30
                 ),
             )
-        except (HttpError, *_NETWORK_ERRORS) as exc:
-            raise _error("watch", kind, exc, self.host) from None
+        except (HttpError, *NETWORK_ERRORS) as exc:
+            raise api_error("watch", kind, exc, self.host) from None
         return _watch_events(response, row)
 
     def create(
@@ -528,47 +348,6 @@ class Kube:
         return True
 
 
-def _retrying(settings: KubeSettings, stop: threading.Event, what: str) -> tenacity.Retrying:
-    """Retry while the failure is transient: capped, jittered backoff; a shutdown ends it."""
-
-    def pause(seconds: float) -> None:
-        stop.wait(seconds)  # a shutdown cuts a pause short
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s failed (%s); retrying in %.1fs", what, _describe(exc), state.upcoming_sleep)
-
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(_is_transient),
-        wait=tenacity.wait_random_exponential(multiplier=0.2, max=settings.retry_max_backoff),
-        stop=(
-            tenacity.stop_after_attempt(settings.retry_attempts)
-            | tenacity.stop_when_event_set(stop)
-        ),
-        sleep=pause,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-
-
-def _error(verb: str, what: str, exc: BaseException, host: str) -> KubeError:
-    """The KubeError (or subclass) a failed call becomes."""
-    if isinstance(exc, HttpError):
-        message, reason = _status_message(exc)
-        error = {404: KubeNotFound, 409: KubeConflict}.get(exc.status, KubeError)
-        return error(f"{verb} {what}: {exc.status} {message}", exc.status, reason)
-    return KubeError(f"{verb} {what}: cannot reach {host}: {_describe(exc)}")
-
-
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, HttpError):
-        message, _ = _status_message(exc)
-        return f"{exc.status} {message}".strip()
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-        return _one_line(exc.reason)
-    return _one_line(exc) if exc else "unknown error"
-
-
 def _watch_events(response: Any, row: Kind) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
         for line in iter_resp_lines(response):
@@ -581,8 +360,8 @@ def _watch_events(response: Any, row: Kind) -> Iterator[tuple[str, dict[str, Any
                     obj.get("reason", ""),
                 )
             yield event.get("type", ""), _with_kind(obj, row)
-    except (*_NETWORK_ERRORS, ValueError) as exc:
-        raise KubeError(f"watch {row.name}: interrupted: {_describe(exc)}") from None
+    except (*NETWORK_ERRORS, ValueError) as exc:
+        raise KubeError(f"watch {row.name}: interrupted: {describe_failure(exc)}") from None
     finally:
         response.release_conn()
 
@@ -596,5 +375,4 @@ def _with_kind(obj: Any, row: Kind) -> dict[str, Any]:
     return obj
 
 
-def _one_line(exc: object) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+__all__ = ["Kube", "KubeSettings", "Transport"]

@@ -26,12 +26,13 @@ from syncd.cluster_networks import ClusterNetworks, describe_networks
 from syncd.errors import KubeError, KubeNotFound, SourceError
 from syncd.health import Prober
 from syncd.kube import Kube
+from syncd.live import seed_memory
 from syncd.model import Answer, Config, ProbeKey, Target
 from syncd.network_watch import ClusterNetworkWatch
-from syncd.pipeline import Outcome, TargetResult, seed_memory
 from syncd.policy import PolicyState, probe_keys
 from syncd.reconcile import reconcile, record_blocked
 from syncd.resources import ResourceSet
+from syncd.results import Outcome, TargetResult
 from syncd.sink import Sink
 from syncd.sources import ConsulClients, build_source
 

@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass
 
 from syncd.model import ready_count
-from syncd.pipeline import Outcome, TargetResult
 from syncd.redact import printable
+from syncd.results import Outcome, TargetResult
 
 _OUTPUT_LOCK = threading.Lock()  # the daemon's workers report at once: never mix lines
 

@@ -8,17 +8,14 @@ are made here, the same way for all three, and without any I/O:
     answers ─▶ policy.evaluate (address policy, probes, tiers, guard) ─▶ decision
     decision + live state ─▶ ownership rules ─▶ render ─▶ plan (Service first, deletes last)
 
-The policy's memory (active tier, what was applied) is always seeded from what the cluster
-holds when a target (re)starts, so the removal guard works on the first decision of a
-process, after a reload and after a leader change alike.
+What the cluster holds is `syncd.live`'s (and the policy's memory seeded from it); what
+a step concludes is `syncd.results`'.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 from syncd.cluster_networks import (
     ClusterNetworks,
@@ -29,22 +26,18 @@ from syncd.cluster_networks import (
 )
 from syncd.errors import OwnershipConflict, TargetError
 from syncd.kinds import (
-    ENDPOINT_SLICE,
-    ENDPOINTS,
-    SERVICE,
     TRAFFIC_DISTRIBUTION,
     Obj,
     describe_object,
 )
+from syncd.live import LiveState, backends_of_endpoints, backends_of_slices
 from syncd.model import (
     AddressPolicy,
     Answer,
     Backend,
-    EndpointPort,
     ProbeKey,
     Snapshot,
     Target,
-    port_set,
 )
 from syncd.ownership import (
     ACTIVE_SOURCE_ANNOTATION,
@@ -52,184 +45,10 @@ from syncd.ownership import (
     owner_description,
     updatable_by,
 )
-from syncd.plan import Action, Change, plan_changes
+from syncd.plan import plan_changes
 from syncd.policy import Decision, Evaluation, PolicyState, Verdict, evaluate
-from syncd.render import placement_of, render_target, slice_key_of
-
-# The uid a new Service will get is only known once it is created: objects planned in the
-# same pass carry this until the sink fills in the real one (see `with_service_uid`).
-PENDING_UID = "(uid of the Service created in this pass)"
-
-
-# --------------------------------------------------------------------------- live state
-
-
-@dataclass(frozen=True)
-class LiveState:
-    """What the cluster holds for one target, by kind: its Service, Endpoints and every
-    slice labelled for the Service (syncd's and anybody else's)."""
-
-    objects: Mapping[str, tuple[Obj, ...]] = field(default_factory=dict)  # kind -> objects
-    offline: bool = False  # `render`: there is no cluster; objects get no ownerReferences
-    unsupported: frozenset[tuple[str, str]] = frozenset()  # (field, value) the server drops
-
-    @classmethod
-    def of(
-        cls, service: Obj | None = None, endpoints: Obj | None = None, slices: Sequence[Obj] = ()
-    ) -> LiveState:
-        return cls(
-            {
-                SERVICE.name: (service,) if service is not None else (),
-                ENDPOINTS.name: (endpoints,) if endpoints is not None else (),
-                ENDPOINT_SLICE.name: tuple(slices),
-            }
-        )
-
-    @property
-    def service(self) -> Obj | None:
-        return next(iter(self.objects.get(SERVICE.name, ())), None)
-
-    @property
-    def endpoints(self) -> Obj | None:
-        return next(iter(self.objects.get(ENDPOINTS.name, ())), None)
-
-    @property
-    def slices(self) -> tuple[Obj, ...]:
-        return self.objects.get(ENDPOINT_SLICE.name, ())
-
-    def owned_slices(self, owner_id: str) -> list[Obj]:
-        return [obj for obj in self.slices if updatable_by(obj, owner_id)]
-
-    def foreign_slices(self, owner_id: str) -> list[Obj]:
-        return [obj for obj in self.slices if not updatable_by(obj, owner_id)]
-
-
-OFFLINE = LiveState(offline=True)
-
-
-def backends_of_slices(slices: Iterable[Obj]) -> frozenset[Backend]:
-    """The backends that live EndpointSlices hold (inverse of rendering)."""
-    backends = set()
-    for obj in slices:
-        key = slice_key_of(obj)
-        if key is None or not key.ports:
-            continue
-        for endpoint in obj.get("endpoints") or ():
-            address = (endpoint.get("addresses") or [""])[0]
-            ready = (endpoint.get("conditions") or {}).get("ready") is not False
-            backends.add(Backend(address, key.ports, ready, endpoint.get("zone")))
-    return frozenset(backends)
-
-
-def backends_of_endpoints(endpoints: Obj | None) -> frozenset[Backend]:
-    """The backends a live v1 Endpoints object holds (inverse of rendering)."""
-    backends = set()
-    for subset in (endpoints or {}).get("subsets") or ():
-        ports = port_set(
-            *(
-                EndpointPort(
-                    p.get("name") or "", int(p.get("port") or 0), p.get("protocol") or "TCP"
-                )
-                for p in subset.get("ports") or ()
-            )
-        )
-        if not ports:
-            continue
-        for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
-            for address in subset.get(field_name) or ():
-                backends.add(Backend(address.get("ip", ""), ports, ready))
-    return frozenset(backends)
-
-
-def seed_memory(target: Target, live: LiveState, owner_id: str, *, one_shot: bool) -> PolicyState:
-    """What the cluster says was applied last: the policy's memory when a target (re)starts.
-
-    The applied backends come from syncd's own slices (or its Endpoints when it writes
-    only those), the active tier from the Service's annotation. A one-shot run has no
-    memory of how long a higher tier has qualified, so it fails back as soon as it finds one
-    qualifying; the daemon starts counting `failback_after` from its own start.
-    """
-    service = (
-        live.service if live.service is not None and updatable_by(live.service, owner_id) else None
-    )
-    annotations = ((service or {}).get("metadata") or {}).get("annotations") or {}
-    tier = annotations.get(ACTIVE_TIER_ANNOTATION) or ""
-    if target.output.slices:
-        applied = backends_of_slices(live.owned_slices(owner_id))
-    else:
-        owned = (
-            live.endpoints
-            if live.endpoints is not None and updatable_by(live.endpoints, owner_id)
-            else None
-        )
-        applied = backends_of_endpoints(owned)
-    since: tuple[float | None, ...] = (float("-inf"),) * len(target.sources) if one_shot else ()
-    return PolicyState(
-        active=int(tier) if tier.isdigit() and int(tier) < len(target.sources) else None,
-        applied=applied or None,
-        qualified_since=since,
-    )
-
-
-# --------------------------------------------------------------------------- outcomes
-
-
-class Outcome(enum.StrEnum):
-    CONVERGED = "converged"  # nothing to do
-    CHANGED = "changed"  # writes applied (or planned, in a dry run)
-    CONFLICT = "conflict"  # an object syncd would write is not syncd's
-    STALE = "stale"  # no source could answer; last applied state kept
-    HELD = "held"  # a large removal waits for confirmation; last applied state kept
-    FAILED = "failed"  # the API or the target's setup failed
-    PROTECTED = "protected"  # a registry answer would drain the target; last state kept
-    REFUSED = "refused"  # a protected Service nobody opted in (syncd.protected): untouched
-    EMPTY = "empty"  # its sources list no backends and nothing was ever applied for it
-    CLUSTER_ADDRESS = "cluster-address"  # a resource points into the cluster's own networks
-    #                                      (syncd.cluster_networks): its endpoints withdrawn
-
-    @property
-    def ok(self) -> bool:
-        return self in (Outcome.CONVERGED, Outcome.CHANGED)
-
-
-@dataclass(frozen=True)
-class TargetResult:
-    target: str
-    outcome: Outcome
-    changes: tuple[Change, ...] = ()  # applied, or planned when dry_run
-    message: str = ""
-    decision: Decision | None = None
-    warnings: tuple[str, ...] = ()
-    stale_read: bool = False  # a guarded write found the object changed (409) before
-    #                           anything was written: read the target again and retry
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class TargetPlan:
-    """The writes that bring one target in line with a decision, in the order to apply."""
-
-    target: Target
-    decision: Decision
-    changes: tuple[Change, ...]  # the Service first, then Endpoints and slices, deletes last
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Step:
-    """What the pipeline concluded for one target at one moment: a plan to apply, a
-    result saying why nothing may be written, or both (a refused resource's withdrawal:
-    apply the plan, and the outcome is the result's)."""
-
-    evaluation: Evaluation  # the policy's verdict, its memory for next time, warnings
-    plan: TargetPlan | None = None  # None: nothing may be written now (see `result`)
-    result: TargetResult | None = None  # why not: stale, held, conflict, failed setup
-
-    @property
-    def memory(self) -> PolicyState:
-        return self.evaluation.verdict.state
+from syncd.render import placement_of, render_target
+from syncd.results import PENDING_UID, Outcome, Step, TargetPlan, TargetResult
 
 
 def run(
@@ -480,55 +299,13 @@ def plan_target(target: Target, decision: Decision, live: LiveState, owner_id: s
     return TargetPlan(target, decision, tuple(changes), tuple(warnings))
 
 
-def with_service_uid(change: Change, uid: str) -> Change:
-    """`change` with PENDING_UID replaced by the uid of the Service just created."""
-    if change.desired is None:
-        return change
-    metadata = change.desired.get("metadata") or {}
-    refs = metadata.get("ownerReferences") or ()
-    if not any(ref.get("uid") == PENDING_UID for ref in refs):
-        return change
-    fixed_refs = [{**ref, "uid": uid} if ref.get("uid") == PENDING_UID else ref for ref in refs]
-    desired: dict[str, Any] = {
-        **change.desired,
-        "metadata": {**metadata, "ownerReferences": fixed_refs},
-    }
-    return replace(change, desired=desired)
-
-
-def creates_of(plan: TargetPlan) -> list[Change]:
-    return [change for change in plan.changes if change.action is Action.CREATE]
-
-
-@dataclass(slots=True)
-class TargetMemory:
-    """A driver's running state for one target between steps (the daemon keeps one each)."""
-
-    policy: PolicyState | None = None  # None: seed from the cluster before the next step
-    warned: frozenset[str] = frozenset()  # (frozen: the empty one is shared by every target)
-
-    def new_warnings(self, warnings: Iterable[str]) -> list[str]:
-        """Warnings not already logged for this target (each is logged once per streak)."""
-        warnings = list(warnings)
-        current = frozenset(warnings)
-        fresh = [w for w in warnings if w not in self.warned]
-        self.warned = current
-        return fresh
-
-
 __all__ = [
-    "OFFLINE",
-    "PENDING_UID",
-    "LiveState",
-    "Outcome",
-    "Step",
-    "TargetMemory",
-    "TargetPlan",
-    "TargetResult",
-    "backends_of_endpoints",
-    "backends_of_slices",
+    "HINTED_DISTRIBUTIONS",
+    "check_service",
+    "family_warning",
     "plan_target",
     "run",
-    "seed_memory",
-    "with_service_uid",
+    "tier_annotations",
+    "topology_hints",
+    "withdrawal",
 ]

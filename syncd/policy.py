@@ -17,8 +17,9 @@ Order of decisions, each one only ever *filters* or *holds*:
 4. Guard: within one tier, a change that removes more than `max_removal_fraction` of the
    applied backends is held until the same answer is seen again `confirm_after` later.
 
-The daemon keeps a `PolicyState` per target between decisions; `--once` starts from an
-empty one.
+A driver keeps a `PolicyState` per target between decisions; every driver seeds it from
+what the cluster holds when a target (re)starts (`syncd.live.seed_memory`), the daemon
+and `--once` alike, so the guard holds on a first decision too.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ from dataclasses import dataclass, replace
 
 from syncd.cluster_networks import ClusterNetworks
 from syncd.errors import SourceError
+from syncd.live import LiveState
 from syncd.model import AddressPolicy, Answer, ProbeKey, Target
-from syncd.pipeline import LiveState, Outcome, Step, TargetResult, run
+from syncd.pipeline import run
 from syncd.policy import PolicyState
+from syncd.results import Outcome, Step, TargetResult
 from syncd.sink import Sink
 
 # A result that lasts is told to `kubectl describe service` once, as an Event of this reason.

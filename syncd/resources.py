@@ -22,10 +22,11 @@ from syncd.config.resource import Merged, ParsedResource, merge_resources, parse
 from syncd.errors import KubeError, KubeNotFound
 from syncd.kinds import EXTERNAL_SERVICE
 from syncd.kube import Kube
+from syncd.live import LiveState
 from syncd.model import Config, ProbeKey, Target, ready_count
 from syncd.ownership import prunable_by
-from syncd.pipeline import LiveState, TargetResult
 from syncd.resource_status import Observation, Standing, desired_status
+from syncd.results import TargetResult
 
 log = logging.getLogger(__name__)
 

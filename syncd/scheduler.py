@@ -60,17 +60,6 @@ class _Entry:
     due: float
     sequence: int
     job: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
-
-
-class Handle:
-    """Cancels a scheduled job (a running one finishes; it is not run again)."""
-
-    def __init__(self, entry: _Entry):
-        self._entry = entry
-
-    def cancel(self) -> None:
-        self._entry.cancelled = True
 
 
 class Scheduler:
@@ -85,15 +74,14 @@ class Scheduler:
         self._timer = threading.Thread(target=self._run, name=f"{name}-timer", daemon=True)
         self._timer.start()
 
-    def call_later(self, delay: float, job: Callable[[], None]) -> Handle:
-        return self.call_at(time.monotonic() + max(0.0, delay), job)
+    def call_later(self, delay: float, job: Callable[[], None]) -> None:
+        self.call_at(time.monotonic() + max(0.0, delay), job)
 
-    def call_at(self, when: float, job: Callable[[], None]) -> Handle:
+    def call_at(self, when: float, job: Callable[[], None]) -> None:
         entry = _Entry(when, next(self._sequence), job)
         with self._cond:
             heapq.heappush(self._heap, entry)
             self._cond.notify()
-        return Handle(entry)
 
     def _run(self) -> None:
         with self._cond:
@@ -105,9 +93,7 @@ class Scheduler:
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
-                entry = heapq.heappop(self._heap)
-                if not entry.cancelled:
-                    self._pool.submit(entry.job)
+                self._pool.submit(heapq.heappop(self._heap).job)
 
     @property
     def alive(self) -> bool:
@@ -122,4 +108,4 @@ class Scheduler:
 
     def __len__(self) -> int:
         with self._cond:
-            return sum(1 for entry in self._heap if not entry.cancelled)
+            return len(self._heap)

@@ -39,15 +39,10 @@ from syncd.kinds import (
 from syncd.kube import Kube
 from syncd.model import Target
 from syncd.ownership import owner_description, updatable_by
-from syncd.pipeline import (
-    Outcome,
-    TargetPlan,
-    TargetResult,
-    with_service_uid,
-)
 from syncd.plan import Action, Change, plan_changes
 from syncd.policy import Decision
 from syncd.protected import refusal
+from syncd.results import Outcome, TargetPlan, TargetResult, with_service_uid
 
 log = logging.getLogger(__name__)
 

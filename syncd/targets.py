@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from syncd.health import Prober
 from syncd.model import Answer, Target
 from syncd.observability import TargetStatus
-from syncd.pipeline import TargetMemory
 from syncd.policy import probe_keys
+from syncd.results import TargetMemory
 from syncd.scheduler import DaemonPool, Scheduler
 from syncd.watchers import SourceRunner, TargetSources
 
@@ -32,10 +32,6 @@ class DecisionInputs:
 
     objects: tuple[object, ...]
     health: object
-
-    def with_memory(self, memory: object) -> DecisionInputs:
-        """The same inputs with the policy memory (the last object) the decision left."""
-        return DecisionInputs((*self.objects[:-1], memory), self.health)
 
     def same_as(self, other: DecisionInputs | None) -> bool:
         return (

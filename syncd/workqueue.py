@@ -178,11 +178,6 @@ class WorkQueue:
         with self._cond:
             return len(self._queue)
 
-    @property
-    def processing(self) -> frozenset[Hashable]:
-        with self._cond:
-            return frozenset(self._processing)
-
     def _report_depth(self) -> None:
         if self._on_depth is not None:
             self._on_depth(len(self._queue))

@@ -350,19 +350,6 @@ def query_params(source: ConsulSourceConfig, index: int, wait: float) -> list[tu
     return params
 
 
-def scope_params(source: ConsulSourceConfig) -> list[tuple[str, Any]]:
-    """Where a service lives: datacenter, and Enterprise namespace and partition."""
-    return [
-        (name, value)
-        for name, value in (
-            ("dc", source.datacenter),
-            ("ns", source.namespace),
-            ("partition", source.partition),
-        )
-        if value
-    ]
-
-
 # --------------------------------------------------------------------------- sources
 
 

@@ -217,9 +217,11 @@ def test_the_sink_refuses_a_protected_service_however_it_got_there(apiserver, ad
     (a reload, a future source of targets), nothing is written and an Event says why."""
     from syncd.cache import ClusterCache
     from syncd.kube import Kube, KubeSettings
+    from syncd.live import LiveState
     from syncd.model import Backend, EndpointPort, ServicePort, Target, port_set
-    from syncd.pipeline import LiveState, Outcome, plan_target
+    from syncd.pipeline import plan_target
     from syncd.policy import Decision
+    from syncd.results import Outcome
     from syncd.sink import Sink
     from syncd.sources.static import StaticSourceConfig
 

@@ -14,6 +14,7 @@ from syncd.cluster_networks import (
     networks_of,
 )
 from syncd.errors import SourceError
+from syncd.live import LiveState, seed_memory
 from syncd.model import (
     AddressPolicy,
     Backend,
@@ -23,10 +24,11 @@ from syncd.model import (
     Snapshot,
     Target,
 )
-from syncd.pipeline import LiveState, Outcome, run, seed_memory
+from syncd.pipeline import run
 from syncd.plan import Action
 from syncd.policy import PolicyState
 from syncd.render import render_target
+from syncd.results import Outcome
 from syncd.sources.consul_config import ConsulSourceConfig
 from syncd.sources.static import StaticSourceConfig
 

@@ -24,8 +24,8 @@ from syncd.controller import Controller, DaemonSettings
 from syncd.kube import Kube, KubeSettings
 from syncd.leader import LeaderSettings
 from syncd.observability import RECONCILES
-from syncd.pipeline import Outcome, TargetResult
 from syncd.reload import diff_configs
+from syncd.results import Outcome, TargetResult
 
 OWNER = "unit"
 SLICES = "endpointslices"

@@ -3,23 +3,23 @@
 import pytest
 import urllib3
 
-from syncd.kube import HttpError, _is_transient
+from syncd.kube_transport import HttpError, is_transient
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_throttling_and_server_errors_are_retried(status):
-    assert _is_transient(HttpError(status, b""))
+    assert is_transient(HttpError(status, b""))
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 410, 422])
 def test_client_errors_are_not_retried(status):
-    assert not _is_transient(HttpError(status, b""))
+    assert not is_transient(HttpError(status, b""))
 
 
 def test_connection_failures_are_retried():
-    assert _is_transient(urllib3.exceptions.NewConnectionError(None, "refused"))
-    assert _is_transient(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"))
-    assert _is_transient(ConnectionResetError())
+    assert is_transient(urllib3.exceptions.NewConnectionError(None, "refused"))
+    assert is_transient(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"))
+    assert is_transient(ConnectionResetError())
 
 
 def test_a_write_being_retried_stops_the_moment_the_fence_closes(tmp_path):

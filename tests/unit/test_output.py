@@ -10,9 +10,9 @@ import re
 
 from syncd.logs import setup_logging
 from syncd.output import ResultPrinter
-from syncd.pipeline import Outcome, TargetResult
 from syncd.plan import Action, Change
 from syncd.policy import Decision
+from syncd.results import Outcome, TargetResult
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from syncd.live import OFFLINE, LiveState, seed_memory
 from syncd.model import (
     AddressPolicy,
     Backend,
@@ -10,18 +11,11 @@ from syncd.model import (
     Snapshot,
     Target,
 )
-from syncd.pipeline import (
-    OFFLINE,
-    PENDING_UID,
-    LiveState,
-    Outcome,
-    run,
-    seed_memory,
-    with_service_uid,
-)
+from syncd.pipeline import run
 from syncd.plan import Action
 from syncd.policy import PolicyState
 from syncd.render import render_target
+from syncd.results import PENDING_UID, Outcome, with_service_uid
 from syncd.sources.static import StaticSourceConfig
 
 PORT = (EndpointPort("http", 8080),)

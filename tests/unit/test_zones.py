@@ -8,6 +8,7 @@ import pytest
 
 from syncd.config import load_config_text
 from syncd.errors import ConfigError
+from syncd.live import OFFLINE, LiveState
 from syncd.model import (
     AddressPolicy,
     Backend,
@@ -16,7 +17,7 @@ from syncd.model import (
     Snapshot,
     Target,
 )
-from syncd.pipeline import OFFLINE, LiveState, run
+from syncd.pipeline import run
 from syncd.policy import PolicyState
 from syncd.sources.consul import backends_from_health
 from syncd.sources.consul_config import ConsulSourceConfig
