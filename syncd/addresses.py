@@ -31,8 +31,28 @@ def _is_link_local_multicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) 
     return ip.is_multicast and (ip.packed[1] & 0x0F) == 0x02
 
 
+# IPv4 ranges the API server rejects, as (mask, network) integers: the fast path below
+_REJECTED_V4 = (
+    (0xFFFFFFFF, 0x00000000, "unspecified"),
+    (0xFF000000, 0x7F000000, "loopback"),
+    (0xFFFFFF00, 0xE0000000, "link-local multicast"),
+    (0xFFFF0000, 0xA9FE0000, "link-local"),
+)
+
+
 def canonical_endpoint_ip(text: str) -> str:
     """Return the canonical form of an endpoint IP, or raise AddressRejected saying why."""
+    try:  # the usual case, in a microsecond: an IPv4 address written canonically
+        number = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        if socket.inet_ntop(socket.AF_INET, number.to_bytes(4, "big")) == text:
+            for mask, network, reason in _REJECTED_V4:
+                if number & mask == network:
+                    raise AddressRejected(
+                        f"{text!r} is a {reason} address, which the Kubernetes API rejects"
+                    )
+            return sys.intern(text)
+    except (OSError, TypeError):
+        pass
     if not isinstance(text, str) or not text.strip():
         raise AddressRejected("an IP address is required")
     raw = text.strip()
@@ -97,7 +117,13 @@ def address_refusal(
     `denied` is the global deny list (metadata service, loopback, the Service CIDR, ...);
     `allowed`, when not empty, is the only ranges a target's backends may be in.
     """
-    return AddressFilter(denied, allowed).refusal(address)
+    return address_filter(tuple(denied), tuple(allowed)).refusal(address)
+
+
+@functools.lru_cache(maxsize=256)
+def address_filter(denied: tuple[IPNetwork, ...], allowed: tuple[IPNetwork, ...]) -> AddressFilter:
+    """One filter per policy and target ranges, built once (it remembers what passed)."""
+    return AddressFilter(denied, allowed)
 
 
 class AddressFilter:

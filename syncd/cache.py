@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.cache_store import Store, newer
+from syncd.collector import collector_paused
 from syncd.errors import KubeError
 from syncd.kinds import (
     CACHED_KINDS,
@@ -117,7 +118,7 @@ class ClusterCache:
                 version = page_version or version
                 yield page
 
-        with self._lock:
+        with self._lock, collector_paused():  # every listed object stays: see collector
             changes = self._stores[kind.name].replace(pages(), status.namespace)
             for oid in [o for o in self._gone if o[0] == kind.name]:
                 if status.namespace in (None, oid[1]):

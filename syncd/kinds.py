@@ -116,22 +116,44 @@ def _kept_foreign_refs(live_metadata: Mapping[str, Any]) -> list[dict[str, Any]]
 
 
 def _slice_fields(obj: Obj) -> View:
-    endpoints = [
-        {
-            "address": (e.get("addresses") or [""])[0],
-            "ready": (e.get("conditions") or {}).get("ready") is not False,
-            "zone": e.get("zone"),
-            "hints": sorted(
-                z.get("name") or "" for z in (e.get("hints") or {}).get("forZones") or ()
-            ),
-        }
+    """Each endpoint as (address, ready, zone, hinted zones), in one order whoever wrote
+    them: compared for equality only, so tuples in plain sort order will do."""
+    endpoints = sorted(
+        (
+            (e.get("addresses") or ("",))[0],
+            (e.get("conditions") or _NO_CONDITIONS).get("ready") is not False,
+            e.get("zone"),
+            _hinted_zones(e.get("hints")),
+        )
         for e in obj.get("endpoints") or ()
-    ]
+    )
     return {
         "addressType": obj.get("addressType"),
         "ports": normal_ports(obj.get("ports")),
-        "endpoints": sorted(endpoints, key=lambda e: ip_sort_key(e["address"])),
+        "endpoints": endpoints,
     }
+
+
+_NO_CONDITIONS: Mapping[str, Any] = {}
+
+
+def _hinted_zones(hints: Mapping[str, Any] | None) -> tuple[str, ...]:
+    if not hints:
+        return ()
+    return tuple(sorted(z.get("name") or "" for z in hints.get("forZones") or ()))
+
+
+_SLICE_ENDPOINT_FIELDS = ("address", "ready", "zone", "hints")
+
+
+def readable_view(view: View) -> View:
+    """A view for people: slice endpoints as named fields, in address order."""
+    endpoints = view.get("endpoints")
+    if view.get("addressType") is None or not endpoints:
+        return view
+    named = [dict(zip(_SLICE_ENDPOINT_FIELDS, e, strict=True)) for e in endpoints]
+    named.sort(key=lambda e: ip_sort_key(e["address"]))
+    return {**view, "endpoints": [{**e, "hints": list(e["hints"])} for e in named]}
 
 
 def _endpoints_fields(obj: Obj) -> View:

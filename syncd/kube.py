@@ -26,6 +26,7 @@ import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import urllib3
@@ -189,8 +190,8 @@ class Kube:
         never holds them all at once."""
         row = KINDS[kind]
         where = namespace or "all namespaces"
-        token = ""
-        while True:
+
+        def fetch(token: str) -> Page:
             query: list[tuple[str, Any]] = [("limit", self._settings.page_size)]
             if label_selector:
                 query.append(("labelSelector", label_selector))
@@ -199,13 +200,11 @@ class Kube:
             result = self._call(
                 "list", f"{kind} in {where}", "GET", row.collection_path(namespace), query=query
             )
-            result = result or {}
-            metadata = result.get("metadata") or {}
-            token = metadata.get("continue") or ""
-            page = [_with_kind(item, row) for item in result.get("items") or ()]
-            yield page, ("" if token else metadata.get("resourceVersion", ""))
-            if not token:
-                return
+            metadata = (result or {}).get("metadata") or {}
+            page = [_with_kind(item, row) for item in (result or {}).get("items") or ()]
+            return page, metadata.get("continue") or "", metadata.get("resourceVersion", "")
+
+        return _read_ahead(fetch, f"list {kind}")
 
     def watch(
         self,
@@ -364,6 +363,26 @@ def _watch_events(response: Any, row: Kind) -> Iterator[tuple[str, dict[str, Any
         raise KubeError(f"watch {row.name}: interrupted: {describe_failure(exc)}") from None
     finally:
         response.release_conn()
+
+
+Page = tuple[list[dict[str, Any]], str, str]  # objects, continue token, resourceVersion
+
+
+def _read_ahead(
+    fetch: Callable[[str], Page], name: str
+) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    """Pages of a list, the next one asked for while the caller reads this one: the
+    server's time to build a page overlaps the caller's time to store it
+    (docs/performance.md). The version comes with the last page."""
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as ahead:
+        coming = ahead.submit(fetch, "")
+        while True:
+            page, token, version = coming.result()
+            if token:
+                coming = ahead.submit(fetch, token)
+            yield page, ("" if token else version)
+            if not token:
+                return
 
 
 def _with_kind(obj: Any, row: Kind) -> dict[str, Any]:

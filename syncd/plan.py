@@ -18,7 +18,15 @@ from typing import Any
 import yaml
 
 from syncd.frozen import plain
-from syncd.kinds import KINDS, ObjectId, describe_object, kind_of, object_id, owner_refs
+from syncd.kinds import (
+    KINDS,
+    ObjectId,
+    describe_object,
+    kind_of,
+    object_id,
+    owner_refs,
+    readable_view,
+)
 from syncd.memo import WORTH_REMEMBERING, Memo
 
 __all__ = ["Action", "Change", "ObjectId", "describe_object", "object_id", "plan_changes"]
@@ -61,6 +69,10 @@ class _IndentedDumper(yaml.SafeDumper):
         return super().increase_indent(flow, False)
 
 
+def _readable(obj: Mapping[str, Any] | None, compare_refs: bool) -> list[str]:
+    return [] if obj is None else _yaml(readable_view(managed_view(obj, compare_refs)))
+
+
 def _yaml(data: Any) -> list[str]:
     return yaml.dump(plain(data), Dumper=_IndentedDumper, sort_keys=False).splitlines()
 
@@ -91,8 +103,8 @@ class Change:
     def diff(self) -> str:
         """A readable diff of the managed fields: '+' lines added, '-' lines removed."""
         compare_refs = bool(self.desired and owner_refs(self.desired))
-        before = _yaml(managed_view(self.live, compare_refs)) if self.live is not None else []
-        after = _yaml(managed_view(self.desired, compare_refs)) if self.desired is not None else []
+        before = _readable(self.live, compare_refs)
+        after = _readable(self.desired, compare_refs)
         if self.action is Action.CREATE:
             return "\n".join("+ " + line for line in _yaml(dict(self.desired or {})))
         if self.action is Action.DELETE:

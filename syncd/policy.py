@@ -28,9 +28,8 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from syncd.addresses import AddressFilter
+from syncd.addresses import address_filter
 from syncd.errors import SourceError
-from syncd.memo import Memo
 from syncd.model import (
     AddressPolicy,
     Answer,
@@ -52,11 +51,10 @@ def filter_addresses(
 ) -> tuple[Snapshot, list[str]]:
     """Drop backends the address policy refuses; one warning per dropped backend."""
     kept, warnings = [], []
-    key = (policy.denied, target.allowed_cidrs)
-    address_filter = _FILTERS.get(key) or _FILTERS.put(key, AddressFilter(*key))
-    if address_filter.all_passed(map(_ADDRESS, snapshot.backends)):
+    checks = address_filter(policy.denied, target.allowed_cidrs)  # shared with the loader
+    if checks.all_passed(map(_ADDRESS, snapshot.backends)):
         return snapshot, []  # the usual case: every address was checked before
-    refusal = address_filter.refusal
+    refusal = checks.refusal
     for backend in snapshot.backends:
         reason = refusal(backend.address)
         if reason:
@@ -69,8 +67,6 @@ def filter_addresses(
 
 
 _ADDRESS = operator.attrgetter("address")
-_FILTERS: Memo[AddressFilter] = Memo(256)  # per (denied, allowed): each remembers the
-#                                               addresses it has let through
 
 
 # --------------------------------------------------------------------------- probes

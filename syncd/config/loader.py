@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from syncd.collector import collector_paused
 from syncd.config.schema import (
     SUPPORTED_VERSIONS,
     parse_address_policy,
@@ -72,7 +73,13 @@ def load_config_text(
     targets_required: bool = True,
 ) -> Config:
     """Validate config text as if read from `path` (relative static files resolve beside it)."""
-    path = Path(path)
+    with collector_paused():  # a config of thousands of targets all stays: see collector
+        return _checked_config(text, Path(path), allow_protected, targets_required)
+
+
+def _checked_config(
+    text: str, path: Path, allow_protected: Iterable[str], targets_required: bool
+) -> Config:
     file = str(path)
     doc = parse_yaml(text, file)
     checker = Checker(file, doc)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from syncd.addresses import address_refusal, parse_http_address
+from syncd.addresses import address_filter, parse_http_address
 from syncd.model import (
     CONSUL_PORT,
     DEFAULT_DENIED_CIDRS,
@@ -487,8 +487,9 @@ def _check_listed_policy(
     """A backend written in the config that the address policy forbids is a typo to fix,
     not to apply (registries' entries are dropped and reported as they come)."""
     in_file = isinstance(raw, dict) and "backends" not in raw
+    checks = address_filter(policy.denied, tuple(allowed))
     for index, backend in enumerate(source.listed):
-        reason = address_refusal(backend.address, policy.denied, allowed)
+        reason = checks.refusal(backend.address)
         if reason:
             where = scope.at("file") if in_file else scope.at("backends", index)
             where.error(f"{backend.address}: {reason}")

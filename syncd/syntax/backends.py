@@ -4,6 +4,7 @@ Sources read backends files through `read_backends_file`, without the config loa
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,14 @@ def parse_endpoint_ports(data: dict, scope: Scope, ports: tuple[ServicePort, ...
     return port_set(*result) if ok else None
 
 
+_SPACE = re.compile(r"\s")
+
+
 def _backend_shorthand(text: str, scope: Scope, ports) -> Backend | None:
     if len(ports) != 1:
         scope.error(f"{text!r}: 'address:port' works for one-port Services only; use a mapping")
         return None
-    if any(c.isspace() for c in text):
+    if _SPACE.search(text):
         scope.error(f"{text!r}: no spaces in 'address:port'")
         return None
     host, sep, port_text = text.rpartition(":")

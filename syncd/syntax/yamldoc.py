@@ -33,6 +33,7 @@ YamlPath = tuple[str | int, ...]
 # libyaml's parser when PyYAML was built with it: several times faster on large files.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 @dataclass
@@ -88,6 +89,7 @@ class _Builder:
         self.alias_values = 0
         self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (data, number of values)
         self.lines: dict[int, Any] = {}
+        self.resolved: dict[tuple[str, Any], str] = {}  # (text, implicit) -> its tag
 
     def error(self, event: Any, message: str) -> ConfigError:
         return ConfigError(f"{self.file}:{event.start_mark.line + 1}: {message}")
@@ -194,14 +196,21 @@ class _Builder:
         return items, size
 
     def _tag(self, event: Any) -> str:
-        if event.tag is None or event.tag == "!":
-            return self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-        return event.tag
+        if event.tag is not None and event.tag != "!":
+            return event.tag
+        key = (event.value, event.implicit)  # keys repeat in every target: resolved once
+        tag = self.resolved.get(key)
+        if tag is None:
+            tag = self.resolved[key] = self.loader.resolve(
+                yaml.ScalarNode, event.value, event.implicit
+            )
+        return tag
 
     def scalar(self, event: Any) -> Any:
-        node = yaml.ScalarNode(
-            self._tag(event), event.value, event.start_mark, event.end_mark, event.style
-        )
+        tag = self._tag(event)
+        if tag == _STR_TAG:  # most values: no node, no constructor
+            return event.value
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError:
