@@ -65,6 +65,7 @@ controls {{ }};
 zone "{ZONE}" {{
     type primary;
     file "{zone_file}";
+    check-names ignore;  // host names syncd must refuse as endpoint names (rgw_72)
     allow-update {{ 127.0.0.1; }};
 }};
 """)

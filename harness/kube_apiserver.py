@@ -92,8 +92,9 @@ _BINARIES: dict[str, str] = {}
 
 
 def server_binaries() -> dict[str, str]:
-    """Paths of kube-apiserver, kube-proxy, etcd and consul, building them first if the
-    cache is empty. $KUBE_APISERVER, $KUBE_PROXY, $ETCD and $CONSUL override the built ones.
+    """Paths of kube-apiserver, kube-proxy, etcd, consul, coredns and the tools, building
+    them first if the cache is empty. $KUBE_APISERVER, $KUBE_PROXY, $ETCD, $CONSUL,
+    $COREDNS ... override the built ones.
     """
     if not _BINARIES:
         result = subprocess.run(
@@ -113,6 +114,7 @@ def server_binaries() -> dict[str, str]:
             ("kube-apiserver-matrix", "KUBE_APISERVER_MATRIX"),
             ("promtool", "PROMTOOL"),
             ("helm", "HELM"),
+            ("coredns", "COREDNS"),
         ):
             _BINARIES[name] = os.environ.get(variable) or paths[variable]
     return _BINARIES

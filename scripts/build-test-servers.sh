@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real servers the integration tests run (kube-apiserver, kube-proxy, etcd, consul,
-# and the tools kustomize, promtool and helm)
+# coredns, and the tools kustomize, promtool and helm)
 # from their published Go modules, and cache the binaries outside the repository, keyed by
 # version.
 #
@@ -29,6 +29,10 @@ PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 # helm, to lint and render charts/syncd for the chart tests (tests/integration/test_helm.py)
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+# The cluster DNS of the per-backend name tests (tests/integration/test_cluster_dns.py)
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+COREDNS_PLUGINS="bind errors kubernetes log ready"  # compiled in; part of the cache key
+COREDNS_BUILD="$COREDNS_VERSION+${COREDNS_PLUGINS// /.}"
 TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
 
 log() { printf '[build-test-servers] %s\n' "$*" >&2; }
@@ -129,6 +133,35 @@ build_helm() {
     "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
+# CoreDNS as a cluster runs it, with the plugins the tests use compiled in: its own main
+# package pulls every plugin (and the cloud SDKs of route53, azure, clouddns ...), a
+# custom build with fewer plugins is how CoreDNS documents building it. The plugins are
+# CoreDNS's own code at this version, unchanged.
+build_coredns() {
+  local out work plugin
+  out="$(bin_path coredns "$COREDNS_BUILD")"
+  [[ -x "$out" ]] && return 0
+  require_go
+  work="$TOOLS_DIR/.build/coredns-$COREDNS_BUILD"
+  log "building coredns $COREDNS_VERSION with the plugins: $COREDNS_PLUGINS"
+  new_module "$work"
+  echo "require github.com/coredns/coredns $COREDNS_VERSION" >> "$work/go.mod"
+  {
+    printf 'package main\n\nimport (\n\t"github.com/coredns/coredns/coremain"\n'
+    for plugin in $COREDNS_PLUGINS; do
+      printf '\t_ "github.com/coredns/coredns/plugin/%s"\n' "$plugin"
+    done
+    printf ')\n\nfunc main() { coremain.Run() }\n'
+  } > "$work/main.go"
+  (cd "$work" && log "resolving modules" && go mod tidy >&2)
+  (cd "$work" && log "compiling coredns" && CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=release" \
+      -o "$work/coredns" .)
+  install_binary "$work/coredns" "$out"
+  rm -rf "$work"
+  log "coredns ready: $out"
+}
+
 prometheus_crds() { # prints the directory holding the CRDs (downloaded once, cached by Go)
   require_go
   local dir
@@ -157,7 +190,7 @@ if [[ "${1:-}" == "--check" ]]; then
   wanted=("kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION"
           "kube-controller-manager $KUBERNETES_VERSION"
           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION"
-          "promtool $PROMETHEUS_VERSION" "helm $HELM_VERSION")
+          "promtool $PROMETHEUS_VERSION" "helm $HELM_VERSION" "coredns $COREDNS_BUILD")
   for version in $KUBERNETES_MATRIX; do wanted+=("kube-apiserver $version"); done
   for b in "${wanted[@]}"; do
     set -- $b
@@ -177,6 +210,7 @@ build_consul
 build_kustomize
 build_promtool
 build_helm
+build_coredns
 crds="$(prometheus_crds)"
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
@@ -191,4 +225,5 @@ echo "CONSUL=$(bin_path consul "$CONSUL_VERSION")"
 echo "KUSTOMIZE=$(bin_path kustomize "$KUSTOMIZE_VERSION")"
 echo "PROMTOOL=$(bin_path promtool "$PROMETHEUS_VERSION")"
 echo "HELM=$(bin_path helm "$HELM_VERSION")"
+echo "COREDNS=$(bin_path coredns "$COREDNS_BUILD")"
 echo "PROMETHEUS_CRDS=$crds"

@@ -66,6 +66,7 @@ class CachedEndpoint(NamedTuple):
     conditions: Mapping[str, Any]
     zone: str | None
     hints: Any
+    hostname: str | None
 
     def get(self, key: str, default: Any = None) -> Any:
         if key == "addresses":
@@ -74,13 +75,15 @@ class CachedEndpoint(NamedTuple):
         return default if value is None else value
 
 
-_ENDPOINT_KEYS = frozenset(("conditions", "zone", "hints"))
+_ENDPOINT_KEYS = frozenset(("conditions", "zone", "hints", "hostname"))
 
 
 def _trim_service(obj: Obj) -> dict[str, Any]:
     spec = obj.get("spec") or {}
     kept = {
-        k: spec[k] for k in ("selector", "type", "trafficDistribution", "ipFamilies") if k in spec
+        k: spec[k]
+        for k in ("selector", "type", "trafficDistribution", "ipFamilies", "clusterIP")
+        if k in spec
     }
     kept["ports"] = _shared_ports(spec.get("ports"))
     return {
@@ -90,14 +93,15 @@ def _trim_service(obj: Obj) -> dict[str, Any]:
 
 
 def _trim_slice(obj: Obj) -> dict[str, Any]:
-    """Endpoints keep their addresses and readiness: syncd writes slices whole from what
-    it decided, so the rest of a live endpoint is never needed."""
+    """Endpoints keep their addresses, readiness, zone, hints and hostname: syncd writes
+    slices whole from what it decided, so the rest of a live endpoint is never needed."""
     endpoints = [
         CachedEndpoint(
             _text(next(iter(e.get("addresses") or ()), None)),
             _CONDITIONS.get((e.get("conditions") or {}).get("ready"), _CONDITIONS[None]),
             _text(e.get("zone")) or None,
             e.get("hints") or None,
+            e.get("hostname") or None,
         )
         for e in obj.get("endpoints") or ()
     ]

@@ -24,11 +24,11 @@ from syncd.cli_parser import build_parser, namespace_list
 from syncd.cluster_networks import file_target_warnings, single_stack_warnings
 from syncd.config import load_config
 from syncd.config.resource import check_resource_manifests, is_resource_manifest
-from syncd.errors import ConfigError, KubeConfigError
+from syncd.errors import ConfigError, KubeConfigError, KubeError
 from syncd.frozen import plain
 from syncd.kube import Kube
 from syncd.kube_transport import KubeSettings, load_client_configuration
-from syncd.live import OFFLINE
+from syncd.live import OFFLINE, LiveState
 from syncd.logs import say, setup_logging
 from syncd.model import (
     AddressPolicy,
@@ -39,12 +39,13 @@ from syncd.once import ask_sources
 from syncd.output import plural
 from syncd.ownership import (
     OWNER_ID_RULE,
+    OWNER_LABEL,
     derivation_note,
     derive_owner_id,
     is_generic_config_name,
     valid_owner_id,
 )
-from syncd.pipeline import run
+from syncd.pipeline import headless_warning, run
 from syncd.policy import PolicyState
 from syncd.process_memory import tune_malloc
 from syncd.protected import valid_entry
@@ -232,6 +233,7 @@ def _cluster_warnings(config: Config, args: argparse.Namespace) -> list[str]:
             lines = file_target_warnings(target, networks, backends)
             lines += single_stack_warnings(networks, backends)
             warnings += [f"{config.path}: warning: target {target.key}: {line}" for line in lines]
+        warnings += _service_shape_warnings(kube, config, args.owner_id)
         for value, target in values.items():
             why = probe_traffic_distribution(kube, target.namespace, value)
             if why is not None:
@@ -242,6 +244,25 @@ def _cluster_warnings(config: Config, args: argparse.Namespace) -> list[str]:
                 )
     finally:
         kube.close()
+    return warnings
+
+
+def _service_shape_warnings(kube: Kube, config: Config, owner_id: str) -> list[str]:
+    """Services of this instance that `headless` would have otherwise: one list per
+    namespace of syncd's own Services, not a read per target."""
+    services: dict[tuple[str, str], Any] = {}
+    try:
+        for namespace in sorted({t.namespace for t in config.targets if t.manage_service}):
+            for obj in kube.list("Service", namespace, f"{OWNER_LABEL}={owner_id}"):
+                services[(namespace, obj["metadata"]["name"])] = obj
+    except KubeError:  # not readable: nothing to say (run says it, when it runs)
+        return []
+    warnings = []
+    for target in config.targets:
+        live = LiveState.of(services.get((target.namespace, target.service)))
+        shape = headless_warning(target, live, owner_id)
+        if shape is not None:
+            warnings.append(f"{config.path}: warning: target {target.key}: {shape}")
     return warnings
 
 

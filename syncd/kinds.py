@@ -61,6 +61,22 @@ def is_label_value(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 63 and bool(_LABEL_VALUE.match(value))
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+HOSTNAME_RULE = "lowercase letters, digits and '-', at most 63, starting and ending alphanumeric"
+
+
+def is_hostname(value: object) -> bool:
+    """An endpoint's hostname as the API server takes it: a DNS-1123 label."""
+    return isinstance(value, str) and len(value) <= 63 and bool(_DNS_LABEL.match(value))
+
+
+def registry_hostname(name: str) -> str | None:
+    """A registry's name for a backend as an endpoint hostname: DNS names are
+    case-insensitive, so it is lowercased; None when it still is not a DNS-1123 label."""
+    lowered = name.strip().lower()
+    return lowered if is_hostname(lowered) else None
+
+
 def labels_of(obj: Obj) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("labels") or {})
 
@@ -116,14 +132,15 @@ def _kept_foreign_refs(live_metadata: Mapping[str, Any]) -> list[dict[str, Any]]
 
 
 def _slice_fields(obj: Obj) -> View:
-    """Each endpoint as (address, ready, zone, hinted zones), in one order whoever wrote
-    them: compared for equality only, so tuples in plain sort order will do."""
+    """Each endpoint as (address, ready, zone, hinted zones, hostname), in one order
+    whoever wrote them: compared for equality only, so tuples in plain sort order will do."""
     endpoints = sorted(
         (
             (e.get("addresses") or ("",))[0],
             (e.get("conditions") or _NO_CONDITIONS).get("ready") is not False,
-            e.get("zone"),
+            e.get("zone") or "",
             _hinted_zones(e.get("hints")),
+            e.get("hostname") or "",
         )
         for e in obj.get("endpoints") or ()
     )
@@ -143,7 +160,7 @@ def _hinted_zones(hints: Mapping[str, Any] | None) -> tuple[str, ...]:
     return tuple(sorted(z.get("name") or "" for z in hints.get("forZones") or ()))
 
 
-_SLICE_ENDPOINT_FIELDS = ("address", "ready", "zone", "hints")
+_SLICE_ENDPOINT_FIELDS = ("address", "ready", "zone", "hints", "hostname")
 
 
 def readable_view(view: View) -> View:
@@ -151,21 +168,28 @@ def readable_view(view: View) -> View:
     endpoints = view.get("endpoints")
     if view.get("addressType") is None or not endpoints:
         return view
-    named = [dict(zip(_SLICE_ENDPOINT_FIELDS, e, strict=True)) for e in endpoints]
-    named.sort(key=lambda e: ip_sort_key(e["address"]))
-    return {**view, "endpoints": [{**e, "hints": list(e["hints"])} for e in named]}
+    named: list[dict[str, Any]] = []
+    for endpoint in sorted(endpoints, key=lambda e: ip_sort_key(e[0])):
+        fields = dict(zip(_SLICE_ENDPOINT_FIELDS, endpoint, strict=True))
+        fields["hints"] = list(fields["hints"])
+        named.append({k: v for k, v in fields.items() if v != ""})
+    return {**view, "endpoints": named}
+
+
+def _endpoints_addresses(addresses: Iterable[Mapping[str, Any]] | None) -> list[str]:
+    """'ip' or 'ip hostname', in address order."""
+    return sorted(
+        (" ".join(filter(None, (a.get("ip"), a.get("hostname")))) for a in addresses or ()),
+        key=lambda text: ip_sort_key(text.split(" ", 1)[0]),
+    )
 
 
 def _endpoints_fields(obj: Obj) -> View:
     subsets = [
         {
             "ports": normal_ports(subset.get("ports")),
-            "addresses": sorted(
-                (a.get("ip") for a in subset.get("addresses") or ()), key=ip_sort_key
-            ),
-            "notReadyAddresses": sorted(
-                (a.get("ip") for a in subset.get("notReadyAddresses") or ()), key=ip_sort_key
-            ),
+            "addresses": _endpoints_addresses(subset.get("addresses")),
+            "notReadyAddresses": _endpoints_addresses(subset.get("notReadyAddresses")),
         }
         for subset in obj.get("subsets") or ()
     ]

@@ -70,7 +70,8 @@ def backends_of_slices(slices: Iterable[Obj]) -> frozenset[Backend]:
         for endpoint in obj.get("endpoints") or ():
             address = (endpoint.get("addresses") or [""])[0]
             ready = (endpoint.get("conditions") or {}).get("ready") is not False
-            backends.add(Backend(address, key.ports, ready, endpoint.get("zone")))
+            zone, hostname = endpoint.get("zone"), endpoint.get("hostname")
+            backends.add(Backend(address, key.ports, ready, zone, hostname))
     return frozenset(backends)
 
 
@@ -90,7 +91,9 @@ def backends_of_endpoints(endpoints: Obj | None) -> frozenset[Backend]:
             continue
         for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
             for address in subset.get(field_name) or ():
-                backends.add(Backend(address.get("ip", ""), ports, ready))
+                backends.add(
+                    Backend(address.get("ip", ""), ports, ready, None, address.get("hostname"))
+                )
     return frozenset(backends)
 
 

@@ -118,11 +118,15 @@ class Backend:
     ports: PortSet
     ready: bool = True
     zone: str | None = None  # where it runs: topology-aware routing prefers the client's zone
+    # its DNS name in the cluster: <hostname>.<service>.<namespace>.svc.<cluster domain>
+    hostname: str | None = None
     # Hashed once: sets of thousands of backends are built on every change of a large target.
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.address, self.ports, self.ready, self.zone)))
+        object.__setattr__(
+            self, "_hash", hash((self.address, self.ports, self.ready, self.zone, self.hostname))
+        )
 
     def __hash__(self) -> int:
         return self._hash
@@ -141,7 +145,8 @@ class Backend:
         host = f"[{self.address}]" if ":" in self.address else self.address
         ports = ",".join(f"{p.name}={p.port}" if p.name else str(p.port) for p in self.ports)
         zone = f" in {self.zone}" if self.zone else ""
-        return f"{host}:{ports}{zone}" + ("" if self.ready else " (not ready)")
+        name = f" as {self.hostname}" if self.hostname else ""
+        return f"{host}:{ports}{name}{zone}" + ("" if self.ready else " (not ready)")
 
 
 def ready_count(backends: Iterable[Backend]) -> int:
@@ -294,6 +299,7 @@ class Target:
     sources: tuple[SourceConfig, ...]
     output: Output = Output.ENDPOINTSLICES
     manage_service: bool = True
+    headless: bool = False  # the managed Service has no ClusterIP: its name answers each backend
     max_endpoints_per_slice: int = 100
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     guards: GuardConfig = field(default_factory=GuardConfig)

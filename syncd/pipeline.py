@@ -76,10 +76,14 @@ def run(
             return withdrawal(target, refused, memory, live, owner_id)
     evaluation = evaluate(answers, memory, now, target, address_policy, health)
     verdict = evaluation.verdict
-    if verdict.decision is not None and networks is not None:
-        noted = file_target_warnings(target, networks, verdict.decision.backends)
-        if noted:
-            evaluation = replace(evaluation, warnings=(*evaluation.warnings, *noted))
+    noted = (
+        []
+        if verdict.decision is None or networks is None
+        else (file_target_warnings(target, networks, verdict.decision.backends))
+    )
+    noted += filter(None, [headless_warning(target, live, owner_id)])
+    if noted:
+        evaluation = replace(evaluation, warnings=(*evaluation.warnings, *noted))
     if verdict.decision is None:
         if verdict.hold_until is not None:
             outcome = Outcome.HELD
@@ -206,11 +210,34 @@ def topology_hints(
     return True, None
 
 
+def headless_warning(target: Target, live: LiveState, owner_id: str) -> str | None:
+    """The Service syncd manages is not what `headless` asks, and cannot become it: the
+    API server never changes a Service's clusterIP. Deleting it is the owner's call."""
+    service = live.service
+    if not target.manage_service or service is None or not updatable_by(service, owner_id):
+        return None
+    cluster_ip = (service.get("spec") or {}).get("clusterIP")
+    if cluster_ip is None or (cluster_ip == "None") == target.headless:
+        return None
+    now, wanted = (
+        (f"has ClusterIP {cluster_ip}", "headless: true asks for none")
+        if target.headless
+        else ("is headless (clusterIP: None)", "headless is off")
+    )
+    return (
+        f"Service {target.key} {now} and {wanted}; a Service's clusterIP cannot change in "
+        f"place: delete it (kubectl delete service -n {target.namespace} {target.service}) "
+        "and syncd creates it again as configured, with its endpoints"
+    )
+
+
 def family_warning(target: Target, live: LiveState, backends: Iterable[Backend]) -> str | None:
     """The live Service has no ClusterIP of a family its ready backends are in: kube-proxy
-    programs a Service's endpoints of its own families only, so those are never used."""
-    families = ((live.service or {}).get("spec") or {}).get("ipFamilies")
-    if not families:
+    programs a Service's endpoints of its own families only, so those are never used.
+    A headless Service has no ClusterIP at all: the cluster DNS answers both families."""
+    spec = (live.service or {}).get("spec") or {}
+    families = spec.get("ipFamilies")
+    if not families or spec.get("clusterIP") == "None":
         return None
     counts = {"IPv4": 0, "IPv6": 0}
     for backend in backends:

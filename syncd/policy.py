@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from syncd.addresses import address_filter
 from syncd.errors import SourceError
+from syncd.hostnames import settle_hostnames
 from syncd.model import (
     AddressPolicy,
     Answer,
@@ -350,4 +351,10 @@ def evaluate(
                 f"{target.health_check.panic_threshold:.0%}); assuming the probe path is "
                 "broken and ignoring the probes"
             )
-    return Evaluation(choose(filtered, state, now, target), tuple(warnings), panic)
+    verdict = choose(filtered, state, now, target)
+    if verdict.decision is not None:
+        named = settle_hostnames(verdict.decision.backends)
+        warnings += named.warnings
+        if named.backends is not verdict.decision.backends:
+            verdict = replace(verdict, decision=replace(verdict.decision, backends=named.backends))
+    return Evaluation(verdict, tuple(warnings), panic)

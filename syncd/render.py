@@ -256,6 +256,8 @@ def render_service(
     family's); a single-stack cluster gives it its one family, and refuses nothing. It is
     set when the Service is created and not compared after: the server defaults it, and
     changing an existing Service's families is the owner's call (syncd warns instead).
+    A headless target's Service gets `clusterIP: None` instead, also on create only (the
+    API server refuses to change it): no ClusterIP, so its name answers every ready backend.
     """
     metadata: dict[str, Any] = {
         "name": target.service,
@@ -271,7 +273,9 @@ def render_service(
     }
     if target.traffic_distribution:
         spec["trafficDistribution"] = target.traffic_distribution
-    if dual_stack:
+    if target.headless:  # set on create only: a Service's clusterIP cannot change after
+        spec["clusterIP"] = "None"
+    elif dual_stack:
         spec["ipFamilyPolicy"] = "PreferDualStack"
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
@@ -349,6 +353,8 @@ def _endpoint(backend: Backend, hints: bool) -> dict[str, Any]:
         "addresses": [backend.address],
         "conditions": {"ready": backend.ready},
     }
+    if backend.hostname:  # the cluster DNS answers <hostname>.<service>.<namespace>.svc
+        endpoint["hostname"] = backend.hostname
     if backend.zone:
         endpoint["zone"] = backend.zone
         if hints:
@@ -364,15 +370,18 @@ def render_endpoints(
 ) -> dict[str, Any]:
     """Legacy v1 Endpoints (deprecated since Kubernetes 1.33, still served): opt-in output."""
     by_ports: dict[PortSet, dict[bool, set[str]]] = defaultdict(lambda: {True: set(), False: set()})
+    names: dict[str, str] = {}
     for backend in backends:
         by_ports[backend.ports][backend.ready].add(backend.address)
+        if backend.hostname:
+            names[backend.address] = backend.hostname
     subsets = []
     for ports in sorted(by_ports):
         subset: dict[str, Any] = {}
         for ready, field in ((True, "addresses"), (False, "notReadyAddresses")):
             addresses = sorted(by_ports[ports][ready], key=ip_sort_key)
             if addresses:
-                subset[field] = [{"ip": address} for address in addresses]
+                subset[field] = [_endpoint_address(address, names) for address in addresses]
         subset["ports"] = _ports_list(ports)
         subsets.append(subset)
     labels = _labels(target, "Endpoints", owner_id)
@@ -387,6 +396,11 @@ def render_endpoints(
     if references:
         metadata["ownerReferences"] = references
     return {"apiVersion": "v1", "kind": "Endpoints", "metadata": metadata, "subsets": subsets}
+
+
+def _endpoint_address(address: str, names: dict[str, str]) -> dict[str, str]:
+    name = names.get(address)
+    return {"ip": address, "hostname": name} if name else {"ip": address}
 
 
 def render_target(

@@ -34,7 +34,7 @@ settings.load_profile(
 _SERVER_FIXTURES = {
     "apiserver", "private_apiserver", "admin", "admin_api", "namespace", "run_syncd", "daemon",
     "consul", "consul_acl", "consul_persistent", "consul_tight", "consul_dev", "consul_tls",
-    "bind", "bind_private", "test_hosts",
+    "bind", "bind_private", "test_hosts", "coredns",
 }  # fmt: skip
 _TIER_MARKS = {"dataplane": ("root", "netns"), "image": ("root", "podman")}
 
@@ -202,6 +202,18 @@ def bind(tmp_path_factory):
 def bind_private(tmp_path):
     """A BIND server of the test's own, which it may stop and start."""
     server = _start_bind(tmp_path / "bind")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def coredns(apiserver, tmp_path_factory):
+    """A real CoreDNS answering cluster.local. from the API server's Services and slices."""
+    from harness.coredns_server import CoreDns
+
+    server = _started(
+        CoreDns(tmp_path_factory.mktemp("coredns"), apiserver.admin_kubeconfig), "CoreDNS"
+    )
     yield server
     server.stop()
 

@@ -70,6 +70,7 @@ _TARGET_KEYS = {
     "max_endpoints_per_slice",
     "drain_floor",
     "traffic_distribution",
+    "headless",
 }
 
 
@@ -227,7 +228,20 @@ def _target_extras(
     extras.update(numbers(data, scope, {"drain_floor": (0, 100_000, True)}))
     if "traffic_distribution" in data:
         extras.update(_traffic_distribution(data, scope, manage_service))
+    if "headless" in data:
+        extras.update(_headless(data, scope, manage_service))
     return extras
+
+
+def _headless(data: dict, scope: Scope, manage_service: bool) -> dict[str, Any]:
+    headless = flag(data, "headless", scope)
+    if headless and not manage_service:
+        scope.at("headless").error(
+            "syncd does not change a Service it does not manage; create that Service with "
+            "clusterIP: None yourself (its endpoints' names work either way)"
+        )
+        return {}
+    return {} if headless is None else {"headless": headless}
 
 
 def _ports_as_given(data: dict) -> tuple[ServicePort, ...] | None:

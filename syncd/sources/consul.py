@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 import consul
 
 from syncd.errors import SourceError
-from syncd.kinds import is_label_value
+from syncd.kinds import HOSTNAME_RULE, is_label_value, registry_hostname
 from syncd.memo import WORTH_REMEMBERING
 from syncd.model import (
     Backend,
@@ -48,7 +48,7 @@ from syncd.sources.consul_config import (
     parse_query,
     parse_service,
 )
-from syncd.sources.types import SourceNeeds, SourceType
+from syncd.sources.types import HOSTNAME_FROM_PATTERN, SourceNeeds, SourceType
 
 # --------------------------------------------------------------------------- what is kept
 
@@ -88,6 +88,7 @@ class Instance(NamedTuple):
     tagged: tuple[str, Any] | None  # the tagged service address the source chose, and port
     zone: Any  # the service's `zone_meta` value; None if it has none
     checks: tuple[Check, ...]
+    name_meta: Any = None  # with hostname_from meta:<key>: its service (else node) value
 
     @property
     def key(self) -> tuple[str, str]:
@@ -103,12 +104,13 @@ def slim_entry(
     entry: Mapping[str, Any],
     address: ConsulAddress = ConsulAddress.SERVICE,
     zone_meta: str = "zone",
+    name_meta: str | None = None,
 ) -> Instance:
     """What syncd keeps of a /v1/health/service entry: of the tagged addresses only the
-    `address` chosen, of the meta only the `zone_meta` key, none of the check outputs,
-    proxy settings or raft indexes. The node's record and its node checks are held once
-    however many instances sit on the node, and repeated strings (node names, statuses)
-    once in all."""
+    `address` chosen, of the meta only the `zone_meta` and `name_meta` keys, none of the
+    check outputs, proxy settings or raft indexes. The node's record and its node checks
+    are held once however many instances sit on the node, and repeated strings (node
+    names, statuses) once in all."""
     node = entry.get("Node") or {}
     service = entry.get("Service") or {}
     node_name = _shared(node.get("Node", ""))
@@ -134,6 +136,9 @@ def slim_entry(
         ),
         zone=_meta(service, zone_meta),
         checks=tuple(_check(check, node_name, instance_id) for check in entry.get("Checks") or ()),
+        name_meta=(
+            None if name_meta is None else _meta(service, name_meta) or _meta(node, name_meta)
+        ),
     )
 
 
@@ -212,6 +217,7 @@ class MappedEntry:
     zone: str | None = None
     warnings: tuple[str, ...] = ()
     dropped: str | None = None  # the metric's reason
+    hostname: str | None = None
 
 
 def map_entry(instance: Instance, source: ConsulSourceConfig) -> MappedEntry:
@@ -237,8 +243,9 @@ def map_entry(instance: Instance, source: ConsulSourceConfig) -> MappedEntry:
     address = checked
     warnings: list[str] = []
     zone = _instance_zone(instance, source.zone_meta, warnings)
+    hostname = _instance_hostname(instance, source.hostname_from, warnings)
     ready = instance_ready((check.status for check in instance.checks), source.warning_is_ready)
-    return MappedEntry((address, port), ready, zone, tuple(warnings))
+    return MappedEntry((address, port), ready, zone, tuple(warnings), hostname=hostname)
 
 
 EntryMemo = dict[int, tuple[Instance, "Backend | MappedEntry"]]
@@ -258,7 +265,7 @@ def _backend(mapped: MappedEntry, port_name: str, protocol: str) -> Backend:
     assert mapped.identity is not None
     address, port = mapped.identity
     ports = port_set(EndpointPort(port_name, port, protocol))
-    return Backend(address, ports, mapped.ready, mapped.zone)
+    return Backend(address, ports, mapped.ready, mapped.zone, mapped.hostname)
 
 
 def backends_from_health(
@@ -266,7 +273,10 @@ def backends_from_health(
 ) -> tuple[frozenset[Backend], list[str]]:
     """/v1/health/service entries (as Consul sent them) -> backends, plus a warning per
     dropped entry."""
-    instances = [slim_entry(entry, source.address, source.zone_meta) for entry in entries]
+    name_meta = name_meta_key(source.hostname_from)
+    instances = [
+        slim_entry(entry, source.address, source.zone_meta, name_meta) for entry in entries
+    ]
     return backends_from_instances(instances, source, target)
 
 
@@ -311,12 +321,46 @@ def backends_from_instances(
                 backend.ports,
                 backend.ready or other.ready,  # one healthy registration is enough
                 other.zone or backend.zone,
+                other.hostname or backend.hostname,
             )
         by_identity[identity] = backend
     if memo is not None:
         memo.clear()
         memo.update(seen)
     return frozenset(by_identity.values()), warnings
+
+
+def name_meta_key(hostname_from: str | None) -> str | None:
+    """The meta key an instance's name is read from (hostname_from meta:<key>), or None."""
+    if hostname_from is None or not hostname_from.startswith("meta:"):
+        return None
+    return hostname_from[5:]
+
+
+def _instance_hostname(
+    instance: Instance, hostname_from: str | None, warnings: list[str]
+) -> str | None:
+    """The instance's DNS name in the cluster, when the source asks for one: its node's
+    name, its service ID or a meta value, lowercased; a name that cannot be one is left
+    out (the endpoint stays), with a warning."""
+    if hostname_from is None:
+        return None
+    if hostname_from == "node":
+        given: Any = instance.node.name
+    elif hostname_from == "service_id":
+        given = instance.id
+    else:
+        given = instance.name_meta
+    if given is None or given == "":  # e.g. an instance without the meta key: no name
+        return None
+    name = registry_hostname(str(given))
+    if name is None:
+        what = hostname_from.replace(":", " ", 1).replace("_", " ")
+        warnings.append(
+            f"{instance.name}: {what} {str(given)!r} is not a hostname ({HOSTNAME_RULE}); "
+            "kept without a name"
+        )
+    return name
 
 
 def _instance_zone(instance: Instance, key: str, warnings: list[str]) -> str | None:
@@ -440,6 +484,7 @@ class ConsulQuerySource:
             address=config.address,
             warning_is_ready=config.warning_is_ready,
             zone_meta=config.zone_meta,
+            hostname_from=config.hostname_from,
         )
 
     def describe(self) -> str:
@@ -504,6 +549,11 @@ _SHARED_CRD = {
         "type": "string",
         "description": "consul: the meta key holding the zone (default zone)",
     },
+    "hostname_from": {
+        "type": "string",
+        "pattern": HOSTNAME_FROM_PATTERN,
+        "description": "consul: each endpoint's DNS name: node, service_id or meta:<key>",
+    },
 }
 
 SOURCE_TYPES = (
@@ -547,6 +597,11 @@ SOURCE_TYPES = (
                 "rule": "self.type != 'consul' || has(self.service)",
                 "message": "a consul source needs 'service'",
             },
+            {
+                "rule": "self.type != 'consul' || !has(self.hostname_from) || "
+                "self.hostname_from != 'srv_target'",
+                "message": "a consul source takes hostname_from: node, service_id or meta:<key>",
+            },
         ),
         needs=frozenset({"consul"}),
         check_all=check_budget,
@@ -569,6 +624,11 @@ SOURCE_TYPES = (
             {
                 "rule": "self.type != 'consul_query' || has(self.query)",
                 "message": "a consul_query source needs 'query'",
+            },
+            {
+                "rule": "self.type != 'consul_query' || !has(self.hostname_from) || "
+                "self.hostname_from != 'srv_target'",
+                "message": "consul_query takes hostname_from: node, service_id or meta:<key>",
             },
         ),
         needs=frozenset({"consul"}),

@@ -57,6 +57,7 @@ class ConsulSourceConfig:
     consistency: ConsulConsistency = ConsulConsistency.DEFAULT
     warning_is_ready: bool = True
     zone_meta: str = "zone"  # the service (else node) meta key that names an instance's zone
+    hostname_from: str | None = None  # node, service_id or meta:<key>; None: no names
 
     @property
     def kind(self) -> str:
@@ -92,6 +93,7 @@ class ConsulQuerySourceConfig:
     warning_is_ready: bool = True
     poll_interval: float = 5.0
     zone_meta: str = "zone"
+    hostname_from: str | None = None
 
     @property
     def kind(self) -> str:
@@ -126,6 +128,7 @@ _CONSUL_SOURCE_KEYS = {
     "consistency",
     "warning_is_ready",
     "zone_meta",
+    "hostname_from",
 }
 
 
@@ -166,6 +169,8 @@ def parse_service(
     warning_is_ready = flag(data, "warning_is_ready", scope)
     if "zone_meta" in data:
         optional["zone_meta"] = _meta_key(data["zone_meta"], scope.at("zone_meta"))
+    if "hostname_from" in data:
+        optional["hostname_from"] = _hostname_from(data["hostname_from"], scope.at("hostname_from"))
     if len(scope.checker.problems) > before or service is None:
         return None
     return ConsulSourceConfig(
@@ -186,7 +191,16 @@ def parse_query(
     data = expect_mapping(
         raw,
         scope,
-        {"type", "query", "port", "address", "warning_is_ready", "poll_interval", "zone_meta"},
+        {
+            "type",
+            "query",
+            "port",
+            "address",
+            "warning_is_ready",
+            "poll_interval",
+            "zone_meta",
+            "hostname_from",
+        },
         {"type", "query"},
     )
     if data is None:
@@ -201,6 +215,8 @@ def parse_query(
         values["warning_is_ready"] = data["warning_is_ready"]
     if "zone_meta" in data:
         values["zone_meta"] = _meta_key(data["zone_meta"], scope.at("zone_meta"))
+    if "hostname_from" in data:
+        values["hostname_from"] = _hostname_from(data["hostname_from"], scope.at("hostname_from"))
     if len(scope.checker.problems) > before or query is None:
         return None
     return ConsulQuerySourceConfig(query=query, port_name=port_name, **values)
@@ -215,6 +231,20 @@ def _meta_key(value: Any, scope: Scope) -> str:
         scope.error(f"{value!r} is not a Consul meta key (letters, digits, '-', '_')")
         return "zone"
     return value
+
+
+HOSTNAME_FROM = ("node", "service_id", "meta:<key>")
+
+
+def _hostname_from(value: Any, scope: Scope) -> str | None:
+    """Where an instance's DNS name comes from: its node's name, its service ID, or a
+    service (else node) meta key."""
+    if value in ("node", "service_id"):
+        return str(value)
+    if isinstance(value, str) and value.startswith("meta:"):
+        return "meta:" + _meta_key(value[5:], scope)
+    scope.error(f"{value!r} is not one of: {', '.join(HOSTNAME_FROM)}")
+    return None
 
 
 def check_budget(

@@ -18,7 +18,7 @@ from typing import Any
 from syncd.errors import SourceError
 from syncd.model import ready_count
 from syncd.sources.base import ChangeEmitter
-from syncd.sources.consul import ConsulSource, EntryMemo, Instance, slim_entry
+from syncd.sources.consul import ConsulSource, EntryMemo, Instance, name_meta_key, slim_entry
 from syncd.sources.consul_api import HeldClient
 from syncd.sources.consul_config import ConsulAddress, ConsulSourceConfig
 from syncd.sources.consul_state import QueryState
@@ -30,12 +30,13 @@ Scope = tuple[str | None, str | None, str | None]  # datacenter, namespace, part
 
 def query_key(config: ConsulSourceConfig) -> QueryKey:
     """Sources with equal keys share one query. What an instance keeps of its entry depends
-    on the address and zone key the source reads (see `slim_entry`), so they are part of it:
+    on the address and meta keys the source reads (see `slim_entry`), so they are part of it:
     two targets reading different addresses of one service ask twice."""
     return (
         config.service,
         config.address,
         config.zone_meta,
+        name_meta_key(config.hostname_from),
         config.tags,
         config.datacenter,
         config.node_meta,
@@ -94,7 +95,8 @@ class Query(QueryState):
 
     def __init__(self, key: QueryKey, source: ConsulSource):
         super().__init__()
-        self.slim = _slimmer(source.config.address, source.config.zone_meta)
+        config = source.config
+        self.slim = _slimmer(config.address, config.zone_meta, name_meta_key(config.hostname_from))
         self.key = key
         self.source = source  # the first subscriber's; all ask the same
         self.scope = scope_of(source.config)
@@ -161,9 +163,11 @@ class Query(QueryState):
 
 
 @functools.cache
-def _slimmer(address: ConsulAddress, zone_meta: str) -> Callable[[Mapping[str, Any]], Instance]:
-    """One slimming function per (address, zone key), shared by the queries using it."""
-    return functools.partial(slim_entry, address=address, zone_meta=zone_meta)
+def _slimmer(
+    address: ConsulAddress, zone_meta: str, name_meta: str | None
+) -> Callable[[Mapping[str, Any]], Instance]:
+    """One slimming function per (address, meta keys), shared by the queries using it."""
+    return functools.partial(slim_entry, address=address, zone_meta=zone_meta, name_meta=name_meta)
 
 
 class Queries:

@@ -33,6 +33,7 @@ import dns.rdatatype
 import dns.resolver
 
 from syncd.errors import SourceError
+from syncd.kinds import HOSTNAME_RULE, registry_hostname
 from syncd.model import (
     AddressFamily,
     Backend,
@@ -45,7 +46,7 @@ from syncd.model import (
 )
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
 from syncd.sources.base import Dropped, checked_entry
-from syncd.sources.types import SourceNeeds, SourceType
+from syncd.sources.types import HOSTNAME_FROM_PATTERN, SourceNeeds, SourceType
 from syncd.syntax.backends import parse_endpoint_ports, parse_zone
 from syncd.syntax.checks import (
     Scope,
@@ -75,6 +76,7 @@ class DnsSourceConfig:
     min_ttl: float = 5.0  # refresh no more often than this ...
     max_ttl: float = 300.0  # ... and no less often than this, whatever the TTL says
     zone: str | None = None  # the zone of every backend this source lists
+    hostname_from: str | None = None  # srv_target: each SRV target's first label names it
 
     @property
     def kind(self) -> str:
@@ -95,6 +97,8 @@ class DnsSourceConfig:
 # --------------------------------------------------------------------------- its config
 
 
+_Entry = tuple[str, tuple[EndpointPort, ...], bool, str | None]  # address, ports, ready, name
+
 _DNS_SOURCE_KEYS = {
     "type",
     "srv",
@@ -109,6 +113,7 @@ _DNS_SOURCE_KEYS = {
     "min_ttl",
     "max_ttl",
     "zone",
+    "hostname_from",
 }
 
 
@@ -170,9 +175,21 @@ def parse(
         scope.error("min_ttl must not be larger than max_ttl")
     if "zone" in data:
         values["zone"] = parse_zone(data, "zone", scope)
+    if "hostname_from" in data:
+        values["hostname_from"] = _hostname_from(data["hostname_from"], mode, scope)
     if len(scope.checker.problems) > before:
         return None
     return DnsSourceConfig(**values)
+
+
+def _hostname_from(value: Any, mode: str, scope: Scope) -> str | None:
+    if value != "srv_target":
+        scope.at("hostname_from").error(f"{value!r} is not: srv_target")
+    elif mode != "srv":
+        scope.at("hostname_from").error("only for 'srv': an A/AAAA answer has no name per address")
+    else:
+        return "srv_target"
+    return None
 
 
 def _nameservers(value: Any, scope: Scope) -> tuple[tuple[str, int], ...]:
@@ -315,14 +332,14 @@ class DnsSource:
         return self._resolve_name(self._config.name or "")
 
     def _resolve_name(self, name: str) -> Resolution:
-        entries: list[tuple[str, tuple[EndpointPort, ...], bool]] = []
+        entries: list[_Entry] = []
         ttls: list[float] = []
         missing = True
         for family in self._config.families:
             found = self._addresses(name, _RDTYPE[family], {})
             ttls.append(found.ttl)
             missing &= found.nxdomain
-            entries += [(address, self._config.ports, True) for address in found.addresses]
+            entries += [(address, self._config.ports, True, None) for address in found.addresses]
         resolution = self._resolution(entries, min(ttls))
         return _said_missing(resolution, name) if missing else resolution
 
@@ -335,11 +352,12 @@ class DnsSource:
         additional = {(rrset.name, rrset.rdtype): rrset for rrset in answer.response.additional}
         service_port = next(p for p in self._target.ports if p.name == self._config.service_port)
         warnings: list[str] = []
-        by_priority: dict[int, list[tuple[str, tuple[EndpointPort, ...]]]] = {}
+        by_priority: dict[int, list[tuple[str, tuple[EndpointPort, ...], str | None]]] = {}
         for record in records:
             target = record.target.to_text()
             if target == ".":
                 continue  # RFC 2782: the service is decidedly not available here
+            hostname = self._hostname(record.target, warnings)
             addresses: list[str] = []
             unresolved = True
             for family in self._config.families:
@@ -352,35 +370,50 @@ class DnsSource:
                 DROPPED_ENTRIES.labels(self._target.key, "unresolved").inc()
                 continue
             ports = port_set(EndpointPort(service_port.name, record.port, service_port.protocol))
-            by_priority.setdefault(record.priority, []).extend((a, ports) for a in addresses)
-        entries: list[tuple[str, tuple[EndpointPort, ...], bool]] = []
+            by_priority.setdefault(record.priority, []).extend(
+                (a, ports, hostname) for a in addresses
+            )
+        entries: list[_Entry] = []
         active: int | None = None
         for priority in sorted(by_priority):
-            if active is None and any(_usable(a, p) for a, p in by_priority[priority]):
+            if active is None and any(_usable(a, p) for a, p, _ in by_priority[priority]):
                 active = priority
-            entries += [(a, p, priority == active) for a, p in by_priority[priority]]
+            entries += [(a, p, priority == active, h) for a, p, h in by_priority[priority]]
         resolution = self._resolution(entries, min(ttls))
         return Resolution(
             resolution.backends, resolution.ttl, tuple(warnings) + resolution.warnings
         )
 
-    def _resolution(
-        self, entries: Iterable[tuple[str, tuple[EndpointPort, ...], bool]], ttl: float
-    ) -> Resolution:
-        """Validate untrusted records into backends; merge duplicates (ready if any copy is)."""
+    def _hostname(self, target: dns.name.Name, warnings: list[str]) -> str | None:
+        """An SRV target's first label as its endpoint's name, when the source asks."""
+        if self._config.hostname_from is None or not target.labels:
+            return None
+        label = target.labels[0].decode("ascii", "replace")
+        name = registry_hostname(label)
+        if name is None:
+            warnings.append(
+                f"SRV target {target.to_text()}: {label!r} is not a hostname "
+                f"({HOSTNAME_RULE}); kept without a name"
+            )
+        return name
+
+    def _resolution(self, entries: Iterable[_Entry], ttl: float) -> Resolution:
+        """Validate untrusted records into backends; merge duplicates (ready if any copy is,
+        named if any copy is)."""
         warnings: list[str] = []
-        ready_by_identity: dict[tuple[str, tuple[EndpointPort, ...]], bool] = {}
-        for address, ports, ready in entries:
+        merged: dict[tuple[str, tuple[EndpointPort, ...]], tuple[bool, str | None]] = {}
+        for address, ports, ready, hostname in entries:
             checked = checked_entry("", address, (p.port for p in ports))
             if isinstance(checked, Dropped):
                 warnings.append(checked.warning)
                 DROPPED_ENTRIES.labels(self._target.key, checked.reason).inc()
                 continue
             key = (checked, ports)
-            ready_by_identity[key] = ready_by_identity.get(key, False) or ready
+            was_ready, was_named = merged.get(key, (False, None))
+            merged[key] = (was_ready or ready, was_named or hostname)
         backends = frozenset(
-            Backend(address, ports, ready, self._config.zone)
-            for (address, ports), ready in ready_by_identity.items()
+            Backend(address, ports, ready, self._config.zone, hostname)
+            for (address, ports), (ready, hostname) in merged.items()
         )
         return Resolution(backends, ttl, tuple(warnings))
 
@@ -467,11 +500,21 @@ SOURCE_TYPES = (
                 "type": "string",
                 "description": "The zone of every backend this source lists.",
             },
+            "hostname_from": {
+                "type": "string",
+                "pattern": HOSTNAME_FROM_PATTERN,
+                "description": "dns with srv: srv_target (each target's first label)",
+            },
         },
         crd_rules=(
             {
                 "rule": "self.type != 'dns' || (has(self.srv) != has(self.name))",
                 "message": "a dns source needs exactly one of 'srv' or 'name'",
+            },
+            {
+                "rule": "self.type != 'dns' || !has(self.hostname_from) || "
+                "(self.hostname_from == 'srv_target' && has(self.srv))",
+                "message": "a dns source takes hostname_from: srv_target, with srv only",
             },
             {
                 "rule": "(has(self.min_ttl) ? self.min_ttl : 5.0) <= "

@@ -29,7 +29,7 @@ import requests
 
 from syncd.addresses import parse_http_address
 from syncd.errors import SourceError
-from syncd.kinds import is_label_value
+from syncd.kinds import HOSTNAME_RULE, is_label_value, registry_hostname
 from syncd.model import Backend, EndpointPort, ServicePort, Snapshot, Target, port_set
 from syncd.observability import DROPPED_ENTRIES, SOURCE_REQUESTS
 from syncd.sources.base import Dropped, checked_entry
@@ -58,6 +58,7 @@ class HttpSdSourceConfig:
     timeout: float = 10.0  # seconds for a whole request, body included
     max_bytes: int = 8 * 1024 * 1024
     zone_label: str | None = None
+    hostname_label: str | None = None  # a group's label naming its targets' endpoints
     match_labels: tuple[tuple[str, str], ...] = ()
     bearer_token_file: Path | None = None
     username: str | None = None  # basic auth, with password_file
@@ -90,6 +91,7 @@ _KEYS = {
     "timeout",
     "max_bytes",
     "zone_label",
+    "hostname_label",
     "match_labels",
     "bearer_token_file",
     "basic_auth",
@@ -119,8 +121,9 @@ def parse(
     values["port_name"] = served_port(
         data, "port", [p.name for p in ports], scope, "the targets serve"
     )
-    if "zone_label" in data:
-        values["zone_label"] = nonempty_string(data["zone_label"], scope.at("zone_label"))
+    for key in ("zone_label", "hostname_label"):
+        if key in data:
+            values[key] = nonempty_string(data[key], scope.at(key))
     if "match_labels" in data:
         values["match_labels"] = _labels(data["match_labels"], scope.at("match_labels"))
     for key in ("bearer_token_file", "ca_file"):
@@ -272,8 +275,9 @@ class HttpSdSource:
             if any(labels.get(k) != v for k, v in self._config.match_labels):
                 continue
             zone = self._zone(labels, index, warnings)
+            hostname = self._hostname(labels, index, warnings)
             for entry in group["targets"]:
-                backend = self._backend(entry, zone, warnings)
+                backend = self._backend(entry, zone, hostname, warnings)
                 if backend is not None:
                     backends.add(backend)
         return Snapshot(frozenset(backends), self.describe(), tuple(warnings))
@@ -288,7 +292,21 @@ class HttpSdSource:
             return None
         return str(zone)
 
-    def _backend(self, entry: Any, zone: str | None, warnings: list[str]) -> Backend | None:
+    def _hostname(self, labels: dict, index: int, warnings: list[str]) -> str | None:
+        label = self._config.hostname_label
+        if label is None or not labels.get(label):
+            return None
+        name = registry_hostname(str(labels[label]))
+        if name is None:
+            warnings.append(
+                f"group {index}: {label} {labels[label]!r} is not a hostname "
+                f"({HOSTNAME_RULE}); kept without a name"
+            )
+        return name
+
+    def _backend(
+        self, entry: Any, zone: str | None, hostname: str | None, warnings: list[str]
+    ) -> Backend | None:
         host, _, port_text = str(entry).rpartition(":")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         port = int(port_text) if port_text.isascii() and port_text.isdigit() else port_text
@@ -299,7 +317,7 @@ class HttpSdSource:
             return None
         service_port = self._service_port
         ports = port_set(EndpointPort(service_port.name, int(port), service_port.protocol))
-        return Backend(checked, ports, True, zone)
+        return Backend(checked, ports, True, zone, hostname)
 
 
 def _body(response: requests.Response, limit: int, deadline: float) -> bytes:
@@ -352,6 +370,10 @@ SOURCE_TYPES = (
             "zone_label": {
                 "type": "string",
                 "description": "http_sd: the label naming the targets' zone",
+            },
+            "hostname_label": {
+                "type": "string",
+                "description": "http_sd: the label naming a group's endpoints (DNS names)",
             },
             "match_labels": {
                 "type": "object",

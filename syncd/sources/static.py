@@ -116,7 +116,7 @@ SOURCE_TYPES = (
                 "type": "array",
                 "maxItems": 10000,
                 "description": "static: 'address:port' (one-port Services), or {address, "
-                "port | ports: {name: port}, ready, zone}.",
+                "port | ports: {name: port}, ready, zone, hostname}.",
                 # 'address:port' or a mapping: the API server cannot run a rule on a list
                 # entry that may be either, so syncd checks these (Valid=False)
                 "items": {"x-kubernetes-preserve-unknown-fields": True},

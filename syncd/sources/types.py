@@ -36,6 +36,11 @@ class SourceNeeds:
     file_poll_interval: float = 1.0  # seconds between looks at a file's modification time
 
 
+# `hostname_from` is one key of the CRD's source schema whichever types take it (a key
+# has one schema there): every value any type takes; each type's CEL rule narrows it.
+HOSTNAME_FROM_PATTERN = "^(node|service_id|srv_target|meta:[A-Za-z0-9_-]{1,128})$"
+
+
 @dataclass(frozen=True)
 class SourceType:
     """A kind of source, as a config names it (`type: <name>`)."""

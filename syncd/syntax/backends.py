@@ -10,7 +10,7 @@ from typing import Any
 
 from syncd.addresses import AddressRejected, canonical_endpoint_ip
 from syncd.errors import ConfigError
-from syncd.kinds import is_label_value
+from syncd.kinds import HOSTNAME_RULE, is_hostname, is_label_value
 from syncd.model import Backend, EndpointPort, ServicePort, port_set
 from syncd.syntax.checks import Checker, Scope, expect_mapping, flag, kind_name, port_number
 from syncd.syntax.files import MAX_BACKENDS_FILE_BYTES, MAX_BACKENDS_PER_TARGET, read_text_file
@@ -44,6 +44,7 @@ def parse_backend_list(raw: Any, scope: Scope, ports) -> tuple[Backend, ...] | N
         )
         return None
     backends: list[Backend] = []
+    indexes: list[int] = []
     seen: dict[tuple, int] = {}
     before = len(scope.checker.problems)
     for index, item in enumerate(raw):
@@ -56,6 +57,8 @@ def parse_backend_list(raw: Any, scope: Scope, ports) -> tuple[Backend, ...] | N
             continue
         seen[backend.identity] = index
         backends.append(backend)
+        indexes.append(index)
+    _check_hostnames(backends, indexes, scope)
     return tuple(backends) if len(scope.checker.problems) == before else None
 
 
@@ -69,7 +72,9 @@ def _backend(raw: Any, scope: Scope, ports: tuple[ServicePort, ...]) -> Backend 
                 f"'{key}: {value}' reads as a mapping (a space after ':'); write '{key}:{value}'"
             )
             return None
-    data = expect_mapping(raw, scope, {"address", "port", "ports", "ready", "zone"}, {"address"})
+    data = expect_mapping(
+        raw, scope, {"address", "port", "ports", "ready", "zone", "hostname"}, {"address"}
+    )
     if data is None:
         return None
     ok = True
@@ -82,9 +87,46 @@ def _backend(raw: Any, scope: Scope, ports: tuple[ServicePort, ...]) -> Backend 
     endpoint_ports = parse_endpoint_ports(data, scope, ports)
     zone = parse_zone(data, "zone", scope)
     ok &= zone is not None or "zone" not in data
+    hostname = _hostname(data, scope)
+    ok &= hostname is not None or "hostname" not in data
     if not ok or address is None or endpoint_ports is None:
         return None
-    return Backend(address=address, ports=endpoint_ports, ready=ready is not False, zone=zone)
+    return Backend(address, endpoint_ports, ready is not False, zone, hostname)
+
+
+def _hostname(data: dict, scope: Scope) -> str | None:
+    """Its DNS name in the cluster (<hostname>.<service>.<namespace>.svc...)."""
+    if "hostname" not in data:
+        return None
+    value = data["hostname"]
+    if is_hostname(value):
+        return str(value)
+    hint = ""
+    if isinstance(value, str) and "." in value:
+        hint = f": one label, e.g. {value.split('.')[0]!r}; the cluster adds .<service>..."
+    scope.at("hostname").error(f"{value!r} is not a hostname ({HOSTNAME_RULE}){hint}")
+    return None
+
+
+def _check_hostnames(backends: list[Backend], indexes: list[int], scope: Scope) -> None:
+    """One name per address (its ports share it) and one address per name: a name that
+    answered two addresses would be a typo, or a round-robin nobody asked for."""
+    name_of: dict[str, tuple[str, int]] = {}
+    address_of: dict[str, tuple[str, int]] = {}
+    for backend, index in zip(backends, indexes, strict=True):
+        name = backend.hostname
+        if name is None:
+            continue
+        named, at = name_of.setdefault(backend.address, (name, index))
+        if named != name:
+            scope.at(index, "hostname").error(
+                f"{backend.address} is already named {named!r} ([{at}]); an address has one name"
+            )
+        owner, at = address_of.setdefault(name, (backend.address, index))
+        if owner != backend.address:
+            scope.at(index, "hostname").error(
+                f"{name!r} already names {owner} ([{at}]); a name answers one address"
+            )
 
 
 def parse_zone(data: dict, key: str, scope: Scope) -> str | None:

@@ -436,7 +436,7 @@ def test_check_takes_an_externalservice_manifest_too(tmp_path):
     ok = syncd("check", "--config", manifest, check=0)
     assert ok.stdout.strip() == (f"{manifest}: OK (1 ExternalService: storage/ocs-external-rgw-lb)")
     bad = tmp_path / "xsvc.yaml"
-    bad.write_text(manifest.read_text().replace("192.168.7.50:8080", "10.0.0.300:80"))
+    bad.write_text(manifest.read_text().replace("192.168.7.50:8081", "10.0.0.300:80"))
     result = syncd("check", "--config", bad, check=2)
     assert "'10.0.0.300' is not an IP address" in result.stderr
     assert "apiVersion: unknown key" not in result.stderr

@@ -94,11 +94,8 @@ def test_removing_one_gateway_and_failing_another_rewrites_only_their_slices(
     changed = ceph_target(namespace)
     backends = changed["sources"][0]["backends"]
     backends.remove("192.168.7.53:8081")
-    backends[backends.index("192.168.7.54:8080")] = {
-        "address": "192.168.7.54",
-        "port": 8080,
-        "ready": False,
-    }
+    (at,) = [i for i, b in enumerate(backends) if "192.168.7.54" in str(b) and "8081" not in str(b)]
+    backends[at] = {**backends[at], "ready": False}  # {address, port: 8080, hostname}
     write_config(config, changed)
     mark = apiserver.audit.mark()
     run_syncd(config)
@@ -334,12 +331,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
 
     run_syncd(config)
     changed = ceph_target(namespace)
-    changed["sources"][0]["backends"].remove("192.168.7.52:8080")
+    changed["sources"][0]["backends"].remove("192.168.7.52:8081")
     write_config(config, changed)
     mark = apiserver.audit.mark()
     plan = run_syncd(config, "--dry-run")
     assert _writes(apiserver, mark) == []
-    assert f"would update EndpointSlice {namespace}/{SERVICE}-v4-8080-0" in plan.stdout
+    assert f"would update EndpointSlice {namespace}/{SERVICE}-v4-8081-0" in plan.stdout
     assert "-  - address: 192.168.7.52" in plan.stdout
     assert len(endpoint_pairs(slices_of(admin, namespace, SERVICE))) == 12
 

@@ -207,3 +207,21 @@ def test_tls_with_ca_client_certificate_and_server_name(
         check=1,
     )
     assert "STALE" in result.stderr
+
+
+def test_instances_are_named_from_a_meta_key_and_a_bad_name_is_left_out(
+    run_syncd, consul, admin, namespace, tmp_path
+):
+    service = f"named-{namespace}"
+    consul.register(f"{service}-1", service, "192.0.2.61", 8080, Meta={"dns": "RGW-61"})
+    consul.register(f"{service}-2", service, "192.0.2.62", 8080, Meta={"dns": "rgw_62"})
+    consul.register(f"{service}-3", service, "192.0.2.63", 8080)
+    target = consul_target(namespace, service, hostname_from="meta:dns")
+    result = run_syncd(write(tmp_path / "c.yaml", consul, target))
+    names = {
+        e["addresses"][0]: e.get("hostname")
+        for s in slices_of(admin, namespace, service)
+        for e in s["endpoints"]
+    }
+    assert names == {"192.0.2.61": "rgw-61", "192.0.2.62": None, "192.0.2.63": None}
+    assert f"{service}-2: meta dns 'rgw_62' is not a hostname" in result.stderr

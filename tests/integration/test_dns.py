@@ -197,3 +197,30 @@ def test_nameserver_down_keeps_state_then_recovers(
         "recovery",
         timeout=10,
     )
+
+
+def test_srv_targets_name_their_endpoints(run_syncd, bind, admin, namespace, tmp_path):
+    srv = f"_named._tcp.{namespace}.example.test."
+    bind.update(
+        ("add", f"RGW-71.{namespace}", 2, "A", "192.0.2.71"),
+        ("add", f"rgw_72.{namespace}", 2, "A", "192.0.2.72"),
+        ("add", srv, 2, "SRV", f"10 50 8080 RGW-71.{namespace}.example.test."),
+        ("add", srv, 2, "SRV", f"10 50 8080 rgw_72.{namespace}.example.test."),
+    )
+    config = dns_config(tmp_path / "c.yaml", bind, namespace, "rgw", srv=srv)
+    run_syncd(config)
+    unnamed = {
+        e.get("hostname") for s in slices_of(admin, namespace, "rgw") for e in s["endpoints"]
+    }
+    assert unnamed == {None}  # names are asked for
+    config = dns_config(
+        tmp_path / "c.yaml", bind, namespace, "rgw", srv=srv, hostname_from="srv_target"
+    )
+    result = run_syncd(config)
+    names = {
+        e["addresses"][0]: e.get("hostname")
+        for s in slices_of(admin, namespace, "rgw")
+        for e in s["endpoints"]
+    }
+    assert names == {"192.0.2.71": "rgw-71", "192.0.2.72": None}  # lowercased; '_' cannot be
+    assert "'rgw_72' is not a hostname" in result.stderr
