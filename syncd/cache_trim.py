@@ -53,6 +53,13 @@ def _shared_ports(ports: Any) -> Any:
     return _SHARED[key]
 
 
+def _shared_list(values: Any) -> Any:
+    key = ("list", *map(_text, values))
+    if key not in _SHARED:
+        _SHARED[key] = list(key[1:])
+    return _SHARED[key]
+
+
 _CONDITIONS = {ready: {"ready": ready} for ready in (True, False, None)}
 
 
@@ -79,12 +86,17 @@ _ENDPOINT_KEYS = frozenset(("conditions", "zone", "hints", "hostname"))
 
 
 def _trim_service(obj: Obj) -> dict[str, Any]:
+    """Of its spec, what ownership, conflicts and warnings read; the values thousands of
+    Services share (type, families) stored once. Of its clusterIP only whether it has
+    one: `None` (headless) is kept, an address is not (10,000 unique strings)."""
     spec = obj.get("spec") or {}
-    kept = {
-        k: spec[k]
-        for k in ("selector", "type", "trafficDistribution", "ipFamilies", "clusterIP")
-        if k in spec
-    }
+    kept: dict[str, Any] = {k: spec[k] for k in ("selector", "trafficDistribution") if k in spec}
+    if "type" in spec:
+        kept["type"] = _text(spec["type"])
+    if spec.get("ipFamilies"):
+        kept["ipFamilies"] = _shared_list(spec["ipFamilies"])
+    if spec.get("clusterIP") == "None":
+        kept["clusterIP"] = "None"
     kept["ports"] = _shared_ports(spec.get("ports"))
     return {
         "metadata": _trim_metadata(obj),

@@ -216,11 +216,10 @@ def headless_warning(target: Target, live: LiveState, owner_id: str) -> str | No
     service = live.service
     if not target.manage_service or service is None or not updatable_by(service, owner_id):
         return None
-    cluster_ip = (service.get("spec") or {}).get("clusterIP")
-    if cluster_ip is None or (cluster_ip == "None") == target.headless:
+    if ((service.get("spec") or {}).get("clusterIP") == "None") == target.headless:
         return None
     now, wanted = (
-        (f"has ClusterIP {cluster_ip}", "headless: true asks for none")
+        ("has a ClusterIP", "headless: true asks for none")
         if target.headless
         else ("is headless (clusterIP: None)", "headless is off")
     )
