@@ -10,9 +10,10 @@ kube-apiserver + etcd, it starts `syncd run` and prints one row:
 - flips: a random instance's check turned critical or passing (>= 50 times), from the
   Consul write to the EndpointSlice change seen by a Kubernetes watch: p50 / p99, and
   syncd's API writes per flip (audit log); the 5,000-instance service gets its own row;
-- new instances (10, registered at once in random services, passing, on new nodes): the
-  delay from registration to slice of a change no check shows, which a feed-followed
-  service learns from the paced sweep (see docs/performance.md, "Consul at scale");
+- registrations, moves and removals with no check change (--arrivals of each, made at once
+  in random services): from Consul's answer to the slice change. A watched service sees
+  them in a round trip; a feed-followed one (plain HTTP beyond the budget) waits for the
+  paced sweep (see docs/sources.md, "Consul at scale");
 - idle for --idle seconds (default 600: two expiries of Consul's 5-minute blocking
   queries): Consul requests/min (syncd's own count), API requests/min and writes, CPU,
   RSS at start and end (the largest run idles --soak seconds, default 1,800);
@@ -24,7 +25,8 @@ the users' Services exist before syncd runs) and syncd writes their slices
 as an external service monitor does, with checks the benchmark sets itself.
 
 It stops by itself and removes what it started. Run: `make bench-consul-scale`, or
-`.venv/bin/python -m bench.consul_scale --sizes 1000 --idle 60` for a quick look.
+`.venv/bin/python -m bench.consul_scale --sizes 1000 --idle 60` for a quick look; `--tls`
+runs Consul over HTTPS, which syncd speaks as HTTP/2.
 """
 
 from __future__ import annotations
@@ -125,6 +127,24 @@ class Catalog:
         self.instances[service].append((instance_id, node, ip))
         return ip
 
+    def move_instance(self, service: str) -> tuple[str, str]:
+        """The service's last instance registered again at a new address (same ID, same
+        node, its check passing as before): (old address, new address)."""
+        instance_id, node, old = self.instances[service][-1]
+        ip = address(self.next_address)
+        self.next_address += 1
+        self.agent.register_external([(instance_id, service, ip, 8080)], node=node)
+        self.instances[service][-1] = (instance_id, node, ip)
+        return old, ip
+
+    def remove_instance(self, service: str) -> str:
+        """The service's last instance deregistered (its check with it)."""
+        instance_id, node, ip = self.instances[service].pop()
+        self.agent.request(
+            "PUT", "/v1/catalog/deregister", {"Node": node, "ServiceID": instance_id}
+        )
+        return ip
+
     def set_status(self, service: str, k: int, status: str) -> str:
         instance_id, node, ip = self.instances[service][k]
         self.agent.set_external_status(instance_id, status, node=node)
@@ -153,7 +173,8 @@ class SliceWatch:
                         e["addresses"][0]: e["conditions"].get("ready") is not False
                         for e in obj.get("endpoints") or ()
                     }
-                    self.events.put((seen, ready))
+                    service = obj["metadata"]["labels"].get("kubernetes.io/service-name")
+                    self.events.put((seen, service, ready))
                     if self._stop.is_set():
                         return
 
@@ -163,22 +184,28 @@ class SliceWatch:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{ip} ready={ready} not seen")
-            seen, states = self.events.get(timeout=left)
+            seen, _service, states = self.events.get(timeout=left)
             if states.get(ip) is ready:
                 return seen
 
-    def wait_for_all(self, started: dict[str, float], timeout: float) -> list[float]:
-        """Seconds from each address's start to its first appearance as ready."""
+    def wait_for_all(
+        self, started: dict[tuple[str, str, bool], float], timeout: float
+    ) -> list[float]:
+        """Seconds from each change's start to the slice showing it: (service, address,
+        True) an address ready in the service's slice, (..., False) gone from it."""
         deadline = time.monotonic() + timeout
-        arrived: dict[str, float] = {}
+        arrived: dict[tuple[str, str, bool], float] = {}
         while len(arrived) < len(started):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"not seen: {sorted(set(started) - set(arrived))}")
-            seen, states = self.events.get(timeout=left)
-            for ip in started:
-                if ip not in arrived and states.get(ip) is True:
-                    arrived[ip] = seen - started[ip]
+            seen, service, states = self.events.get(timeout=left)
+            for change in started:
+                wanted_service, ip, present = change
+                if change in arrived or service != wanted_service:
+                    continue
+                if (states.get(ip) is True) if present else (ip not in states):
+                    arrived[change] = seen - started[change]
         return list(arrived.values())
 
     def drain(self) -> None:
@@ -190,17 +217,31 @@ class SliceWatch:
         self._stop.set()
 
 
-def arrivals(
+def registry_changes(
     catalog: Catalog, watch: SliceWatch, services: list[str], count: int, rng: random.Random
-) -> list[float]:
-    """`count` new instances of random services registered at once, each timed to its
-    slice: the delay a feed-followed service has for a change no check shows (the sweep)."""
-    watch.drain()
-    started = {}
-    for service in rng.sample(services, min(count, len(services))):
-        begun = time.monotonic()
-        started[catalog.add_instance(service)] = begun
-    return watch.wait_for_all(started, timeout=60 + len(services) / 50)
+) -> dict[str, list[float]]:
+    """Changes no check shows, in `count` random services each, made at once and each
+    timed from Consul's answer to its slice: new instances, instances moved to a new
+    address, instances deregistered. A watched service sees them in a round trip; a
+    feed-followed one waits for the sweep."""
+    timeout = 60 + len(services) / 50
+    chosen = rng.sample(services, min(count, len(services)))
+    results: dict[str, list[float]] = {}
+    for kind in ("registration", "move", "removal"):
+        watch.drain()
+        started: dict[tuple[str, str, bool], float] = {}
+        for service in chosen:
+            if kind == "registration":
+                ip = catalog.add_instance(service)
+                started[(service, ip, True)] = time.monotonic()
+            elif kind == "move":
+                old, ip = catalog.move_instance(service)
+                started[(service, ip, True)] = started[(service, old, False)] = time.monotonic()
+            else:
+                ip = catalog.remove_instance(service)
+                started[(service, ip, False)] = time.monotonic()
+        results[kind] = watch.wait_for_all(started, timeout)
+    return results
 
 
 def settle(metrics_address: str, quiet: float = 6.0, limit: float = 600.0) -> None:
@@ -258,7 +299,15 @@ def main() -> int:
     parser.add_argument("--flips", type=int, default=60, help="flips per run (and big service)")
     parser.add_argument("--gap", type=float, default=0.2, help="seconds between flips")
     parser.add_argument(
-        "--arrivals", type=int, default=10, help="new instances registered per run (at once)"
+        "--arrivals",
+        type=int,
+        default=10,
+        help="registrations, moves and removals per run (each kind at once)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="Consul over HTTPS (certificates from `consul tls`): syncd speaks HTTP/2",
     )
     parser.add_argument("--idle", type=float, default=600.0, help="idle seconds per run")
     parser.add_argument("--soak", type=float, default=1800.0, help="idle seconds, largest run")
@@ -275,7 +324,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="syncd-consul-scale-"))
     apiserver = KubeApiServer(workdir / "kube", service_cidr="10.96.0.0/12")
-    agent = ConsulAgent(workdir / "consul")  # default limits
+    agent = ConsulAgent(workdir / "consul", tls=args.tls)  # default limits
     rows: list[Row] = []
     big_row: Row | None = None
     daemon = None
@@ -306,7 +355,7 @@ def main() -> int:
                 yaml.safe_dump(
                     {
                         "version": 1,
-                        "consul": {"address": agent.address},
+                        "consul": agent.config_section(),
                         "targets": [
                             {
                                 "namespace": namespace,
@@ -381,10 +430,11 @@ def main() -> int:
                     f"{percentile(big, 0.5):.0f} / {percentile(big, 0.99):.0f} ms"
                 )
                 big_row.cells["writes per flip"] = f"{big_writes / len(big):.2f}"
-            print("new instances without a check change ...", flush=True)
-            waits = arrivals(catalog, watch, services, args.arrivals, rng)
-            row.cells["new instance, no check change: p50 / max"] = (
-                f"{percentile(waits, 0.5):.1f} / {max(waits):.1f} s"
+            print("registrations, moves, removals without a check change ...", flush=True)
+            changes = registry_changes(catalog, watch, services, args.arrivals, rng)
+            waits = [w for kind in changes.values() for w in kind]
+            row.cells["registration, move, removal (no check change): p50 / p99 / max"] = (
+                f"{percentile(waits, 0.5):.2f} / {percentile(waits, 0.99):.2f} / {max(waits):.2f} s"
             )
             watch.stop()
             settle(metrics_address)  # the sweep those registrations started: not idle

@@ -3,8 +3,10 @@
 `dev=True` (default) is `consul agent -dev`: in memory, fast. `dev=False` runs a one-node
 server with a data directory, so registrations survive `restart()` as in production.
 With `acl=True` the default policy is deny and `management_token` can do everything.
-With `tls=True` only HTTPS is served, with a certificate for the name `consul.test` (not
-127.0.0.1, so clients must verify against that name) and client certificates required.
+With `tls=True` only HTTPS is served, with certificates made by `consul tls` as an operator
+makes them, client certificates required. Consul's server certificate also names
+localhost and 127.0.0.1, so that agent listens on 127.0.0.2: a client must verify it as
+`consul.test`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from harness.certs import make_certs
 from harness.kube_apiserver import (
     ServerStartError,
     _tail,
@@ -52,14 +53,50 @@ class ConsulAgent:
     @property
     def address(self) -> str:
         scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.ports['http']}"
+        return f"{scheme}://{self.client_address}:{self.ports['http']}"
+
+    @property
+    def client_address(self) -> str:
+        return "127.0.0.2" if self.tls else "127.0.0.1"
+
+    def config_section(self) -> dict:
+        """syncd's `consul:` section that reaches this agent (its TLS files too)."""
+        if not self.tls:
+            return {"address": self.address}
+        return {
+            "address": self.address,
+            "ca_file": str(self.certs / "ca.pem"),
+            "cert_file": str(self.certs / "client.pem"),
+            "key_file": str(self.certs / "client.key"),
+            "tls_server_name": self.SERVER_NAME,
+        }
 
     @property
     def certs(self) -> Path:
         return self.workdir / "certs"
 
     def _make_certs(self) -> None:
-        make_certs(self.certs, self.SERVER_NAME)
+        """As an operator makes them: `consul tls ca create` and `consul tls cert create`
+        (the server's is for the agent's own RPC too, so it may also act as a client).
+        Kept under the names the tests use: ca.pem, server.pem/.key, client.pem/.key."""
+        self.certs.mkdir(parents=True, exist_ok=True)
+        binary = server_binaries()["consul"]
+
+        def consul_tls(*args: str) -> None:
+            subprocess.run([binary, "tls", *args], check=True, capture_output=True, cwd=self.certs)
+
+        consul_tls("ca", "create", "-days", "2")
+        consul_tls("cert", "create", "-server", "-dc", "dc1", "-days", "2",
+                   f"-additional-dnsname={self.SERVER_NAME}")  # fmt: skip
+        consul_tls("cert", "create", "-client", "-dc", "dc1", "-days", "2")
+        for made, name in (
+            ("consul-agent-ca.pem", "ca.pem"),
+            ("dc1-server-consul-0.pem", "server.pem"),
+            ("dc1-server-consul-0-key.pem", "server.key"),
+            ("dc1-client-consul-0.pem", "client.pem"),
+            ("dc1-client-consul-0-key.pem", "client.key"),
+        ):
+            (self.certs / made).rename(self.certs / name)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -74,7 +111,7 @@ class ConsulAgent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config: dict = {
             "bind_addr": "127.0.0.1",
-            "client_addr": "127.0.0.1",
+            "client_addr": self.client_address,
             "node_name": "syncd-test",
             "ports": {**self.ports, "dns": -1, "grpc": -1, "grpc_tls": -1},
             "log_level": "warn",
@@ -92,6 +129,7 @@ class ConsulAgent:
                     "cert_file": str(self.certs / "server.pem"),
                     "key_file": str(self.certs / "server.key"),
                     "verify_incoming": True,
+                    "verify_outgoing": True,  # its own RPC (blocking queries' streaming)
                 }
             }
         if self.acl:

@@ -94,6 +94,13 @@ CONSUL_CONNECTIONS = Gauge(
     "Connections to Consul held now, or that the shared readers may open (<= max_connections)",
     registry=REGISTRY,
 )
+CONSUL_STREAMS = Gauge(
+    "syncd_consul_streams",
+    "Requests in flight to Consul over HTTP/2 (blocking queries included), and how many "
+    "fit in the connection budget",
+    ["state"],
+    registry=REGISTRY,
+)
 UNSUPPORTED_FIELDS = Gauge(
     "syncd_unsupported_field",
     "1 for a field value this cluster's API server does not keep; syncd leaves it out",

@@ -105,7 +105,7 @@ def run_once(
         config = resources.merge(config).config  # the file's targets and the resources'
     networks = read_networks(kube, config, settings)
     sink = _sink(kube, cache, config, settings, stop, resources is not None)
-    consul = ConsulClients(config.consul, min(settings.workers, config.consul.max_connections))
+    consul = ConsulClients(config.consul, min(settings.workers, config.consul.budget()))
 
     def reported(result: TargetResult) -> TargetResult:
         if report is not None:

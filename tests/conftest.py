@@ -34,6 +34,7 @@ settings.load_profile(
 _SERVER_FIXTURES = {
     "apiserver", "private_apiserver", "admin", "admin_api", "namespace", "run_syncd", "daemon",
     "consul", "consul_acl", "consul_persistent", "consul_tight", "consul_dev", "consul_tls",
+    "consul_dev_any",
     "bind", "bind_private", "test_hosts", "coredns",
 }  # fmt: skip
 _TIER_MARKS = {"dataplane": ("root", "netns"), "image": ("root", "podman")}
@@ -172,6 +173,15 @@ def consul_tight(tmp_path):
 def consul_dev(tmp_path):
     """A private `consul agent -dev`: restarting it loses everything and resets the index."""
     agent = _start_consul(tmp_path / "consul-dev")
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture(params=["http", "https"])
+def consul_dev_any(request, tmp_path):
+    """A private `consul agent -dev`, over plain HTTP (HTTP/1.1) and over HTTPS (HTTP/2):
+    the test runs once on each."""
+    agent = _start_consul(tmp_path / "consul-dev", tls=request.param == "https")
     yield agent
     agent.stop()
 

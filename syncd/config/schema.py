@@ -521,6 +521,7 @@ _CONSUL_CONNECTION_KEYS = {
     "min_query_interval",
     "max_connections",
     "sweep_rate",
+    "http2",
 }
 
 
@@ -549,6 +550,8 @@ def parse_consul_connection(raw: Any, scope: Scope, base_dir: Path) -> ConsulCon
         )
     if ("cert_file" in data) != ("key_file" in data):
         scope.error("cert_file and key_file go together")
+    if flag(data, "http2", scope) is not None:
+        values["http2"] = data["http2"]
     values.update(
         numbers(
             data,

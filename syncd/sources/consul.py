@@ -38,7 +38,7 @@ from syncd.model import (
 )
 from syncd.observability import DROPPED_ENTRIES
 from syncd.sources.base import Dropped, checked_entry
-from syncd.sources.consul_api import ConsulClients, Reply, get
+from syncd.sources.consul_api import ConsulClients, Reply, get, get_async
 from syncd.sources.consul_config import (
     ConsulAddress,
     ConsulConsistency,
@@ -48,6 +48,7 @@ from syncd.sources.consul_config import (
     parse_query,
     parse_service,
 )
+from syncd.sources.consul_h2 import Http2Pool
 from syncd.sources.types import HOSTNAME_FROM_PATTERN, SourceNeeds, SourceType
 
 # --------------------------------------------------------------------------- what is kept
@@ -396,6 +397,8 @@ def query_params(source: ConsulSourceConfig, index: int, wait: float) -> list[tu
 
 # --------------------------------------------------------------------------- sources
 
+_DENIED = "ACL token lacks read access"
+
 
 class ConsulSource:
     """One Consul service as the backends of one target."""
@@ -436,10 +439,34 @@ class ConsulSource:
             params,
             kind="consul",
             name=self.describe(),
-            denied="ACL token lacks read access",
+            denied=_DENIED,
             unless_index=unless_index,
             keep=keep,
         )
+        return self._checked(reply)
+
+    async def read_async(
+        self,
+        pool: Http2Pool,
+        index: int = 0,
+        keep: Callable[[Mapping[str, Any]], Instance] | None = None,
+    ) -> Reply:
+        """`read` as a coroutine on the HTTP/2 pool's loop: a watch, without a thread."""
+        connection = self.clients.connection
+        reply = await get_async(
+            pool,
+            self.clients.token,
+            self.path,
+            query_params(self.config, index, connection.wait),
+            connection.timeout,
+            kind="consul",
+            name=self.describe(),
+            denied=_DENIED,
+            keep=keep,
+        )
+        return self._checked(reply)
+
+    def _checked(self, reply: Reply) -> Reply:
         if reply.filtered_by_acls:
             # Consul hides what the token may not read and answers 200: an empty or partial
             # list here is not the registry's answer, and applying it would drain the Service.

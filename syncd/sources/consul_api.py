@@ -2,8 +2,10 @@
 one GET that turns every failure into a counted SourceError.
 
 Connections are what Consul limits (`limits.http_max_conns_per_client`, 200 by default,
-per client IP), so a client here is one HTTP connection: it is used by one thread at a
-time, and `ConsulClients` hands out at most `size` of them.
+per client IP). Over HTTP/1.1 a client here is one HTTP connection: it is used by one
+thread at a time, and `ConsulClients` hands out at most `size` of them. Over HTTPS, when
+the agent offers HTTP/2, every client shares the pool of syncd.sources.consul_h2: a
+request is a stream, hundreds to a connection.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ from syncd.errors import ConfigError, SourceError
 from syncd.model import CONSUL_PORT, ConsulConnection
 from syncd.observability import SOURCE_REQUESTS
 from syncd.redact import without_query
+from syncd.sources.consul_h2 import (
+    Http2HTTPClient,
+    Http2Pool,
+    Http2Unavailable,
+    StreamFailed,
+    blocking_timeout,
+    path_with_query,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -321,9 +332,11 @@ def make_client(
     connection: ConsulConnection,
     sockets: weakref.WeakSet | None = None,
     token: TokenSource | None = None,
+    pool: Http2Pool | None = None,
 ) -> consul.Consul:
     """A py-consul client for `connection` (see resolve_endpoint); with `sockets`, every
-    socket it opens is added there; with `token`, that source of the token (shared)."""
+    socket it opens is added there; with `token`, that source of the token (shared); with
+    `pool`, its requests are HTTP/2 streams of that pool."""
     try:
         endpoint = resolve_endpoint(connection)
     except ConfigError as exc:  # valid at start; a file since removed, say
@@ -339,6 +352,11 @@ def make_client(
         else None,
         connections_timeout=connection.timeout,
     )
+    if pool is not None:
+        client.http = Http2HTTPClient(
+            pool, endpoint.host.strip("[]"), endpoint.port, connection.timeout
+        )
+        return client
     server_name = endpoint.server_name if endpoint.scheme == "https" else None
     if server_name or sockets is not None:
         client.http.session.mount(f"{endpoint.scheme}://", _Adapter(server_name, sockets))
@@ -362,20 +380,30 @@ class _Client(consul.Consul):
 
 class HeldClient:
     """A client one thread keeps for its blocking queries. Another thread can `interrupt`
-    it: its connection is shut down, so the query in flight fails at once and a stopped
-    watch lets go of its connection now, not when its wait runs out."""
+    it: the query in flight fails at once (over HTTP/1.1 its connection is shut down; over
+    HTTP/2 its stream is reset, the connection is shared), so a stopped watch lets go now,
+    not when its wait runs out."""
 
-    def __init__(self, connection: ConsulConnection, token: TokenSource | None = None):
+    def __init__(
+        self,
+        connection: ConsulConnection,
+        token: TokenSource | None = None,
+        pool: Http2Pool | None = None,
+    ):
         self._sockets: weakref.WeakSet = weakref.WeakSet()
-        self.client = make_client(connection, self._sockets, token)
+        self.client = make_client(connection, self._sockets, token, pool)
 
     def interrupt(self) -> None:
+        if isinstance(self.client.http, Http2HTTPClient):
+            self.client.http.interrupt()
+            return
         for sock in list(self._sockets):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self.client.http.session.close()
+        if not isinstance(self.client.http, Http2HTTPClient):
+            self.client.http.session.close()
 
 
 @dataclass(frozen=True)
@@ -421,28 +449,84 @@ def get(
             if fresh == headers:
                 raise
             reply = client.http.get(parse, path, params=params, headers=fresh)
-    except _TooMany:
-        SOURCE_REQUESTS.labels(kind, "throttled").inc()
-        raise SourceError(
-            f"{name}: Consul refused the request (429: too many requests or connections "
-            "from this client; see consul.max_connections)"
-        ) from None
-    except consul.ACLPermissionDenied:
-        SOURCE_REQUESTS.labels(kind, "denied").inc()
-        raise SourceError(f"{name}: {denied}") from None
-    except consul.NotFound:
-        SOURCE_REQUESTS.labels(kind, "error").inc()
-        raise SourceError(f"{name}: not found") from None
-    except consul.ConsulException as exc:
-        SOURCE_REQUESTS.labels(kind, "error").inc()
-        raise SourceError(f"{name}: {' '.join(str(exc).split())[:300]}") from None
-    except requests.RequestException as exc:
-        SOURCE_REQUESTS.labels(kind, "unreachable").inc()
-        raise SourceError(
-            f"{name}: cannot reach Consul at {client.http.base_uri}: {network_cause(exc)}"
-        ) from None
+    except _FAILURES as exc:
+        raise _failure(exc, kind, name, denied, client.http.base_uri) from None
     SOURCE_REQUESTS.labels(kind, "ok").inc()
     return reply
+
+
+async def get_async(
+    pool: Http2Pool,
+    token: TokenSource | None,
+    path: str,
+    params: list[tuple[str, Any]] | None,
+    timeout: float,
+    *,
+    kind: str,
+    name: str,
+    denied: str,
+    keep: Callable[[dict[str, Any]], Any] | None = None,
+) -> Reply:
+    """`get` for a coroutine on the HTTP/2 pool's loop (a watch): the same answers and
+    the same errors, without a thread waiting for it."""
+    target = path_with_query(path, params)
+    limit = blocking_timeout(params, timeout)
+
+    async def ask(headers: dict[str, str]) -> Reply:
+        try:
+            response = await pool.request(target, headers, limit)
+        except (OSError, Http2Unavailable) as exc:
+            if isinstance(exc, Http2Unavailable):
+                pool.unavailable(exc)
+            raise requests.ConnectionError(str(exc) or type(exc).__name__) from exc
+        return _parse_reply(response, None, keep)
+
+    headers = _token_headers(token)
+    try:
+        try:
+            reply = await ask(headers)
+        except consul.ACLPermissionDenied:
+            fresh = _token_headers(token)
+            if fresh == headers:
+                raise
+            reply = await ask(fresh)
+    except _FAILURES as exc:
+        raise _failure(exc, kind, name, denied, pool.base_uri) from None
+    SOURCE_REQUESTS.labels(kind, "ok").inc()
+    return reply
+
+
+def _token_headers(token: TokenSource | None) -> dict[str, str]:
+    current = token.current() if token is not None else None
+    return {"X-Consul-Token": current} if current else {}
+
+
+class _TooMany(Exception):
+    """Consul answered 429."""
+
+
+_FAILURES = (_TooMany, consul.ConsulException, requests.RequestException)
+
+
+def _failure(exc: BaseException, kind: str, name: str, denied: str, uri: str) -> SourceError:
+    """The one-line error a failed request becomes, counted by `kind` and outcome."""
+    if isinstance(exc, _TooMany):
+        SOURCE_REQUESTS.labels(kind, "throttled").inc()
+        return SourceError(
+            f"{name}: Consul refused the request (429: too many requests or connections "
+            "from this client; see consul.max_connections)"
+        )
+    if isinstance(exc, consul.ACLPermissionDenied):
+        SOURCE_REQUESTS.labels(kind, "denied").inc()
+        return SourceError(f"{name}: {denied}")
+    if isinstance(exc, consul.NotFound):
+        SOURCE_REQUESTS.labels(kind, "error").inc()
+        return SourceError(f"{name}: not found")
+    if isinstance(exc, consul.ConsulException):
+        SOURCE_REQUESTS.labels(kind, "error").inc()
+        return SourceError(f"{name}: {' '.join(str(exc).split())[:300]}")
+    SOURCE_REQUESTS.labels(kind, "unreachable").inc()
+    return SourceError(f"{name}: cannot reach Consul at {uri}: {network_cause(exc)}")
 
 
 _CAUSES: tuple[tuple[Any, str], ...] = (
@@ -471,6 +555,9 @@ def network_cause(exc: BaseException) -> str:
     for found in seen:
         if isinstance(found, ssl.SSLError):
             return f"TLS: {found.reason or found}"
+    for found in seen:
+        if isinstance(found, StreamFailed | Http2Unavailable):
+            return str(found)
     for kinds, said in _CAUSES:
         if any(isinstance(found, kinds) for found in seen):
             return said
@@ -515,10 +602,6 @@ def _parse_reply(
         raise consul.ConsulException(f"Failed to decode JSON: {exc}") from None
 
 
-class _TooMany(Exception):
-    """Consul answered 429."""
-
-
 class ConsulClients:
     """At most `size` clients (connections) to one Consul, lent to one thread at a time.
 
@@ -530,13 +613,69 @@ class ConsulClients:
     def __init__(self, connection: ConsulConnection, size: int = 4):
         self.connection = connection
         self.size = max(1, size)
+        self._endpoint: ConsulEndpoint | None
         try:  # one source of the token for every client: a rotation is seen once
-            self.token: TokenSource | None = resolve_endpoint(connection).token
+            self._endpoint = resolve_endpoint(connection)
+            self.token: TokenSource | None = self._endpoint.token
         except ConfigError:
+            self._endpoint = None
             self.token = None  # make_client reports it when a client is needed
+        https = self._endpoint is not None and self._endpoint.scheme == "https"
+        # True: the agent speaks HTTP/2; None: not known yet (over HTTPS, it is tried
+        # first); False: HTTP/1.1 (plain HTTP, turned off, or the agent did not offer h2)
+        self.http2: bool | None = None if https and connection.http2 else False
+        self._pool: Http2Pool | None = None
+        self.on_transport: Callable[[], None] = lambda: None  # HTTP/2 confirmed or refused
         self._idle: queue.LifoQueue[consul.Consul] = queue.LifoQueue()
         self._made = 0
         self._lock = threading.Lock()
+
+    def budget(self) -> int:
+        """Connections syncd may hold to Consul (consul.max_connections, or its default)."""
+        return self.connection.budget(http2=self.http2 is not False)
+
+    def pool(self) -> Http2Pool | None:
+        """The HTTP/2 pool every request shares, unless the agent speaks HTTP/1.1 only."""
+        if self.http2 is False or self._endpoint is None:
+            return None
+        with self._lock:
+            if self._pool is None:
+                endpoint = self._endpoint
+                self._pool = Http2Pool(
+                    endpoint.host.strip("[]"),
+                    endpoint.port,
+                    tls_context(endpoint.ca_file, endpoint.cert_file, endpoint.key_file),
+                    endpoint.server_name or endpoint.host.strip("[]"),
+                    self.budget(),
+                    self.connection.timeout,
+                    on_unavailable=self._http1_only,
+                    on_connected=self._http2_confirmed,
+                )
+            return self._pool
+
+    def _http2_confirmed(self) -> None:
+        if self.http2 is None:
+            self.http2 = True
+            pool = self._pool
+            streams = pool.max_streams if pool is not None else None
+            log.info(
+                "Consul at %s speaks HTTP/2: up to %s requests on each of %d connections",
+                self._endpoint.url if self._endpoint else "?",
+                streams,
+                self.budget(),
+            )
+            self.on_transport()
+
+    def _http1_only(self, why: BaseException) -> None:
+        if self.http2 is not False:
+            self.http2 = False
+            log.warning(
+                "Consul at %s does not speak HTTP/2 (%s): HTTP/1.1 from now on, one blocking "
+                "query per connection",
+                self._endpoint.url if self._endpoint else "?",
+                why,
+            )
+            self.on_transport()
 
     @property
     def open(self) -> int:
@@ -553,10 +692,15 @@ class ConsulClients:
             self._idle.put(client)
 
     def _take(self) -> consul.Consul:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        while True:  # a client made for HTTP/2 before the agent turned out not to speak it
+            try:
+                client = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if self.http2 is not False or not isinstance(client.http, Http2HTTPClient):
+                return client
+            with self._lock:
+                self._made -= 1
         with self._lock:
             if self._made < self.size:
                 self._made += 1
@@ -565,7 +709,7 @@ class ConsulClients:
                 make = False
         if make:
             try:
-                return make_client(self.connection, token=self.token)
+                return make_client(self.connection, token=self.token, pool=self.pool())
             except SourceError:
                 with self._lock:
                     self._made -= 1
@@ -573,8 +717,13 @@ class ConsulClients:
         return self._idle.get()
 
     def held(self) -> HeldClient:
-        """A client outside the pool, for a thread that keeps it (counted by the caller)."""
-        return HeldClient(self.connection, self.token)
+        """A client outside the pool, for a thread that keeps it (counted by the caller:
+        over HTTP/2 it is a stream of the shared pool, not a connection)."""
+        return HeldClient(self.connection, self.token, self.pool())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
 
 __all__ = [
@@ -582,6 +731,7 @@ __all__ = [
     "ConsulEndpoint",
     "Reply",
     "get",
+    "get_async",
     "make_client",
     "resolve_endpoint",
 ]

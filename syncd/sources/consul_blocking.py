@@ -10,17 +10,22 @@ cannot make the loop spin.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from syncd.errors import SourceError
 from syncd.ratelimit import backoff
 from syncd.sources.consul_api import ConsulClients, HeldClient, Reply
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,12 @@ class Update:
     reset: bool  # Consul's index went backwards since the last answer
 
 
+class Interruptible(Protocol):
+    """What a watch holds that another thread may cut short (HeldClient, AsyncHeld)."""
+
+    def interrupt(self) -> None: ...
+
+
 @dataclass
 class BlockingQuery:
     """What a loop asks and whom it tells."""
@@ -42,15 +53,53 @@ class BlockingQuery:
     on_answer: Callable[[Update], bool]  # False: stop following (e.g. moved to the feeds)
     on_failure: Callable[[SourceError], None]
     cut_short: Callable[[], bool]  # was the query in flight interrupted on purpose? (clears it)
-    on_connection: Callable[[HeldClient | None], None] = lambda held: None
+    on_connection: Callable[[Interruptible | None], None] = lambda held: None
     retry_cap: float = 5.0
     index: int = 0  # where to start (an answer already held: its index)
+
+
+class _Position:
+    """Where a loop is: the index it waits on, whether Consul's went backwards, and the
+    failures in a row. What to do after each ask is decided here, for either driver."""
+
+    def __init__(self, query: BlockingQuery, min_interval: float):
+        self.query = query
+        self.min_interval = min_interval
+        self.index, self.reset, self.failures = query.index, False, 0
+
+    def failed(self, error: SourceError, stopped: bool) -> float | None:
+        """After a failed ask: None to stop, else how long to wait (0: ask again now)."""
+        if stopped:
+            return None
+        if self.query.cut_short():
+            return 0.0
+        self.failures += 1
+        self.index = 0  # the agent may have restarted with a lower index: start over
+        self.query.on_failure(error)
+        return backoff(self.failures, 0.5, self.query.retry_cap)
+
+    def answered(self, reply: Reply, started: float) -> float | None:
+        """After an answer: None to stop, else how long to wait before asking again."""
+        self.failures = 0
+        if reply.index < self.index:
+            log.info(
+                "%s: Consul index went backwards (%d < %d); starting over",
+                self.query.name,
+                reply.index,
+                self.index,
+            )
+            self.index, self.reset = 0, True
+            return 0.0
+        if not self.query.on_answer(Update(reply, self.index, started, self.reset)):
+            return None
+        self.index, self.reset = max(reply.index, 1), False
+        return max(0.0, self.min_interval - (time.monotonic() - started))
 
 
 def follow(query: BlockingQuery, clients: ConsulClients, stop: threading.Event) -> None:
     """Ask, wait for a change, tell, ask again; until `stop` is set or told to stop."""
     held: HeldClient | None = None
-    index, reset, failures = query.index, False, 0
+    position = _Position(query, clients.connection.min_query_interval)
     try:
         while not stop.is_set():
             started = time.monotonic()
@@ -60,34 +109,86 @@ def follow(query: BlockingQuery, clients: ConsulClients, stop: threading.Event) 
                     query.on_connection(held)
                     if stop.is_set():
                         break
-                reply = query.ask(held, index)
+                reply = query.ask(held, position.index)
             except SourceError as error:
-                if stop.is_set():
-                    break
-                if query.cut_short():
-                    continue
-                failures += 1
-                index = 0  # the agent may have restarted with a lower index: start over
-                query.on_failure(error)
-                stop.wait(backoff(failures, 0.5, query.retry_cap))
-                continue
-            failures = 0
-            if reply.index < index:
-                log.info(
-                    "%s: Consul index went backwards (%d < %d); starting over",
-                    query.name,
-                    reply.index,
-                    index,
-                )
-                index, reset = 0, True
-                continue
-            if not query.on_answer(Update(reply, index, started, reset)):
+                pause = position.failed(error, stop.is_set())
+            else:
+                pause = position.answered(reply, started)
+            if pause is None:
                 break
-            index, reset = max(reply.index, 1), False
-            pause = clients.connection.min_query_interval - (time.monotonic() - started)
             if pause > 0:
                 stop.wait(pause)
     finally:
         if held is not None:
             query.on_connection(None)
             held.close()
+
+
+class AsyncHeld:
+    """What another thread can cut short in a watch running on an event loop: the
+    request or the pause in progress (`interrupt`, thread-safe), as HeldClient does."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._current: asyncio.Future[Any] | None = None
+
+    def interrupt(self) -> None:
+        self._loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if self._current is not None:
+            self._current.cancel()
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable`'s result; SourceError if it was cut short."""
+        task = asyncio.ensure_future(awaitable)
+        self._current = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise  # the watch itself is being cancelled
+            raise SourceError("cut short") from None
+        finally:
+            self._current = None
+
+    async def sleep(self, seconds: float) -> None:
+        """A pause that `interrupt` ends early."""
+        with contextlib.suppress(SourceError):
+            await self.run(asyncio.sleep(seconds))
+
+    def close(self) -> None:
+        pass
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def follow_async(
+    query: BlockingQuery,
+    ask: Callable[[int], Awaitable[Reply]],
+    min_interval: float,
+    stop: threading.Event,
+    held: AsyncHeld,
+) -> None:
+    """`follow` as a coroutine: `ask(index)` instead of a connection of its own (an
+    HTTP/2 stream), so a watch costs no thread."""
+    position = _Position(query, min_interval)
+    query.on_connection(held)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                reply = await held.run(ask(position.index))
+            except SourceError as error:
+                pause = position.failed(error, stop.is_set())
+            else:
+                pause = position.answered(reply, started)
+            if pause is None:
+                break
+            if pause > 0:
+                await held.sleep(pause)
+    finally:
+        query.on_connection(None)

@@ -254,9 +254,9 @@ def check_budget(
     are in: the shared readers and four change feeds each."""
     datacenters = {source.scope for source in sources}
     needed = connection.least_connections(len(datacenters))
-    if connection.max_connections < needed:
+    if connection.budget() < needed:
         root.at("consul", "max_connections").error(
-            f"{connection.max_connections} is too few for {len(datacenters)} Consul "
+            f"{connection.budget()} is too few for {len(datacenters)} Consul "
             f"datacenters (or namespaces): at least {needed} (the shared readers and four "
             "change feeds each)"
         )

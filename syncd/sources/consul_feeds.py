@@ -20,7 +20,7 @@ from typing import Any
 
 from syncd.errors import SourceError
 from syncd.sources.consul_api import ConsulClients, HeldClient, get
-from syncd.sources.consul_blocking import BlockingQuery, Update, follow
+from syncd.sources.consul_blocking import BlockingQuery, Interruptible, Update, follow
 from syncd.sources.consul_query import (
     Mode,
     Queries,
@@ -63,7 +63,7 @@ class Feeds:
     scope: Scope
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
-    held: list[HeldClient] = field(default_factory=list)  # the feeds' connections
+    held: list[Interruptible] = field(default_factory=list)  # the feeds' connections
     restart: set[str] = field(default_factory=set)  # feeds cut short on purpose: ask again
     failing: set[str] = field(default_factory=set)  # feed kinds
     indexes: dict[str, int] = field(default_factory=dict)  # per feed kind
@@ -128,9 +128,9 @@ class ChangeFeeds:
     def connections(self) -> int:
         return sum(1 for f in self._feeds.values() for t in f.threads if t.is_alive())
 
-    def cut_short(self) -> list[HeldClient]:
+    def cut_short(self) -> list[Interruptible]:
         """A new token: every feed asks again with it (their connections, to interrupt)."""
-        held: list[HeldClient] = []
+        held: list[Interruptible] = []
         for feeds in self._feeds.values():
             feeds.restart.update(FEEDS)
             held += feeds.held
@@ -176,7 +176,7 @@ class ChangeFeeds:
             feeds.restart.discard(kind)
             return True
 
-        def on_connection(held: HeldClient | None) -> None:
+        def on_connection(held: Interruptible | None) -> None:
             if held is not None:
                 feeds.held.append(held)
 

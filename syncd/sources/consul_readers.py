@@ -17,7 +17,8 @@ from collections.abc import Callable, Hashable
 
 from syncd.errors import SourceError
 from syncd.observability import CONSUL_READS
-from syncd.sources.consul_api import ConsulClients, HeldClient
+from syncd.sources.consul_api import ConsulClients
+from syncd.sources.consul_blocking import Interruptible
 from syncd.sources.consul_feeds import ChangeFeeds
 from syncd.sources.consul_query import (
     Mode,
@@ -99,7 +100,7 @@ class Readers:
         if token.generation != self._token_generation:
             self._token_generation = token.generation
             with self._queries.lock:
-                held: list[HeldClient] = []
+                held: list[Interruptible] = []
                 for query in self._queries.all():
                     if query.mode is Mode.WATCH and query.held is not None:
                         query.restart = True

@@ -53,14 +53,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Awaitable
 
 from syncd.errors import SourceError
-from syncd.observability import CONSUL_CONNECTIONS, CONSUL_SERVICES
+from syncd.observability import CONSUL_CONNECTIONS, CONSUL_SERVICES, CONSUL_STREAMS
 from syncd.sources.base import ChangeEmitter, Emit
 from syncd.sources.consul import ConsulSource
 from syncd.sources.consul_api import ConsulClients, HeldClient, Reply
-from syncd.sources.consul_blocking import BlockingQuery, Update, follow
+from syncd.sources.consul_blocking import (
+    AsyncHeld,
+    BlockingQuery,
+    Interruptible,
+    Update,
+    follow,
+    follow_async,
+)
 from syncd.sources.consul_feeds import FEEDS, ChangeFeeds
+from syncd.sources.consul_h2 import Http2Pool
 from syncd.sources.consul_query import (
     Mode,
     Queries,
@@ -84,7 +93,6 @@ class ConsulWatch:
 
     def __init__(self, clients: ConsulClients):
         self.clients = clients
-        self._budget = clients.connection.max_connections
         self._queries = Queries()
         self._lock = self._queries.lock
         self._watchers: dict[int, Query] = {}  # live watch threads (a stopped one lingers
@@ -97,7 +105,11 @@ class ConsulWatch:
         self._readers = Readers(
             self._queries, self._feeds, self._queue, clients, self.commit, self._stopped
         )
+        clients.on_transport = lambda: self._queue.add(Rebalance(), "rebalance")
         CONSUL_CONNECTIONS.set_function(self.connections)
+        CONSUL_STREAMS.labels("open").set_function(lambda: self._pool_figure("streams"))
+        CONSUL_STREAMS.labels("capacity").set_function(lambda: self._pool_figure("capacity"))
+        self._said_how: tuple[bool | None, int, int] | None = None
 
     # -- subscriptions
 
@@ -124,7 +136,10 @@ class ConsulWatch:
                 return
             queries = self._queries.all()
             scopes = {q.scope for q in queries}
-            slots = max(0, self._budget - self.clients.size - len(FEEDS) * len(scopes))
+            reserved = self.clients.size + len(FEEDS) * len(scopes)  # readers and feeds
+            pool = self.clients.pool()
+            room = pool.capacity(self.clients.budget()) if pool else self.clients.budget()
+            slots = max(0, room - reserved)
             alive = len(self._watchers)
             watched = 0
             for query in queries:
@@ -142,14 +157,43 @@ class ConsulWatch:
                 self._feeds.start(scope)
             for scope in self._feeds.scopes() - feed_scopes:
                 self._feeds.close(scope)
-            CONSUL_SERVICES.labels("watch").set(sum(q.mode is Mode.WATCH for q in queries))
-            CONSUL_SERVICES.labels("feed").set(sum(q.mode is Mode.FEED for q in queries))
+            watching = sum(q.mode is Mode.WATCH for q in queries)
+            following = sum(q.mode is Mode.FEED for q in queries)
+            CONSUL_SERVICES.labels("watch").set(watching)
+            CONSUL_SERVICES.labels("feed").set(following)
+            self._say_how(watching, following, slots)
+
+    def _say_how(self, watching: int, following: int, slots: int) -> None:
+        """One line when how the services are followed changes (at start, mostly)."""
+        how = (self.clients.http2, watching, following)
+        if how == self._said_how:
+            return
+        self._said_how = how
+        pool = self.clients.pool()
+        if pool is not None:
+            transport = (
+                f"HTTP/2, up to {pool.capacity(self.clients.budget())} queries on "
+                f"{self.clients.budget()} connections"
+            )
+        else:
+            transport = f"HTTP/1.1, {self.clients.budget()} connections"
+        log.info(
+            "consul: %d services watched (%s; %d watch slots), %d followed by the change feeds",
+            watching,
+            transport,
+            slots,
+            following,
+        )
 
     def _to_watch(self, query: Query) -> None:
         query.mode = Mode.WATCH
         query.stop = stop = threading.Event()
         serial = self._queries.next_id()
         self._watchers[serial] = query
+        pool = self.clients.pool()
+        if pool is not None:  # a stream on the shared loop, no thread
+            pool.run(self._watch_streamed(query, stop, serial, pool))
+            return
         threading.Thread(
             target=self._watch,
             args=(query, stop, serial),
@@ -172,16 +216,38 @@ class ConsulWatch:
                 query.stop_watch()
             self._feeds.close_all()
         self._queue.shut_down()
+        self.clients.close()
 
     def connections(self) -> int:
-        """Connections held now, or that the reader pool may open: watches, feeds, readers."""
+        """Connections held now, or that the reader pool may open: watches, feeds, readers
+        (over HTTP/2, the shared pool's connections, which carry all of them)."""
+        pool = self.clients.pool()
+        if pool is not None:
+            return pool.connections
         with self._lock:
             return len(self._watchers) + self._feeds.connections() + self.clients.size
+
+    def _pool_figure(self, which: str) -> float:
+        pool = self.clients.pool()
+        if pool is None:
+            return 0
+        return pool.streams if which == "streams" else pool.capacity(self.clients.budget())
 
     # -- one service's own watch
 
     def _watch(self, query: Query, stop: threading.Event, serial: int) -> None:
-        """One service's own blocking queries, until it is stopped or grows big."""
+        """One service's own blocking queries on a connection and a thread of its own,
+        until it is stopped or grows big."""
+        callbacks = self._watch_callbacks(query, stop)
+        known = query.entries is not None and not query.failing
+        callbacks.index = query.index if known else 0
+        try:
+            follow(callbacks, self.clients, stop)  # hub.stop() stops every watch
+        finally:
+            self._watch_ended(serial)
+
+    def _watch_callbacks(self, query: Query, stop: threading.Event) -> BlockingQuery:
+        """What a watch does with its answers, whichever way it asks."""
 
         def ask(held: HeldClient, index: int) -> Reply:
             return query.source.read(held.client, index, keep=query.slim)
@@ -200,36 +266,62 @@ class ConsulWatch:
             restart, query.restart = query.restart, False
             return restart
 
-        mine: list[HeldClient] = []
+        mine: list[Interruptible] = []
 
-        def on_connection(held: HeldClient | None) -> None:
+        def on_connection(held: Interruptible | None) -> None:
             if held is not None:
                 mine[:] = [held]
                 query.held = held
             elif mine and query.held is mine[0]:
                 query.held = None
 
+        return BlockingQuery(
+            query.service, ask, on_answer, on_failure, cut_short, on_connection, WATCH_RETRY_CAP
+        )
+
+    def _watch_ended(self, serial: int) -> None:
+        with self._lock:
+            self._watchers.pop(serial, None)
+        if not self._stopped.is_set():  # its slot is free: another service may take it
+            self._queue.add(Rebalance(), "rebalance")  # many at once: one commit
+
+    async def _watch_streamed(
+        self, query: Query, stop: threading.Event, serial: int, pool: Http2Pool
+    ) -> None:
+        """One service's own blocking queries as HTTP/2 streams, on the pool's loop."""
+        callbacks = self._watch_callbacks(query, stop)
         known = query.entries is not None and not query.failing
+        callbacks.index = query.index if known else 0
+        failed = callbacks.on_failure
+
+        def on_failure(error: SourceError) -> None:
+            failed(error)
+            if self.clients.http2 is False:  # the agent speaks HTTP/1.1 only after all
+                with self._lock:
+                    if query.stop is stop:
+                        query.mode = Mode.NEW  # placed again, on a connection of its own
+                stop.set()
+
+        callbacks.on_failure = on_failure
+
+        def ask(index: int) -> Awaitable[Reply]:
+            return query.source.read_async(pool, index, keep=query.slim)
+
         try:
-            follow(
-                BlockingQuery(
-                    query.service,
-                    ask,
-                    on_answer,
-                    on_failure,
-                    cut_short,
-                    on_connection,
-                    WATCH_RETRY_CAP,
-                    query.index if known else 0,
-                ),
-                self.clients,
-                stop,  # hub.stop() stops every watch
+            await follow_async(
+                callbacks,
+                ask,
+                self.clients.connection.min_query_interval,
+                stop,
+                AsyncHeld(pool.loop),
             )
-        finally:
+        except Exception:  # never silently: the watch is gone, its query is placed again
+            log.exception("consul watch of %s failed", query.service)
             with self._lock:
-                self._watchers.pop(serial, None)
-            if not self._stopped.is_set():  # its slot is free: another service may take it
-                self._queue.add(Rebalance(), "rebalance")  # many at once: one commit
+                if query.stop is stop:
+                    query.mode = Mode.NEW
+        finally:
+            self._watch_ended(serial)
 
     def _grown_big(self, query: Query, stop: threading.Event) -> bool:
         """Past BIG_SERVICE instances a service moves to the feeds (a patch per change

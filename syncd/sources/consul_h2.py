@@ -1,0 +1,479 @@
+"""Consul over HTTP/2: many blocking queries as streams over a few TLS connections.
+
+Consul limits how many connections a client opens (`limits.http_max_conns_per_client`,
+200 by default), not how many requests they carry. Its HTTPS listener speaks HTTP/2 (ALPN
+`h2`), where one connection carries as many requests at once as the server's
+SETTINGS_MAX_CONCURRENT_STREAMS allows (250 for Consul). So over HTTPS every followed
+service can have its own blocking query, within `consul.max_connections` connections.
+
+`Http2Pool` holds those connections on one asyncio event loop in one thread, whatever the
+number of requests; framing, flow control and header compression are the `h2` library's.
+A request takes a stream on the connection with the most room, opens a connection when
+every one is full and the budget allows, and otherwise waits for a stream to end. A
+connection that fails fails the requests it carries (each caller backs off on its own);
+cancelling a request resets its stream only, never the connection others share.
+
+Threads (the readers, the feeds, a one-shot run) use it through `Http2HTTPClient`, py-consul's
+HTTP client interface; the watches run on the loop itself (`request`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import ssl
+import threading
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+import consul.base
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from syncd.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STREAMS = 100  # what a connection is taken to allow until the server says
+WINDOW = 16 * 1024 * 1024  # receive window: a large answer is not held up by flow control
+_READ = 256 * 1024
+
+T = TypeVar("T")
+
+
+class Http2Unavailable(Exception):
+    """The server did not choose HTTP/2 (it offers HTTP/1.1 only)."""
+
+
+class StreamFailed(ConnectionError):
+    """A request lost with its stream or its connection (reset, closed, refused)."""
+
+
+class _Stream:
+    __slots__ = ("chunks", "future", "headers", "id", "status")
+
+    def __init__(self, stream_id: int, future: asyncio.Future[consul.base.Response]):
+        self.id = stream_id
+        self.future = future
+        self.status = 0
+        self.headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+        self.chunks: list[bytes] = []
+
+
+class _Connection:
+    """One TLS connection speaking HTTP/2, and the requests it carries."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str):
+        self._reader = reader
+        self._writer = writer
+        self._authority = authority
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self._h2 = h2.connection.H2Connection(config=config)
+        self.streams: dict[int, _Stream] = {}
+        self.max_streams = DEFAULT_STREAMS
+        self.closed = False
+        self.draining = False  # the server sent GOAWAY: no new streams, the others finish
+        self._settled = asyncio.Event()  # the server's SETTINGS arrived
+        self.on_room: Callable[[], None] = lambda: None  # a stream ended
+
+    async def start(self, timeout: float) -> None:
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
+            },
+        )
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(WINDOW)
+        self._flush()
+        asyncio.get_running_loop().create_task(self._read_loop())
+        await asyncio.wait_for(self._settled.wait(), timeout)
+
+    @property
+    def room(self) -> int:
+        return 0 if self.closed or self.draining else self.max_streams - len(self.streams)
+
+    def send(self, path: str, headers: Mapping[str, str]) -> _Stream:
+        stream_id = self._h2.get_next_available_stream_id()
+        request = [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", self._authority),
+            (":path", path),
+            *((name.lower(), value) for name, value in headers.items()),
+        ]
+        self._h2.send_headers(stream_id, request, end_stream=True)
+        stream = _Stream(stream_id, asyncio.get_running_loop().create_future())
+        self.streams[stream_id] = stream
+        self._flush()
+        return stream
+
+    def cancel(self, stream: _Stream) -> None:
+        """Reset one stream (a request given up): the others go on."""
+        if self.streams.pop(stream.id, None) is None or self.closed:
+            return
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self._h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
+            self._flush()
+        self.on_room()
+
+    def close(self) -> None:
+        self._fail_all(StreamFailed("connection closed"))
+        self._writer.close()
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and not self.closed:
+            self._writer.write(data)
+
+    async def _read_loop(self) -> None:
+        failure: BaseException = StreamFailed("the server closed the connection")
+        try:
+            while not self.closed:
+                data = await self._reader.read(_READ)
+                if not data:
+                    break
+                for event in self._h2.receive_data(data):
+                    self._on_event(event)
+                self._flush()
+                await self._writer.drain()
+        except (OSError, h2.exceptions.H2Error, ssl.SSLError) as exc:
+            failure = exc
+        self._fail_all(failure)
+        self._settled.set()
+        with contextlib.suppress(OSError, RuntimeError):
+            self._writer.close()
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            self.max_streams = self._h2.remote_settings.max_concurrent_streams
+            self._settled.set()
+            self.on_room()
+        elif isinstance(event, h2.events.ResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                for name, value in event.headers or ():
+                    stream.headers[_text(name)] = _text(value)
+                stream.status = int(stream.headers.pop(":status", 0))
+        elif isinstance(event, h2.events.DataReceived):
+            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.chunks.append(event.data)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None and not stream.future.done():
+                body = b"".join(stream.chunks).decode("utf-8", "replace")
+                stream.future.set_result(consul.base.Response(stream.status, stream.headers, body))
+            self.on_room()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None and not stream.future.done():
+                code = getattr(event.error_code, "name", event.error_code)
+                stream.future.set_exception(StreamFailed(f"the server reset the request ({code})"))
+            self.on_room()
+        elif isinstance(event, h2.events.ConnectionTerminated):  # GOAWAY: no new streams
+            self.draining = True
+            last = event.last_stream_id or 0
+            for stream_id in [s for s in self.streams if s > last]:
+                stream = self.streams.pop(stream_id)
+                if not stream.future.done():
+                    stream.future.set_exception(
+                        StreamFailed("the server is closing the connection")
+                    )
+
+    def _fail_all(self, failure: BaseException) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            if not stream.future.done():
+                stream.future.set_exception(_lost(failure))
+        self.on_room()
+
+
+class Http2Pool:
+    """At most `budget` HTTP/2 connections to one server, shared by every request."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        server_name: str,
+        budget: int,
+        connect_timeout: float,
+        on_unavailable: Callable[[BaseException], None] = lambda why: None,
+        on_connected: Callable[[], None] = lambda: None,
+    ):
+        self._on_unavailable = on_unavailable  # the server offers HTTP/1.1 only
+        self._on_connected = on_connected  # a connection speaks HTTP/2
+        self._host = host
+        self._port = port
+        self._context = context
+        self._server_name = server_name
+        self.budget = max(1, budget)
+        self._connect_timeout = connect_timeout
+        self._connections: list[_Connection] = []
+        self._opening = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock = threading.Lock()
+        self.max_streams: int | None = None  # per connection, once a server has said
+
+    # -- the loop
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop every connection and watch runs on (started on first use)."""
+        with self._start_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=self._loop.run_forever, name="consul-http2", daemon=True
+                ).start()
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `coroutine` on the loop, from any other thread."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def shut() -> None:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+        loop.call_soon_threadsafe(shut)
+
+    @property
+    def base_uri(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{host}:{self._port}"
+
+    def unavailable(self, why: BaseException) -> None:
+        """A connection was refused HTTP/2: the clients fall back to HTTP/1.1."""
+        self._on_unavailable(why)
+
+    # -- what it holds, for the metrics and the budget
+
+    @property
+    def connections(self) -> int:
+        return len([c for c in self._connections if not c.closed]) + self._opening
+
+    @property
+    def streams(self) -> int:
+        return sum(len(c.streams) for c in self._connections)
+
+    def capacity(self, connections: int | None = None) -> int:
+        """Requests that fit at once in `connections` (default: the budget)."""
+        return (self.budget if connections is None else connections) * (
+            self.max_streams or DEFAULT_STREAMS
+        )
+
+    # -- requests
+
+    async def request(
+        self, path: str, headers: Mapping[str, str], timeout: float | None
+    ) -> consul.base.Response:
+        """GET `path` (with its query); the answer whatever its status. Raises
+        StreamFailed, Http2Unavailable, TimeoutError, ssl.SSLError or OSError."""
+        connection = await self._connection()
+        stream = connection.send(path, headers)
+        try:
+            return await asyncio.wait_for(asyncio.shield(stream.future), timeout)
+        finally:
+            if not stream.future.done():  # given up (timed out, cancelled): free its stream
+                stream.future.cancel()
+                connection.cancel(stream)
+
+    async def _connection(self) -> _Connection:
+        """A connection with a free stream: the one with most room, a new one, or the
+        first to free a stream."""
+        while True:
+            self._connections = [c for c in self._connections if not c.closed]
+            best = max(self._connections, key=lambda c: c.room, default=None)
+            if best is not None and best.room > 0:
+                return best
+            # One connection is opened at a time, and the requests waiting meanwhile look
+            # again when it is up: a burst at start fills one connection before it opens
+            # the next, rather than the whole budget at once.
+            if not self._opening and len(self._connections) < self.budget:
+                return await self._open()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+
+    async def _open(self) -> _Connection:
+        self._opening += 1
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self._host,
+                    self._port,
+                    ssl=self._context,
+                    server_hostname=self._server_name,
+                ),
+                self._connect_timeout,
+            )
+            chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+            if chosen != "h2":
+                writer.close()
+                raise Http2Unavailable(f"the server chose {chosen or 'no protocol'}, not h2")
+            connection = _Connection(reader, writer, f"{self._server_name}:{self._port}")
+            connection.on_room = self._wake
+            try:
+                await connection.start(self._connect_timeout)
+            except BaseException:
+                connection.close()
+                raise
+            if connection.closed:
+                raise StreamFailed("the server closed the connection at once")
+            self.max_streams = connection.max_streams
+            self._connections.append(connection)
+            self._on_connected()
+            return connection
+        finally:
+            self._opening -= 1
+            self._wake()
+
+    def _wake(self) -> None:
+        """A stream ended or a connection changed: waiting requests look again, as many as
+        there may be room for now."""
+        room = sum(c.room for c in self._connections) + (0 if self._opening else 1)
+        while self._waiting and room > 0:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _lost(failure: BaseException) -> StreamFailed:
+    """What a request learns of its connection's end: StreamFailed, caused by what ended it
+    (a TLS or socket error keeps its cause for the message)."""
+    if isinstance(failure, StreamFailed):
+        return StreamFailed(*failure.args)
+    error = StreamFailed(str(failure) or type(failure).__name__)
+    error.__cause__ = failure
+    return error
+
+
+def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
+    """The TLS settings py-consul's requests session uses, offering h2 and http/1.1."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if cert_file and key_file:
+        context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
+
+
+class Http2HTTPClient(consul.base.HTTPClient):
+    """py-consul's HTTP client interface over the pool, for threads: each GET waits for
+    its answer on the loop. `interrupt()` cuts the request in flight short (its stream
+    only): a stopped watch or a new token does not wait for a blocking query's wait."""
+
+    def __init__(self, pool: Http2Pool, host: str, port: int, connections_timeout: float):
+        super().__init__(host=host, port=port, scheme="https")
+        self._pool = pool
+        self._connections_timeout = connections_timeout
+        self._current: concurrent.futures.Future[Any] | None = None
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        callback: Callable[[consul.base.Response], Any],
+        path: str,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bool = False,
+    ) -> Any:
+        target = path_with_query(path, params)
+        timeout = blocking_timeout(params, self._connections_timeout)
+        future = self._pool.run(self._pool.request(target, headers or {}, timeout))
+        with self._lock:
+            self._current = future
+        try:
+            response = future.result()
+        except concurrent.futures.CancelledError:
+            raise requests.ConnectionError("the request was cut short") from None
+        except (OSError, Http2Unavailable) as exc:
+            if isinstance(exc, Http2Unavailable):
+                self._pool.unavailable(exc)
+            raise requests.ConnectionError(str(exc) or type(exc).__name__) from exc
+        finally:
+            with self._lock:
+                self._current = None
+        return callback(response)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            current = self._current
+        if current is not None:
+            current.cancel()
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        raise SourceError("syncd only reads from Consul")
+
+    delete = post = put
+
+    def close(self) -> None:
+        pass
+
+
+def path_with_query(path: str, params: Any) -> str:
+    """The request's :path, as py-consul builds a URI."""
+    quoted = urllib.parse.quote(path, safe="/:")
+    return f"{quoted}?{urllib.parse.urlencode(params)}" if params else quoted
+
+
+def blocking_timeout(params: Any, connections_timeout: float) -> float:
+    """How long a request may take: the connection timeout, plus a blocking query's wait
+    and the up to wait/16 of jitter Consul adds to it (as py-consul does)."""
+    values = dict(params or ())
+    if "index" not in values:
+        return connections_timeout
+    wait = _seconds(str(values.get("wait", "300s")))
+    return connections_timeout + wait + wait / 16
+
+
+def _seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit):
+            with contextlib.suppress(ValueError):
+                return float(text[: -len(unit)]) * units[unit]
+    return 300.0
+
+
+__all__ = [
+    "DEFAULT_STREAMS",
+    "Http2HTTPClient",
+    "Http2Pool",
+    "Http2Unavailable",
+    "StreamFailed",
+    "blocking_timeout",
+    "path_with_query",
+    "tls_context",
+]
