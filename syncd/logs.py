@@ -28,10 +28,15 @@ class _Redacting(logging.Filter):
 _LOG_FORMAT = ["text"]  # what setup_logging chose: say() writes the same way
 
 
+_HEADER_LOGGERS = ("hpack", "h2")  # HTTP/2 to Consul: syncd.sources.consul_h2
+
+
 def setup_logging(level: str, log_format: str = "text") -> None:
     """Logs on stderr, one line each: text (a UTC time first), or one JSON object per line
     (`json`)."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr)
+    for chatty in _HEADER_LOGGERS:  # their DEBUG lines hold whole headers (the Consul token)
+        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
     _LOG_FORMAT[0] = log_format
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Redacting())

@@ -145,10 +145,13 @@ def consul(tmp_path_factory):
     agent.stop()
 
 
-@pytest.fixture(scope="session")
-def consul_acl(tmp_path_factory):
-    """A real Consul agent with ACLs on and default policy deny."""
-    agent = _start_consul(tmp_path_factory.mktemp("consul-acl"), acl=True)
+@pytest.fixture(scope="session", params=["http", "https"])
+def consul_acl(request, tmp_path_factory):
+    """A real Consul agent with ACLs on and default policy deny, over plain HTTP and over
+    HTTPS (HTTP/2): each test using it runs on both."""
+    agent = _start_consul(
+        tmp_path_factory.mktemp("consul-acl"), acl=True, tls=request.param == "https"
+    )
     yield agent
     agent.stop()
 

@@ -38,6 +38,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import requests
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
 from requests.structures import CaseInsensitiveDict
 
 from syncd.errors import SourceError
@@ -107,11 +108,12 @@ class _Connection:
     def send(self, path: str, headers: Mapping[str, str]) -> _Stream:
         stream_id = self._h2.get_next_available_stream_id()
         request = [
-            (":method", "GET"),
-            (":scheme", "https"),
-            (":authority", self._authority),
-            (":path", path),
-            *((name.lower(), value) for name, value in headers.items()),
+            HeaderTuple(":method", "GET"),
+            HeaderTuple(":scheme", "https"),
+            HeaderTuple(":authority", self._authority),
+            HeaderTuple(":path", path),
+            # the token never enters the compression tables (nor a proxy's: RFC 7541 7.1.3)
+            *(NeverIndexedHeaderTuple(name.lower(), value) for name, value in headers.items()),
         ]
         self._h2.send_headers(stream_id, request, end_stream=True)
         stream = _Stream(stream_id, asyncio.get_running_loop().create_future())

@@ -401,9 +401,9 @@ def test_control_characters_from_a_config_never_reach_the_terminal(tmp_path):
     [
         (("version: 1", 'version: "1"'), "(the number, not a string: version: 1)"),
         (("name: http", "name: HTTP"), "'HTTP' is not a valid port name (lowercase"),
-        (("- 192.168.7.50:8080", "- ' 192.168.7.50 :8080'"), "no spaces in 'address:port'"),
-        (("- 192.168.7.50:8080", "- 192.168.7.50: 8080"), "reads as a mapping (a space after"),
-        (("- 192.168.7.50:8080", "- 192.168.7.50:\uff18\uff10\uff18\uff10"), "is not 'addr"),
+        (("- 192.168.7.50:8081", "- ' 192.168.7.50 :8081'"), "no spaces in 'address:port'"),
+        (("- 192.168.7.50:8081", "- 192.168.7.50: 8081"), "reads as a mapping (a space after"),
+        (("- 192.168.7.50:8081", "- 192.168.7.50:\uff18\uff10\uff18\uff11"), "is not 'addr"),
         (("- address: 192.168.7.55", "- address: ' 192.168.7.55'"), "no spaces around the address"),
     ],
 )

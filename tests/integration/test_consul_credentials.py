@@ -47,7 +47,7 @@ def _setup(consul_acl, namespace, tmp_path, **consul):
         yaml.safe_dump(
             {
                 "version": 1,
-                "consul": {"address": consul_acl.address, **consul},
+                "consul": {**consul_acl.config_section(), **consul},
                 "targets": [target],
             }
         )

@@ -16,7 +16,7 @@ def consul_target(namespace: str, service: str, **source) -> dict:
 
 
 def write(path, agent, *targets, **consul):
-    return write_config(path, *targets, consul={"address": agent.address, **consul})
+    return write_config(path, *targets, consul={**agent.config_section(), **consul})
 
 
 def register_gateways(agent, service: str) -> None:
@@ -181,13 +181,17 @@ def test_tls_with_ca_client_certificate_and_server_name(
         "cert_file": str(certs / "client.pem"),
         "key_file": str(certs / "client.key"),
     }
+
+    def write(path, agent, target, **consul):  # each setting as given, none implied
+        return write_config(path, target, consul={"address": agent.address, **consul})
+
     config = write(
         tmp_path / "c.yaml", consul_tls, target, **tls, tls_server_name=consul_tls.SERVER_NAME
     )
     run_syncd(config)
     assert endpoint_pairs(slices_of(admin, namespace, service)) == {("192.0.2.1", 8080)}
 
-    # The certificate names consul.test, not 127.0.0.1: without the server name it must fail.
+    # The certificate names consul.test, not 127.0.0.2: without the server name it must fail.
     result = run_syncd(write(tmp_path / "c.yaml", consul_tls, target, **tls), check=1)
     assert "STALE" in result.stderr
     assert (
