@@ -294,8 +294,13 @@ class Http2Pool:
     ) -> consul.base.Response:
         """GET `path` (with its query); the answer whatever its status. Raises
         StreamFailed, Http2Unavailable, TimeoutError, ssl.SSLError or OSError."""
-        connection = await self._connection()
-        stream = connection.send(path, headers)
+        while True:
+            connection = await self._connection()
+            try:
+                stream = connection.send(path, headers)
+                break
+            except h2.exceptions.H2Error:  # out of stream ids, or closing: use another
+                connection.draining = True
         try:
             return await asyncio.wait_for(asyncio.shield(stream.future), timeout)
         finally:

@@ -3,8 +3,12 @@ few connections, against a real TLS agent (certificates from `consul tls`)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+
 import pytest
 
+from harness.certs import make_certs
 from harness.helpers import (
     connections_to,
     endpoint_pairs,
@@ -140,3 +144,57 @@ def test_a_big_service_is_followed_by_the_feeds_over_streams_too(
     consul_tls.register_external([(f"{service}-new", service, "198.18.9.9", 8080)], node=node)
     wait_for(lambda: ("198.18.9.9", 8080) in pairs(), "a registration", timeout=30)
     assert connections_to(process.pid, int(consul_tls.address.rsplit(":", 1)[1])) == 1
+
+
+def test_an_agent_behind_tls_without_http2_is_used_over_http1(
+    daemon, consul, admin, namespace, tmp_path
+):
+    """A TLS proxy that offers no HTTP/2 (socat in front of a plain agent): syncd says
+    so once and follows the services over HTTP/1.1, watches and all."""
+    certs = make_certs(tmp_path / "certs", "consul.test")
+    port = free_port()
+    upstream = consul.address.rsplit(":", 1)[1]
+    proxy = subprocess.Popen(
+        [
+            "socat",
+            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,"
+            f"cert={certs / 'server.pem'},key={certs / 'server.key'}",
+            f"TCP:127.0.0.1:{upstream}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _listening(port), "the TLS proxy")
+        services = [f"tls1-{n}-{namespace}" for n in range(3)]
+        for service in services:
+            consul.register(f"{service}-1", service, "192.0.2.1", 8080)
+        metrics = f"127.0.0.1:{free_port()}"
+        config = write_config(
+            tmp_path / "c.yaml",
+            *(target_with(namespace, s, {"type": "consul", "service": s}) for s in services),
+            consul={
+                "address": f"https://127.0.0.1:{port}",
+                "ca_file": str(certs / "ca.pem"),
+                "tls_server_name": "consul.test",
+            },
+        )
+        process = daemon(config, "--metrics-address", metrics)
+        for service in services:
+            wait_for(lambda s=service: endpoint_pairs(slices_of(admin, namespace, s)), service)
+        consul.register(f"{services[0]}-2", services[0], "192.0.2.2", 8080)
+        wait_for(
+            lambda: ("192.0.2.2", 8080) in endpoint_pairs(slices_of(admin, namespace, services[0])),
+            "a registration, watched over HTTP/1.1",
+            timeout=30,
+        )
+        log = process.log_path.read_text()
+        assert log.count("does not speak HTTP/2") == 1, log[-3000:]
+        assert sample(scrape(metrics), "syncd_consul_services", mode="watch") == 3
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
