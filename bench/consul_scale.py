@@ -173,7 +173,8 @@ class SliceWatch:
                         e["addresses"][0]: e["conditions"].get("ready") is not False
                         for e in obj.get("endpoints") or ()
                     }
-                    service = obj["metadata"]["labels"].get("kubernetes.io/service-name")
+                    labels = obj["metadata"].get("labels") or {}  # none on a bookmark
+                    service = labels.get("kubernetes.io/service-name")
                     self.events.put((seen, service, ready))
                     if self._stop.is_set():
                         return
@@ -199,7 +200,10 @@ class SliceWatch:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"not seen: {sorted(set(started) - set(arrived))}")
-            seen, service, states = self.events.get(timeout=left)
+            try:
+                seen, service, states = self.events.get(timeout=left)
+            except queue.Empty:
+                continue  # the deadline check above says what was not seen
             for change in started:
                 wanted_service, ip, present = change
                 if change in arrived or service != wanted_service:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 import consul
+import consul.base
 
 from syncd.errors import SourceError
 from syncd.kinds import HOSTNAME_RULE, is_label_value, registry_hostname
@@ -38,7 +39,7 @@ from syncd.model import (
 )
 from syncd.observability import DROPPED_ENTRIES
 from syncd.sources.base import Dropped, checked_entry
-from syncd.sources.consul_api import ConsulClients, Reply, get, get_async
+from syncd.sources.consul_api import ConsulClients, Reply, get, interpret, token_headers
 from syncd.sources.consul_config import (
     ConsulAddress,
     ConsulConsistency,
@@ -48,7 +49,7 @@ from syncd.sources.consul_config import (
     parse_query,
     parse_service,
 )
-from syncd.sources.consul_h2 import Http2Pool
+from syncd.sources.consul_h2 import blocking_timeout, path_with_query
 from syncd.sources.types import HOSTNAME_FROM_PATTERN, SourceNeeds, SourceType
 
 # --------------------------------------------------------------------------- what is kept
@@ -445,23 +446,32 @@ class ConsulSource:
         )
         return self._checked(reply)
 
-    async def read_async(
-        self,
-        pool: Http2Pool,
-        index: int = 0,
-        keep: Callable[[Mapping[str, Any]], Instance] | None = None,
-    ) -> Reply:
-        """`read` as a coroutine on the HTTP/2 pool's loop: a watch, without a thread."""
+    def watch_request(self, index: int) -> tuple[str, dict[str, str], float]:
+        """A blocking read as one HTTP/2 request: its path with the query, its headers (the
+        token as of now) and how long it may take."""
         connection = self.clients.connection
-        reply = await get_async(
-            pool,
-            self.clients.token,
-            self.path,
-            query_params(self.config, index, connection.wait),
-            connection.timeout,
+        params = query_params(self.config, index, connection.wait)
+        return (
+            path_with_query(self.path, params),
+            token_headers(self.clients.token),
+            blocking_timeout(params, connection.timeout),
+        )
+
+    def watch_reply(
+        self,
+        result: consul.base.Response | BaseException,
+        unless_index: int | None,
+        keep: Callable[[Mapping[str, Any]], Instance] | None,
+        uri: str,
+    ) -> Reply:
+        """What `read` gives, from the outcome of a `watch_request`."""
+        reply = interpret(
+            result,
             kind="consul",
             name=self.describe(),
             denied=_DENIED,
+            uri=uri,
+            unless_index=unless_index,
             keep=keep,
         )
         return self._checked(reply)

@@ -41,8 +41,6 @@ from syncd.sources.consul_h2 import (
     Http2Pool,
     Http2Unavailable,
     StreamFailed,
-    blocking_timeout,
-    path_with_query,
     tls_context,
 )
 
@@ -455,48 +453,30 @@ def get(
     return reply
 
 
-async def get_async(
-    pool: Http2Pool,
-    token: TokenSource | None,
-    path: str,
-    params: list[tuple[str, Any]] | None,
-    timeout: float,
+def interpret(
+    result: consul.base.Response | BaseException,
     *,
     kind: str,
     name: str,
     denied: str,
+    uri: str,
+    unless_index: int | None = None,
     keep: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Reply:
-    """`get` for a coroutine on the HTTP/2 pool's loop (a watch): the same answers and
-    the same errors, without a thread waiting for it."""
-    target = path_with_query(path, params)
-    limit = blocking_timeout(params, timeout)
-
-    async def ask(headers: dict[str, str]) -> Reply:
-        try:
-            response = await pool.request(target, headers, limit)
-        except (OSError, Http2Unavailable) as exc:
-            if isinstance(exc, Http2Unavailable):
-                pool.unavailable(exc)
-            raise requests.ConnectionError(str(exc) or type(exc).__name__) from exc
-        return _parse_reply(response, None, keep)
-
-    headers = _token_headers(token)
+    """What `get` makes of a request's outcome, for one made without a thread (an HTTP/2
+    stream's answer, or what ended it): the Reply, or a SourceError, counted alike."""
     try:
-        try:
-            reply = await ask(headers)
-        except consul.ACLPermissionDenied:
-            fresh = _token_headers(token)
-            if fresh == headers:
-                raise
-            reply = await ask(fresh)
+        if isinstance(result, BaseException):
+            raise requests.ConnectionError(str(result) or type(result).__name__) from result
+        reply = _parse_reply(result, unless_index, keep)
     except _FAILURES as exc:
-        raise _failure(exc, kind, name, denied, pool.base_uri) from None
+        raise _failure(exc, kind, name, denied, uri) from None
     SOURCE_REQUESTS.labels(kind, "ok").inc()
     return reply
 
 
-def _token_headers(token: TokenSource | None) -> dict[str, str]:
+def token_headers(token: TokenSource | None) -> dict[str, str]:
+    """The request headers that carry the token (read again: it may have been rotated)."""
     current = token.current() if token is not None else None
     return {"X-Consul-Token": current} if current else {}
 
@@ -731,7 +711,8 @@ __all__ = [
     "ConsulEndpoint",
     "Reply",
     "get",
-    "get_async",
+    "interpret",
     "make_client",
     "resolve_endpoint",
+    "token_headers",
 ]

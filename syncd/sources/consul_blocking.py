@@ -10,22 +10,18 @@ cannot make the loop spin.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from syncd.errors import SourceError
 from syncd.ratelimit import backoff
 from syncd.sources.consul_api import ConsulClients, HeldClient, Reply
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,9 +54,10 @@ class BlockingQuery:
     index: int = 0  # where to start (an answer already held: its index)
 
 
-class _Position:
+class Position:
     """Where a loop is: the index it waits on, whether Consul's went backwards, and the
-    failures in a row. What to do after each ask is decided here, for either driver."""
+    failures in a row. What to do after each ask is decided here, for a thread's loop
+    (`follow`) and for a stream's callbacks (consul_streams) alike."""
 
     def __init__(self, query: BlockingQuery, min_interval: float):
         self.query = query
@@ -99,7 +96,7 @@ class _Position:
 def follow(query: BlockingQuery, clients: ConsulClients, stop: threading.Event) -> None:
     """Ask, wait for a change, tell, ask again; until `stop` is set or told to stop."""
     held: HeldClient | None = None
-    position = _Position(query, clients.connection.min_query_interval)
+    position = Position(query, clients.connection.min_query_interval)
     try:
         while not stop.is_set():
             started = time.monotonic()
@@ -122,73 +119,3 @@ def follow(query: BlockingQuery, clients: ConsulClients, stop: threading.Event) 
         if held is not None:
             query.on_connection(None)
             held.close()
-
-
-class AsyncHeld:
-    """What another thread can cut short in a watch running on an event loop: the
-    request or the pause in progress (`interrupt`, thread-safe), as HeldClient does."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._current: asyncio.Future[Any] | None = None
-
-    def interrupt(self) -> None:
-        self._loop.call_soon_threadsafe(self._cancel)
-
-    def _cancel(self) -> None:
-        if self._current is not None:
-            self._current.cancel()
-
-    async def run(self, awaitable: Awaitable[T]) -> T:
-        """`awaitable`'s result; SourceError if it was cut short."""
-        task = asyncio.ensure_future(awaitable)
-        self._current = task
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if _cancelling():
-                raise  # the watch itself is being cancelled
-            raise SourceError("cut short") from None
-        finally:
-            self._current = None
-
-    async def sleep(self, seconds: float) -> None:
-        """A pause that `interrupt` ends early."""
-        with contextlib.suppress(SourceError):
-            await self.run(asyncio.sleep(seconds))
-
-    def close(self) -> None:
-        pass
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-async def follow_async(
-    query: BlockingQuery,
-    ask: Callable[[int], Awaitable[Reply]],
-    min_interval: float,
-    stop: threading.Event,
-    held: AsyncHeld,
-) -> None:
-    """`follow` as a coroutine: `ask(index)` instead of a connection of its own (an
-    HTTP/2 stream), so a watch costs no thread."""
-    position = _Position(query, min_interval)
-    query.on_connection(held)
-    try:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                reply = await held.run(ask(position.index))
-            except SourceError as error:
-                pause = position.failed(error, stop.is_set())
-            else:
-                pause = position.answered(reply, started)
-            if pause is None:
-                break
-            if pause > 0:
-                await held.sleep(pause)
-    finally:
-        query.on_connection(None)

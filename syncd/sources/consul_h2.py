@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import ssl
 import threading
@@ -60,15 +61,26 @@ class StreamFailed(ConnectionError):
     """A request lost with its stream or its connection (reset, closed, refused)."""
 
 
-class _Stream:
-    __slots__ = ("chunks", "future", "headers", "id", "status")
+Done = Callable[["consul.base.Response | BaseException"], None]
 
-    def __init__(self, stream_id: int, future: asyncio.Future[consul.base.Response]):
+
+class _Stream:
+    """One request in flight. Thousands wait at once (a blocking query each), so it holds
+    nothing but its callback until its answer comes."""
+
+    __slots__ = ("chunks", "done", "headers", "id", "status")
+
+    def __init__(self, stream_id: int, done: Done):
         self.id = stream_id
-        self.future = future
+        self.done: Done | None = done  # called once, with the answer or what ended it
         self.status = 0
-        self.headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
-        self.chunks: list[bytes] = []
+        self.headers: dict[str, str] | None = None
+        self.chunks: list[bytes] | None = None
+
+    def end(self, result: consul.base.Response | BaseException) -> None:
+        done, self.done = self.done, None
+        if done is not None:
+            done(result)
 
 
 class _Connection:
@@ -105,7 +117,7 @@ class _Connection:
     def room(self) -> int:
         return 0 if self.closed or self.draining else self.max_streams - len(self.streams)
 
-    def send(self, path: str, headers: Mapping[str, str]) -> _Stream:
+    def send(self, path: str, headers: Mapping[str, str], done: Done) -> _Stream:
         stream_id = self._h2.get_next_available_stream_id()
         request = [
             HeaderTuple(":method", "GET"),
@@ -116,13 +128,15 @@ class _Connection:
             *(NeverIndexedHeaderTuple(name.lower(), value) for name, value in headers.items()),
         ]
         self._h2.send_headers(stream_id, request, end_stream=True)
-        stream = _Stream(stream_id, asyncio.get_running_loop().create_future())
+        stream = _Stream(stream_id, done)
         self.streams[stream_id] = stream
         self._flush()
         return stream
 
     def cancel(self, stream: _Stream) -> None:
-        """Reset one stream (a request given up): the others go on."""
+        """Reset one stream (a request given up; its callback is not called): the others
+        go on."""
+        stream.done = None
         if self.streams.pop(stream.id, None) is None or self.closed:
             return
         with contextlib.suppress(h2.exceptions.H2Error):
@@ -165,42 +179,41 @@ class _Connection:
         elif isinstance(event, h2.events.ResponseReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                for name, value in event.headers or ():
-                    stream.headers[_text(name)] = _text(value)
+                stream.headers = {_text(n).lower(): _text(v) for n, v in event.headers or ()}
                 stream.status = int(stream.headers.pop(":status", 0))
         elif isinstance(event, h2.events.DataReceived):
             self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             stream = self.streams.get(event.stream_id)
             if stream is not None:
+                if stream.chunks is None:
+                    stream.chunks = []
                 stream.chunks.append(event.data)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.pop(event.stream_id, None)
-            if stream is not None and not stream.future.done():
-                body = b"".join(stream.chunks).decode("utf-8", "replace")
-                stream.future.set_result(consul.base.Response(stream.status, stream.headers, body))
+            if stream is not None:
+                body = b"".join(stream.chunks or ()).decode("utf-8", "replace")
+                headers = CaseInsensitiveDict(stream.headers or {})
+                stream.end(consul.base.Response(stream.status, headers, body))
             self.on_room()
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
-            if stream is not None and not stream.future.done():
+            if stream is not None:
                 code = getattr(event.error_code, "name", event.error_code)
-                stream.future.set_exception(StreamFailed(f"the server reset the request ({code})"))
+                stream.end(StreamFailed(f"the server reset the request ({code})"))
             self.on_room()
         elif isinstance(event, h2.events.ConnectionTerminated):  # GOAWAY: no new streams
             self.draining = True
             last = event.last_stream_id or 0
             for stream_id in [s for s in self.streams if s > last]:
-                stream = self.streams.pop(stream_id)
-                if not stream.future.done():
-                    stream.future.set_exception(
-                        StreamFailed("the server is closing the connection")
-                    )
+                self.streams.pop(stream_id).end(
+                    StreamFailed("the server is closing the connection")
+                )
 
     def _fail_all(self, failure: BaseException) -> None:
         self.closed = True
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            if not stream.future.done():
-                stream.future.set_exception(_lost(failure))
+            stream.end(_lost(failure))
         self.on_room()
 
 
@@ -227,8 +240,8 @@ class Http2Pool:
         self.budget = max(1, budget)
         self._connect_timeout = connect_timeout
         self._connections: list[_Connection] = []
-        self._opening = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._opening = 0  # 1 while a connection is being opened
+        self._queued: deque[Pending] = deque()  # requests waiting for a stream
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock = threading.Lock()
         self.max_streams: int | None = None  # per connection, once a server has said
@@ -289,88 +302,141 @@ class Http2Pool:
 
     # -- requests
 
+    def submit(
+        self, path: str, headers: Mapping[str, str], timeout: float | None, done: Done
+    ) -> Pending:
+        """(On the loop.) GET `path` (with its query) when a stream is free; `done` is
+        called once with the answer, whatever its status, or what failed (StreamFailed,
+        Http2Unavailable, TimeoutError, an ssl or socket error); never after `cancel`."""
+        pending = Pending(path, headers, done)
+        if timeout is not None:
+            pending.timer = asyncio.get_running_loop().call_later(
+                timeout, self._end, pending, TimeoutError("no answer in time")
+            )
+        self._queued.append(pending)
+        self._dispatch()
+        return pending
+
+    def cancel(self, pending: Pending) -> None:
+        """(On the loop.) Give a request up: its stream is reset, its callback not called."""
+        pending.done = None
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if pending.stream is not None and pending.connection is not None:
+            pending.connection.cancel(pending.stream)
+
     async def request(
         self, path: str, headers: Mapping[str, str], timeout: float | None
     ) -> consul.base.Response:
-        """GET `path` (with its query); the answer whatever its status. Raises
-        StreamFailed, Http2Unavailable, TimeoutError, ssl.SSLError or OSError."""
-        while True:
-            connection = await self._connection()
-            try:
-                stream = connection.send(path, headers)
-                break
-            except h2.exceptions.H2Error:  # out of stream ids, or closing: use another
-                connection.draining = True
-        try:
-            return await asyncio.wait_for(asyncio.shield(stream.future), timeout)
-        finally:
-            if not stream.future.done():  # given up (timed out, cancelled): free its stream
-                stream.future.cancel()
-                connection.cancel(stream)
+        """`submit` as a coroutine (for a thread's request, through `run`)."""
+        future: asyncio.Future[consul.base.Response] = asyncio.get_running_loop().create_future()
 
-    async def _connection(self) -> _Connection:
-        """A connection with a free stream: the one with most room, a new one, or the
-        first to free a stream."""
-        while True:
+        def done(result: consul.base.Response | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        pending = self.submit(path, headers, timeout, done)
+        try:
+            return await future
+        finally:
+            if not future.done() or future.cancelled():
+                self.cancel(pending)
+
+    def _end(self, pending: Pending, result: consul.base.Response | BaseException) -> None:
+        done, pending.done = pending.done, None
+        if pending.timer is not None:
+            pending.timer.cancel()
+        stream, connection = pending.stream, pending.connection
+        if isinstance(result, TimeoutError) and stream is not None and connection is not None:
+            connection.cancel(stream)  # timed out in flight: free its stream
+        if done is not None:
+            try:
+                done(result)
+            except Exception:  # a caller's bug must not end the connection others share
+                log.exception("a Consul request's callback failed")
+
+    def _dispatch(self) -> None:
+        """Send what waits while streams are free; open a connection (one at a time, up
+        to the budget) when none is: a burst fills one connection before it opens the
+        next, rather than the whole budget at once."""
+        while self._queued:
+            pending = self._queued[0]
+            if pending.done is None:  # given up while waiting
+                self._queued.popleft()
+                continue
             self._connections = [c for c in self._connections if not c.closed]
             best = max(self._connections, key=lambda c: c.room, default=None)
-            if best is not None and best.room > 0:
-                return best
-            # One connection is opened at a time, and the requests waiting meanwhile look
-            # again when it is up: a burst at start fills one connection before it opens
-            # the next, rather than the whole budget at once.
-            if not self._opening and len(self._connections) < self.budget:
-                return await self._open()
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiting.append(waiter)
+            if best is None or best.room <= 0:
+                if not self._opening and len(self._connections) < self.budget:
+                    self._opening = 1
+                    asyncio.get_running_loop().create_task(self._open())
+                return
+            self._queued.popleft()
             try:
-                await waiter
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
+                pending.stream = best.send(
+                    pending.path, pending.headers, functools.partial(self._end, pending)
+                )
+                pending.connection = best
+            except h2.exceptions.H2Error:  # out of stream ids, or closing: use another
+                best.draining = True
+                self._queued.appendleft(pending)
 
-    async def _open(self) -> _Connection:
-        self._opening += 1
+    async def _open(self) -> None:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    self._host,
-                    self._port,
-                    ssl=self._context,
-                    server_hostname=self._server_name,
-                ),
-                self._connect_timeout,
-            )
-            chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
-            if chosen != "h2":
-                writer.close()
-                raise Http2Unavailable(f"the server chose {chosen or 'no protocol'}, not h2")
-            connection = _Connection(reader, writer, f"{self._server_name}:{self._port}")
-            connection.on_room = self._wake
-            try:
-                await connection.start(self._connect_timeout)
-            except BaseException:
-                connection.close()
-                raise
-            if connection.closed:
-                raise StreamFailed("the server closed the connection at once")
-            self.max_streams = connection.max_streams
-            self._connections.append(connection)
-            self._on_connected()
-            return connection
-        finally:
-            self._opening -= 1
-            self._wake()
+            connection = await self._connect()
+        except Exception as exc:  # every request waiting learns why, and backs off
+            self._opening = 0
+            if isinstance(exc, Http2Unavailable):
+                self._on_unavailable(exc)
+            queued, self._queued = self._queued, deque()
+            for pending in queued:
+                self._end(pending, exc)
+            return
+        self._opening = 0
+        self.max_streams = connection.max_streams
+        self._connections.append(connection)
+        self._on_connected()
+        self._dispatch()
 
-    def _wake(self) -> None:
-        """A stream ended or a connection changed: waiting requests look again, as many as
-        there may be room for now."""
-        room = sum(c.room for c in self._connections) + (0 if self._opening else 1)
-        while self._waiting and room > 0:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                room -= 1
+    async def _connect(self) -> _Connection:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self._host, self._port, ssl=self._context, server_hostname=self._server_name
+            ),
+            self._connect_timeout,
+        )
+        chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        if chosen != "h2":
+            writer.close()
+            raise Http2Unavailable(f"the server chose {chosen or 'no protocol'}, not h2")
+        connection = _Connection(reader, writer, f"{self._server_name}:{self._port}")
+        connection.on_room = self._dispatch
+        try:
+            await connection.start(self._connect_timeout)
+        except BaseException:
+            connection.close()
+            raise
+        if connection.closed:
+            raise StreamFailed("the server closed the connection at once")
+        return connection
+
+
+class Pending:
+    """A request waiting for a stream, or in flight on one."""
+
+    __slots__ = ("connection", "done", "headers", "path", "stream", "timer")
+
+    def __init__(self, path: str, headers: Mapping[str, str], done: Done):
+        self.path = path
+        self.headers = headers
+        self.done: Done | None = done
+        self.timer: asyncio.TimerHandle | None = None
+        self.stream: _Stream | None = None
+        self.connection: _Connection | None = None
 
 
 def _text(value: str | bytes) -> str:

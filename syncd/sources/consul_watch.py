@@ -53,21 +53,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Awaitable
 
 from syncd.errors import SourceError
 from syncd.observability import CONSUL_CONNECTIONS, CONSUL_SERVICES, CONSUL_STREAMS
 from syncd.sources.base import ChangeEmitter, Emit
 from syncd.sources.consul import ConsulSource
 from syncd.sources.consul_api import ConsulClients, HeldClient, Reply
-from syncd.sources.consul_blocking import (
-    AsyncHeld,
-    BlockingQuery,
-    Interruptible,
-    Update,
-    follow,
-    follow_async,
-)
+from syncd.sources.consul_blocking import BlockingQuery, Interruptible, Update, follow
 from syncd.sources.consul_feeds import FEEDS, ChangeFeeds
 from syncd.sources.consul_h2 import Http2Pool
 from syncd.sources.consul_query import (
@@ -79,6 +71,7 @@ from syncd.sources.consul_query import (
     Subscription,
 )
 from syncd.sources.consul_readers import Readers
+from syncd.sources.consul_streams import StreamWatch
 from syncd.workqueue import RetryLimiter, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -192,7 +185,7 @@ class ConsulWatch:
         self._watchers[serial] = query
         pool = self.clients.pool()
         if pool is not None:  # a stream on the shared loop, no thread
-            pool.run(self._watch_streamed(query, stop, serial, pool))
+            self._watch_streamed(query, stop, serial, pool)
             return
         threading.Thread(
             target=self._watch,
@@ -285,10 +278,11 @@ class ConsulWatch:
         if not self._stopped.is_set():  # its slot is free: another service may take it
             self._queue.add(Rebalance(), "rebalance")  # many at once: one commit
 
-    async def _watch_streamed(
+    def _watch_streamed(
         self, query: Query, stop: threading.Event, serial: int, pool: Http2Pool
     ) -> None:
-        """One service's own blocking queries as HTTP/2 streams, on the pool's loop."""
+        """One service's own blocking queries as HTTP/2 streams, driven by callbacks on
+        the pool's loop (consul_streams): no thread, no task."""
         callbacks = self._watch_callbacks(query, stop)
         known = query.entries is not None and not query.failing
         callbacks.index = query.index if known else 0
@@ -303,25 +297,15 @@ class ConsulWatch:
                 stop.set()
 
         callbacks.on_failure = on_failure
-
-        def ask(index: int) -> Awaitable[Reply]:
-            return query.source.read_async(pool, index, keep=query.slim)
-
-        try:
-            await follow_async(
-                callbacks,
-                ask,
-                self.clients.connection.min_query_interval,
-                stop,
-                AsyncHeld(pool.loop),
-            )
-        except Exception:  # never silently: the watch is gone, its query is placed again
-            log.exception("consul watch of %s failed", query.service)
-            with self._lock:
-                if query.stop is stop:
-                    query.mode = Mode.NEW
-        finally:
-            self._watch_ended(serial)
+        StreamWatch(
+            pool,
+            query.source,
+            callbacks,
+            query.slim,
+            stop,
+            answer_known=lambda: query.entries is not None and not query.failing,
+            on_end=lambda: self._watch_ended(serial),
+        ).start()
 
     def _grown_big(self, query: Query, stop: threading.Event) -> bool:
         """Past BIG_SERVICE instances a service moves to the feeds (a patch per change
