@@ -115,6 +115,7 @@ def server_binaries() -> dict[str, str]:
             ("promtool", "PROMTOOL"),
             ("helm", "HELM"),
             ("coredns", "COREDNS"),
+            ("toxiproxy", "TOXIPROXY"),
         ):
             _BINARIES[name] = os.environ.get(variable) or paths[variable]
     return _BINARIES
@@ -449,8 +450,14 @@ class KubeApiServer:
                 return None
             raise
 
-    def _write_kubeconfig(self, user: str, token: str) -> Path:
-        path = self.workdir / f"{user}.kubeconfig"
+    def syncd_kubeconfig_via(self, address: str) -> Path:
+        """syncd's kubeconfig with the server at `address` (host:port), e.g. a fault proxy;
+        the certificate names 127.0.0.1, so any loopback port verifies."""
+        return self._write_kubeconfig("syncd", self.syncd_token, f"https://{address}")
+
+    def _write_kubeconfig(self, user: str, token: str, server: str = "") -> Path:
+        port = server.rsplit(":", 1)[1] if server else ""  # no ':' in a kubeconfig's path
+        path = self.workdir / (f"{user}-{port}.kubeconfig" if port else f"{user}.kubeconfig")
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -458,7 +465,7 @@ class KubeApiServer:
                 {
                     "name": "test",
                     "cluster": {
-                        "server": self.url,
+                        "server": server or self.url,
                         "certificate-authority": str(self.workdir / "certs" / "apiserver.crt"),
                     },
                 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real servers the integration tests run (kube-apiserver, kube-proxy, etcd, consul,
-# coredns, and the tools kustomize, promtool and helm)
+# coredns, toxiproxy, and the tools kustomize, promtool and helm)
 # from their published Go modules, and cache the binaries outside the repository, keyed by
 # version.
 #
@@ -33,6 +33,9 @@ HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 COREDNS_PLUGINS="bind errors kubernetes log ready"  # compiled in; part of the cache key
 COREDNS_BUILD="$COREDNS_VERSION+${COREDNS_PLUGINS// /.}"
+# The fault proxy between syncd and its servers (tests/integration/test_faults.py): stalls,
+# resets and latency as Toxiproxy's toxics. v2.5.0 is the newest the module proxy serves.
+TOXIPROXY_VERSION="${TOXIPROXY_VERSION:-v2.5.0}"
 TOOLS_DIR="${SYNCD_TOOLS_DIR:-$HOME/.cache/syncd/tools}"
 
 log() { printf '[build-test-servers] %s\n' "$*" >&2; }
@@ -162,6 +165,12 @@ build_coredns() {
   log "coredns ready: $out"
 }
 
+build_toxiproxy() {
+  build_from_module toxiproxy "$TOXIPROXY_VERSION" github.com/Shopify/toxiproxy/v2/cmd/server \
+    "require github.com/Shopify/toxiproxy/v2 $TOXIPROXY_VERSION" \
+    "-s -w -X github.com/Shopify/toxiproxy/v2.Version=$TOXIPROXY_VERSION"
+}
+
 prometheus_crds() { # prints the directory holding the CRDs (downloaded once, cached by Go)
   require_go
   local dir
@@ -190,7 +199,8 @@ if [[ "${1:-}" == "--check" ]]; then
   wanted=("kube-apiserver $KUBERNETES_VERSION" "kube-proxy $KUBERNETES_VERSION"
           "kube-controller-manager $KUBERNETES_VERSION"
           "etcd $ETCD_VERSION" "consul $CONSUL_VERSION" "kustomize $KUSTOMIZE_VERSION"
-          "promtool $PROMETHEUS_VERSION" "helm $HELM_VERSION" "coredns $COREDNS_BUILD")
+          "promtool $PROMETHEUS_VERSION" "helm $HELM_VERSION" "coredns $COREDNS_BUILD"
+          "toxiproxy $TOXIPROXY_VERSION")
   for version in $KUBERNETES_MATRIX; do wanted+=("kube-apiserver $version"); done
   for b in "${wanted[@]}"; do
     set -- $b
@@ -211,6 +221,7 @@ build_kustomize
 build_promtool
 build_helm
 build_coredns
+build_toxiproxy
 crds="$(prometheus_crds)"
 echo "KUBE_APISERVER=$(bin_path kube-apiserver "$KUBERNETES_VERSION")"
 echo "KUBE_PROXY=$(bin_path kube-proxy "$KUBERNETES_VERSION")"
@@ -226,4 +237,5 @@ echo "KUSTOMIZE=$(bin_path kustomize "$KUSTOMIZE_VERSION")"
 echo "PROMTOOL=$(bin_path promtool "$PROMETHEUS_VERSION")"
 echo "HELM=$(bin_path helm "$HELM_VERSION")"
 echo "COREDNS=$(bin_path coredns "$COREDNS_BUILD")"
+echo "TOXIPROXY=$(bin_path toxiproxy "$TOXIPROXY_VERSION")"
 echo "PROMETHEUS_CRDS=$crds"

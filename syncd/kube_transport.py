@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import stat
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 from syncd.errors import KubeConfigError, KubeConflict, KubeError, KubeNotFound
+from syncd.observability import KUBE_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,8 @@ def retry_policy(settings: KubeSettings, stop: threading.Event, what: str) -> te
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        if exc is not None:
+            KUBE_FAILURES.labels(failure_reason(exc)).inc()
         log.warning(
             "%s failed (%s); retrying in %.1fs",
             what,
@@ -240,12 +244,36 @@ def retry_policy(settings: KubeSettings, stop: threading.Event, what: str) -> te
 
 
 def api_error(verb: str, what: str, exc: BaseException, host: str) -> KubeError:
-    """The KubeError (or subclass) a failed call becomes."""
+    """The KubeError (or subclass) a failed call becomes (its last attempt counted, when
+    the network or the server failed it: retried attempts are counted as they fail)."""
+    if is_transient(exc):
+        KUBE_FAILURES.labels(failure_reason(exc)).inc()
     if isinstance(exc, HttpError):
         message, reason = _status_message(exc)
         error = {404: KubeNotFound, 409: KubeConflict}.get(exc.status, KubeError)
         return error(f"{verb} {what}: {exc.status} {message}", exc.status, reason)
     return KubeError(f"{verb} {what}: cannot reach {host}: {describe_failure(exc)}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason label of syncd_kube_request_failures_total for a failed request."""
+    if isinstance(exc, HttpError):
+        return "throttled" if exc.status == 429 else "server" if exc.status >= 500 else "other"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    for kinds, reason in _FAILURE_REASONS:
+        if isinstance(exc, kinds):
+            return reason
+    text = str(exc).lower()
+    return "reset" if "reset" in text or "ended prematurely" in text else "other"
+
+
+_FAILURE_REASONS: tuple[tuple[Any, str], ...] = (
+    ((TimeoutError, urllib3.exceptions.TimeoutError), "timeout"),
+    ((ConnectionRefusedError, urllib3.exceptions.NewConnectionError), "refused"),
+    ((ConnectionResetError, urllib3.exceptions.ProtocolError), "reset"),
+    ((urllib3.exceptions.SSLError, ssl.SSLError), "tls"),
+)
 
 
 def describe_failure(exc: BaseException | None) -> str:

@@ -54,6 +54,13 @@ KUBE_REQUESTS = Counter(
     ["verb"],
     registry=REGISTRY,
 )
+KUBE_FAILURES = Counter(
+    "syncd_kube_request_failures_total",
+    "Kubernetes API requests that failed, by why: timeout (no answer within "
+    "--request-timeout), reset, refused, tls, throttled (429), server (5xx), other",
+    ["reason"],
+    registry=REGISTRY,
+)
 RECONCILES = Counter(
     "syncd_reconciles_total",
     "Target reconciles by outcome and by what queued them (source, cluster, resync, retry, "

@@ -35,7 +35,7 @@ _SERVER_FIXTURES = {
     "apiserver", "private_apiserver", "admin", "admin_api", "namespace", "run_syncd", "daemon",
     "consul", "consul_acl", "consul_persistent", "consul_tight", "consul_dev", "consul_tls",
     "consul_dev_any",
-    "bind", "bind_private", "test_hosts", "coredns",
+    "bind", "bind_private", "test_hosts", "coredns", "toxiproxy",
 }  # fmt: skip
 _TIER_MARKS = {"dataplane": ("root", "netns"), "image": ("root", "podman")}
 
@@ -227,6 +227,16 @@ def coredns(apiserver, tmp_path_factory):
     server = _started(
         CoreDns(tmp_path_factory.mktemp("coredns"), apiserver.admin_kubeconfig), "CoreDNS"
     )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(tmp_path_factory):
+    """A real Toxiproxy: `toxiproxy.proxy("host:port")` relays to a server with faults."""
+    from harness.toxiproxy import Toxiproxy
+
+    server = _started(Toxiproxy(tmp_path_factory.mktemp("toxiproxy")), "Toxiproxy")
     yield server
     server.stop()
 

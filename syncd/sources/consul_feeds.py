@@ -136,6 +136,16 @@ class ChangeFeeds:
             held += feeds.held
         return held
 
+    def connections_held(self, failing_only: bool = False) -> list[Interruptible]:
+        """The feeds' connections (to cut: they ask again, from index 0, as after a
+        failure); with `failing_only`, those of datacenters where a feed fails."""
+        return [
+            held
+            for feeds in self._feeds.values()
+            if feeds.failing or not failing_only
+            for held in feeds.held
+        ]
+
     def take_instances(self, key: QueryKey) -> frozenset[Selector]:
         with self._queries.lock:
             return frozenset(self._instances.pop(key, ()))

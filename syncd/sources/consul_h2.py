@@ -275,6 +275,19 @@ class Http2Pool:
 
         loop.call_soon_threadsafe(shut)
 
+    def reconnect(self) -> None:
+        """Close every connection (their requests fail and are asked again, on new ones):
+        the agent stopped answering, and a stalled connection would never say so."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def drop() -> None:
+            for connection in list(self._connections):
+                connection.close()
+
+        loop.call_soon_threadsafe(drop)
+
     @property
     def base_uri(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host

@@ -248,5 +248,11 @@ class Rebalance:
 
 
 @dataclass(frozen=True)
+class AgentCheck:
+    """Does the agent answer at all? (every AGENT_CHECK seconds: a stalled network says
+    nothing, and a blocking query on it would wait out its whole deadline)"""
+
+
+@dataclass(frozen=True)
 class TokenCheck:
     """Has the token file changed? (every TOKEN_CHECK seconds)"""

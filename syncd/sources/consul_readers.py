@@ -17,10 +17,11 @@ from collections.abc import Callable, Hashable
 
 from syncd.errors import SourceError
 from syncd.observability import CONSUL_READS
-from syncd.sources.consul_api import ConsulClients
+from syncd.sources.consul_api import ConsulClients, get
 from syncd.sources.consul_blocking import Interruptible
 from syncd.sources.consul_feeds import ChangeFeeds
 from syncd.sources.consul_query import (
+    AgentCheck,
     Mode,
     Queries,
     QueryKey,
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 
 INSTANCES_BATCH = 32  # instances read in one filtered read; more: read the whole service
 TOKEN_CHECK = 1.0  # seconds between looks at a token file (a stat; read when it changed)
+# Seconds between two looks at whether the agent answers (GET /v1/status/leader, within
+# consul.timeout). A blocking query says nothing for up to its wait, so a stalled network
+# (bytes dropped, nothing closed) would otherwise go unnoticed for minutes: this bounds
+# the time to notice to AGENT_CHECK + consul.timeout, and the time to ask again once it
+# answers to AGENT_CHECK.
+AGENT_CHECK = 5.0
 
 
 class Readers:
@@ -57,6 +64,8 @@ class Readers:
         self._token_generation = clients.token.generation if clients.token else 0
         if clients.token is not None and clients.token.rereadable:
             queue.add_after(TokenCheck(), TOKEN_CHECK, "token")
+        self._agent_down: SourceError | None = None  # why the agent did not answer
+        queue.add_after(AgentCheck(), AGENT_CHECK, "agent")
         self.threads = [
             threading.Thread(target=self._loop, name=f"consul-reader-{n}", daemon=True)
             for n in range(clients.size)
@@ -82,6 +91,8 @@ class Readers:
             self._rebalance()
         elif isinstance(key, TokenCheck):
             self._check_token()
+        elif isinstance(key, AgentCheck):
+            self._check_agent()
         elif isinstance(key, ReadInstances):
             self._read_instances(key.key)
         elif isinstance(key, SweepStep):
@@ -110,6 +121,72 @@ class Readers:
             for client in held:
                 client.interrupt()
         self._queue.add_after(TokenCheck(), TOKEN_CHECK, "token")
+
+    def _check_agent(self) -> None:
+        """Is the agent answering? When it stops, every Consul target is reported stale
+        (what is applied is kept) and every blocking query is cut, to be asked again from
+        index 0; when it answers again, those still failing are cut once more, so none
+        waits out its deadline on a connection that was stalled."""
+        try:
+            with self._clients.borrow() as client:
+                get(
+                    client,
+                    "/v1/status/leader",
+                    None,
+                    kind="consul",
+                    name="the Consul agent",
+                    denied="the ACL token may not ask it",
+                )
+        except SourceError as error:
+            if self._agent_down is None:
+                self._agent_down = error
+                self._agent_lost(error)
+        else:
+            if self._agent_down is not None:
+                self._agent_down = None
+                self._agent_back()
+        finally:
+            self._queue.add_after(AgentCheck(), AGENT_CHECK, "agent")
+
+    def _agent_lost(self, error: SourceError) -> None:
+        with self._queries.lock:
+            queries = list(self._queries.all())
+            held = [q.held for q in queries if q.mode is Mode.WATCH and q.held is not None]
+            held += self._feeds.connections_held()
+        log.warning(
+            "%s; the %d Consul services syncd follows are stale (what is applied is kept) "
+            "and their blocking queries are asked again until it answers",
+            error,
+            len(queries),
+        )
+        for query in queries:
+            query.fail(error, quiet=True)
+        self._cut(held)
+
+    def _agent_back(self) -> None:
+        with self._queries.lock:
+            stalled = [
+                q.held
+                for q in self._queries.all()
+                if q.mode is Mode.WATCH and q.failing and q.held is not None
+            ]
+            stalled += self._feeds.connections_held(failing_only=True)
+            feed_followed = [q.key for q in self._queries.all() if q.mode is Mode.FEED]
+        log.warning(
+            "the Consul agent answers again; %d blocking queries still failing are asked again",
+            len(stalled),
+        )
+        for key in feed_followed:  # their last reads may have failed too: one read each
+            self._queue.add(key, "catch-up")
+        if stalled:
+            self._cut(stalled)
+
+    def _cut(self, held: list[Interruptible]) -> None:
+        pool = self._clients.pool()
+        if pool is not None:
+            pool.reconnect()  # every stream of a stalled connection, at once
+        for client in held:
+            client.interrupt()
 
     def _read(self, key: QueryKey, reason: str) -> None:
         query = self._queries.get(key)
