@@ -71,7 +71,9 @@ zone "{ZONE}" {{
 """)
         return config
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, zone_loaded: bool = True) -> None:
+        """Start named; ready when it answers the zone's SOA (with `zone_loaded` False:
+        when it answers at all, e.g. SERVFAIL for a zone that did not load)."""
         config = self._write_config()
         log = self.workdir / "named.log"
         handle = open(log, "ab")  # noqa: SIM115 - lives as long as the process
@@ -89,12 +91,29 @@ zone "{ZONE}" {{
                 )
             try:
                 query = dns.message.make_query(ZONE, "SOA")
-                if dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.5).answer:
+                response = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.5)
+                if response.answer or not zone_loaded:
                     return
             except (OSError, dns.exception.Timeout):
                 pass
             time.sleep(0.1)
         raise ServerStartError(f"named not answering after {timeout}s:\n{_tail(log)}")
+
+    def restart_with_zone(self, records: str, valid: bool = True) -> None:
+        """Stop named, write the zone file anew (the SOA, then `records`; with `valid`
+        False, a line named refuses, so the zone does not load and every query in it is
+        answered SERVFAIL), and start it again. Dynamic updates made before are dropped."""
+        self.stop()
+        zone_file = self.workdir / "example.test.zone"
+        for journal in self.workdir.glob("example.test.zone.jnl"):
+            journal.unlink()
+        zone_file.write_text(
+            "$TTL 2\n"
+            f"@ IN SOA ns.{ZONE} hostmaster.{ZONE} 2 60 60 600 2\n"
+            f"@ IN NS ns.{ZONE}\n"
+            "ns IN A 192.0.2.253\n" + records + ("" if valid else "broken IN A not-an-address\n")
+        )
+        self.start(zone_loaded=valid)
 
     def stop(self) -> None:
         stop_process(self.process)

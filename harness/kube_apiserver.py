@@ -229,7 +229,11 @@ class KubeApiServer:
     """Start/stop etcd + kube-apiserver in a private directory."""
 
     def __init__(
-        self, workdir: Path, service_cidr: str = "10.96.0.0/16", version: str | None = None
+        self,
+        workdir: Path,
+        service_cidr: str = "10.96.0.0/16",
+        version: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ):
         self.workdir = workdir
         self.service_cidr = service_cidr  # a ClusterIP for every Service syncd creates
@@ -239,6 +243,7 @@ class KubeApiServer:
         self.syncd_token = uuid.uuid4().hex
         self.audit_log_path = workdir / "audit.log"
         self.version = version  # None: the newest (the one the whole suite runs on)
+        self.extra_args = extra_args  # more kube-apiserver flags (e.g. --watch-cache=false)
 
     @property
     def url(self) -> str:
@@ -294,6 +299,21 @@ class KubeApiServer:
 
         _wait(healthy, 30, "etcd", process, log)
         return client_url
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now (what kube-apiserver does every 5 minutes): a
+        watch asked from an older resourceVersion then gets 410 Gone. Returns the revision."""
+
+        def post(path: str, body: dict) -> dict:
+            request = urllib.request.Request(
+                f"{self.etcd_url}{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.load(response)
+
+        revision = int(post("/v3/kv/range", {"key": "Lw=="})["header"]["revision"])  # "/"
+        post("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
 
     def stop_apiserver(self) -> None:
         """Stop kube-apiserver alone (etcd keeps the data), as an upgrade or a crash would."""
@@ -367,6 +387,7 @@ class KubeApiServer:
                 "blocking",
                 "--audit-log-maxsize",
                 "0",
+                *self.extra_args,
             ],
             "kube-apiserver.log",
         )

@@ -211,7 +211,8 @@ class ClusterCache:
             except KubeError as exc:
                 if stop.is_set():
                     return
-                if exc.status == 410:  # too old: list again, at once
+                if exc.status == 410:  # too old (etcd compacted it): list again, at once
+                    log.info("watching %ss: 410 Gone (%s); listing again", kind.name, exc)
                     version = ""
                     continue
                 failures += 1

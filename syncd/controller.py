@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from syncd.cache import ClusterCache
 from syncd.daemon_reconcile import DaemonReconciler, Report
 from syncd.kinds import Kind, Obj, target_key_of
-from syncd.kube import Kube
+from syncd.kube import Kube, with_deadline
 from syncd.leader import LeaderElector, LeaderSettings
 from syncd.leadership import Leadership
 from syncd.model import AddressPolicy, Config, Target
@@ -155,7 +155,7 @@ class Controller:
         if lease is None:
             return None
         return LeaderElector(
-            kube,
+            with_deadline(kube, lease.renew_deadline / 2),  # a stalled renewal fails in time
             lease,
             on_started=lambda: self._start_leading("leader"),
             on_stopped=lambda: self._leadership.end(),
@@ -282,6 +282,11 @@ class Controller:
         return problems + self._workers.health(self._settings.stuck_after)
 
     def readiness(self) -> tuple[bool, str]:
+        """Not ready while the cluster cannot be watched (the API server unreachable or
+        stalled): what is applied stays, but no change can be seen or made."""
+        problem = self._cache.problem() if self._ready.is_set() else ""
+        if problem:
+            return False, f"cannot watch the cluster: {problem}"
         return self._leadership.readiness(self._ready.is_set())
 
     def target_statuses(self) -> list[TargetStatus]:

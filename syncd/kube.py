@@ -15,15 +15,22 @@ classes: they would cost a conversion of every object in both directions.
   raised at once as a `KubeError`, never retried in a loop. A shutdown interrupts the
   pauses between retries.
 - Lists are paginated (`limit` + `continue`), so memory stays bounded for large clusters.
+- Deadlines (docs/daemon.md, "Deadlines"): a request has `request_timeout` to connect and
+  to be answered; a watch may be silent for WATCH_NO_PROGRESS at most (the API server
+  sends a bookmark about every minute), then it is asked again from where it was. A
+  request that times out or is reset cuts every open watch: they most likely share its
+  broken path, and are better asked again (and seen failing) now than after a minute.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
 import threading
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +52,7 @@ from syncd.kube_transport import (
     Transport,
     api_error,
     describe_failure,
+    failure_reason,
     load_client_configuration,
     retry_policy,
 )
@@ -52,6 +60,34 @@ from syncd.observability import KUBE_REQUESTS
 from syncd.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
+
+# Seconds a watch may go without a byte: kube-apiserver sends a bookmark about every
+# minute to a watch that allows them (its watch cache's heartbeat), so this much silence
+# means a stalled connection, or a server that sends none (its watch cache off): either
+# way the watch is asked again from its resourceVersion, which costs no list.
+WATCH_NO_PROGRESS = 90.0
+_CUTTING = ("timeout", "reset")  # failures that cut the open watches (see the module doc)
+
+
+class OpenWatches:
+    """The responses of the watches open now: a request that timed out or was reset cuts
+    them all (each is then asked again by its informer)."""
+
+    def __init__(self) -> None:
+        self._responses: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def add(self, response: Any) -> None:
+        self._responses.add(response)
+
+    def after_failure(self, exc: BaseException) -> None:
+        if failure_reason(exc) in _CUTTING:
+            self.cut()
+
+    def cut(self) -> None:
+        for response in list(self._responses):
+            shutdown = getattr(response, "shutdown", None)  # urllib3's; not the test API's
+            if shutdown is not None:
+                shutdown()
 
 
 class Kube:
@@ -69,6 +105,7 @@ class Kube:
         self._bucket = TokenBucket(self._settings.qps, self._settings.burst)
         self.calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
+        self.watches = OpenWatches()
 
     @classmethod
     def connect(cls, settings: KubeSettings, stop: threading.Event | None = None) -> Kube:
@@ -142,10 +179,13 @@ class Kube:
             response.release_conn()
             return json.loads(data) if data else None
 
-        retried = retry_policy(self._settings, self._stop, f"{verb} {what}")
+        retried = retry_policy(
+            self._settings, self._stop, f"{verb} {what}", on_failure=self.watches.after_failure
+        )
         try:
             return retried(attempt)
         except (HttpError, *NETWORK_ERRORS) as exc:
+            self.watches.after_failure(exc)
             raise api_error(verb, what, exc, self.host) from None
 
     # -- verbs
@@ -239,11 +279,14 @@ class Kube:
                 row.collection_path(namespace),
                 query=query,
                 timeout=urllib3.Timeout(
-                    connect=self._settings.request_timeout, read=timeout_seconds + 30
+                    connect=self._settings.request_timeout,
+                    read=min(timeout_seconds + 30, WATCH_NO_PROGRESS),
                 ),
             )
         except (HttpError, *NETWORK_ERRORS) as exc:
+            self.watches.after_failure(exc)
             raise api_error("watch", kind, exc, self.host) from None
+        self.watches.add(response)
         return _watch_events(response, row)
 
     def create(
@@ -359,6 +402,8 @@ def _watch_events(response: Any, row: Kind) -> Iterator[tuple[str, dict[str, Any
                     obj.get("reason", ""),
                 )
             yield event.get("type", ""), _with_kind(obj, row)
+    except urllib3.exceptions.ReadTimeoutError:  # silent for WATCH_NO_PROGRESS: ask again
+        log.debug("watch %s: nothing for %gs; watching again", row.name, WATCH_NO_PROGRESS)
     except (*NETWORK_ERRORS, ValueError) as exc:
         raise KubeError(f"watch {row.name}: interrupted: {describe_failure(exc)}") from None
     finally:
@@ -394,4 +439,13 @@ def _with_kind(obj: Any, row: Kind) -> dict[str, Any]:
     return obj
 
 
-__all__ = ["Kube", "KubeSettings", "Transport"]
+def with_deadline(kube: Kube, seconds: float) -> Kube:
+    """The same client whose calls make one attempt of at most `seconds` (a Lease
+    renewal must fail before the renew deadline, not after five tries of 30 s)."""
+    settings = dataclasses.replace(kube._settings, request_timeout=seconds, retry_attempts=1)
+    view = Kube(kube._transport, settings, kube._stop)
+    view.watches = kube.watches
+    return view
+
+
+__all__ = ["Kube", "KubeSettings", "OpenWatches", "Transport", "with_deadline"]

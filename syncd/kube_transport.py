@@ -12,7 +12,7 @@ import os
 import ssl
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -213,8 +213,14 @@ class HttpTransport:
         self._api_client.close()
 
 
-def retry_policy(settings: KubeSettings, stop: threading.Event, what: str) -> tenacity.Retrying:
-    """Retry while the failure is transient: capped, jittered backoff; a shutdown ends it."""
+def retry_policy(
+    settings: KubeSettings,
+    stop: threading.Event,
+    what: str,
+    on_failure: Callable[[BaseException], None] = lambda exc: None,
+) -> tenacity.Retrying:
+    """Retry while the failure is transient: capped, jittered backoff; a shutdown ends it.
+    `on_failure` hears of every failed attempt that is retried."""
 
     def pause(seconds: float) -> None:
         stop.wait(seconds)  # a shutdown cuts a pause short
@@ -223,6 +229,7 @@ def retry_policy(settings: KubeSettings, stop: threading.Event, what: str) -> te
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None:
             KUBE_FAILURES.labels(failure_reason(exc)).inc()
+            on_failure(exc)
         log.warning(
             "%s failed (%s); retrying in %.1fs",
             what,

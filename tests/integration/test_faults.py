@@ -8,15 +8,31 @@ endpoint Consul never listed, that no Service is emptied, that the daemon lives 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+import uuid
 
+import dns.flags
+import dns.message
+import dns.query
 import pytest
 import yaml
+from kubernetes import client as k8s
 
 from harness.faults import FaultWorld, fault_world
-from harness.helpers import endpoint_pairs, slices_of, wait_for, write_config
-from harness.kube_apiserver import stop_process
+from harness.helpers import (
+    endpoint_pairs,
+    sample,
+    scrape,
+    slices_of,
+    target_with,
+    wait_for,
+    write_config,
+)
+from harness.kube_apiserver import KubeApiServer, ServerStartError, free_port, stop_process
 from harness.syncd_process import start_syncd
+from syncd.kube import Kube, KubeSettings
 
 pytestmark = pytest.mark.apiserver
 
@@ -174,3 +190,130 @@ def _identity(log) -> str:
         if "leader election on lease" in line:
             return line.rsplit(" as ", 1)[1]
     raise AssertionError("no replica identity in the log")
+
+
+@pytest.fixture(scope="module")
+def uncached_apiserver(tmp_path_factory):
+    """A kube-apiserver of this module's own that serves watches from etcd (its watch
+    cache off), so an etcd compaction expires a watch's resourceVersion as it would a
+    long-disconnected client's: 410 Gone."""
+    server = KubeApiServer(
+        tmp_path_factory.mktemp("uncached-apiserver"), extra_args=("--watch-cache=false",)
+    )
+    try:
+        server.start()
+    except ServerStartError as exc:
+        server.stop()
+        pytest.fail(f"the real kube-apiserver could not start: {exc}", pytrace=False)
+    server.apply_deploy_rbac()
+    yield server
+    server.stop()
+
+
+def test_a_watch_expired_by_compaction_lists_again_and_writes_nothing(
+    uncached_apiserver, consul, toxiproxy, tmp_path
+):
+    server = uncached_apiserver
+    namespace = f"t-{uuid.uuid4().hex[:10]}"
+    admin = Kube.connect(KubeSettings(kubeconfig=str(server.admin_kubeconfig)))
+    core = k8s.CoreV1Api(server.admin_client())
+    core.create_namespace({"metadata": {"name": namespace}})
+    try:
+        with fault_world(server, consul, toxiproxy, admin, namespace, tmp_path) as world:
+            mark = server.audit.mark()
+            world.api_proxy.set_enabled(False)  # the watches end; new ones are refused
+            for n in range(20):  # history moves on while syncd is away ...
+                core.create_namespaced_config_map(namespace, {"metadata": {"name": f"c{n}"}})
+            server.compact_etcd()  # ... and is compacted: its resourceVersions expire
+            world.api_proxy.set_enabled(True)
+            wait_for(
+                lambda: "listing again" in world.log.read_text(), "a 410 and a relist", timeout=60
+            )
+            world.wait_converged(60)
+            time.sleep(3)  # anything it would write
+            assert server.audit.writes_since(mark) == []
+            assert not world.violations, world.violations
+        assert "410" in world.log.read_text()
+    finally:
+        admin.close()
+        core.api_client.close()
+
+
+# -- DNS: the real BIND, frozen, failing its zone, and answering more than UDP carries
+
+
+def _dns_daemon(daemon, bind, namespace, tmp_path, name: str):
+    source = {
+        "type": "dns",
+        "nameservers": [bind.nameserver],
+        "name": name,
+        "port": 8080,
+        "timeout": 1,
+        "min_ttl": 1,
+        "max_ttl": 2,
+    }
+    config = write_config(tmp_path / "dns.yaml", target_with(namespace, "gw", source))
+    metrics = f"127.0.0.1:{free_port()}"
+    daemon(config, "--metrics-address", metrics)
+    return metrics
+
+
+def _gw(admin, namespace) -> set[tuple[str, int]]:
+    return endpoint_pairs(slices_of(admin, namespace, "gw"))
+
+
+def _stale(metrics: str) -> float:
+    return sample(scrape(metrics), "syncd_target_stale")
+
+
+def test_a_frozen_dns_server_makes_the_target_stale_and_it_catches_up(
+    daemon, bind_private, admin, namespace, tmp_path
+):
+    """named stopped with SIGSTOP: every lookup times out, nothing answers or refuses."""
+    name = f"gw.{namespace}.example.test."
+    bind_private.update(("add", name, 1, "A", "192.0.2.31"), ("add", name, 1, "A", "192.0.2.32"))
+    metrics = _dns_daemon(daemon, bind_private, namespace, tmp_path, name)
+    both = {("192.0.2.31", 8080), ("192.0.2.32", 8080)}
+    wait_for(lambda: _gw(admin, namespace) == both, "both addresses", timeout=60)
+    os.kill(bind_private.process.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _stale(metrics) == 1, "the target stale", timeout=30)
+        assert _gw(admin, namespace) == both  # kept, not emptied
+    finally:
+        os.kill(bind_private.process.pid, signal.SIGCONT)
+    bind_private.update(("add", name, 1, "A", "192.0.2.33"))
+    wait_for(lambda: ("192.0.2.33", 8080) in _gw(admin, namespace), "the change", timeout=60)
+    wait_for(lambda: _stale(metrics) == 0, "not stale any more", timeout=30)
+
+
+def test_a_zone_answering_servfail_keeps_what_is_applied(
+    daemon, bind_private, admin, namespace, tmp_path
+):
+    """named restarted with a zone it cannot load: SERVFAIL for every name in it."""
+    name = f"gw.{namespace}.example.test."
+    records = f"gw.{namespace} 1 IN A 192.0.2.41\n"
+    bind_private.restart_with_zone(records)
+    metrics = _dns_daemon(daemon, bind_private, namespace, tmp_path, name)
+    wait_for(lambda: _gw(admin, namespace) == {("192.0.2.41", 8080)}, "applied", timeout=60)
+    bind_private.restart_with_zone(records, valid=False)
+    wait_for(lambda: _stale(metrics) == 1, "the target stale", timeout=30)
+    assert _gw(admin, namespace) == {("192.0.2.41", 8080)}
+    bind_private.restart_with_zone(records + f"gw.{namespace} 1 IN A 192.0.2.42\n")
+    wait_for(lambda: len(_gw(admin, namespace)) == 2, "the healed zone's answer", timeout=60)
+    wait_for(lambda: _stale(metrics) == 0, "not stale any more", timeout=30)
+
+
+def test_an_answer_too_big_for_udp_is_read_over_tcp(run_syncd, bind, admin, namespace, tmp_path):
+    """90 addresses (BIND keeps at most 100 records of a type): about 1.5 KB, more than
+    BIND sends over UDP (1,232 bytes with EDNS): the answer comes truncated, and the
+    lookup is made again over TCP."""
+    name = f"many.{namespace}.example.test."
+    addresses = [f"192.0.2.{n}" for n in range(1, 91)]
+    bind.update(*(("add", name, 60, "A", address) for address in addresses))
+    response = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=bind.port)
+    assert response.flags & dns.flags.TC  # the premise: UDP alone would not do
+    source = {"type": "dns", "nameservers": [bind.nameserver], "name": name, "port": 8080}
+    run_syncd(write_config(tmp_path / "c.yaml", target_with(namespace, "many", source)))
+    assert endpoint_pairs(slices_of(admin, namespace, "many")) == {
+        (address, 8080) for address in addresses
+    }
