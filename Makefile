@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # clean virtual environment: tests never reach the network
 export SYNCD_WHEELHOUSE ?= $(HOME)/.cache/syncd/wheelhouse
 
-.PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover bench-resources wheelhouse
+.PHONY: setup run check test unit integration system lint servers system-deps clean bench bench-scale bench-dataplane bench-consul-scale bench-consul-memory soak bench-takeover bench-resources bench-faults wheelhouse
 
 RUN_STAMP := $(VENV)/.installed-run
 
@@ -93,6 +93,11 @@ bench-dataplane: setup servers
 # staleness per kind of change is reported
 soak: setup servers
 	$(BIN)/python -m bench.consul_model
+
+# the network-fault matrix through Toxiproxy: time to detect, to converge after healing,
+# requests and writes during recovery (about 5 minutes a round; --repeat N for more)
+bench-faults: setup servers
+	$(BIN)/python -m bench.faults --repeat 3
 
 # leader takeover after SIGKILL, 10 times: min / median / max (about 5 minutes)
 bench-takeover: setup servers

@@ -30,7 +30,7 @@ from pathlib import Path
 from harness.helpers import endpoint_pairs, sample, scrape, slices_of, target_with, write_config
 from harness.kube_apiserver import free_port
 from harness.syncd_process import start_syncd
-from harness.toxiproxy import Proxy, Toxiproxy
+from harness.toxiproxy import Toxiproxy
 from syncd.errors import KubeError
 
 READYZ_DEADLINE = 3.0  # /readyz must answer within this, whatever the servers do
@@ -213,16 +213,16 @@ class FaultWorld:
     def run_fault(
         self,
         name: str,
-        proxy: Proxy,
         inject: Callable[[], None],
+        heal: Callable[[], None],
         duration: float,
         detected: Callable[[], bool] = lambda: False,
         change_after: float = 5.0,
         settle: float = 60,
     ) -> FaultResult:
         """Converged; inject; register an instance `change_after` seconds into the fault;
-        heal after `duration`; converged. `detected` is asked during the fault only: has
-        the daemon said so (a metric) while the network is still broken?"""
+        heal after `duration` (e.g. a proxy's `heal`); converged. `detected` is asked
+        during the fault only: has the daemon said so (a metric) while it lasts?"""
         self.wait_converged(settle)
         mark = self.apiserver.audit.mark()
         injected = time.monotonic()
@@ -238,7 +238,7 @@ class FaultWorld:
                 changed = True
             time.sleep(0.2)
         before = self.consul_requests()
-        proxy.heal()
+        heal()
         converged = self.wait_converged(settle)
         requests = self.consul_requests() - before
         writes = len(self.apiserver.audit.writes_since(mark))

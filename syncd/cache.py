@@ -91,6 +91,7 @@ class ClusterCache:
         self._namespaces: tuple[str | None, ...] = namespaces or (None,)
         self.on_change = on_change
         self.on_recovered = on_recovered
+        kube.contact.when_back(self._api_back)  # a request answered after a network failure
         self._kinds = kinds
         self._stores = {kind.name: Store(kind) for kind in kinds}
         self._expected: dict[ObjectId, View] = {}
@@ -256,6 +257,10 @@ class ClusterCache:
         coming back (so a restarted API server is noticed at once), up to 10 s otherwise."""
         cap = 1.0 if soon else 10.0
         return backoff(failures + 1, 0.2, cap)
+
+    def _api_back(self) -> None:
+        if self.on_recovered is not None:
+            self.on_recovered()
 
     def _recovered(self, status: InformerStatus) -> None:
         log.info("watching %ss again", status.kind)

@@ -25,6 +25,7 @@ classes: they would cost a conversion of every object in both directions.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import json
 import logging
@@ -69,25 +70,42 @@ WATCH_NO_PROGRESS = 90.0
 _CUTTING = ("timeout", "reset")  # failures that cut the open watches (see the module doc)
 
 
-class OpenWatches:
-    """The responses of the watches open now: a request that timed out or was reset cuts
-    them all (each is then asked again by its informer)."""
+class ApiContact:
+    """What syncd knows of its contact with the API server: the watches open now, and
+    whether the last request failed on the network. A request that timed out or was reset
+    cuts every open watch (each is then asked again by its informer); the first answer
+    after a network failure tells whoever listens (failed targets are retried at once)."""
 
     def __init__(self) -> None:
         self._responses: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lost = False
+        self._listeners: list[Callable[[], None]] = []
 
     def add(self, response: Any) -> None:
         self._responses.add(response)
 
+    def when_back(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
     def after_failure(self, exc: BaseException) -> None:
-        if failure_reason(exc) in _CUTTING:
+        reason = failure_reason(exc)
+        if reason in _CUTTING:
             self.cut()
+        if reason in (*_CUTTING, "refused"):
+            self._lost = True
+
+    def answered(self) -> None:
+        if self._lost:
+            self._lost = False
+            for listener in self._listeners:
+                listener()
 
     def cut(self) -> None:
         for response in list(self._responses):
             shutdown = getattr(response, "shutdown", None)  # urllib3's; not the test API's
             if shutdown is not None:
-                shutdown()
+                with contextlib.suppress(ValueError, OSError):  # ended meanwhile
+                    shutdown()
 
 
 class Kube:
@@ -105,7 +123,7 @@ class Kube:
         self._bucket = TokenBucket(self._settings.qps, self._settings.burst)
         self.calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
-        self.watches = OpenWatches()
+        self.contact = ApiContact()
 
     @classmethod
     def connect(cls, settings: KubeSettings, stop: threading.Event | None = None) -> Kube:
@@ -148,6 +166,7 @@ class Kube:
         response = self._transport.request(
             method, path, query or [], payload, content_type, timeout
         )
+        self.contact.answered()
         if not 200 <= response.status <= 299:
             data = response.data
             response.release_conn()
@@ -180,12 +199,12 @@ class Kube:
             return json.loads(data) if data else None
 
         retried = retry_policy(
-            self._settings, self._stop, f"{verb} {what}", on_failure=self.watches.after_failure
+            self._settings, self._stop, f"{verb} {what}", on_failure=self.contact.after_failure
         )
         try:
             return retried(attempt)
         except (HttpError, *NETWORK_ERRORS) as exc:
-            self.watches.after_failure(exc)
+            self.contact.after_failure(exc)
             raise api_error(verb, what, exc, self.host) from None
 
     # -- verbs
@@ -284,9 +303,9 @@ class Kube:
                 ),
             )
         except (HttpError, *NETWORK_ERRORS) as exc:
-            self.watches.after_failure(exc)
+            self.contact.after_failure(exc)
             raise api_error("watch", kind, exc, self.host) from None
-        self.watches.add(response)
+        self.contact.add(response)
         return _watch_events(response, row)
 
     def create(
@@ -444,8 +463,8 @@ def with_deadline(kube: Kube, seconds: float) -> Kube:
     renewal must fail before the renew deadline, not after five tries of 30 s)."""
     settings = dataclasses.replace(kube._settings, request_timeout=seconds, retry_attempts=1)
     view = Kube(kube._transport, settings, kube._stop)
-    view.watches = kube.watches
+    view.contact = kube.contact
     return view
 
 
-__all__ = ["Kube", "KubeSettings", "OpenWatches", "Transport", "with_deadline"]
+__all__ = ["ApiContact", "Kube", "KubeSettings", "Transport", "with_deadline"]

@@ -29,6 +29,7 @@ BLOCKED_EVENT_REASONS = {
     Outcome.PROTECTED: "DrainProtected",
     Outcome.CONFLICT: "SyncConflict",
     Outcome.CLUSTER_ADDRESS: "ClusterAddressRefused",
+    Outcome.STALE: "SourcesUnavailable",  # what is applied is kept (fail static)
 }
 
 

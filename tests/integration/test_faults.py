@@ -62,8 +62,8 @@ def test_an_api_stall_that_never_closes_is_detected_and_converges_after_healing(
     timeouts = world.api_failures("timeout")
     result = world.run_fault(
         "api stall",
-        proxy,
         proxy.stall,
+        proxy.heal,
         STALL,
         detected=lambda: world.api_failures("timeout") > timeouts,
     )
@@ -73,13 +73,13 @@ def test_an_api_stall_that_never_closes_is_detected_and_converges_after_healing(
 
 def test_api_connections_reset_for_a_while(world):
     proxy = world.api_proxy
-    result = world.run_fault("api reset", proxy, proxy.reset, RESET)
+    result = world.run_fault("api reset", proxy.reset, proxy.heal, RESET)
     _clean(world, result)
 
 
 def test_two_seconds_of_api_latency_each_way(world):
     proxy = world.api_proxy
-    result = world.run_fault("api latency", proxy, lambda: proxy.delay(2.0), DELAY)
+    result = world.run_fault("api latency", lambda: proxy.delay(2.0), proxy.heal, DELAY)
     _clean(world, result)
 
 
@@ -88,17 +88,19 @@ def test_a_consul_stall_marks_the_targets_stale_keeps_them_and_catches_up_withou
 ):
     proxy = world.consul_proxy
     result = world.run_fault(
-        "consul stall", proxy, proxy.stall, STALL, detected=lambda: world.stale_targets() > 0
+        "consul stall", proxy.stall, proxy.heal, STALL, detected=lambda: world.stale_targets() > 0
     )
     _clean(world, result)
     assert result.detected is not None, "no target was marked stale during a 40 s stall"
+    reasons = {e.get("reason") for e in world.admin.list("Event", world.namespace, "")}
+    assert "SourcesUnavailable" in reasons, reasons
     assert result.consul_requests <= 4 * len(world.services), result
 
 
 def test_consul_connections_reset_for_a_while(world):
     proxy = world.consul_proxy
     result = world.run_fault(
-        "consul reset", proxy, proxy.reset, RESET, detected=lambda: world.stale_targets() > 0
+        "consul reset", proxy.reset, proxy.heal, RESET, detected=lambda: world.stale_targets() > 0
     )
     _clean(world, result)
     assert result.detected is not None, "no target was marked stale while Consul reset"

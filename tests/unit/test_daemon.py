@@ -241,7 +241,10 @@ def test_a_broken_backends_file_is_stale_once_and_keeps_what_is_applied(api, tmp
         wait_for(lambda: Outcome.STALE in daemon.outcomes("ns/b"), "stale reported")
         time.sleep(0.3)  # more polls of the broken file: reported once, nothing written
         assert daemon.outcomes("ns/b").count(Outcome.STALE) == 1
-        assert api.writes() == writes and addresses(api) == {"198.51.100.2"}
+        assert api.writes() == writes + 1  # the Event below, nothing else
+        assert addresses(api) == {"198.51.100.2"}
+        events = [e["reason"] for e in api.objects("events", "ns")]
+        assert events == ["SourcesUnavailable"]  # said once, as an Event too
         backends_file(backends, "198.51.100.2:8080", "198.51.100.5:8080")
         wait_for(lambda: "198.51.100.5" in addresses(api), "the fixed file applied")
 
