@@ -166,11 +166,11 @@ class Kube:
         response = self._transport.request(
             method, path, query or [], payload, content_type, timeout
         )
-        self.contact.answered()
         if not 200 <= response.status <= 299:
             data = response.data
             response.release_conn()
             raise HttpError(response.status, data, response.headers)
+        self.contact.answered()  # not a 401/403/5xx: a starting server gives those
         return response
 
     def _call(

@@ -120,8 +120,10 @@ def test_the_api_server_restarted_while_a_change_is_queued(world):
         server.start_apiserver()
     world.wait_converged(60)
     time.sleep(3)  # anything more it would write
-    writes = [e for e in server.audit.writes_since(mark) if e.resource == "endpointslices"]
-    assert len(writes) == 1, writes
+    writes = [
+        e for e in server.audit.writes_since(mark) if e.resource == "endpointslices"
+    ]  # a write a starting server refuses (403 until its authorizer is ready) is retried
+    assert len([e for e in writes if e.code < 300]) == 1, writes
     assert not world.violations, world.violations
 
 
