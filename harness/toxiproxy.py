@@ -113,6 +113,14 @@ class Toxiproxy:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        try:
+            self._wait_answering(timeout, log)
+        except BaseException:
+            self.stop()  # never left running behind a failed start
+            raise
+
+    def _wait_answering(self, timeout: float, log: Path) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

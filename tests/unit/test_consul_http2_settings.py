@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import h2.config
+import h2.connection
+import h2.events
+
 from syncd.config import load_config_text
 from syncd.model import ConsulConnection
 from syncd.sources.consul_api import ConsulClients
-from syncd.sources.consul_h2 import blocking_timeout, path_with_query
+from syncd.sources.consul_h2 import _H2, blocking_timeout, path_with_query
 
 
 def test_the_default_budget_is_larger_over_http2_and_a_given_one_is_kept():
@@ -47,3 +51,27 @@ def test_the_request_path_is_built_as_py_consul_builds_a_uri():
         "/v1/health/service/a%20b?tag=x%2Fy"
     )
     assert path_with_query("/v1/catalog/services", None) == "/v1/catalog/services"
+
+
+def test_a_connection_forgets_closed_streams_beyond_a_bound():
+    """Watches close a stream every few minutes for as long as the daemon runs: what h2
+    remembers of closed streams must not grow with them (it did, up to 65,536 each)."""
+    client = _H2(config=h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    for _ in range(3000):
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, REQUEST, end_stream=True)
+        for event in server.receive_data(client.data_to_send()):
+            if isinstance(event, h2.events.RequestReceived):
+                server.send_headers(event.stream_id, [(":status", "200")], end_stream=True)
+        client.receive_data(server.data_to_send())
+    assert client.open_outbound_streams == 0
+    assert len(client._closed_streams) <= _H2.MAX_CLOSED_STREAMS < 3000
+
+
+REQUEST = [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "consul")]
