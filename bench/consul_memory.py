@@ -9,6 +9,9 @@ feed-followed service, broken down (the Consul query state, the sources' snapsho
 cluster cache's objects, the policy memory ...). RSS before and after says how that
 compares with what the process holds.
 
+With `--tls` the agent speaks HTTPS and every service has its own blocking query over
+HTTP/2 instead: the cost of a watched service.
+
 It stops by itself and removes what it started. Run: `make bench-consul-memory`, or
 `.venv/bin/python -m bench.consul_memory --services 500` for a quick look.
 """
@@ -65,6 +68,11 @@ def main() -> None:
         help="with --frames > 1: these lines' allocations ('syncd/kinds.py:64,...'), by caller",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="a TLS agent: every service its own blocking query over HTTP/2",
+    )
+    parser.add_argument(
         "--allocator",
         action="store_true",
         help="no tracemalloc: RSS and Python's allocator statistics (arenas, free pools)",
@@ -73,7 +81,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="syncd-consul-memory-"))
     apiserver = KubeApiServer(workdir / "kube", service_cidr="10.96.0.0/12")
-    agent = ConsulAgent(workdir / "consul")
+    agent = ConsulAgent(workdir / "consul", tls=args.tls)
     stop = threading.Event()
     runner: threading.Thread | None = None
     try:
@@ -92,7 +100,7 @@ def main() -> None:
                 {
                     "version": 1,
                     "owner_id": "memory",
-                    "consul": {"address": agent.address},
+                    "consul": agent.config_section(),
                     "targets": [
                         {
                             "namespace": NAMESPACE,

@@ -225,8 +225,8 @@ class FaultWorld:
         during the fault only: has the daemon said so (a metric) while it lasts?"""
         self.wait_converged(settle)
         mark = self.apiserver.audit.mark()
+        inject()  # may take a while (a server's graceful stop): the fault starts after it
         injected = time.monotonic()
-        inject()
         seen: float | None = None
         change_at = injected + change_after
         changed = False
@@ -237,6 +237,8 @@ class FaultWorld:
                 self.register(self.services[0])
                 changed = True
             time.sleep(0.2)
+        if not changed:
+            self.register(self.services[0])
         before = self.consul_requests()
         heal()
         converged = self.wait_converged(settle)
