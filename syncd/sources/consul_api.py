@@ -19,6 +19,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -609,6 +610,15 @@ class ConsulClients:
         self._idle: queue.LifoQueue[consul.Consul] = queue.LifoQueue()
         self._made = 0
         self._lock = threading.Lock()
+        self._answered_at = time.monotonic()  # the last answer of any request (start: now)
+
+    def answered(self) -> None:
+        """Some request was answered: the agent is there (see consul_readers' check)."""
+        self._answered_at = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since any request was last answered."""
+        return time.monotonic() - self._answered_at
 
     def budget(self) -> int:
         """Connections syncd may hold to Consul (consul.max_connections, or its default)."""

@@ -110,6 +110,7 @@ def follow(query: BlockingQuery, clients: ConsulClients, stop: threading.Event) 
             except SourceError as error:
                 pause = position.failed(error, stop.is_set())
             else:
+                clients.answered()
                 pause = position.answered(reply, started)
             if pause is None:
                 break

@@ -330,12 +330,11 @@ class Http2Pool:
     ) -> Pending:
         """(On the loop.) GET `path` (with its query) when a stream is free; `done` is
         called once with the answer, whatever its status, or what failed (StreamFailed,
-        Http2Unavailable, TimeoutError, an ssl or socket error); never after `cancel`."""
-        pending = Pending(path, headers, done)
-        if timeout is not None:
-            pending.timer = asyncio.get_running_loop().call_later(
-                timeout, self._end, pending, TimeoutError("no answer in time")
-            )
+        Http2Unavailable, TimeoutError, an ssl or socket error); never after `cancel`.
+        `timeout` counts from when it is sent: a burst of thousands waits for the streams
+        and connections it fills, and that wait is not the server's (a connection that
+        cannot be opened fails every request waiting; the agent check cuts a stalled one)."""
+        pending = Pending(path, headers, done, timeout)
         self._queued.append(pending)
         self._dispatch()
         return pending
@@ -404,6 +403,10 @@ class Http2Pool:
                     pending.path, pending.headers, functools.partial(self._end, pending)
                 )
                 pending.connection = best
+                if pending.timeout is not None:
+                    pending.timer = asyncio.get_running_loop().call_later(
+                        pending.timeout, self._end, pending, TimeoutError("no answer in time")
+                    )
             except h2.exceptions.H2Error:  # out of stream ids, or closing: use another
                 best.draining = True
                 self._queued.appendleft(pending)
@@ -451,12 +454,15 @@ class Http2Pool:
 class Pending:
     """A request waiting for a stream, or in flight on one."""
 
-    __slots__ = ("connection", "done", "headers", "path", "stream", "timer")
+    __slots__ = ("connection", "done", "headers", "path", "stream", "timeout", "timer")
 
-    def __init__(self, path: str, headers: Mapping[str, str], done: Done):
+    def __init__(
+        self, path: str, headers: Mapping[str, str], done: Done, timeout: float | None = None
+    ):
         self.path = path
         self.headers = headers
         self.done: Done | None = done
+        self.timeout = timeout  # seconds for an answer, once sent
         self.timer: asyncio.TimerHandle | None = None
         self.stream: _Stream | None = None
         self.connection: _Connection | None = None
@@ -510,8 +516,11 @@ class Http2HTTPClient(consul.base.HTTPClient):
         future = self._pool.run(self._pool.request(target, headers or {}, timeout))
         with self._lock:
             self._current = future
-        try:
-            response = future.result()
+        try:  # a thread waits no longer than one more timeout for a stream to be free
+            response = future.result(timeout + self._connections_timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise requests.Timeout("no stream free and answered in time") from None
         except concurrent.futures.CancelledError:
             raise requests.ConnectionError("the request was cut short") from None
         except (OSError, Http2Unavailable) as exc:

@@ -123,7 +123,8 @@ class Readers:
         self._queue.add_after(TokenCheck(), TOKEN_CHECK, "token")
 
     def _check_agent(self) -> None:
-        """Is the agent answering? When it stops, every Consul target is reported stale
+        """Is the agent answering? When it stops (the check fails and no other request
+        was answered for a check period and a timeout), every Consul target is reported stale
         (what is applied is kept) and every blocking query is cut, to be asked again from
         index 0; when it answers again, those still failing are cut once more, so none
         waits out its deadline on a connection that was stalled."""
@@ -138,10 +139,14 @@ class Readers:
                     denied="the ACL token may not ask it",
                 )
         except SourceError as error:
-            if self._agent_down is None:
+            # Busy, not gone, while other answers keep coming (a cold start of thousands
+            # of queries can hold the check up): lost only when nothing answered either.
+            quiet = self._clients.silent_for() > AGENT_CHECK + self._clients.connection.timeout
+            if self._agent_down is None and quiet:
                 self._agent_down = error
                 self._agent_lost(error)
         else:
+            self._clients.answered()
             if self._agent_down is not None:
                 self._agent_down = None
                 self._agent_back()
@@ -207,6 +212,7 @@ class Readers:
                 query.reset_next = True
             self._queue.add_rate_limited(key)
             return
+        self._clients.answered()
         self._queue.forget(key)
         if reply.body is None:  # its index has not moved: nothing changed
             with query.lock:
@@ -234,6 +240,7 @@ class Readers:
         except SourceError:
             self._queue.add(key, "health")  # the full read retries with backoff
             return
+        self._clients.answered()
         query.refresh(selectors, reply.index, reply.body or [])
         if not query.publish(unless_draining=True):
             self._queue.add(key, "verify")

@@ -129,6 +129,7 @@ class StreamWatch:
             except SourceError as error:
                 pause = self._position.failed(error, self._stop.is_set())
             else:
+                self._source.clients.answered()
                 pause = self._position.answered(reply, self._started)
             if pause is None:
                 self._finish()
