@@ -44,6 +44,19 @@ class TokenBucket:
             self._tokens -= 1
             return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
+    def try_take(self) -> bool:
+        """Take a token if one is there now; False (nothing taken) when none is."""
+        if self._rate <= 0:
+            return True
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
     def wait(self) -> None:
         """Block until a token is ours."""
         delay = self.reserve()

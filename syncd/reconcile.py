@@ -118,5 +118,6 @@ def reconcile(
 def record_blocked(sink: Sink, target: Target, result: TargetResult) -> None:
     """The Event a lasting blocked result gets (named after its text: recorded once)."""
     reason = BLOCKED_EVENT_REASONS.get(result.outcome)
-    if reason is not None:
-        sink.record_event(target, reason, result.message, once=True)
+    if reason is not None:  # a registry outage makes many targets stale at once: bulk
+        bulk = result.outcome is Outcome.STALE
+        sink.record_event(target, reason, result.message, once=True, bulk=bulk)

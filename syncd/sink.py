@@ -42,6 +42,7 @@ from syncd.ownership import owner_description, updatable_by
 from syncd.plan import Action, Change, plan_changes
 from syncd.policy import Decision
 from syncd.protected import refusal
+from syncd.ratelimit import TokenBucket
 from syncd.results import Outcome, TargetPlan, TargetResult, with_service_uid
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class Sink:
         self._dry_run = dry_run
         self._stop = stop or threading.Event()
         self._component = component
+        # bulk Events (a registry outage: every target stale): 25, then one per 5 s
+        self._bulk_events = TokenBucket(0.2, 25)
         # protected Services the running config may write, by name (syncd.protected)
         self._allow_protected = allow_protected
         # objects written for ExternalServices are pruned only by a run that reads them
@@ -259,15 +262,20 @@ class Sink:
         message: str,
         type_: str = "Warning",
         once: bool = False,
+        bulk: bool = False,
     ) -> None:
         """An Event on the target's Service, as `kubectl describe service` shows it, or on
         the ExternalService that declared the target, where its team looks
-        (`kubectl describe externalservice`).
+        (`kubectl describe externalservice`). A `bulk` one is dropped when the budget of
+        bulk Events is spent.
 
         With `once`, the Event is named after what it says: recording the same again is a
         409 and nothing more, until the API server expires it (an hour), so a condition
         that lasts is reported once, not on every pass, even by a one-shot run.
         """
+        if bulk and not self._bulk_events.try_take():
+            log.debug("%s: %s not recorded as an Event (bulk budget spent)", target.key, reason)
+            return
         about = None
         if target.resource is not None:
             about = {

@@ -53,6 +53,9 @@ _READ = 256 * 1024
 T = TypeVar("T")
 
 
+REOPEN_AFTER = 1.0  # seconds before another connection is tried, when one could not be
+
+
 class Http2Unavailable(Exception):
     """The server did not choose HTTP/2 (it offers HTTP/1.1 only)."""
 
@@ -414,12 +417,19 @@ class Http2Pool:
     async def _open(self) -> None:
         try:
             connection = await self._connect()
-        except Exception as exc:  # every request waiting learns why, and backs off
+        except Exception as exc:
             self._opening = 0
             if isinstance(exc, Http2Unavailable):
                 self._on_unavailable(exc)
+            elif any(not c.closed for c in self._connections):
+                # Others work: an agent busy with a burst (a handshake past its deadline)
+                # is not down. The requests wait for their streams; another connection is
+                # tried a little later, not failed thousands of waiting requests at once.
+                log.debug("another Consul connection could not be opened (%s)", exc)
+                asyncio.get_running_loop().call_later(REOPEN_AFTER, self._dispatch)
+                return
             queued, self._queued = self._queued, deque()
-            for pending in queued:
+            for pending in queued:  # none works: every request waiting learns why
                 self._end(pending, exc)
             return
         self._opening = 0

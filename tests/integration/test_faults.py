@@ -32,7 +32,7 @@ from harness.helpers import (
 )
 from harness.kube_apiserver import KubeApiServer, ServerStartError, free_port, stop_process
 from harness.syncd_process import start_syncd
-from syncd.kube import Kube, KubeSettings
+from syncd.kube import WATCH_NO_PROGRESS, Kube, KubeSettings
 
 pytestmark = pytest.mark.apiserver
 
@@ -321,3 +321,32 @@ def test_an_answer_too_big_for_udp_is_read_over_tcp(run_syncd, bind, admin, name
     assert endpoint_pairs(slices_of(admin, namespace, "many")) == {
         (address, 8080) for address in addresses
     }
+
+
+def test_a_watch_on_a_stalled_connection_is_given_up_after_its_no_progress_deadline(
+    apiserver, consul, toxiproxy, admin, namespace, tmp_path
+):
+    """No write to time out, only watches on a connection that went silent: they must
+    not wait for the server's own end of the watch (minutes). After WATCH_NO_PROGRESS
+    without a byte (not even the bookmark the server sends every minute) each is asked
+    again, which fails on the stalled path: the cache says it cannot watch (/readyz 503)
+    while the stall lasts."""
+    world = FaultWorld(apiserver, consul, toxiproxy, admin, namespace, tmp_path)
+    try:
+        world.start("--request-timeout", "5")
+        world.api_proxy.stall()
+        stalled = time.monotonic()
+        wait_for(
+            lambda: world.ready_status() == 503,
+            "/readyz saying the cluster cannot be watched",
+            timeout=WATCH_NO_PROGRESS + 30,
+        )
+        assert time.monotonic() - stalled > 30  # the deadline, not an error, noticed it
+        world.api_proxy.heal()
+        wait_for(lambda: world.ready_status() == 200, "ready again", timeout=60)
+        world.register(world.services[0])
+        world.wait_converged(60)
+        assert not world.violations, world.violations
+    finally:
+        world.stop()
+    assert "Traceback" not in world.log.read_text()
