@@ -26,6 +26,11 @@ class SourceError(SyncdError):
     """A registry could not answer. Distinct from an empty answer: never empty a Service on it."""
 
 
+class SourceUnreachable(SourceError):
+    """The registry did not answer at all (refused, reset, timed out), as opposed to
+    answering with an error (429, 403, 500)."""
+
+
 class KubeError(SyncdError):
     """The Kubernetes API refused or failed a call (after retries, if it was transient)."""
 

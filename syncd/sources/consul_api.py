@@ -33,7 +33,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from syncd.addresses import parse_http_address
-from syncd.errors import ConfigError, SourceError
+from syncd.errors import ConfigError, SourceError, SourceUnreachable
 from syncd.model import CONSUL_PORT, ConsulConnection
 from syncd.observability import SOURCE_REQUESTS
 from syncd.redact import without_query
@@ -507,7 +507,7 @@ def _failure(exc: BaseException, kind: str, name: str, denied: str, uri: str) ->
         SOURCE_REQUESTS.labels(kind, "error").inc()
         return SourceError(f"{name}: {' '.join(str(exc).split())[:300]}")
     SOURCE_REQUESTS.labels(kind, "unreachable").inc()
-    return SourceError(f"{name}: cannot reach Consul at {uri}: {network_cause(exc)}")
+    return SourceUnreachable(f"{name}: cannot reach Consul at {uri}: {network_cause(exc)}")
 
 
 _CAUSES: tuple[tuple[Any, str], ...] = (

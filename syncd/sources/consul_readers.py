@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from syncd.errors import SourceError
+from syncd.errors import SourceError, SourceUnreachable
 from syncd.observability import CONSUL_READS
 from syncd.sources.consul_api import ConsulClients, get
 from syncd.sources.consul_blocking import Interruptible
@@ -134,17 +134,19 @@ class Readers:
                     client,
                     "/v1/status/leader",
                     None,
-                    kind="consul",
+                    kind="consul_agent",  # counted apart from the services' reads
                     name="the Consul agent",
                     denied="the ACL token may not ask it",
                 )
-        except SourceError as error:
+        except SourceUnreachable as error:
             # Busy, not gone, while other answers keep coming (a cold start of thousands
             # of queries can hold the check up): lost only when nothing answered either.
             quiet = self._clients.silent_for() > AGENT_CHECK + self._clients.connection.timeout
             if self._agent_down is None and quiet:
                 self._agent_down = error
                 self._agent_lost(error)
+        except SourceError:  # it answered, with an error (429, 403, 500): it is there
+            self._clients.answered()
         else:
             self._clients.answered()
             if self._agent_down is not None:
