@@ -203,3 +203,9 @@ def dry_run_apply(api_client, documents: Iterable[dict], namespace: str | None =
             force_conflicts=True,
             dry_run="All",
         )
+
+
+def only_stale_events(writes: Iterable) -> bool:
+    """Audit writes of a stale target: nothing but its SourcesUnavailable Event (if it
+    was recorded in the window; the same Event again is a 409): no object written."""
+    return all(e.resource == "events" and ".syncd-" in e.name for e in writes)

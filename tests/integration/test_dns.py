@@ -8,6 +8,7 @@ import pytest
 
 from harness.helpers import (
     endpoint_pairs,
+    only_stale_events,
     readiness,
     slices_of,
     syncd,
@@ -124,7 +125,7 @@ def test_refused_is_an_error_that_keeps_what_is_applied(
     mark = apiserver.audit.mark()
     result = run_syncd(config, check=1)
     assert "STALE" in result.stderr and "REFUSED" in result.stderr
-    assert apiserver.audit.writes_since(mark) == []
+    assert only_stale_events(apiserver.audit.writes_since(mark))  # no object written
     assert endpoint_pairs(slices_of(admin, namespace, "keep")) == {("192.0.2.40", 80)}
 
 
@@ -183,7 +184,7 @@ def test_nameserver_down_keeps_state_then_recovers(
     server.stop()
     mark = apiserver.audit.mark()
     time.sleep(4)
-    assert apiserver.audit.writes_since(mark) == []
+    assert only_stale_events(apiserver.audit.writes_since(mark))  # no object written
     assert endpoint_pairs(slices_of(admin, namespace, "down")) == {("192.0.2.61", 80)}
     assert "keeping the last state" in process.log_path.read_text()
 
