@@ -41,7 +41,7 @@ class Checker:
         self.problems.append(": ".join([*parts, message]))
 
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")  # whole key: fullmatch ('$' allows a "\n")
 
 
 def format_path(path: YamlPath, redact: bool = False) -> str:
@@ -52,7 +52,7 @@ def format_path(path: YamlPath, redact: bool = False) -> str:
     for part in path:
         if redact and isinstance(part, str) and part not in KNOWN_KEYS:
             text += ("." if text else "") + "(a key, not shown)"
-        elif isinstance(part, int) or not _PLAIN_KEY.match(part):
+        elif isinstance(part, int) or not _PLAIN_KEY.fullmatch(part):
             text += f"[{part!r}]" if not isinstance(part, int) else f"[{part}]"
         else:
             text += f".{part}" if text else part

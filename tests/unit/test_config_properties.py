@@ -144,3 +144,9 @@ def test_mutations_of_the_example_only_ever_raise_config_error(document):
 
 def test_the_unmutated_example_loads():
     assert _load(yaml.safe_dump(EXAMPLE)) is not None
+
+
+def test_a_key_ending_in_a_newline_is_quoted_in_one_line():
+    """Found by the property above: a regex's '$' matches before a final newline, so the
+    key "0\\n" passed for a plain one and its newline broke the message in two."""
+    assert _load(yaml.safe_dump({"0\n": None})) is None
