@@ -30,9 +30,10 @@ from harness.helpers import (
     wait_for,
     write_config,
 )
-from harness.kube_apiserver import KubeApiServer, ServerStartError, free_port, stop_process
+from harness.kube_apiserver import KubeApiServer, free_port, stop_process
 from harness.syncd_process import start_syncd
 from syncd.kube import WATCH_NO_PROGRESS, Kube, KubeSettings
+from tests.conftest import _started
 
 pytestmark = pytest.mark.apiserver
 
@@ -201,14 +202,12 @@ def uncached_apiserver(tmp_path_factory):
     """A kube-apiserver of this module's own that serves watches from etcd (its watch
     cache off), so an etcd compaction expires a watch's resourceVersion as it would a
     long-disconnected client's: 410 Gone."""
-    server = KubeApiServer(
-        tmp_path_factory.mktemp("uncached-apiserver"), extra_args=("--watch-cache=false",)
+    server = _started(
+        KubeApiServer(
+            tmp_path_factory.mktemp("uncached-apiserver"), extra_args=("--watch-cache=false",)
+        ),
+        "kube-apiserver",
     )
-    try:
-        server.start()
-    except ServerStartError as exc:
-        server.stop()
-        pytest.fail(f"the real kube-apiserver could not start: {exc}", pytrace=False)
     server.apply_deploy_rbac()
     yield server
     server.stop()
