@@ -40,18 +40,70 @@ class Interruptible(Protocol):
     def interrupt(self) -> None: ...
 
 
+class Stop(Protocol):
+    """What ends a loop: a threading.Event for a thread's loop, which waits on it; a plain
+    flag for a stream's callbacks, which never wait (ten thousand Events would cost
+    12 MB)."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+class StopFlag:
+    """A Stop nobody waits on."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+
+class Asker(Protocol):
+    """What a loop asks and whom it tells: a feed's BlockingQuery of functions, or a
+    service's watch (one object with these as methods: there may be ten thousand)."""
+
+    retry_cap: float  # seconds between failing attempts, at most
+    index: int  # where to start (an answer already held: its index)
+
+    @property
+    def name(self) -> str:
+        """For the log."""
+        ...
+
+    def ask(self, held: HeldClient, index: int) -> Reply: ...
+
+    def on_answer(self, answer: Update) -> bool:
+        """False: stop following (e.g. moved to the feeds)."""
+        ...
+
+    def on_failure(self, error: SourceError) -> None: ...
+
+    def cut_short(self) -> bool:
+        """Was the query in flight interrupted on purpose? (Clears it.)"""
+        ...
+
+    def on_connection(self, held: Interruptible | None) -> None: ...
+
+
 @dataclass
 class BlockingQuery:
-    """What a loop asks and whom it tells."""
+    """An Asker made of functions (the change feeds: a few per datacenter)."""
 
-    name: str  # for the log
+    name: str
     ask: Callable[[HeldClient, int], Reply]  # (connection, index) -> reply
-    on_answer: Callable[[Update], bool]  # False: stop following (e.g. moved to the feeds)
+    on_answer: Callable[[Update], bool]
     on_failure: Callable[[SourceError], None]
-    cut_short: Callable[[], bool]  # was the query in flight interrupted on purpose? (clears it)
+    cut_short: Callable[[], bool]
     on_connection: Callable[[Interruptible | None], None] = lambda held: None
     retry_cap: float = 5.0
-    index: int = 0  # where to start (an answer already held: its index)
+    index: int = 0
 
 
 class Position:
@@ -59,7 +111,9 @@ class Position:
     failures in a row. What to do after each ask is decided here, for a thread's loop
     (`follow`) and for a stream's callbacks (consul_streams) alike."""
 
-    def __init__(self, query: BlockingQuery, min_interval: float):
+    __slots__ = ("failures", "index", "min_interval", "query", "reset")
+
+    def __init__(self, query: Asker, min_interval: float):
         self.query = query
         self.min_interval = min_interval
         self.index, self.reset, self.failures = query.index, False, 0
@@ -93,7 +147,7 @@ class Position:
         return max(0.0, self.min_interval - (time.monotonic() - started))
 
 
-def follow(query: BlockingQuery, clients: ConsulClients, stop: threading.Event) -> None:
+def follow(query: Asker, clients: ConsulClients, stop: threading.Event) -> None:
     """Ask, wait for a change, tell, ask again; until `stop` is set or told to stop."""
     held: HeldClient | None = None
     position = Position(query, clients.connection.min_query_interval)

@@ -19,7 +19,7 @@ from syncd.errors import SourceError
 from syncd.model import ready_count
 from syncd.sources.base import ChangeEmitter
 from syncd.sources.consul import ConsulSource, EntryMemo, Instance, name_meta_key, slim_entry
-from syncd.sources.consul_blocking import Interruptible
+from syncd.sources.consul_blocking import Interruptible, Stop
 from syncd.sources.consul_config import ConsulAddress, ConsulSourceConfig
 from syncd.sources.consul_state import QueryState
 from syncd.tuple_index import index_add, index_remove
@@ -106,7 +106,7 @@ class Query(QueryState):
         self.failing = False
         self.failed_by_feed = False  # stale because its datacenter's feeds fail
         self.reset_next = False  # Consul's index went backwards: forget the feed edits
-        self.stop: threading.Event | None = None  # ends its watch (made when it has one)
+        self.stop: Stop | None = None  # ends its watch (made when it has one)
         self.held: Interruptible | None = None  # its watch's connection (or stream)
         self.restart = False  # its query in flight was cut short on purpose: ask again
 

@@ -14,38 +14,46 @@ called from any thread.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import consul.base
 
 from syncd.errors import SourceError
 from syncd.sources.consul import ConsulSource, Instance
 from syncd.sources.consul_api import Reply, token_headers
-from syncd.sources.consul_blocking import BlockingQuery, Position
+from syncd.sources.consul_blocking import Asker, Position, Stop
 from syncd.sources.consul_h2 import Http2Pool, Pending
 
 log = logging.getLogger(__name__)
 
 
+class StreamedAsker(Asker, Protocol):
+    """What a stream's watch asks and tells, beyond what any loop does."""
+
+    stop: Stop
+
+    def answer_known(self) -> bool:
+        """Is the last answer held? (An unchanged one need not be parsed again.)"""
+        ...
+
+    def ended(self) -> None: ...
+
+
 class StreamWatch:
-    """One service's blocking queries, one stream at a time, until `stop` is set."""
+    """One service's blocking queries, one stream at a time, until its asker's `stop`."""
 
     __slots__ = (
-        "_answer_known",
-        "_callbacks",
+        "_asker",
         "_ended",
         "_headers",
         "_keep",
-        "_on_end",
         "_pending",
         "_pool",
         "_position",
         "_source",
         "_started",
-        "_stop",
         "_timer",
         "_unless",
     )
@@ -54,21 +62,14 @@ class StreamWatch:
         self,
         pool: Http2Pool,
         source: ConsulSource,
-        callbacks: BlockingQuery,
+        asker: StreamedAsker,
         keep: Callable[[Mapping[str, Any]], Instance] | None,
-        stop: threading.Event,
-        answer_known: Callable[[], bool],
-        on_end: Callable[[], None],
     ):
         self._pool = pool
         self._source = source
-        self._callbacks = callbacks
+        self._asker = asker
         self._keep = keep
-        self._stop = stop
-        self._answer_known = answer_known  # is the last answer held? (an unchanged one
-        #                                    need not be parsed again)
-        self._on_end = on_end
-        self._position = Position(callbacks, source.clients.connection.min_query_interval)
+        self._position = Position(asker, source.clients.connection.min_query_interval)
         self._pending: Pending | None = None
         self._timer: Any = None
         self._headers: dict[str, str] = {}
@@ -77,7 +78,7 @@ class StreamWatch:
         self._ended = False
 
     def start(self) -> None:
-        self._callbacks.on_connection(self)
+        self._asker.on_connection(self)
         self._pool.loop.call_soon_threadsafe(self._ask)
 
     def interrupt(self) -> None:
@@ -89,20 +90,20 @@ class StreamWatch:
             self._pool.cancel(self._pending)
             self._pending = None
             self._answered(SourceError("cut short"), cut=True)
-        elif self._stop.is_set():  # stopped while pausing
+        elif self._asker.stop.is_set():  # stopped while pausing
             if self._timer is not None:
                 self._timer.cancel()
             self._finish()
         else:  # a new token while pausing: the next request carries it anyway
-            self._callbacks.cut_short()
+            self._asker.cut_short()
 
     def _ask(self) -> None:
         self._timer = None
-        if self._stop.is_set():
+        if self._asker.stop.is_set():
             self._finish()
             return
         index = self._position.index
-        self._unless = index if index and self._answer_known() else None
+        self._unless = index if index and self._asker.answer_known() else None
         path, self._headers, timeout = self._source.watch_request(index)
         self._started = time.monotonic()
         self._pending = self._pool.submit(path, self._headers, timeout, self._answered)
@@ -110,7 +111,7 @@ class StreamWatch:
     def _answered(self, result: consul.base.Response | BaseException, cut: bool = False) -> None:
         try:
             self._pending = None
-            if self._stop.is_set():
+            if self._asker.stop.is_set():
                 self._finish()
                 return
             if (
@@ -127,7 +128,7 @@ class StreamWatch:
                     result, self._unless, self._keep, self._pool.base_uri
                 )
             except SourceError as error:
-                pause = self._position.failed(error, self._stop.is_set())
+                pause = self._position.failed(error, self._asker.stop.is_set())
             else:
                 self._source.clients.answered()
                 pause = self._position.answered(reply, self._started)
@@ -138,16 +139,16 @@ class StreamWatch:
             else:
                 self._ask()
         except Exception:  # never silently: the watch ends, its query is placed again
-            log.exception("the watch of consul service %s failed", self._callbacks.name)
-            self._stop.set()
+            log.exception("the watch of consul service %s failed", self._asker.name)
+            self._asker.stop.set()
             self._finish()
 
     def _finish(self) -> None:
         if self._ended:
             return
         self._ended = True
-        self._callbacks.on_connection(None)
-        self._on_end()
+        self._asker.on_connection(None)
+        self._asker.ended()
 
 
 __all__ = ["StreamWatch"]

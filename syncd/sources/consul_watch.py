@@ -59,9 +59,8 @@ from syncd.observability import CONSUL_CONNECTIONS, CONSUL_SERVICES, CONSUL_STRE
 from syncd.sources.base import ChangeEmitter, Emit
 from syncd.sources.consul import ConsulSource
 from syncd.sources.consul_api import ConsulClients, HeldClient, Reply
-from syncd.sources.consul_blocking import BlockingQuery, Interruptible, Update, follow
+from syncd.sources.consul_blocking import Interruptible, Stop, StopFlag, Update, follow
 from syncd.sources.consul_feeds import FEEDS, ChangeFeeds
-from syncd.sources.consul_h2 import Http2Pool
 from syncd.sources.consul_query import (
     Mode,
     Queries,
@@ -180,16 +179,18 @@ class ConsulWatch:
 
     def _to_watch(self, query: Query) -> None:
         query.mode = Mode.WATCH
-        query.stop = stop = threading.Event()
         serial = self._queries.next_id()
         self._watchers[serial] = query
         pool = self.clients.pool()
         if pool is not None:  # a stream on the shared loop, no thread
-            self._watch_streamed(query, stop, serial, pool)
+            watch = ServiceWatch(self, query, serial, StopFlag())
+            query.stop = watch.stop
+            StreamWatch(pool, query.source, watch, query.slim).start()
             return
+        query.stop = stop = threading.Event()
         threading.Thread(
             target=self._watch,
-            args=(query, stop, serial),
+            args=(ServiceWatch(self, query, serial, stop), stop),
             name=f"consul-watch {query.service}",
             daemon=True,
         ).start()
@@ -228,49 +229,13 @@ class ConsulWatch:
 
     # -- one service's own watch
 
-    def _watch(self, query: Query, stop: threading.Event, serial: int) -> None:
+    def _watch(self, watch: ServiceWatch, stop: threading.Event) -> None:
         """One service's own blocking queries on a connection and a thread of its own,
         until it is stopped or grows big."""
-        callbacks = self._watch_callbacks(query, stop)
-        known = query.entries is not None and not query.failing
-        callbacks.index = query.index if known else 0
         try:
-            follow(callbacks, self.clients, stop)  # hub.stop() stops every watch
+            follow(watch, self.clients, stop)  # hub.stop() stops every watch
         finally:
-            self._watch_ended(serial)
-
-    def _watch_callbacks(self, query: Query, stop: threading.Event) -> BlockingQuery:
-        """What a watch does with its answers, whichever way it asks."""
-
-        def ask(held: HeldClient, index: int) -> Reply:
-            return query.source.read(held.client, index, keep=query.slim)
-
-        def on_answer(answer: Update) -> bool:
-            reply = answer.reply
-            if reply.index != answer.previous_index or query.failing or query.entries is None:
-                query.replace(reply.index, reply.body, answer.started, answer.reset)
-                query.publish()
-            return not self._grown_big(query, stop)
-
-        def on_failure(error: SourceError) -> None:
-            query.fail(error)
-
-        def cut_short() -> bool:  # for a new token: ask again, at once
-            restart, query.restart = query.restart, False
-            return restart
-
-        mine: list[Interruptible] = []
-
-        def on_connection(held: Interruptible | None) -> None:
-            if held is not None:
-                mine[:] = [held]
-                query.held = held
-            elif mine and query.held is mine[0]:
-                query.held = None
-
-        return BlockingQuery(
-            query.service, ask, on_answer, on_failure, cut_short, on_connection, WATCH_RETRY_CAP
-        )
+            watch.ended()
 
     def _watch_ended(self, serial: int) -> None:
         with self._lock:
@@ -278,36 +243,7 @@ class ConsulWatch:
         if not self._stopped.is_set():  # its slot is free: another service may take it
             self._queue.add(Rebalance(), "rebalance")  # many at once: one commit
 
-    def _watch_streamed(
-        self, query: Query, stop: threading.Event, serial: int, pool: Http2Pool
-    ) -> None:
-        """One service's own blocking queries as HTTP/2 streams, driven by callbacks on
-        the pool's loop (consul_streams): no thread, no task."""
-        callbacks = self._watch_callbacks(query, stop)
-        known = query.entries is not None and not query.failing
-        callbacks.index = query.index if known else 0
-        failed = callbacks.on_failure
-
-        def on_failure(error: SourceError) -> None:
-            failed(error)
-            if self.clients.http2 is False:  # the agent speaks HTTP/1.1 only after all
-                with self._lock:
-                    if query.stop is stop:
-                        query.mode = Mode.NEW  # placed again, on a connection of its own
-                stop.set()
-
-        callbacks.on_failure = on_failure
-        StreamWatch(
-            pool,
-            query.source,
-            callbacks,
-            query.slim,
-            stop,
-            answer_known=lambda: query.entries is not None and not query.failing,
-            on_end=lambda: self._watch_ended(serial),
-        ).start()
-
-    def _grown_big(self, query: Query, stop: threading.Event) -> bool:
+    def _grown_big(self, query: Query, stop: Stop) -> bool:
         """Past BIG_SERVICE instances a service moves to the feeds (a patch per change
         instead of a re-read of everything)."""
         if query.size <= BIG_SERVICE or stop.is_set():
@@ -322,6 +258,64 @@ class ConsulWatch:
             if query.mode is Mode.WATCH and query.stop is stop:
                 self._to_feed(query)
         return True
+
+
+class ServiceWatch:
+    """What one service's own watch asks and does with its answers, whichever way it asks
+    (a thread's loop, or HTTP/2 streams on the pool's loop). One slotted object with
+    methods rather than closures: over HTTP/2 there is one per followed service."""
+
+    __slots__ = ("_held", "hub", "index", "query", "serial", "stop")
+
+    retry_cap = WATCH_RETRY_CAP
+
+    def __init__(self, hub: ConsulWatch, query: Query, serial: int, stop: Stop):
+        self.hub = hub
+        self.query = query
+        self.serial = serial
+        self.stop = stop
+        self.index = query.index if self.answer_known() else 0
+        self._held: Interruptible | None = None
+
+    @property
+    def name(self) -> str:
+        return self.query.service
+
+    def answer_known(self) -> bool:
+        return self.query.entries is not None and not self.query.failing
+
+    def ask(self, held: HeldClient, index: int) -> Reply:
+        return self.query.source.read(held.client, index, keep=self.query.slim)
+
+    def on_answer(self, answer: Update) -> bool:
+        query, reply = self.query, answer.reply
+        if reply.index != answer.previous_index or query.failing or query.entries is None:
+            query.replace(reply.index, reply.body, answer.started, answer.reset)
+            query.publish()
+        return not self.hub._grown_big(query, self.stop)
+
+    def on_failure(self, error: SourceError) -> None:
+        self.query.fail(error)
+        if isinstance(self.stop, StopFlag) and self.hub.clients.http2 is False:
+            # a stream's watch, and the agent speaks HTTP/1.1 only after all: placed
+            # again, on a connection of its own
+            with self.hub._lock:
+                if self.query.stop is self.stop:
+                    self.query.mode = Mode.NEW
+            self.stop.set()
+
+    def cut_short(self) -> bool:  # for a new token: ask again, at once
+        restart, self.query.restart = self.query.restart, False
+        return restart
+
+    def on_connection(self, held: Interruptible | None) -> None:
+        if held is not None:
+            self._held = self.query.held = held
+        elif self._held is not None and self.query.held is self._held:
+            self.query.held = None
+
+    def ended(self) -> None:
+        self.hub._watch_ended(self.serial)
 
 
 __all__ = ["ConsulWatch", "Mode", "Subscription"]
