@@ -39,6 +39,7 @@ from harness.kube_apiserver import KubeApiServer
 from syncd.config import load_config
 from syncd.controller import Controller, DaemonSettings
 from syncd.kube import Kube, KubeSettings
+from syncd.process_memory import tune_malloc
 
 NAMESPACE = "cmemory"
 
@@ -73,11 +74,21 @@ def main() -> None:
         help="a TLS agent: every service its own blocking query over HTTP/2",
     )
     parser.add_argument(
+        "--idle-waits",
+        type=int,
+        default=0,
+        help="then stay idle while every blocking query is re-armed N times, and show what grew",
+    )
+    parser.add_argument(
+        "--wait", type=int, default=0, help="consul.wait in seconds (short: re-armed often)"
+    )
+    parser.add_argument(
         "--allocator",
         action="store_true",
         help="no tracemalloc: RSS and Python's allocator statistics (arenas, free pools)",
     )
     args = parser.parse_args()
+    tune_malloc()  # as the daemon's command line does, before any thread starts
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="syncd-consul-memory-"))
     apiserver = KubeApiServer(workdir / "kube", service_cidr="10.96.0.0/12")
@@ -100,7 +111,7 @@ def main() -> None:
                 {
                     "version": 1,
                     "owner_id": "memory",
-                    "consul": agent.config_section(),
+                    "consul": agent.config_section() | ({"wait": args.wait} if args.wait else {}),
                     "targets": [
                         {
                             "namespace": NAMESPACE,
@@ -135,6 +146,13 @@ def main() -> None:
         if baseline is None:
             print(f"\nRSS {rss_before:.0f} -> {rss_mib_self():.0f} MiB; Python's allocator:")
             sys._debugmallocstats()
+            if args.idle_waits:
+                idle = args.idle_waits * ((args.wait or 300) * 17 / 16 + 2)
+                print(f"\nidle for {idle:.0f} s ...", flush=True)
+                time.sleep(idle)
+                gc.collect()
+                print(f"\nRSS then {rss_mib_self():.0f} MiB; Python's allocator:")
+                sys._debugmallocstats()
             return
         snapshot = tracemalloc.take_snapshot()
         rss_after = rss_mib_self()
@@ -168,12 +186,38 @@ def main() -> None:
             f"{(rss_after - rss_before) * 1024 / n:.1f} KiB per service, tracemalloc's own "
             "bookkeeping included"
         )
+        if args.idle_waits:
+            idle_growth(snapshot, args.idle_waits, args.wait or 300, args.lines or 12, n)
     finally:
         stop.set()
         if runner is not None:
             runner.join(10)  # the daemon first: Consul going away is no news then
         agent.stop()
         apiserver.stop()
+
+
+def idle_growth(synced: tracemalloc.Snapshot, waits: int, wait: int, lines: int, n: int) -> None:
+    """What the process gains while idle: every blocking query re-armed `waits` times (a
+    wait runs out after `wait` s plus Consul's jitter of up to wait/16)."""
+    idle = waits * (wait * 17 / 16 + 2)
+    rss_synced = rss_mib_self()
+    print(f"\nidle for {idle:.0f} s ({waits} waits of {wait} s) ...", flush=True)
+    time.sleep(idle)
+    gc.collect()
+    later = tracemalloc.take_snapshot()
+    stats = later.compare_to(synced, "lineno")
+    grown = sum(stat.size_diff for stat in stats)
+    print(
+        f"grew {grown / 1024:.0f} KiB ({grown / n:.0f} B per service) of Python objects; "
+        f"RSS {rss_synced:.0f} -> {rss_mib_self():.0f} MiB"
+    )
+    print("\n| line | KiB grown | objects grown |\n|---|---|---|")
+    for stat in stats[:lines]:
+        frame = stat.traceback[0]
+        print(
+            f"| {group(frame.filename)}:{frame.lineno} | {stat.size_diff / 1024:.0f} "
+            f"| {stat.count_diff} |"
+        )
 
 
 def focused(stats: list[tracemalloc.StatisticDiff], line: str, n: int) -> None:

@@ -404,8 +404,10 @@ def main() -> int:
                     raise SystemExit("not synced after 30 minutes")
                 time.sleep(0.2 if size < 1000 else 1.0)
             cold = time.monotonic() - started
+            cold_peak, cold_rss = peak_rss_mib(daemon.pid), rss_mib(daemon.pid)
             row = Row(f"{size:,}" + (f" + one of {BIG:,} instances" if largest else ""))
             row.cells["cold sync"] = f"{cold:.1f} s"
+            row.cells["RSS at sync (peak so far)"] = f"{cold_rss:.0f} ({cold_peak:.0f}) MiB"
             print(f"cold sync {cold:.1f} s; flips ...", flush=True)
 
             watch = SliceWatch(admin, namespace)

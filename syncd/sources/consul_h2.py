@@ -96,12 +96,18 @@ class _H2(h2.connection.H2Connection):
     MAX_CLOSED_STREAMS = 1024
 
 
-class _Connection:
-    """One TLS connection speaking HTTP/2, and the requests it carries."""
+class _Connection(asyncio.Protocol):
+    """One TLS connection speaking HTTP/2, and the requests it carries.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str):
-        self._reader = reader
-        self._writer = writer
+    TLS is an `ssl.SSLObject` over memory buffers on a plain TCP transport: asyncio's own
+    TLS transport keeps a 256 KiB read buffer per connection (10 MiB at 41 connections),
+    and a stream reader on top of it another buffer and a task."""
+
+    def __init__(self, context: ssl.SSLContext, server_name: str, authority: str):
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_name)
+        self._transport: asyncio.Transport | None = None
         self._authority = authority
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self._h2 = _H2(config=config)
@@ -109,10 +115,87 @@ class _Connection:
         self.max_streams = DEFAULT_STREAMS
         self.closed = False
         self.draining = False  # the server sent GOAWAY: no new streams, the others finish
+        loop = asyncio.get_running_loop()
+        self.handshaken: asyncio.Future[str | None] = loop.create_future()  # ALPN's choice
         self._settled = asyncio.Event()  # the server's SETTINGS arrived
         self.on_room: Callable[[], None] = lambda: None  # a stream ended
 
-    async def start(self, timeout: float) -> None:
+    # -- TLS, on asyncio's protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        try:
+            if not self.handshaken.done():
+                self._handshake()
+                if not self.handshaken.done():
+                    return
+            if self.handshaken.exception() is not None or self.handshaken.result() != "h2":
+                return  # not HTTP/2: the pool closes it
+            plain = self._decrypt()
+            if plain:
+                for event in self._h2.receive_data(plain):
+                    self._on_event(event)
+            self._flush()
+        except (ssl.SSLError, h2.exceptions.H2Error) as exc:
+            self._lose(exc)
+
+    def eof_received(self) -> bool:
+        return False  # the server closed its side: close ours (connection_lost follows)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(exc or StreamFailed("the server closed the connection"))
+
+    def _handshake(self) -> None:
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._send_tls()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._lose(exc)
+            return
+        self._send_tls()
+        chosen = self._tls.selected_alpn_protocol()
+        if chosen == "h2":  # the preface first: the server's SETTINGS may already be here
+            self._begin_h2()
+        self.handshaken.set_result(chosen)
+
+    def _decrypt(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self._tls.read(_READ)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        self._send_tls()  # what reading produced (a TLS 1.3 key update's answer)
+        return b"".join(chunks)
+
+    def _send_tls(self) -> None:
+        data = self._outgoing.read()
+        if data and self._transport is not None and not self.closed:
+            self._transport.write(data)
+
+    def _lose(self, failure: BaseException) -> None:
+        if not self.handshaken.done():
+            raised = failure if isinstance(failure, Exception) else _lost(failure)
+            self.handshaken.set_exception(raised)
+            self.handshaken.exception()  # retrieved: whoever awaits it learns it anyway
+        self._fail_all(failure)
+        self._settled.set()
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- HTTP/2
+
+    def _begin_h2(self) -> None:
         self._h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -123,7 +206,9 @@ class _Connection:
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(WINDOW)
         self._flush()
-        asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def settled(self, timeout: float) -> None:
+        """Wait for the server's SETTINGS (how many streams it allows)."""
         await asyncio.wait_for(self._settled.wait(), timeout)
 
     @property
@@ -158,31 +243,16 @@ class _Connection:
         self.on_room()
 
     def close(self) -> None:
+        """Close now, whatever is still unsent (a stalled connection never sends it)."""
         self._fail_all(StreamFailed("connection closed"))
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.abort()
 
     def _flush(self) -> None:
         data = self._h2.data_to_send()
         if data and not self.closed:
-            self._writer.write(data)
-
-    async def _read_loop(self) -> None:
-        failure: BaseException = StreamFailed("the server closed the connection")
-        try:
-            while not self.closed:
-                data = await self._reader.read(_READ)
-                if not data:
-                    break
-                for event in self._h2.receive_data(data):
-                    self._on_event(event)
-                self._flush()
-                await self._writer.drain()
-        except (OSError, h2.exceptions.H2Error, ssl.SSLError) as exc:
-            failure = exc
-        self._fail_all(failure)
-        self._settled.set()
-        with contextlib.suppress(OSError, RuntimeError):
-            self._writer.close()
+            self._tls.write(data)
+            self._send_tls()
 
     def _on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RemoteSettingsChanged):
@@ -439,20 +509,20 @@ class Http2Pool:
         self._dispatch()
 
     async def _connect(self) -> _Connection:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                self._host, self._port, ssl=self._context, server_hostname=self._server_name
-            ),
-            self._connect_timeout,
-        )
-        chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
-        if chosen != "h2":
-            writer.close()
-            raise Http2Unavailable(f"the server chose {chosen or 'no protocol'}, not h2")
-        connection = _Connection(reader, writer, f"{self._server_name}:{self._port}")
-        connection.on_room = self._dispatch
+        loop = asyncio.get_running_loop()
+        authority = f"{self._server_name}:{self._port}"
+        connection = _Connection(self._context, self._server_name, authority)
+
+        async def tls() -> str | None:
+            await loop.create_connection(lambda: connection, self._host, self._port)
+            return await connection.handshaken
+
         try:
-            await connection.start(self._connect_timeout)
+            chosen = await asyncio.wait_for(tls(), self._connect_timeout)
+            if chosen != "h2":
+                raise Http2Unavailable(f"the server chose {chosen or 'no protocol'}, not h2")
+            connection.on_room = self._dispatch
+            await connection.settled(self._connect_timeout)
         except BaseException:
             connection.close()
             raise
