@@ -88,12 +88,14 @@ class _Stream:
 
 class _H2(h2.connection.H2Connection):
     """h2's connection, remembering fewer closed streams. h2 keeps how each of the last
-    65,536 closed streams ended (about 120 bytes each), to tell a late frame on a reset
-    stream from a protocol error. A watch's stream closes every few minutes, so that
-    record grows for a day to 7 MiB per connection (270 MiB at 41 connections). A late
-    frame on a stream it forgot costs a RST_STREAM, which the server ignores."""
+    65,536 closed streams ended (about 120 bytes each), to tell a late frame on a stream
+    it reset (answered with a RST_STREAM) from a protocol error (which ends the
+    connection). A watch's stream closes every few minutes, so that record grows for a
+    day to 7 MiB per connection (270 MiB at 41 connections). Late frames come within a
+    round trip of the reset; twice the most streams a connection carries at once (250 on
+    Consul) keeps every stream reset in the meantime, even when all of them were."""
 
-    MAX_CLOSED_STREAMS = 1024
+    MAX_CLOSED_STREAMS = 512
 
 
 class _Connection(asyncio.Protocol):
@@ -274,7 +276,7 @@ class _Connection(asyncio.Protocol):
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
-                body = b"".join(stream.chunks or ()).decode("utf-8", "replace")
+                body = _body(stream)
                 headers = CaseInsensitiveDict(stream.headers or {})
                 stream.end(consul.base.Response(stream.status, headers, body))
             self.on_room()
@@ -546,6 +548,17 @@ class Pending:
         self.timer: asyncio.TimerHandle | None = None
         self.stream: _Stream | None = None
         self.connection: _Connection | None = None
+
+
+def _body(stream: _Stream) -> str | bytes:
+    """The answer's body, made to hold a large answer (a service of 5,000 instances is
+    5 MB) as few times as it can: its chunks are let go once joined, and a 200's body
+    stays bytes (json.loads takes them; an answer whose index has not moved is then never
+    decoded at all). Other statuses' bodies are text, for the error messages."""
+    chunks, stream.chunks = stream.chunks or [], None
+    data = b"".join(chunks)
+    chunks.clear()
+    return data if stream.status == 200 else data.decode("utf-8", "replace")
 
 
 def _text(value: str | bytes) -> str:
