@@ -411,8 +411,18 @@ def main() -> int:
             print(f"cold sync {cold:.1f} s; flips ...", flush=True)
 
             watch = SliceWatch(admin, namespace)
+
+            def memory(phase: str, pid: int = daemon.pid) -> None:
+                """RSS now and the peak so far, in the log: which phase sets the peak."""
+                print(
+                    f"  after {phase}: RSS {rss_mib(pid):.0f} MiB, peak {peak_rss_mib(pid):.0f}",
+                    flush=True,
+                )
+
+            memory("the cold sync")
             window = AuditWindow(apiserver).open()
             latencies = flips(catalog, watch, services, args.flips, args.gap, rng)
+            memory("the flips")
             window.close()
             writes = sum(
                 n
@@ -427,6 +437,7 @@ def main() -> int:
                 window = AuditWindow(apiserver).open()
                 big = flips(catalog, watch, [f"{prefix}-big"], args.flips, args.gap, rng)
                 window.close()
+                memory("the big service's flips")
                 big_writes = sum(
                     n
                     for key, n in window.requests.items()
@@ -444,8 +455,10 @@ def main() -> int:
             row.cells["registration, move, removal (no check change): p50 / p99 / max"] = (
                 f"{percentile(waits, 0.5):.2f} / {percentile(waits, 0.99):.2f} / {max(waits):.2f} s"
             )
+            memory("the registrations, moves and removals")
             watch.stop()
             settle(metrics_address)  # the sweep those registrations started: not idle
+            memory("the sweep they started")
 
             idle = args.soak if largest else args.idle
             print(f"idle for {idle:.0f} s ...", flush=True)

@@ -1,6 +1,7 @@
 """`make bench-faults`: the network-fault matrix with its timings.
 
-Real servers (kube-apiserver + etcd, Consul, Toxiproxy between them and syncd); for each
+Real servers (kube-apiserver + etcd, Consul over HTTP and over HTTPS, where syncd speaks
+HTTP/2, Toxiproxy between them and syncd); for each
 fault, a fresh daemon following five Consul services (harness/faults.py): converged;
 fault injected; a registration 5 s into it; healed; converged again. Reported per fault:
 
@@ -42,6 +43,7 @@ class Fault:
     name: str
     duration: float
     run: Callable[[FaultWorld, float], FaultResult]
+    tls: bool = False  # Consul over HTTPS, where syncd speaks HTTP/2
 
 
 def _api(kind: str, **options: float) -> Callable[[FaultWorld, float], FaultResult]:
@@ -92,6 +94,8 @@ FAULTS = (
     Fault("api restart", 10, _api_restart),
     Fault("consul stall", 40, _consul("stall")),
     Fault("consul reset", 20, _consul("reset")),
+    Fault("consul stall (HTTP/2)", 40, _consul("stall"), tls=True),
+    Fault("consul reset (HTTP/2)", 20, _consul("reset"), tls=True),
 )
 
 
@@ -122,9 +126,12 @@ def main() -> None:
         stack.callback(server.stop)
         server.start()
         server.apply_deploy_rbac()
-        agent = ConsulAgent(work / "consul")
-        stack.callback(agent.stop)
-        agent.start()
+        agents = {}
+        for tls in sorted({fault.tls for fault in faults}):
+            agent = ConsulAgent(work / ("consul-tls" if tls else "consul"), tls=tls)
+            stack.callback(agent.stop)
+            agent.start()
+            agents[tls] = agent
         proxy = Toxiproxy(work / "toxiproxy")
         stack.callback(proxy.stop)
         proxy.start()
@@ -136,7 +143,7 @@ def main() -> None:
                 core.create_namespace({"metadata": {"name": namespace}})
                 where = work / namespace
                 where.mkdir()
-                world = FaultWorld(server, agent, proxy, admin, namespace, where)
+                world = FaultWorld(server, agents[fault.tls], proxy, admin, namespace, where)
                 try:
                     world.start()
                     result = fault.run(world, fault.duration)

@@ -104,8 +104,15 @@ class FaultWorld:
         return write_config(
             self.workdir / "faults.yaml",
             *targets,
-            consul={"address": "http://" + self.consul_proxy.listen},
+            consul=self.consul_section(),
         )
+
+    def consul_section(self) -> dict:
+        """The agent's own `consul:` section (its TLS files too: over HTTPS syncd speaks
+        HTTP/2), with the address of the proxy in front of it."""
+        section = self.consul.config_section()
+        scheme = section["address"].split("://", 1)[0]
+        return section | {"address": f"{scheme}://{self.consul_proxy.listen}"}
 
     def start(self, *extra: str, timeout: float = 60) -> None:
         for service in self.services:

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STREAMS = 100  # what a connection is taken to allow until the server says
 WINDOW = 16 * 1024 * 1024  # receive window: a large answer is not held up by flow control
-_READ = 256 * 1024
+_TLS_READ = 64 * 1024  # plaintext asked of TLS at once: a record (16 KiB) fits; a buffer
+#                        this size comes from the heap, not a mapping of its own
 
 T = TypeVar("T")
 
@@ -119,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self.draining = False  # the server sent GOAWAY: no new streams, the others finish
         loop = asyncio.get_running_loop()
         self.handshaken: asyncio.Future[str | None] = loop.create_future()  # ALPN's choice
+        self._handshake_done = self._speaks_h2 = False
         self._settled = asyncio.Event()  # the server's SETTINGS arrived
         self.on_room: Callable[[], None] = lambda: None  # a stream ended
 
@@ -132,12 +134,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._incoming.write(data)
         try:
-            if not self.handshaken.done():
+            if not self._handshake_done:
                 self._handshake()
-                if not self.handshaken.done():
-                    return
-            if self.handshaken.exception() is not None or self.handshaken.result() != "h2":
-                return  # not HTTP/2: the pool closes it
+            if not self._speaks_h2:
+                return  # still shaking hands, or not HTTP/2 (the pool closes it)
             plain = self._decrypt()
             if plain:
                 for event in self._h2.receive_data(plain):
@@ -161,17 +161,20 @@ class _Connection(asyncio.Protocol):
         except (ssl.SSLError, OSError) as exc:
             self._lose(exc)
             return
+        self._handshake_done = True
         self._send_tls()
         chosen = self._tls.selected_alpn_protocol()
         if chosen == "h2":  # the preface first: the server's SETTINGS may already be here
+            self._speaks_h2 = True
             self._begin_h2()
-        self.handshaken.set_result(chosen)
+        if not self.handshaken.done():  # (cancelled: given up on, being closed)
+            self.handshaken.set_result(chosen)
 
     def _decrypt(self) -> bytes:
         chunks = []
         while True:
             try:
-                chunk = self._tls.read(_READ)
+                chunk = self._tls.read(_TLS_READ)
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
                 break
             if not chunk:

@@ -50,6 +50,19 @@ def world(apiserver, consul, toxiproxy, admin, namespace, tmp_path):
     assert "Traceback" not in started.log.read_text()
 
 
+@pytest.fixture(params=["http", "https"])
+def consul_world(request, apiserver, toxiproxy, admin, namespace, tmp_path):
+    """The world over plain HTTP, and over HTTPS where syncd speaks HTTP/2 (its own TLS,
+    streams and request deadlines on the pool's loop: consul_h2)."""
+    agent = request.getfixturevalue("consul" if request.param == "http" else "consul_tls")
+    with fault_world(apiserver, agent, toxiproxy, admin, namespace, tmp_path) as started:
+        yield started
+    log = started.log.read_text()
+    assert "Traceback" not in log
+    if request.param == "https":
+        assert "speaks HTTP/2" in log, "the world was meant to reach Consul over HTTP/2"
+
+
 def _clean(world: FaultWorld, result) -> None:
     print(result)  # shown with -s or on failure
     assert not result.violations, result.violations
@@ -85,8 +98,9 @@ def test_two_seconds_of_api_latency_each_way(world):
 
 
 def test_a_consul_stall_marks_the_targets_stale_keeps_them_and_catches_up_without_a_storm(
-    world,
+    consul_world,
 ):
+    world = consul_world
     proxy = world.consul_proxy
     result = world.run_fault(
         "consul stall", proxy.stall, proxy.heal, STALL, detected=lambda: world.stale_targets() > 0
@@ -98,7 +112,8 @@ def test_a_consul_stall_marks_the_targets_stale_keeps_them_and_catches_up_withou
     assert result.consul_requests <= 4 * len(world.services), result
 
 
-def test_consul_connections_reset_for_a_while(world):
+def test_consul_connections_reset_for_a_while(consul_world):
+    world = consul_world
     proxy = world.consul_proxy
     result = world.run_fault(
         "consul reset", proxy.reset, proxy.heal, RESET, detected=lambda: world.stale_targets() > 0
