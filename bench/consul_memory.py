@@ -147,7 +147,7 @@ def main() -> None:
             print(f"\nRSS {rss_before:.0f} -> {rss_mib_self():.0f} MiB; Python's allocator:")
             sys._debugmallocstats()
             if args.idle_waits:
-                idle = args.idle_waits * ((args.wait or 300) * 17 / 16 + 2)
+                idle = idle_seconds(args.idle_waits, args.wait or 300)
                 print(f"\nidle for {idle:.0f} s ...", flush=True)
                 time.sleep(idle)
                 gc.collect()
@@ -196,10 +196,15 @@ def main() -> None:
         apiserver.stop()
 
 
+def idle_seconds(waits: int, wait: int) -> float:
+    """Long enough for every blocking query to be re-armed `waits` times: a wait runs out
+    after `wait` s plus Consul's jitter of up to wait/16."""
+    return waits * (wait * 17 / 16 + 2)
+
+
 def idle_growth(synced: tracemalloc.Snapshot, waits: int, wait: int, lines: int, n: int) -> None:
-    """What the process gains while idle: every blocking query re-armed `waits` times (a
-    wait runs out after `wait` s plus Consul's jitter of up to wait/16)."""
-    idle = waits * (wait * 17 / 16 + 2)
+    """What the process gains while idle: every blocking query re-armed `waits` times."""
+    idle = idle_seconds(waits, wait)
     rss_synced = rss_mib_self()
     print(f"\nidle for {idle:.0f} s ({waits} waits of {wait} s) ...", flush=True)
     time.sleep(idle)

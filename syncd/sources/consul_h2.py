@@ -249,9 +249,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close now, whatever is still unsent (a stalled connection never sends it)."""
-        self._fail_all(StreamFailed("connection closed"))
-        if self._transport is not None:
-            self._transport.abort()
+        self._lose(StreamFailed("connection closed"))
 
     def _flush(self) -> None:
         data = self._h2.data_to_send()
